@@ -1,0 +1,170 @@
+//! The domain: messages, their statuses, conversations, and the events the
+//! processor emits. These are the shapes of the REST API and Socket.IO events
+//! (camelCase, ISO-8601 times); stores map them to their own rows.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The name businesses' own messages are shown under.
+pub const BUSINESS_USER_NAME: &str = "Business";
+/// Status of an inbound message until the business reads it.
+pub const RECEIVED: &str = "received";
+
+/// A conversation is identified by the customer's WhatsApp id.
+pub fn conversation_id(wa_id: &str) -> String {
+    format!("conv_{wa_id}")
+}
+
+/// True for `conv_<digits>`, the only conversation ids we ever create.
+pub fn is_conversation_id(id: &str) -> bool {
+    id.strip_prefix("conv_")
+        .is_some_and(|digits| !digits.is_empty() && digits.len() <= 32 && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Position of a status in the forward-only order
+/// `received < sent < delivered < read < played < failed`; `failed` is
+/// terminal. Unknown values have no rank: they are recorded, never applied.
+pub fn status_rank(status: &str) -> Option<i32> {
+    Some(match status {
+        RECEIVED => 0,
+        "sent" => 1,
+        "delivered" => 2,
+        "read" => 3,
+        "played" => 4,
+        "failed" => 5,
+        _ => return None,
+    })
+}
+
+/// Status names safe to use as a field name in a store (`statusTimestamps.<s>`).
+pub fn is_safe_status_name(status: &str) -> bool {
+    !status.is_empty() && status.len() <= 32 && status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// A stored WhatsApp message, inbound or sent by the business.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    /// Same as `message_id`: the WhatsApp id is the natural key.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub message_id: String,
+    pub conversation_id: String,
+    /// The customer's WhatsApp id (the other party, whatever the direction).
+    pub wa_id: String,
+    pub from: String,
+    pub to: String,
+    pub timestamp: DateTime<Utc>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub body: String,
+    pub status: String,
+    pub user_name: String,
+    pub direction: Direction,
+    /// The customer's profile name, when the webhook carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
+    /// The type-specific object exactly as WhatsApp sent it (`image`,
+    /// `location`, ...): media ids, mime types, captions, file names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referral: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Value>,
+    /// When each status was reached, by status name.
+    #[serde(default)]
+    pub status_timestamps: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// A status webhook for one of the business's messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusChange {
+    pub message_id: String,
+    pub status: String,
+    pub timestamp: DateTime<Utc>,
+    /// `conv_<recipient_id>`.
+    pub conversation_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Value>,
+}
+
+/// A conversation's precomputed summary, as listed by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conversation {
+    pub conversation_id: String,
+    pub user_name: String,
+    pub last_message_id: String,
+    pub last_message_body: String,
+    pub last_timestamp: DateTime<Utc>,
+    pub last_message_status: String,
+    pub last_message_direction: Direction,
+    pub message_count: i64,
+    pub unread_count: i64,
+    pub participants: Vec<String>,
+}
+
+/// What the processor publishes after a write that changed something.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data", rename_all = "camelCase")]
+pub enum Event {
+    NewMessage(Message),
+    StatusUpdate(StatusUpdate),
+}
+
+/// Payload of the `statusUpdate` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusUpdate {
+    pub message_id: String,
+    pub status: String,
+    pub conversation_id: String,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl Event {
+    pub fn conversation_id(&self) -> &str {
+        match self {
+            Event::NewMessage(m) => &m.conversation_id,
+            Event::StatusUpdate(s) => &s.conversation_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_only_move_forward_and_failed_is_terminal() {
+        let order = ["received", "sent", "delivered", "read", "played", "failed"];
+        let ranks: Vec<i32> = order.iter().filter_map(|s| status_rank(s)).collect();
+        assert_eq!(ranks.len(), order.len());
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(status_rank("deleted"), None);
+    }
+
+    #[test]
+    fn conversation_ids_are_conv_and_digits() {
+        assert!(is_conversation_id("conv_919937320320"));
+        for bad in ["conv_", "conv_12a", "919937320320", "conv_1 ", "conv_$gt"] {
+            assert!(!is_conversation_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! HTTP pieces every service shares: the JSON error type, the operational
+//! endpoints (`/healthz`, `/readyz`, `/metrics`) and shutdown on signals.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Every error a service answers with: a status and `{"error": "..."}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, error = %self.message, "request failed");
+        }
+        (self.status, Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+/// A readiness check: `Err` names the dependency that is not reachable.
+pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// `/healthz` (the process answers), `/readyz` (its dependencies answer)
+/// and `/metrics` (Prometheus text).
+pub fn ops_routes<S: Clone + Send + Sync + 'static>(ready: ReadinessCheck) -> Router<S> {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match ready().await {
+                        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+                        Err(e) => ApiError::unavailable(format!("not ready: {e}")).into_response(),
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(|| async { metrics_handle().render() }))
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was set first; metrics then go there.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// A token cancelled on SIGINT or SIGTERM: the start of a graceful shutdown.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate => {}
+        }
+        tracing::info!("shutdown signal received");
+        cancel.cancel();
+    });
+    token
+}

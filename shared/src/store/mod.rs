@@ -1,0 +1,90 @@
+//! Where messages live. The processing rules talk to this trait only, so the
+//! same rules run on MongoDB (the services) and on the embedded store (the
+//! all-in-one binary).
+//!
+//! Every method is idempotent: a payload redelivered after a crash, or
+//! processed by two replicas at once, converges to the same stored state.
+
+pub mod mongo;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Message, StatusChange};
+
+/// A webhook body exactly as received, kept because Meta offers no way to
+/// fetch a webhook again.
+#[derive(Debug, Clone)]
+pub struct RawPayload {
+    /// SHA-256 of the body, hex: the same id the gateway gives the broker.
+    pub id: String,
+    pub body: Bytes,
+    pub received_at: DateTime<Utc>,
+}
+
+/// What applying a status did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusOutcome {
+    /// The status moved forward; the message lives in this conversation.
+    Applied { conversation_id: String },
+    /// Stale, repeated, unknown, or not a business message: nothing changed
+    /// (beyond remembering when the status was first seen).
+    Unchanged,
+    /// No message with this id is stored (yet).
+    MessageNotFound,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub message: String,
+    /// True when retrying the same input can never succeed (the data itself
+    /// is refused); false for outages and timeouts.
+    pub permanent: bool,
+}
+
+impl StoreError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { message: message.into(), permanent: false }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reachable and answering.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Keeps raw webhook bodies; a body already kept is skipped.
+    async fn archive_payloads(&self, payloads: &[RawPayload]) -> StoreResult<()>;
+
+    /// Inserts the messages not stored yet, in one round trip where the
+    /// store allows. Returns the ids that were actually inserted.
+    async fn insert_messages(&self, messages: &[Message]) -> StoreResult<Vec<String>>;
+
+    /// Moves a business message's status forward, atomically: a stale or
+    /// repeated status changes nothing, whatever else runs concurrently.
+    async fn advance_status(&self, change: &StatusChange) -> StoreResult<StatusOutcome>;
+
+    /// Keeps a status whose message is not stored yet.
+    async fn park_status(&self, change: &StatusChange) -> StoreResult<()>;
+
+    /// Parked statuses of these messages.
+    async fn parked_statuses(&self, message_ids: &[String]) -> StoreResult<Vec<StatusChange>>;
+
+    /// Forgets parked statuses once they have been applied.
+    async fn unpark_statuses(&self, changes: &[StatusChange]) -> StoreResult<()>;
+
+    /// Recomputes a conversation's summary (last message, counts, unread)
+    /// from its messages. Concurrent refreshes of one conversation must not
+    /// let an older computation overwrite a newer one.
+    async fn refresh_conversation(&self, conversation_id: &str) -> StoreResult<()>;
+}
+
+/// Key under which the conversation list is ordered: newest last message
+/// first, ties broken by message id, so paging is stable.
+pub fn conversation_sort_key(timestamp: DateTime<Utc>, message_id: &str) -> String {
+    format!("{:015}|{message_id}", timestamp.timestamp_millis().max(0))
+}
