@@ -49,6 +49,8 @@ pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(),
 /// `/healthz` (the process answers), `/readyz` (its dependencies answer)
 /// and `/metrics` (Prometheus text).
 pub fn ops_routes<S: Clone + Send + Sync + 'static>(ready: ReadinessCheck) -> Router<S> {
+    // Install the recorder now, so metrics recorded before the first scrape count.
+    let metrics = metrics_handle();
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route(
@@ -63,7 +65,7 @@ pub fn ops_routes<S: Clone + Send + Sync + 'static>(ready: ReadinessCheck) -> Ro
                 }
             }),
         )
-        .route("/metrics", get(|| async { metrics_handle().render() }))
+        .route("/metrics", get(move || async move { metrics.render() }))
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

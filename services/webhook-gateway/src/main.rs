@@ -1,1 +1,11 @@
-fn main() {}
+use clap::Parser;
+use webhook_gateway::{Application, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::config::load_dotenv();
+    let config = Config::parse();
+    shared::config::init_tracing(&config.log);
+    let app = Application::build(config).await?;
+    app.run_until_stopped(shared::http::shutdown_on_signals()).await
+}

@@ -1,0 +1,110 @@
+//! `GET /webhook` (Meta's verification handshake) and `POST /webhook`.
+
+use std::time::Instant;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use shared::broker;
+use shared::http::ApiError;
+
+use crate::{AppState, signature};
+
+#[derive(Deserialize)]
+pub struct Verification {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+/// Echoes `hub.challenge` when the token matches, as Meta expects.
+pub async fn verify(State(state): State<AppState>, Query(query): Query<Verification>) -> Result<String, ApiError> {
+    let expected = state.verify_token.as_deref().map(str::as_bytes);
+    let given = query.token.as_deref().map(str::as_bytes);
+    // Constant-time comparison: the token is a (small) secret.
+    let token_ok = matches!((expected, given), (Some(e), Some(g)) if bool::from(e.ct_eq(g)));
+    if query.mode.as_deref() != Some("subscribe") || !token_ok {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "verification failed: wrong hub.mode or hub.verify_token"));
+    }
+    Ok(query.challenge.unwrap_or_default())
+}
+
+/// Checks the signature and the envelope, then publishes the raw body to
+/// JetStream and answers 200 once it is stored there.
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body is larger than the accepted limit".to_owned()
+        } else {
+            rejection.body_text()
+        };
+        reject(status, message)
+    })?;
+    if let Some(secret) = &state.app_secret {
+        let header = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
+        signature::verify(secret, header, &body).map_err(|e| reject(StatusCode::UNAUTHORIZED, e))?;
+    }
+    let parsed = shared::webhook::parse(&body).map_err(|e| reject(StatusCode::BAD_REQUEST, e.0))?;
+
+    let started = Instant::now();
+    let ack = publish(&state, body).await?;
+    metrics::histogram!("webhook_publish_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("webhooks_accepted_total").increment(1);
+    Ok(Json(json!({
+        "status": "accepted",
+        "messages": parsed.messages.len(),
+        "statuses": parsed.statuses.len(),
+        "duplicate": ack.duplicate,
+    })))
+}
+
+fn reject(status: StatusCode, message: impl Into<String>) -> ApiError {
+    metrics::counter!("webhooks_rejected_total", "status" => status.as_str().to_owned()).increment(1);
+    ApiError::new(status, message)
+}
+
+/// Publishes with the body's hash as `Nats-Msg-Id`, so a body sent twice
+/// within the stream's duplicate window is stored once.
+async fn publish(state: &AppState, body: Bytes) -> Result<async_nats::jetstream::publish::PublishAck, ApiError> {
+    let id = hex::encode(Sha256::digest(&body));
+    let subject = state.names.webhooks();
+    let attempt = || async {
+        let message = PublishMessage::build().payload(body.clone()).message_id(&id);
+        state.js.send_publish(subject.clone(), message).await?.await
+    };
+    let result = match attempt().await {
+        // NATS lost its streams (e.g. restarted without storage): recreate them once.
+        Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+            broker::ensure_streams(&state.js, &state.names)
+                .await
+                .map_err(|e| unavailable(&e.to_string()))?;
+            attempt().await
+        }
+        other => other,
+    };
+    result.map_err(|e| match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => reject(StatusCode::PAYLOAD_TOO_LARGE, format!("the broker refuses a body this large: {e}")),
+        _ => unavailable(&e.to_string()),
+    })
+}
+
+fn unavailable(reason: &str) -> ApiError {
+    tracing::warn!(reason, "broker cannot take the webhook");
+    reject(StatusCode::SERVICE_UNAVAILABLE, format!("broker unavailable, retry later: {reason}"))
+}

@@ -1,0 +1,7 @@
+//! webhook-gateway against a real nats-server, over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+mod receive;
+mod resilience;
+mod verification;
