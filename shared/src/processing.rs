@@ -58,8 +58,10 @@ impl Processor {
 
         // Statuses of this batch, then statuses that were waiting for the
         // messages just inserted.
-        let applied: Vec<Option<StatusUpdate>> = stream::iter(statuses.iter().copied())
-            .map(|change| self.apply_status(change))
+        // (Futures are built before the stream, not in a `map` closure, so
+        // the whole future stays `Send` for `tokio::spawn`.)
+        let applying: Vec<_> = statuses.iter().map(|change| self.apply_status(change)).collect();
+        let applied: Vec<Option<StatusUpdate>> = stream::iter(applying)
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;
@@ -72,8 +74,8 @@ impl Processor {
             .chain(statuses.iter().map(|s| s.conversation_id.as_str()))
             .chain(events.iter().map(Event::conversation_id))
             .collect();
-        stream::iter(touched)
-            .map(|conversation| self.store.refresh_conversation(conversation))
+        let refreshing: Vec<_> = touched.into_iter().map(|c| self.store.refresh_conversation(c)).collect();
+        stream::iter(refreshing)
             .buffer_unordered(CONCURRENCY)
             .try_collect::<()>()
             .await?;

@@ -72,7 +72,7 @@ impl MongoStore {
             .create_indexes([
                 IndexModel::builder().keys(doc! {"messageId": 1}).options(unique).build(),
                 // A conversation's messages, newest first (and its counts).
-                IndexModel::builder().keys(doc! {"conversationId": 1, "timestamp": -1, "_id": -1}).build(),
+                IndexModel::builder().keys(doc! {"conversationId": 1, "timestamp": -1, "messageId": -1}).build(),
                 IndexModel::builder().keys(doc! {"conversationId": 1, "status": 1}).build(),
                 IndexModel::builder().keys(doc! {"status": 1}).build(),
             ])
@@ -232,7 +232,7 @@ impl Store for MongoStore {
                 .projection(doc! {"rev": 1})
                 .await
                 .map_err(store_error)?
-                .map(|d| d.get_i64("rev").unwrap_or(0));
+                .map(|d| d.get("rev").and_then(integer).unwrap_or(0));
             let Some(summary) = self.compute_summary(conversation_id).await? else {
                 return Ok(());
             };
@@ -268,7 +268,7 @@ impl MongoStore {
     /// has none.
     async fn compute_summary(&self, conversation_id: &str) -> StoreResult<Option<Document>> {
         let messages = self.messages();
-        let newest_first = doc! {"timestamp": -1, "_id": -1};
+        let newest_first = doc! {"timestamp": -1, "messageId": -1};
         let Some(last) = messages
             .find_one(doc! {"conversationId": conversation_id})
             .sort(newest_first.clone())
@@ -376,6 +376,15 @@ pub fn message_from_document(mut document: Document) -> StoreResult<Message> {
     document.insert("timestamp", timestamp.to_rfc3339());
     document.remove("statusRank");
     bson::from_document(document).map_err(store_error)
+}
+
+/// An integer however the server typed it (Int32 and Int64 compare equal).
+pub fn integer(value: &Bson) -> Option<i64> {
+    match value {
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Int64(n) => Some(*n),
+        _ => None,
+    }
 }
 
 fn to_bson_date(at: DateTime<Utc>) -> bson::DateTime {

@@ -177,3 +177,12 @@ pub async fn count(db: &mongodb::Database, collection: &str, filter: mongodb::bs
 pub async fn drop_database(db: &mongodb::Database) {
     db.drop().await.ok();
 }
+
+/// An integer field, whichever integer type the server returned it as.
+pub fn int(document: &mongodb::bson::Document, key: &str) -> i64 {
+    match document.get(key) {
+        Some(mongodb::bson::Bson::Int32(n)) => i64::from(*n),
+        Some(mongodb::bson::Bson::Int64(n)) => *n,
+        other => panic!("{key} is not an integer: {other:?}"),
+    }
+}

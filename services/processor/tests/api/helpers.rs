@@ -1,0 +1,140 @@
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use processor::{Application, Config};
+use shared::broker::Names;
+use shared::config::{LogConfig, LogFormat, MongoConfig, NatsConfig};
+use tokio_util::sync::CancellationToken;
+
+/// A gateway and a processor sharing a fresh namespace and database.
+pub struct Pipeline {
+    pub gateway: String,
+    pub processor: String,
+    pub namespace: String,
+    pub database: String,
+    pub names: Names,
+    pub js: jetstream::Context,
+    pub nats: async_nats::Client,
+    pub db: mongodb::Database,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn processor_config(namespace: &str, database: &str) -> Config {
+    Config {
+        host: "127.0.0.1".into(),
+        port: 0,
+        batch_size: 64,
+        ack_wait_secs: 3,
+        max_deliveries: 3,
+        nats: NatsConfig { nats_url: test_support::nats_url(), nats_namespace: namespace.into() },
+        mongo: MongoConfig { mongodb_uri: test_support::mongodb_uri(database) },
+        log: LogConfig { log_format: LogFormat::Pretty },
+    }
+}
+
+/// Gateway and processor, in this process.
+pub async fn spawn_pipeline() -> Pipeline {
+    let mut pipeline = spawn_gateway_only().await;
+    let processor = Application::build(processor_config(&pipeline.namespace, &pipeline.database)).await.unwrap();
+    pipeline.processor = format!("http://127.0.0.1:{}", processor.port());
+    tokio::spawn(processor.run_until_stopped(pipeline.shutdown.clone()));
+    pipeline
+}
+
+/// Only the gateway: tests start processors themselves.
+pub async fn spawn_gateway_only() -> Pipeline {
+    // Logs show with RUST_LOG=info (off unless asked for).
+    if std::env::var_os("RUST_LOG").is_some() {
+        shared::config::init_tracing(&LogConfig { log_format: LogFormat::Pretty });
+    }
+    let namespace = test_support::unique_name("pipe");
+    let database = namespace.clone();
+    let shutdown = CancellationToken::new();
+    let config = webhook_gateway::Config {
+        host: "127.0.0.1".into(),
+        port: 0,
+        verify_token: None,
+        app_secret: None,
+        body_limit: 4 * 1024 * 1024,
+        publish_timeout_ms: 5000,
+        nats: NatsConfig { nats_url: test_support::nats_url(), nats_namespace: namespace.clone() },
+        log: LogConfig { log_format: LogFormat::Pretty },
+    };
+    let gateway = webhook_gateway::Application::build(config).await.unwrap();
+    let gateway_address = format!("http://127.0.0.1:{}", gateway.port());
+    tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+    let nats = async_nats::connect(test_support::nats_url()).await.unwrap();
+    let js = jetstream::new(nats.clone());
+    let names = Names::new(&namespace);
+    test_support::wait_until("the gateway to create its streams", Duration::from_secs(20), || async {
+        js.get_stream(names.webhook_stream()).await.is_ok()
+    })
+    .await;
+    Pipeline {
+        gateway: gateway_address,
+        processor: String::new(),
+        names,
+        js,
+        nats,
+        db: test_support::mongo_database(&database).await,
+        namespace,
+        database,
+        http: reqwest::Client::new(),
+        shutdown,
+    }
+}
+
+impl Pipeline {
+    /// Posts a webhook body to the gateway and expects a 200.
+    pub async fn post(&self, body: &[u8]) {
+        let mut attempts = 0;
+        loop {
+            let response = self.http.post(format!("{}/webhook", self.gateway)).body(body.to_vec()).send().await.unwrap();
+            // 503 only until the gateway has created its streams at startup.
+            if response.status() == 503 && attempts < 100 {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+            return;
+        }
+    }
+
+    /// Publishes straight to the stream without a de-duplication id, as a
+    /// redelivery by NATS or a retry by Meta after the window would.
+    pub async fn publish_raw(&self, body: &[u8]) {
+        self.js.publish(self.names.webhooks(), body.to_vec().into()).await.unwrap().await.unwrap();
+    }
+
+    pub async fn drained(&self) {
+        test_support::wait_until_drained(&self.js, &self.names.webhook_stream(), Duration::from_secs(120)).await;
+    }
+
+    pub async fn messages(&self, filter: Document) -> Vec<Document> {
+        self.db.collection::<Document>("processed_messages").find(filter).await.unwrap().try_collect().await.unwrap()
+    }
+
+    pub async fn message(&self, id: &str) -> Document {
+        let found = self.messages(doc! {"_id": id}).await;
+        found.into_iter().next().unwrap_or_else(|| panic!("message {id} is not stored"))
+    }
+
+    pub async fn conversation(&self, id: &str) -> Document {
+        self.db
+            .collection::<Document>("conversations")
+            .find_one(doc! {"_id": id})
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("conversation {id} has no summary"))
+    }
+}
