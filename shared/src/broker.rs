@@ -26,7 +26,9 @@ pub struct Names {
 
 impl Names {
     pub fn new(namespace: &str) -> Self {
-        Self { namespace: namespace.to_owned() }
+        Self {
+            namespace: namespace.to_owned(),
+        }
     }
 
     /// Subject webhook bodies are published on.
@@ -55,7 +57,13 @@ impl Names {
     fn stream_prefix(&self) -> String {
         self.namespace
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c.to_ascii_uppercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
             .collect()
     }
 }
@@ -76,11 +84,16 @@ pub async fn connect(url: &str, name: &str) -> Result<Client, async_nats::Connec
 /// A JetStream context whose requests (and publish acks) give up after
 /// `timeout`, so callers can answer "try again later" quickly.
 pub fn jetstream(client: Client, timeout: Duration) -> jetstream::Context {
-    jetstream::ContextBuilder::new().timeout(timeout).build(client)
+    jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .build(client)
 }
 
 /// Creates the streams, or updates them to this configuration; idempotent.
-pub async fn ensure_streams(js: &jetstream::Context, names: &Names) -> anyhow::Result<stream::Stream> {
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    names: &Names,
+) -> anyhow::Result<stream::Stream> {
     js.create_or_update_stream(stream::Config {
         name: names.dead_letter_stream(),
         subjects: vec![names.dead_letters()],

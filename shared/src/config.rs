@@ -17,7 +17,11 @@ pub struct NatsConfig {
 #[derive(Debug, Clone, Args)]
 pub struct MongoConfig {
     /// MongoDB connection string; its path names the database.
-    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017/whatsapp_clone")]
+    #[arg(
+        long,
+        env = "MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017/whatsapp_clone"
+    )]
     pub mongodb_uri: String,
 }
 

@@ -20,8 +20,9 @@ pub fn conversation_id(wa_id: &str) -> String {
 
 /// True for `conv_<digits>`, the only conversation ids we ever create.
 pub fn is_conversation_id(id: &str) -> bool {
-    id.strip_prefix("conv_")
-        .is_some_and(|digits| !digits.is_empty() && digits.len() <= 32 && digits.bytes().all(|b| b.is_ascii_digit()))
+    id.strip_prefix("conv_").is_some_and(|digits| {
+        !digits.is_empty() && digits.len() <= 32 && digits.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// Position of a status in the forward-only order
@@ -41,7 +42,9 @@ pub fn status_rank(status: &str) -> Option<i32> {
 
 /// Status names safe to use as a field name in a store (`statusTimestamps.<s>`).
 pub fn is_safe_status_name(status: &str) -> bool {
-    !status.is_empty() && status.len() <= 32 && status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    !status.is_empty()
+        && status.len() <= 32
+        && status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +127,7 @@ pub struct Conversation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "data", rename_all = "camelCase")]
 pub enum Event {
-    NewMessage(Message),
+    NewMessage(Box<Message>),
     StatusUpdate(StatusUpdate),
 }
 

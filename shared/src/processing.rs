@@ -45,14 +45,15 @@ impl Processor {
         let owned: Vec<Message> = messages.iter().map(|m| (*m).clone()).collect();
         let inserted = self.store.insert_messages(&owned).await?;
         metrics::counter!("messages_stored_total").increment(inserted.len() as u64);
-        metrics::counter!("messages_duplicate_total").increment((messages.len() - inserted.len()) as u64);
+        metrics::counter!("messages_duplicate_total")
+            .increment((messages.len() - inserted.len()) as u64);
 
         // One event per inserted message, even if it appeared twice in the batch.
         let mut not_yet_announced: BTreeSet<&str> = inserted.iter().map(String::as_str).collect();
         let mut events: Vec<Event> = Vec::new();
         for message in &messages {
             if not_yet_announced.remove(message.message_id.as_str()) {
-                events.push(Event::NewMessage((*message).clone()));
+                events.push(Event::NewMessage(Box::new((*message).clone())));
             }
         }
 
@@ -60,7 +61,10 @@ impl Processor {
         // messages just inserted.
         // (Futures are built before the stream, not in a `map` closure, so
         // the whole future stays `Send` for `tokio::spawn`.)
-        let applying: Vec<_> = statuses.iter().map(|change| self.apply_status(change)).collect();
+        let applying: Vec<_> = statuses
+            .iter()
+            .map(|change| self.apply_status(change))
+            .collect();
         let applied: Vec<Option<StatusUpdate>> = stream::iter(applying)
             .buffer_unordered(CONCURRENCY)
             .try_collect()
@@ -74,7 +78,10 @@ impl Processor {
             .chain(statuses.iter().map(|s| s.conversation_id.as_str()))
             .chain(events.iter().map(Event::conversation_id))
             .collect();
-        let refreshing: Vec<_> = touched.into_iter().map(|c| self.store.refresh_conversation(c)).collect();
+        let refreshing: Vec<_> = touched
+            .into_iter()
+            .map(|c| self.store.refresh_conversation(c))
+            .collect();
         stream::iter(refreshing)
             .buffer_unordered(CONCURRENCY)
             .try_collect::<()>()
@@ -91,7 +98,9 @@ impl Processor {
                 // statuses read) between our two steps: try once more.
                 let retry = self.store.advance_status(change).await?;
                 if retry != StatusOutcome::MessageNotFound {
-                    self.store.unpark_statuses(std::slice::from_ref(change)).await?;
+                    self.store
+                        .unpark_statuses(std::slice::from_ref(change))
+                        .await?;
                 }
                 retry
             }
@@ -106,7 +115,13 @@ impl Processor {
             return Ok(Vec::new());
         }
         let mut parked = self.store.parked_statuses(inserted).await?;
-        parked.sort_by_key(|c| (c.message_id.clone(), status_rank(&c.status).unwrap_or(i32::MAX), c.timestamp));
+        parked.sort_by_key(|c| {
+            (
+                c.message_id.clone(),
+                status_rank(&c.status).unwrap_or(i32::MAX),
+                c.timestamp,
+            )
+        });
         let mut events = Vec::new();
         for change in &parked {
             let outcome = self.store.advance_status(change).await?;

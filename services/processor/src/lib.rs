@@ -35,11 +35,19 @@ impl Application {
         let store = MongoStore::connect(&config.mongo.mongodb_uri, "processor").await?;
         let client = broker::connect(&config.nats.nats_url, "processor").await?;
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
-        Ok(Self { listener, config, client, store })
+        Ok(Self {
+            listener,
+            config,
+            client,
+            store,
+        })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
     }
 
     /// Runs the worker and the health endpoints until `shutdown` is
@@ -47,7 +55,8 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let router = ops_router(self.client.clone(), self.store.clone());
         tracing::info!(port = self.port(), "processor health endpoints listening");
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let worker = worker::Worker {
             processor: Processor::new(Arc::new(self.store.clone())),
             store: self.store,

@@ -29,7 +29,11 @@ impl Worker {
     /// Consumes until cancelled, re-establishing the consumer whenever NATS
     /// or the stream goes away.
     pub async fn run(self, cancel: CancellationToken) {
-        let Some(()) = broker::retry_until("preparing MongoDB indexes", &cancel, || self.store.ensure_indexes()).await else {
+        let Some(()) = broker::retry_until("preparing MongoDB indexes", &cancel, || {
+            self.store.ensure_indexes()
+        })
+        .await
+        else {
             return;
         };
         while !cancel.is_cancelled() {
@@ -45,7 +49,11 @@ impl Worker {
     }
 
     async fn consume(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
-        let Some(stream) = broker::retry_until("creating JetStream streams", cancel, || broker::ensure_streams(&self.js, &self.names)).await else {
+        let Some(stream) = broker::retry_until("creating JetStream streams", cancel, || {
+            broker::ensure_streams(&self.js, &self.names)
+        })
+        .await
+        else {
             return Ok(());
         };
         let consumer = broker::processor_consumer(&stream, &self.names, self.ack_wait).await?;
@@ -87,7 +95,10 @@ impl Worker {
                     batch.push((raw_payload(&message), parsed));
                     pending.push(message);
                 }
-                Err(e) => self.dead_letter(&message, &format!("unparseable payload: {e}")).await,
+                Err(e) => {
+                    self.dead_letter(&message, &format!("unparseable payload: {e}"))
+                        .await
+                }
             }
         }
         if pending.is_empty() {
@@ -139,7 +150,11 @@ impl Worker {
     async fn retry_later(&self, message: &jetstream::Message, error: &StoreError) {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         if error.permanent && delivered >= self.max_deliveries {
-            self.dead_letter(message, &format!("refused by the store {delivered} times: {error}")).await;
+            self.dead_letter(
+                message,
+                &format!("refused by the store {delivered} times: {error}"),
+            )
+            .await;
             return;
         }
         let delay = Duration::from_millis(250 * 2_u64.pow(delivered.clamp(1, 8) as u32 - 1));
@@ -154,9 +169,19 @@ impl Worker {
     async fn dead_letter(&self, message: &jetstream::Message, reason: &str) {
         tracing::error!(reason, subject = %message.subject, "payload dead-lettered");
         metrics::counter!("payloads_dead_lettered_total").increment(1);
-        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+        let sequence = message
+            .info()
+            .map(|i| i.stream_sequence)
+            .unwrap_or_default();
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Dlq-Reason", reason.replace(['\r', '\n'], " ").chars().take(1000).collect::<String>());
+        headers.insert(
+            "Dlq-Reason",
+            reason
+                .replace(['\r', '\n'], " ")
+                .chars()
+                .take(1000)
+                .collect::<String>(),
+        );
         headers.insert("Dlq-Stream-Sequence", sequence.to_string());
         headers.insert("Nats-Msg-Id", format!("dlq-{sequence}"));
         let published = async {
@@ -173,7 +198,10 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dead-letter stream unavailable; will retry");
-                message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await.ok();
+                message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await
+                    .ok();
             }
         }
     }
@@ -191,6 +219,9 @@ fn raw_payload(message: &jetstream::Message) -> RawPayload {
         .ok()
         .and_then(|i| i64::try_from(i.published.unix_timestamp_nanos()).ok())
         .map_or_else(Utc::now, DateTime::from_timestamp_nanos);
-    RawPayload { id, body: message.payload.clone(), received_at }
+    RawPayload {
+        id,
+        body: message.payload.clone(),
+        received_at,
+    }
 }
-

@@ -45,11 +45,16 @@ impl Application {
             tracing::warn!("WHATSAPP_APP_SECRET is not set: webhook signatures are NOT checked");
         }
         if config.verify_token.is_none() {
-            tracing::warn!("WEBHOOK_VERIFY_TOKEN is not set: webhook verification requests will be refused");
+            tracing::warn!(
+                "WEBHOOK_VERIFY_TOKEN is not set: webhook verification requests will be refused"
+            );
         }
         let client = broker::connect(&config.nats.nats_url, "webhook-gateway").await?;
         let state = AppState {
-            js: broker::jetstream(client.clone(), Duration::from_millis(config.publish_timeout_ms)),
+            js: broker::jetstream(
+                client.clone(),
+                Duration::from_millis(config.publish_timeout_ms),
+            ),
             client,
             names: Names::new(&config.nats.nats_namespace),
             verify_token: config.verify_token.map(Into::into),
@@ -62,11 +67,18 @@ impl Application {
             .layer(TraceLayer::new_for_http())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
-        Ok(Self { listener, router, state })
+        Ok(Self {
+            listener,
+            router,
+            state,
+        })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
     }
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests
@@ -74,9 +86,16 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         // Create the streams as soon as NATS answers; publishing also
         // recreates them if NATS lost them.
-        let (js, names, cancel) = (self.state.js.clone(), self.state.names.clone(), shutdown.clone());
+        let (js, names, cancel) = (
+            self.state.js.clone(),
+            self.state.names.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
-            broker::retry_until("creating JetStream streams", &cancel, || broker::ensure_streams(&js, &names)).await;
+            broker::retry_until("creating JetStream streams", &cancel, || {
+                broker::ensure_streams(&js, &names)
+            })
+            .await;
         });
         tracing::info!(port = self.port(), "webhook-gateway listening");
         axum::serve(self.listener, self.router)

@@ -15,7 +15,8 @@ pub fn verify(secret: &[u8], header: Option<&str>, body: &[u8]) -> Result<(), &'
     let expected = hex::decode(hex_digest).map_err(|_| "X-Hub-Signature-256 is not hex")?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "invalid app secret")?;
     mac.update(body);
-    mac.verify_slice(&expected).map_err(|_| "X-Hub-Signature-256 does not match the body")
+    mac.verify_slice(&expected)
+        .map_err(|_| "X-Hub-Signature-256 does not match the body")
 }
 
 #[cfg(test)]
@@ -29,7 +30,14 @@ mod tests {
     #[test]
     fn accepts_metas_test_vector() {
         assert_eq!(verify(b"test-app-secret", Some(GOOD), BODY), Ok(()));
-        assert_eq!(verify(b"test-app-secret", Some(&GOOD.to_uppercase().replace("SHA256", "sha256")), BODY), Ok(()));
+        assert_eq!(
+            verify(
+                b"test-app-secret",
+                Some(&GOOD.to_uppercase().replace("SHA256", "sha256")),
+                BODY
+            ),
+            Ok(())
+        );
     }
 
     #[test]
@@ -43,7 +51,9 @@ mod tests {
 
     #[test]
     fn rejects_the_signature_of_a_reserialised_body() {
-        let reserialised = serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(BODY).unwrap()).unwrap();
+        let reserialised =
+            serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(BODY).unwrap())
+                .unwrap();
         assert_ne!(reserialised, BODY);
         assert!(verify(b"test-app-secret", Some(GOOD), &reserialised).is_err());
     }

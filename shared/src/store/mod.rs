@@ -46,7 +46,10 @@ pub struct StoreError {
 
 impl StoreError {
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { message: message.into(), permanent: false }
+        Self {
+            message: message.into(),
+            permanent: false,
+        }
     }
 }
 

@@ -44,9 +44,14 @@ impl MongoStore {
         options.app_name = Some(app_name.to_owned());
         options.server_selection_timeout = Some(Duration::from_secs(5));
         options.connect_timeout = Some(Duration::from_secs(5));
-        let database = options.default_database.clone().unwrap_or_else(|| "whatsapp_clone".to_owned());
+        let database = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| "whatsapp_clone".to_owned());
         let client = Client::with_options(options).map_err(store_error)?;
-        Ok(Self { db: client.database(&database) })
+        Ok(Self {
+            db: client.database(&database),
+        })
     }
 
     pub fn database(&self) -> &Database {
@@ -70,10 +75,17 @@ impl MongoStore {
         let unique = IndexOptions::builder().unique(true).build();
         self.messages()
             .create_indexes([
-                IndexModel::builder().keys(doc! {"messageId": 1}).options(unique).build(),
+                IndexModel::builder()
+                    .keys(doc! {"messageId": 1})
+                    .options(unique)
+                    .build(),
                 // A conversation's messages, newest first (and its counts).
-                IndexModel::builder().keys(doc! {"conversationId": 1, "timestamp": -1, "messageId": -1}).build(),
-                IndexModel::builder().keys(doc! {"conversationId": 1, "status": 1}).build(),
+                IndexModel::builder()
+                    .keys(doc! {"conversationId": 1, "timestamp": -1, "messageId": -1})
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! {"conversationId": 1, "status": 1})
+                    .build(),
                 IndexModel::builder().keys(doc! {"status": 1}).build(),
             ])
             .await
@@ -82,11 +94,16 @@ impl MongoStore {
             .create_index(IndexModel::builder().keys(doc! {"sortKey": -1}).build())
             .await
             .map_err(store_error)?;
-        let ttl = IndexOptions::builder().expire_after(PENDING_STATUS_TTL).build();
+        let ttl = IndexOptions::builder()
+            .expire_after(PENDING_STATUS_TTL)
+            .build();
         self.pending()
             .create_indexes([
                 IndexModel::builder().keys(doc! {"messageId": 1}).build(),
-                IndexModel::builder().keys(doc! {"parkedAt": 1}).options(ttl).build(),
+                IndexModel::builder()
+                    .keys(doc! {"parkedAt": 1})
+                    .options(ttl)
+                    .build(),
             ])
             .await
             .map_err(store_error)?;
@@ -97,7 +114,11 @@ impl MongoStore {
 #[async_trait]
 impl Store for MongoStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.db.run_command(doc! {"ping": 1}).await.map(drop).map_err(store_error)
+        self.db
+            .run_command(doc! {"ping": 1})
+            .await
+            .map(drop)
+            .map_err(store_error)
     }
 
     async fn archive_payloads(&self, payloads: &[RawPayload]) -> StoreResult<()> {
@@ -113,7 +134,10 @@ impl Store for MongoStore {
     }
 
     async fn insert_messages(&self, messages: &[Message]) -> StoreResult<Vec<String>> {
-        let docs = messages.iter().map(message_to_document).collect::<StoreResult<Vec<_>>>()?;
+        let docs = messages
+            .iter()
+            .map(message_to_document)
+            .collect::<StoreResult<Vec<_>>>()?;
         let duplicates = insert_ignoring_duplicates(&self.messages(), docs).await?;
         Ok(messages
             .iter()
@@ -127,12 +151,14 @@ impl Store for MongoStore {
         let at = to_bson_date(change.timestamp);
         let business_message = doc! {"_id": &change.message_id, "direction": "outbound"};
         // Status names become field names; anything odd is only compared.
-        let time_field = is_safe_status_name(&change.status).then(|| format!("statusTimestamps.{}", change.status));
+        let time_field = is_safe_status_name(&change.status)
+            .then(|| format!("statusTimestamps.{}", change.status));
 
         if let (Some(rank), Some(time_field)) = (status_rank(&change.status), &time_field) {
             let mut filter = business_message.clone();
             filter.insert("statusRank", doc! {"$lt": rank});
-            let mut set = doc! {"status": &change.status, "statusRank": rank, time_field.as_str(): at};
+            let mut set =
+                doc! {"status": &change.status, "statusRank": rank, time_field.as_str(): at};
             if let Some(errors) = &change.errors {
                 set.insert("errors", bson::to_bson(errors).map_err(store_error)?);
             }
@@ -144,7 +170,10 @@ impl Store for MongoStore {
                 .await
                 .map_err(store_error)?;
             if let Some(before) = before {
-                let conversation_id = before.get_str("conversationId").unwrap_or(&change.conversation_id).to_owned();
+                let conversation_id = before
+                    .get_str("conversationId")
+                    .unwrap_or(&change.conversation_id)
+                    .to_owned();
                 return Ok(StatusOutcome::Applied { conversation_id });
             }
         }
@@ -167,7 +196,11 @@ impl Store for MongoStore {
             .limit(1)
             .await
             .map_err(store_error)?;
-        Ok(if exists > 0 { StatusOutcome::Unchanged } else { StatusOutcome::MessageNotFound })
+        Ok(if exists > 0 {
+            StatusOutcome::Unchanged
+        } else {
+            StatusOutcome::MessageNotFound
+        })
     }
 
     async fn park_status(&self, change: &StatusChange) -> StoreResult<()> {
@@ -182,7 +215,10 @@ impl Store for MongoStore {
             parked.insert("errors", bson::to_bson(errors).map_err(store_error)?);
         }
         self.pending()
-            .update_one(doc! {"_id": parked_key(change)}, doc! {"$setOnInsert": parked})
+            .update_one(
+                doc! {"_id": parked_key(change)},
+                doc! {"$setOnInsert": parked},
+            )
             .upsert(true)
             .await
             .map_err(store_error)?;
@@ -241,7 +277,8 @@ impl Store for MongoStore {
                     let mut summary = summary;
                     summary.insert("_id", conversation_id);
                     summary.insert("rev", 1_i64);
-                    let inserted = insert_ignoring_duplicates(&self.conversations(), vec![summary]).await?;
+                    let inserted =
+                        insert_ignoring_duplicates(&self.conversations(), vec![summary]).await?;
                     inserted.is_empty()
                 }
                 Some(rev) => {
@@ -249,7 +286,10 @@ impl Store for MongoStore {
                     set.insert("rev", rev + 1);
                     let result = self
                         .conversations()
-                        .update_one(doc! {"_id": conversation_id, "rev": rev}, doc! {"$set": set})
+                        .update_one(
+                            doc! {"_id": conversation_id, "rev": rev},
+                            doc! {"$set": set},
+                        )
                         .await
                         .map_err(store_error)?;
                     result.matched_count == 1
@@ -259,7 +299,9 @@ impl Store for MongoStore {
                 return Ok(());
             }
         }
-        Err(StoreError::transient(format!("conversation {conversation_id} is too busy to summarise; will retry")))
+        Err(StoreError::transient(format!(
+            "conversation {conversation_id} is too busy to summarise; will retry"
+        )))
     }
 }
 
@@ -288,7 +330,9 @@ impl MongoStore {
         let named = match last.get_str("contactName") {
             Ok(_) => Some(last.clone()),
             Err(_) => messages
-                .find_one(doc! {"conversationId": conversation_id, "contactName": {"$type": "string"}})
+                .find_one(
+                    doc! {"conversationId": conversation_id, "contactName": {"$type": "string"}},
+                )
                 .sort(newest_first)
                 .await
                 .map_err(store_error)?,
@@ -299,10 +343,20 @@ impl MongoStore {
             .as_ref()
             .and_then(|d| d.get_str("contactName").ok())
             .map_or_else(|| format!("+{wa_id}"), str::to_owned);
-        let business_number = if last.get_str("direction") == Ok("outbound") { text(&last, "from") } else { text(&last, "to") };
-        let timestamp = last.get("timestamp").and_then(date_from_bson).unwrap_or_default();
+        let business_number = if last.get_str("direction") == Ok("outbound") {
+            text(&last, "from")
+        } else {
+            text(&last, "to")
+        };
+        let timestamp = last
+            .get("timestamp")
+            .and_then(date_from_bson)
+            .unwrap_or_default();
         let last_id = text(&last, "_id");
-        let participants: Vec<String> = [wa_id.clone(), business_number].into_iter().filter(|p| !p.is_empty()).collect();
+        let participants: Vec<String> = [wa_id.clone(), business_number]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect();
         Ok(Some(doc! {
             "conversationId": conversation_id,
             "waId": wa_id,
@@ -327,7 +381,10 @@ fn parked_key(change: &StatusChange) -> String {
 
 /// Inserts unordered in one round trip; returns the indexes of documents
 /// that were already there (duplicate `_id` or `messageId`).
-async fn insert_ignoring_duplicates(collection: &Collection<Document>, docs: Vec<Document>) -> StoreResult<Vec<usize>> {
+async fn insert_ignoring_duplicates(
+    collection: &Collection<Document>,
+    docs: Vec<Document>,
+) -> StoreResult<Vec<usize>> {
     if docs.is_empty() {
         return Ok(Vec::new());
     }
@@ -337,7 +394,10 @@ async fn insert_ignoring_duplicates(collection: &Collection<Document>, docs: Vec
             ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
                 let errors = failure.write_errors.as_deref().unwrap_or_default();
                 if let Some(other) = errors.iter().find(|w| w.code != DUPLICATE_KEY) {
-                    return Err(StoreError { message: format!("insert refused: {}", other.message), permanent: true });
+                    return Err(StoreError {
+                        message: format!("insert refused: {}", other.message),
+                        permanent: true,
+                    });
                 }
                 Ok(errors.iter().map(|w| w.index).collect())
             }
@@ -372,7 +432,10 @@ pub fn message_from_document(mut document: Document) -> StoreResult<Message> {
         }
     }
     document.insert("statusTimestamps", times);
-    let timestamp = document.get("timestamp").and_then(date_from_bson).unwrap_or_default();
+    let timestamp = document
+        .get("timestamp")
+        .and_then(date_from_bson)
+        .unwrap_or_default();
     document.insert("timestamp", timestamp.to_rfc3339());
     document.remove("statusRank");
     bson::from_document(document).map_err(store_error)
@@ -399,7 +462,11 @@ fn date_from_bson(value: &Bson) -> Option<DateTime<Utc>> {
         Bson::String(text) => DateTime::parse_from_rfc3339(text)
             .map(|at| at.with_timezone(&Utc))
             .ok()
-            .or_else(|| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").ok().map(|at| at.and_utc())),
+            .or_else(|| {
+                NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+                    .ok()
+                    .map(|at| at.and_utc())
+            }),
         _ => None,
     }
 }
@@ -416,20 +483,31 @@ impl From<mongodb::error::Error> for StoreErrorSource {
     fn from(e: mongodb::error::Error) -> Self {
         let permanent = matches!(
             e.kind.as_ref(),
-            ErrorKind::BsonSerialization(_) | ErrorKind::InvalidArgument { .. } | ErrorKind::Write(WriteFailure::WriteError(_))
+            ErrorKind::BsonSerialization(_)
+                | ErrorKind::InvalidArgument { .. }
+                | ErrorKind::Write(WriteFailure::WriteError(_))
         );
-        Self(StoreError { message: format!("MongoDB: {e}"), permanent })
+        Self(StoreError {
+            message: format!("MongoDB: {e}"),
+            permanent,
+        })
     }
 }
 
 impl From<bson::ser::Error> for StoreErrorSource {
     fn from(e: bson::ser::Error) -> Self {
-        Self(StoreError { message: format!("cannot store as BSON: {e}"), permanent: true })
+        Self(StoreError {
+            message: format!("cannot store as BSON: {e}"),
+            permanent: true,
+        })
     }
 }
 
 impl From<bson::de::Error> for StoreErrorSource {
     fn from(e: bson::de::Error) -> Self {
-        Self(StoreError { message: format!("stored document is malformed: {e}"), permanent: true })
+        Self(StoreError {
+            message: format!("stored document is malformed: {e}"),
+            permanent: true,
+        })
     }
 }

@@ -5,7 +5,12 @@ use serde_json::Value;
 /// Text shown for a message in a chat list or bubble.
 pub fn readable_body(kind: &str, message: &Value) -> String {
     let content = message.get(kind).unwrap_or(&Value::Null);
-    let text = |key: &str| content.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let text = |key: &str| {
+        content
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
     match kind {
         "text" => text("body").unwrap_or_default().to_owned(),
         "image" => caption_or(content, "[Image]"),
@@ -19,7 +24,10 @@ pub fn readable_body(kind: &str, message: &Value) -> String {
         "location" => location_body(content),
         "contacts" => contacts_body(content),
         "interactive" => interactive_body(content),
-        "button" => text("text").or_else(|| text("payload")).unwrap_or("[Button]").to_owned(),
+        "button" => text("text")
+            .or_else(|| text("payload"))
+            .unwrap_or("[Button]")
+            .to_owned(),
         "reaction" => text("emoji").unwrap_or_default().to_owned(),
         "order" => order_body(content),
         "system" => text("body").unwrap_or("[System message]").to_owned(),
@@ -35,7 +43,12 @@ fn caption_or(content: &Value, placeholder: &str) -> String {
 }
 
 fn location_body(content: &Value) -> String {
-    let field = |key: &str| content.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let field = |key: &str| {
+        content
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
     if let Some(name) = field("name") {
         return match field("address") {
             Some(address) => format!("📍 {name}, {address}"),
@@ -69,9 +82,17 @@ fn contacts_body(content: &Value) -> String {
 }
 
 fn interactive_body(content: &Value) -> String {
-    let reply_kind = content.get("type").and_then(Value::as_str).unwrap_or_default();
+    let reply_kind = content
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let reply = content.get(reply_kind).unwrap_or(&Value::Null);
-    let field = |key: &str| reply.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let field = |key: &str| {
+        reply
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
     field("title")
         .or_else(|| field("body"))
         .or_else(|| field("name"))
@@ -84,7 +105,11 @@ fn order_body(content: &Value) -> String {
         .get("product_items")
         .and_then(Value::as_array)
         .map_or(0, Vec::len);
-    match content.get("text").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+    match content
+        .get("text")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
         Some(text) => format!("🛒 Order ({items} items): {text}"),
         None => format!("🛒 Order ({items} items)"),
     }
@@ -103,17 +128,41 @@ mod tests {
             (json!({"type":"image","image":{"caption":"look"}}), "look"),
             (json!({"type":"video","video":{}}), "[Video]"),
             (json!({"type":"audio","audio":{"voice":true}}), "[Audio]"),
-            (json!({"type":"document","document":{"filename":"a.pdf"}}), "[Document: a.pdf]"),
+            (
+                json!({"type":"document","document":{"filename":"a.pdf"}}),
+                "[Document: a.pdf]",
+            ),
             (json!({"type":"sticker","sticker":{}}), "[Sticker]"),
-            (json!({"type":"location","location":{"latitude":1.5,"longitude":2.0}}), "📍 1.5, 2"),
-            (json!({"type":"location","location":{"name":"Cafe","address":"Main St"}}), "📍 Cafe, Main St"),
-            (json!({"type":"contacts","contacts":[{"name":{"formatted_name":"Ann"}}]}), "👤 Ann"),
-            (json!({"type":"interactive","interactive":{"type":"button_reply","button_reply":{"title":"Yes"}}}), "Yes"),
-            (json!({"type":"button","button":{"text":"Stop","payload":"STOP"}}), "Stop"),
+            (
+                json!({"type":"location","location":{"latitude":1.5,"longitude":2.0}}),
+                "📍 1.5, 2",
+            ),
+            (
+                json!({"type":"location","location":{"name":"Cafe","address":"Main St"}}),
+                "📍 Cafe, Main St",
+            ),
+            (
+                json!({"type":"contacts","contacts":[{"name":{"formatted_name":"Ann"}}]}),
+                "👤 Ann",
+            ),
+            (
+                json!({"type":"interactive","interactive":{"type":"button_reply","button_reply":{"title":"Yes"}}}),
+                "Yes",
+            ),
+            (
+                json!({"type":"button","button":{"text":"Stop","payload":"STOP"}}),
+                "Stop",
+            ),
             (json!({"type":"reaction","reaction":{"emoji":"👍"}}), "👍"),
             (json!({"type":"reaction","reaction":{}}), ""),
-            (json!({"type":"order","order":{"product_items":[{},{}]}}), "🛒 Order (2 items)"),
-            (json!({"type":"unsupported","unsupported":{"type":"poll"}}), "[Unsupported]"),
+            (
+                json!({"type":"order","order":{"product_items":[{},{}]}}),
+                "🛒 Order (2 items)",
+            ),
+            (
+                json!({"type":"unsupported","unsupported":{"type":"poll"}}),
+                "[Unsupported]",
+            ),
             (json!({"type":"poll","poll":{}}), "[Unsupported]"),
         ];
         for (message, expected) in cases {

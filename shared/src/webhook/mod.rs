@@ -58,13 +58,29 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
     Ok(parsed)
 }
 
-fn parse_messages_value(value: &MessagesValue, path: &str, out: &mut Parsed) -> Result<(), PayloadError> {
+fn parse_messages_value(
+    value: &MessagesValue,
+    path: &str,
+    out: &mut Parsed,
+) -> Result<(), PayloadError> {
     let metadata = value.metadata.clone().unwrap_or_default();
-    let business_number = metadata.display_phone_number.as_deref().map(digits).unwrap_or_default();
+    let business_number = metadata
+        .display_phone_number
+        .as_deref()
+        .map(digits)
+        .unwrap_or_default();
     for (i, raw) in value.messages.iter().enumerate() {
         let path = format!("{path}.messages[{i}]");
-        let message = InboundMessage::deserialize(raw).map_err(|err| PayloadError(format!("{path}: {err}")))?;
-        out.messages.push(build_message(message, raw, &value.contacts, &business_number, &metadata, &path)?);
+        let message = InboundMessage::deserialize(raw)
+            .map_err(|err| PayloadError(format!("{path}: {err}")))?;
+        out.messages.push(build_message(
+            message,
+            raw,
+            &value.contacts,
+            &business_number,
+            &metadata,
+            &path,
+        )?);
     }
     for status in &value.statuses {
         let recipient = digits(&status.recipient_id);
@@ -93,15 +109,24 @@ fn build_message(
     path: &str,
 ) -> Result<Message, PayloadError> {
     let from = message.from.as_deref().map(digits).unwrap_or_default();
-    let first_contact = contacts.first().and_then(|c| c.wa_id.as_deref()).map(digits);
+    let first_contact = contacts
+        .first()
+        .and_then(|c| c.wa_id.as_deref())
+        .map(digits);
     let outbound = !business_number.is_empty() && from == business_number;
     let customer = if outbound {
         first_contact.or_else(|| raw.get("to").and_then(Value::as_str).map(digits))
     } else {
-        Some(from.clone()).filter(|f| !f.is_empty()).or(first_contact)
+        Some(from.clone())
+            .filter(|f| !f.is_empty())
+            .or(first_contact)
     }
     .filter(|c| !c.is_empty())
-    .ok_or_else(|| PayloadError(format!("{path}: cannot tell the customer's WhatsApp id (no `from`, contact or `to`)")))?;
+    .ok_or_else(|| {
+        PayloadError(format!(
+            "{path}: cannot tell the customer's WhatsApp id (no `from`, contact or `to`)"
+        ))
+    })?;
 
     let contact_name = contacts
         .iter()
@@ -111,10 +136,24 @@ fn build_message(
         .filter(|n| !n.trim().is_empty());
     let timestamp = to_datetime(message.timestamp);
     let (direction, user_name, status, sender, recipient) = if outbound {
-        (Direction::Outbound, BUSINESS_USER_NAME.to_owned(), "sent", from, customer.clone())
+        (
+            Direction::Outbound,
+            BUSINESS_USER_NAME.to_owned(),
+            "sent",
+            from,
+            customer.clone(),
+        )
     } else {
-        let name = contact_name.clone().unwrap_or_else(|| format!("+{customer}"));
-        (Direction::Inbound, name, RECEIVED, customer.clone(), business_number.to_owned())
+        let name = contact_name
+            .clone()
+            .unwrap_or_else(|| format!("+{customer}"));
+        (
+            Direction::Inbound,
+            name,
+            RECEIVED,
+            customer.clone(),
+            business_number.to_owned(),
+        )
     };
     let mut status_timestamps = BTreeMap::new();
     status_timestamps.insert(status.to_owned(), timestamp);
@@ -173,11 +212,28 @@ mod tests {
             ]
         }));
         let parsed = parse(&body).unwrap();
-        let [inbound, outbound] = &parsed.messages[..] else { panic!("two messages expected") };
-        assert_eq!((inbound.conversation_id.as_str(), inbound.user_name.as_str()), ("conv_4477", "Ann"));
-        assert_eq!((inbound.direction, inbound.status.as_str()), (Direction::Inbound, "received"));
-        assert_eq!((outbound.conversation_id.as_str(), outbound.user_name.as_str()), ("conv_4477", "Business"));
-        assert_eq!((outbound.direction, outbound.to.as_str()), (Direction::Outbound, "4477"));
+        let [inbound, outbound] = &parsed.messages[..] else {
+            panic!("two messages expected")
+        };
+        assert_eq!(
+            (inbound.conversation_id.as_str(), inbound.user_name.as_str()),
+            ("conv_4477", "Ann")
+        );
+        assert_eq!(
+            (inbound.direction, inbound.status.as_str()),
+            (Direction::Inbound, "received")
+        );
+        assert_eq!(
+            (
+                outbound.conversation_id.as_str(),
+                outbound.user_name.as_str()
+            ),
+            ("conv_4477", "Business")
+        );
+        assert_eq!(
+            (outbound.direction, outbound.to.as_str()),
+            (Direction::Outbound, "4477")
+        );
         assert_eq!(outbound.timestamp.timestamp(), 1_754_400_001);
     }
 
@@ -188,7 +244,10 @@ mod tests {
             "messages": [{"from": "+4477", "id": "w", "timestamp": "1", "type": "system", "system": {"body": "changed"}}]
         }));
         let message = &parse(&body).unwrap().messages[0];
-        assert_eq!((message.user_name.as_str(), message.body.as_str()), ("+4477", "changed"));
+        assert_eq!(
+            (message.user_name.as_str(), message.body.as_str()),
+            ("+4477", "changed")
+        );
     }
 
     #[test]
@@ -211,12 +270,20 @@ mod tests {
     #[test]
     fn malformed_bodies_are_refused_with_a_reason() {
         assert!(parse(b"not json").unwrap_err().0.contains("not valid JSON"));
-        assert!(parse(b"{\"hello\": 1}").unwrap_err().0.contains("not a WhatsApp webhook"));
+        assert!(
+            parse(b"{\"hello\": 1}")
+                .unwrap_err()
+                .0
+                .contains("not a WhatsApp webhook")
+        );
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(parse(deep.as_bytes()).is_err());
-        let no_id = envelope(json!({"messages": [{"from": "1", "timestamp": "1", "type": "text"}]}));
+        let no_id =
+            envelope(json!({"messages": [{"from": "1", "timestamp": "1", "type": "text"}]}));
         assert!(parse(&no_id).unwrap_err().0.contains("messages[0]"));
-        let bad_time = envelope(json!({"messages": [{"from": "1", "id": "w", "timestamp": "yesterday", "type": "text"}]}));
+        let bad_time = envelope(
+            json!({"messages": [{"from": "1", "id": "w", "timestamp": "yesterday", "type": "text"}]}),
+        );
         assert!(parse(&bad_time).unwrap_err().0.contains("timestamp"));
     }
 }

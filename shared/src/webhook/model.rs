@@ -140,14 +140,15 @@ impl<'de> Deserialize<'de> for UnixTime {
         }
         let seconds = match Raw::deserialize(d)? {
             Raw::Number(n) => n,
-            Raw::Text(s) => s
-                .trim()
-                .parse()
-                .map_err(|_| serde::de::Error::custom(format!("timestamp {s:?} is not Unix seconds")))?,
+            Raw::Text(s) => s.trim().parse().map_err(|_| {
+                serde::de::Error::custom(format!("timestamp {s:?} is not Unix seconds"))
+            })?,
         };
         // Anything outside years 1970..9999 is not a WhatsApp timestamp.
         if !(0..=253_402_300_799).contains(&seconds) {
-            return Err(serde::de::Error::custom(format!("timestamp {seconds} is out of range")));
+            return Err(serde::de::Error::custom(format!(
+                "timestamp {seconds} is out of range"
+            )));
         }
         Ok(UnixTime(seconds))
     }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
-
 fn required_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test.sh, which starts the servers"))
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test.sh, which starts the servers")
+    })
 }
 
 pub fn nats_url() -> String {
@@ -23,16 +24,24 @@ pub fn nats_url() -> String {
 
 /// A fresh name for a test's NATS namespace and MongoDB database.
 pub fn unique_name(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
 }
 
 /// URI of a database of its own on the test MongoDB server.
 pub fn mongodb_uri(database: &str) -> String {
-    format!("{}/{database}", required_env("TEST_MONGODB_URI").trim_end_matches('/'))
+    format!(
+        "{}/{database}",
+        required_env("TEST_MONGODB_URI").trim_end_matches('/')
+    )
 }
 
 pub async fn mongo_database(database: &str) -> mongodb::Database {
-    let client = mongodb::Client::with_uri_str(mongodb_uri(database)).await.unwrap();
+    let client = mongodb::Client::with_uri_str(mongodb_uri(database))
+        .await
+        .unwrap();
     client.database(database)
 }
 
@@ -48,7 +57,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !condition().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -57,14 +69,26 @@ where
 /// nothing unacknowledged: every published payload has been processed.
 pub async fn wait_until_drained(js: &jetstream::Context, stream: &str, timeout: Duration) {
     wait_until("the processor to drain the stream", timeout, || async {
-        let Ok(mut stream) = js.get_stream(stream).await else { return false };
-        let Ok(info) = stream.info().await else { return false };
-        let messages = info.state.messages;
-        let Ok(mut consumer) = stream.get_consumer::<jetstream::consumer::pull::Config>("processor").await else {
+        let Ok(mut stream) = js.get_stream(stream).await else {
             return false;
         };
-        let Ok(info) = consumer.info().await else { return false };
-        messages > 0 && info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence >= messages
+        let Ok(info) = stream.info().await else {
+            return false;
+        };
+        let messages = info.state.messages;
+        let Ok(mut consumer) = stream
+            .get_consumer::<jetstream::consumer::pull::Config>("processor")
+            .await
+        else {
+            return false;
+        };
+        let Ok(info) = consumer.info().await else {
+            return false;
+        };
+        messages > 0
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+            && info.delivered.stream_sequence >= messages
     })
     .await;
 }
@@ -84,24 +108,39 @@ pub fn all_webhook_files() -> Vec<(String, Vec<u8>)> {
     files.sort();
     files
         .into_iter()
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect()
 }
 
 /// The assignment's 8 original sample files.
 pub fn sample_files() -> Vec<(String, Vec<u8>)> {
-    all_webhook_files().into_iter().filter(|(name, _)| name.starts_with("conversation_")).collect()
+    all_webhook_files()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("conversation_"))
+        .collect()
 }
 
 /// `webhook_files/EXPECTED.json`: what loading every file must produce.
 pub fn expected_messages() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(webhook_files_dir().join("EXPECTED.json")).unwrap();
     let files: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
-    files.iter().flat_map(|f| f["messages"].as_array().cloned().unwrap_or_default()).collect()
+    files
+        .iter()
+        .flat_map(|f| f["messages"].as_array().cloned().unwrap_or_default())
+        .collect()
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A private nats-server, for tests that stop and restart NATS. Its data
@@ -116,7 +155,11 @@ impl NatsServer {
     pub async fn start() -> Self {
         let dir = std::env::temp_dir().join(unique_name("nats"));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self { port: free_port(), dir, child: None };
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
         server.restart().await;
         server
     }
@@ -154,9 +197,15 @@ impl NatsServer {
             .expect("nats-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
         let port = self.port;
-        wait_until("the private nats-server to listen", Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
+        wait_until(
+            "the private nats-server to listen",
+            Duration::from_secs(20),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
         .await;
     }
 }
@@ -169,8 +218,15 @@ impl Drop for NatsServer {
 }
 
 /// Number of documents matching `filter` in `collection`.
-pub async fn count(db: &mongodb::Database, collection: &str, filter: mongodb::bson::Document) -> u64 {
-    db.collection::<mongodb::bson::Document>(collection).count_documents(filter).await.unwrap()
+pub async fn count(
+    db: &mongodb::Database,
+    collection: &str,
+    filter: mongodb::bson::Document,
+) -> u64 {
+    db.collection::<mongodb::bson::Document>(collection)
+        .count_documents(filter)
+        .await
+        .unwrap()
 }
 
 /// Drops a test database (best effort: tests leave nothing behind).

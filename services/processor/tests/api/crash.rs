@@ -78,11 +78,20 @@ async fn sigkilling_a_replica_mid_ingest_loses_and_duplicates_nothing() {
                     let (http, gateway) = (http.clone(), gateway.clone());
                     async move {
                         loop {
-                            let response = http.post(format!("{gateway}/webhook")).body(payload(n)).send().await.unwrap();
+                            let response = http
+                                .post(format!("{gateway}/webhook"))
+                                .body(payload(n))
+                                .send()
+                                .await
+                                .unwrap();
                             if response.status() == 200 {
                                 break;
                             }
-                            assert_eq!(response.status(), 503, "only a not-yet-ready broker may refuse");
+                            assert_eq!(
+                                response.status(),
+                                503,
+                                "only a not-yet-ready broker may refuse"
+                            );
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
@@ -94,21 +103,34 @@ async fn sigkilling_a_replica_mid_ingest_loses_and_duplicates_nothing() {
     };
 
     let total = (PAYLOADS * MESSAGES_PER_PAYLOAD) as u64;
-    test_support::wait_until("some messages to be stored", Duration::from_secs(120), || async {
-        test_support::count(&p.db, "processed_messages", doc! {}).await >= total / 5
-    })
+    test_support::wait_until(
+        "some messages to be stored",
+        Duration::from_secs(120),
+        || async { test_support::count(&p.db, "processed_messages", doc! {}).await >= total / 5 },
+    )
     .await;
     a.kill();
     ingest.await.unwrap();
     let _a = Replica::start(&p);
     p.drained().await;
 
-    assert_eq!(test_support::count(&p.db, "processed_messages", doc! {}).await, total);
+    assert_eq!(
+        test_support::count(&p.db, "processed_messages", doc! {}).await,
+        total
+    );
     let per_customer = (PAYLOADS / CUSTOMERS * MESSAGES_PER_PAYLOAD) as i64;
     for k in 0..CUSTOMERS {
         let c = p.conversation(&format!("conv_7000000{k:05}")).await;
-        assert_eq!(test_support::int(&c, "messageCount"), per_customer, "conversation {k}");
-        assert_eq!(test_support::int(&c, "unreadCount"), per_customer, "conversation {k}");
+        assert_eq!(
+            test_support::int(&c, "messageCount"),
+            per_customer,
+            "conversation {k}"
+        );
+        assert_eq!(
+            test_support::int(&c, "unreadCount"),
+            per_customer,
+            "conversation {k}"
+        );
         assert_eq!(c.get_str("userName").unwrap(), format!("Customer {k}"));
     }
 }

@@ -14,16 +14,30 @@ async fn an_unprocessable_payload_is_dead_lettered_and_does_not_block_the_queue(
     p.post(body).await;
     p.drained().await;
 
-    assert_eq!(test_support::count(&p.db, "processed_messages", doc! {}).await, 1);
+    assert_eq!(
+        test_support::count(&p.db, "processed_messages", doc! {}).await,
+        1
+    );
     let dlq = p.js.get_stream(p.names.dead_letter_stream()).await.unwrap();
     let consumer = dlq
         .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
         .await
         .unwrap();
-    let mut messages = consumer.fetch().max_messages(10).expires(Duration::from_secs(2)).messages().await.unwrap();
+    let mut messages = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
     let dead = messages.next().await.expect("one dead letter").unwrap();
     assert_eq!(dead.payload.as_ref(), b"{definitely not json");
-    let reason = dead.headers.as_ref().and_then(|h| h.get("Dlq-Reason")).unwrap().to_string();
+    let reason = dead
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Dlq-Reason"))
+        .unwrap()
+        .to_string();
     assert!(reason.contains("unparseable"), "{reason}");
 }
 
@@ -33,10 +47,30 @@ async fn health_readiness_and_metrics_are_served() {
     p.post(&test_support::sample_files()[0].1).await;
     p.drained().await;
     test_support::wait_until("processor readiness", Duration::from_secs(20), || async {
-        p.http.get(format!("{}/readyz", p.processor)).send().await.is_ok_and(|r| r.status() == 200)
+        p.http
+            .get(format!("{}/readyz", p.processor))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
     })
     .await;
-    assert_eq!(p.http.get(format!("{}/healthz", p.processor)).send().await.unwrap().status(), 200);
-    let metrics = p.http.get(format!("{}/metrics", p.processor)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        p.http
+            .get(format!("{}/healthz", p.processor))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = p
+        .http
+        .get(format!("{}/metrics", p.processor))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("payloads_processed_total"), "{metrics}");
 }

@@ -14,7 +14,10 @@ async fn one_event_per_stored_message_and_applied_status_and_none_for_repeats() 
     }
     p.drained().await;
     // A marker published after the drain arrives after every event.
-    p.nats.publish(p.names.events(), "end".into()).await.unwrap();
+    p.nats
+        .publish(p.names.events(), "end".into())
+        .await
+        .unwrap();
 
     let (mut new_messages, mut status_updates) = (Vec::new(), Vec::new());
     while let Some(message) = events.next().await {
@@ -32,7 +35,10 @@ async fn one_event_per_stored_message_and_applied_status_and_none_for_repeats() 
     status_updates.sort();
     assert_eq!(
         status_updates,
-        vec![("conv_919937320320".into(), "read".into()), ("conv_929967673820".into(), "delivered".into())],
+        vec![
+            ("conv_919937320320".into(), "read".into()),
+            ("conv_929967673820".into(), "delivered".into())
+        ],
         "one statusUpdate per applied change; the sample's `sent` for an inbound message changes nothing"
     );
 }

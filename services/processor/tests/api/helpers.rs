@@ -35,16 +35,25 @@ pub fn processor_config(namespace: &str, database: &str) -> Config {
         batch_size: 64,
         ack_wait_secs: 3,
         max_deliveries: 3,
-        nats: NatsConfig { nats_url: test_support::nats_url(), nats_namespace: namespace.into() },
-        mongo: MongoConfig { mongodb_uri: test_support::mongodb_uri(database) },
-        log: LogConfig { log_format: LogFormat::Pretty },
+        nats: NatsConfig {
+            nats_url: test_support::nats_url(),
+            nats_namespace: namespace.into(),
+        },
+        mongo: MongoConfig {
+            mongodb_uri: test_support::mongodb_uri(database),
+        },
+        log: LogConfig {
+            log_format: LogFormat::Pretty,
+        },
     }
 }
 
 /// Gateway and processor, in this process.
 pub async fn spawn_pipeline() -> Pipeline {
     let mut pipeline = spawn_gateway_only().await;
-    let processor = Application::build(processor_config(&pipeline.namespace, &pipeline.database)).await.unwrap();
+    let processor = Application::build(processor_config(&pipeline.namespace, &pipeline.database))
+        .await
+        .unwrap();
     pipeline.processor = format!("http://127.0.0.1:{}", processor.port());
     tokio::spawn(processor.run_until_stopped(pipeline.shutdown.clone()));
     pipeline
@@ -54,7 +63,9 @@ pub async fn spawn_pipeline() -> Pipeline {
 pub async fn spawn_gateway_only() -> Pipeline {
     // Logs show with RUST_LOG=info (off unless asked for).
     if std::env::var_os("RUST_LOG").is_some() {
-        shared::config::init_tracing(&LogConfig { log_format: LogFormat::Pretty });
+        shared::config::init_tracing(&LogConfig {
+            log_format: LogFormat::Pretty,
+        });
     }
     let namespace = test_support::unique_name("pipe");
     let database = namespace.clone();
@@ -66,8 +77,13 @@ pub async fn spawn_gateway_only() -> Pipeline {
         app_secret: None,
         body_limit: 4 * 1024 * 1024,
         publish_timeout_ms: 5000,
-        nats: NatsConfig { nats_url: test_support::nats_url(), nats_namespace: namespace.clone() },
-        log: LogConfig { log_format: LogFormat::Pretty },
+        nats: NatsConfig {
+            nats_url: test_support::nats_url(),
+            nats_namespace: namespace.clone(),
+        },
+        log: LogConfig {
+            log_format: LogFormat::Pretty,
+        },
     };
     let gateway = webhook_gateway::Application::build(config).await.unwrap();
     let gateway_address = format!("http://127.0.0.1:{}", gateway.port());
@@ -75,9 +91,11 @@ pub async fn spawn_gateway_only() -> Pipeline {
     let nats = async_nats::connect(test_support::nats_url()).await.unwrap();
     let js = jetstream::new(nats.clone());
     let names = Names::new(&namespace);
-    test_support::wait_until("the gateway to create its streams", Duration::from_secs(20), || async {
-        js.get_stream(names.webhook_stream()).await.is_ok()
-    })
+    test_support::wait_until(
+        "the gateway to create its streams",
+        Duration::from_secs(20),
+        || async { js.get_stream(names.webhook_stream()).await.is_ok() },
+    )
     .await;
     Pipeline {
         gateway: gateway_address,
@@ -98,7 +116,13 @@ impl Pipeline {
     pub async fn post(&self, body: &[u8]) {
         let mut attempts = 0;
         loop {
-            let response = self.http.post(format!("{}/webhook", self.gateway)).body(body.to_vec()).send().await.unwrap();
+            let response = self
+                .http
+                .post(format!("{}/webhook", self.gateway))
+                .body(body.to_vec())
+                .send()
+                .await
+                .unwrap();
             // 503 only until the gateway has created its streams at startup.
             if response.status() == 503 && attempts < 100 {
                 attempts += 1;
@@ -113,20 +137,40 @@ impl Pipeline {
     /// Publishes straight to the stream without a de-duplication id, as a
     /// redelivery by NATS or a retry by Meta after the window would.
     pub async fn publish_raw(&self, body: &[u8]) {
-        self.js.publish(self.names.webhooks(), body.to_vec().into()).await.unwrap().await.unwrap();
+        self.js
+            .publish(self.names.webhooks(), body.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
 
     pub async fn drained(&self) {
-        test_support::wait_until_drained(&self.js, &self.names.webhook_stream(), Duration::from_secs(120)).await;
+        test_support::wait_until_drained(
+            &self.js,
+            &self.names.webhook_stream(),
+            Duration::from_secs(120),
+        )
+        .await;
     }
 
     pub async fn messages(&self, filter: Document) -> Vec<Document> {
-        self.db.collection::<Document>("processed_messages").find(filter).await.unwrap().try_collect().await.unwrap()
+        self.db
+            .collection::<Document>("processed_messages")
+            .find(filter)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
     }
 
     pub async fn message(&self, id: &str) -> Document {
         let found = self.messages(doc! {"_id": id}).await;
-        found.into_iter().next().unwrap_or_else(|| panic!("message {id} is not stored"))
+        found
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("message {id} is not stored"))
     }
 
     pub async fn conversation(&self, id: &str) -> Document {

@@ -12,9 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use shared::broker;
 use shared::http::ApiError;
+use subtle::ConstantTimeEq;
 
 use crate::{AppState, signature};
 
@@ -29,13 +29,19 @@ pub struct Verification {
 }
 
 /// Echoes `hub.challenge` when the token matches, as Meta expects.
-pub async fn verify(State(state): State<AppState>, Query(query): Query<Verification>) -> Result<String, ApiError> {
+pub async fn verify(
+    State(state): State<AppState>,
+    Query(query): Query<Verification>,
+) -> Result<String, ApiError> {
     let expected = state.verify_token.as_deref().map(str::as_bytes);
     let given = query.token.as_deref().map(str::as_bytes);
     // Constant-time comparison: the token is a (small) secret.
     let token_ok = matches!((expected, given), (Some(e), Some(g)) if bool::from(e.ct_eq(g)));
     if query.mode.as_deref() != Some("subscribe") || !token_ok {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "verification failed: wrong hub.mode or hub.verify_token"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "verification failed: wrong hub.mode or hub.verify_token",
+        ));
     }
     Ok(query.challenge.unwrap_or_default())
 }
@@ -57,8 +63,11 @@ pub async fn receive(
         reject(status, message)
     })?;
     if let Some(secret) = &state.app_secret {
-        let header = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
-        signature::verify(secret, header, &body).map_err(|e| reject(StatusCode::UNAUTHORIZED, e))?;
+        let header = headers
+            .get("x-hub-signature-256")
+            .and_then(|v| v.to_str().ok());
+        signature::verify(secret, header, &body)
+            .map_err(|e| reject(StatusCode::UNAUTHORIZED, e))?;
     }
     let parsed = shared::webhook::parse(&body).map_err(|e| reject(StatusCode::BAD_REQUEST, e.0))?;
 
@@ -75,17 +84,23 @@ pub async fn receive(
 }
 
 fn reject(status: StatusCode, message: impl Into<String>) -> ApiError {
-    metrics::counter!("webhooks_rejected_total", "status" => status.as_str().to_owned()).increment(1);
+    metrics::counter!("webhooks_rejected_total", "status" => status.as_str().to_owned())
+        .increment(1);
     ApiError::new(status, message)
 }
 
 /// Publishes with the body's hash as `Nats-Msg-Id`, so a body sent twice
 /// within the stream's duplicate window is stored once.
-async fn publish(state: &AppState, body: Bytes) -> Result<async_nats::jetstream::publish::PublishAck, ApiError> {
+async fn publish(
+    state: &AppState,
+    body: Bytes,
+) -> Result<async_nats::jetstream::publish::PublishAck, ApiError> {
     let id = hex::encode(Sha256::digest(&body));
     let subject = state.names.webhooks();
     let attempt = || async {
-        let message = PublishMessage::build().payload(body.clone()).message_id(&id);
+        let message = PublishMessage::build()
+            .payload(body.clone())
+            .message_id(&id);
         state.js.send_publish(subject.clone(), message).await?.await
     };
     let result = match attempt().await {
@@ -99,12 +114,18 @@ async fn publish(state: &AppState, body: Bytes) -> Result<async_nats::jetstream:
         other => other,
     };
     result.map_err(|e| match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => reject(StatusCode::PAYLOAD_TOO_LARGE, format!("the broker refuses a body this large: {e}")),
+        PublishErrorKind::MaxPayloadExceeded => reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the broker refuses a body this large: {e}"),
+        ),
         _ => unavailable(&e.to_string()),
     })
 }
 
 fn unavailable(reason: &str) -> ApiError {
     tracing::warn!(reason, "broker cannot take the webhook");
-    reject(StatusCode::SERVICE_UNAVAILABLE, format!("broker unavailable, retry later: {reason}"))
+    reject(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("broker unavailable, retry later: {reason}"),
+    )
 }

@@ -29,8 +29,13 @@ pub fn config(nats_url: &str, namespace: &str, app_secret: Option<&str>) -> Conf
         app_secret: app_secret.map(Into::into),
         body_limit: 4 * 1024 * 1024,
         publish_timeout_ms: 2000,
-        nats: NatsConfig { nats_url: nats_url.into(), nats_namespace: namespace.into() },
-        log: LogConfig { log_format: LogFormat::Pretty },
+        nats: NatsConfig {
+            nats_url: nats_url.into(),
+            nats_namespace: namespace.into(),
+        },
+        log: LogConfig {
+            log_format: LogFormat::Pretty,
+        },
     }
 }
 
@@ -41,12 +46,20 @@ pub async fn spawn_app(app_secret: Option<&str>) -> TestApp {
 
 pub async fn spawn_app_on(nats_url: &str, app_secret: Option<&str>) -> TestApp {
     let namespace = test_support::unique_name("gw");
-    let app = Application::build(config(nats_url, &namespace, app_secret)).await.unwrap();
+    let app = Application::build(config(nats_url, &namespace, app_secret))
+        .await
+        .unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let js = jetstream::new(async_nats::connect(nats_url).await.unwrap());
-    TestApp { address, names: Names::new(&namespace), js, http: reqwest::Client::new(), shutdown }
+    TestApp {
+        address,
+        names: Names::new(&namespace),
+        js,
+        http: reqwest::Client::new(),
+        shutdown,
+    }
 }
 
 impl TestApp {
@@ -72,5 +85,8 @@ impl TestApp {
 /// Asserts a JSON error body `{"error": "..."}` and returns the message.
 pub async fn error_message(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
-    body["error"].as_str().expect("error bodies have an `error` string").to_owned()
+    body["error"]
+        .as_str()
+        .expect("error bodies have an `error` string")
+        .to_owned()
 }

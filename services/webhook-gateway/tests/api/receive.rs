@@ -26,7 +26,13 @@ async fn every_sample_file_is_accepted_and_stored_in_the_stream() {
 async fn the_api_alias_accepts_webhooks_too() {
     let app = spawn_app(None).await;
     let (_, body) = &test_support::sample_files()[0];
-    let response = app.http.post(format!("{}/api/webhook", app.address)).body(body.clone()).send().await.unwrap();
+    let response = app
+        .http
+        .post(format!("{}/api/webhook", app.address))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(app.stored_payloads().await, 1);
 }
@@ -37,7 +43,10 @@ async fn a_body_posted_twice_is_stored_once() {
     let (_, body) = &test_support::sample_files()[0];
     let first: serde_json::Value = app.post_webhook(body.clone()).await.json().await.unwrap();
     let second: serde_json::Value = app.post_webhook(body.clone()).await.json().await.unwrap();
-    assert_eq!((first["duplicate"].as_bool(), second["duplicate"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(
+        (first["duplicate"].as_bool(), second["duplicate"].as_bool()),
+        (Some(false), Some(true))
+    );
     assert_eq!(app.stored_payloads().await, 1);
 }
 
@@ -54,10 +63,17 @@ async fn signatures_are_checked_on_the_raw_bytes_when_a_secret_is_set() {
         }
         request.send()
     };
-    assert_eq!(post(Some(good.to_owned()), body.clone()).await.unwrap().status(), 200);
+    assert_eq!(
+        post(Some(good.to_owned()), body.clone())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // The signature of a parsed-and-re-serialised body must not pass.
-    let reserialised = serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&body).unwrap()).unwrap();
+    let reserialised =
+        serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&body).unwrap()).unwrap();
     for (signature, body) in [
         (Some(sign(&reserialised)), body.clone()),
         (Some(good.to_owned()), reserialised.clone()),
@@ -96,7 +112,12 @@ async fn bad_input_gets_a_json_4xx_and_nothing_is_stored() {
         assert!(error.contains(message), "{what}: {error}");
     }
     assert_eq!(app.stored_payloads().await, 0);
-    let health = app.http.get(format!("{}/healthz", app.address)).send().await.unwrap();
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200, "the gateway is still up");
 }
 
@@ -116,11 +137,25 @@ async fn a_three_megabyte_webhook_is_accepted() {
 #[tokio::test]
 async fn health_readiness_and_metrics_are_served() {
     let app = spawn_app(None).await;
-    app.post_webhook(test_support::sample_files()[0].1.clone()).await;
+    app.post_webhook(test_support::sample_files()[0].1.clone())
+        .await;
     for path in ["/healthz", "/readyz"] {
-        let response = app.http.get(format!("{}{path}", app.address)).send().await.unwrap();
+        let response = app
+            .http
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
-    let metrics = app.http.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("webhooks_accepted_total"), "{metrics}");
 }
