@@ -109,6 +109,19 @@ fi
 [ -x "$NATS_SERVER_BIN" ] || die "nats-server binary not executable: $NATS_SERVER_BIN"
 export NATS_SERVER_BIN
 
+# --- 1b. Node.js and the official socket.io-client ---------------------------
+# The Socket.IO tests drive a real socket.io-client v4 under Node.js.
+SIO_CLIENT="$ROOT/shared/test-support/socketio-client"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    is_root || die "node and npm not found; install Node.js (Debian: apt-get install nodejs npm)"
+    log "installing nodejs and npm (apt)"
+    apt_install nodejs npm || die "apt-get install nodejs npm failed"
+fi
+if [ ! -d "$SIO_CLIENT/node_modules/socket.io-client" ]; then
+    log "installing socket.io-client (npm ci)"
+    (cd "$SIO_CLIENT" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in $SIO_CLIENT"
+fi
+
 # --- 2. MongoDB-wire server ---------------------------------------------------
 MONGO_PORT=""
 if [ -n "${TEST_MONGODB_URI:-}" ]; then

@@ -1,7 +1,8 @@
 //! NATS: subject and stream names, connecting, and the JetStream streams.
 //!
-//! Webhook bodies travel through the `<NS>_WEBHOOKS` stream (Limits
-//! retention, so they stay replayable and other consumers can be added);
+//! Webhook bodies, and messages sent through the API, travel through the
+//! `<NS>_WEBHOOKS` stream (Limits retention, so they stay replayable and
+//! other consumers can be added);
 //! payloads that can never be processed go to `<NS>_DLQ`; events for the
 //! api-gateways are plain core-NATS messages on `<ns>.events`.
 
@@ -33,7 +34,17 @@ impl Names {
 
     /// Subject webhook bodies are published on.
     pub fn webhooks(&self) -> String {
-        format!("{}.webhooks", self.namespace)
+        format!("{}.ingest.webhook", self.namespace)
+    }
+
+    /// Subject of messages sent through the REST API, for the processor to store.
+    pub fn sends(&self) -> String {
+        format!("{}.ingest.send", self.namespace)
+    }
+
+    /// Everything the processor consumes: webhooks and sends.
+    pub fn ingest(&self) -> String {
+        format!("{}.ingest.>", self.namespace)
     }
 
     pub fn dead_letters(&self) -> String {
@@ -105,7 +116,7 @@ pub async fn ensure_streams(
     .await?;
     js.create_or_update_stream(stream::Config {
         name: names.webhook_stream(),
-        subjects: vec![names.webhooks()],
+        subjects: vec![names.ingest()],
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: WEBHOOK_RETENTION,
@@ -134,7 +145,7 @@ pub async fn processor_consumer(
                 max_deliver: -1,
                 max_ack_pending: 20_000,
                 // Singular filter: nats-server 2.9 ignores `filter_subjects`.
-                filter_subject: names.webhooks(),
+                filter_subject: names.ingest(),
                 ..Default::default()
             },
         )

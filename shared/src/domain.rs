@@ -47,7 +47,7 @@ pub fn is_safe_status_name(status: &str) -> bool {
         && status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Inbound,
@@ -55,7 +55,7 @@ pub enum Direction {
 }
 
 /// A stored WhatsApp message, inbound or sent by the business.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     /// Same as `message_id`: the WhatsApp id is the natural key.
@@ -94,6 +94,40 @@ pub struct Message {
     pub status_timestamps: BTreeMap<String, DateTime<Utc>>,
 }
 
+impl Message {
+    /// A text the business sends from the API: stored as `sent`, like the
+    /// business's own messages that arrive by webhook.
+    pub fn outbound_text(
+        message_id: String,
+        wa_id: &str,
+        from: String,
+        text: String,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: message_id.clone(),
+            message_id,
+            conversation_id: conversation_id(wa_id),
+            wa_id: wa_id.to_owned(),
+            from,
+            to: wa_id.to_owned(),
+            timestamp: now,
+            kind: "text".to_owned(),
+            content: Some(serde_json::json!({"body": text})),
+            body: text,
+            status: "sent".to_owned(),
+            user_name: BUSINESS_USER_NAME.to_owned(),
+            direction: Direction::Outbound,
+            contact_name: None,
+            phone_number_id: None,
+            context: None,
+            referral: None,
+            errors: None,
+            status_timestamps: BTreeMap::from([("sent".to_owned(), now)]),
+        }
+    }
+}
+
 /// A status webhook for one of the business's messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -108,7 +142,7 @@ pub struct StatusChange {
 }
 
 /// A conversation's precomputed summary, as listed by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Conversation {
     pub conversation_id: String,
@@ -123,6 +157,28 @@ pub struct Conversation {
     pub participants: Vec<String>,
 }
 
+/// Totals for `GET /api/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub total_messages: i64,
+    pub total_conversations: i64,
+    pub inbound: i64,
+    pub outbound: i64,
+    /// Messages per status; every known status is listed, zero or not.
+    pub status_breakdown: BTreeMap<String, i64>,
+}
+
+/// Statuses every stats breakdown lists.
+pub const KNOWN_STATUSES: [&str; 6] = [RECEIVED, "sent", "delivered", "read", "played", "failed"];
+
+/// A page of a newest-first listing: at most `limit` items older than `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: i64,
+    pub before: Option<DateTime<Utc>>,
+}
+
 /// What the processor publishes after a write that changed something.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "data", rename_all = "camelCase")]
@@ -132,7 +188,7 @@ pub enum Event {
 }
 
 /// Payload of the `statusUpdate` event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusUpdate {
     pub message_id: String,

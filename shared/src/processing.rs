@@ -9,9 +9,32 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt, stream};
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::{Event, Message, StatusChange, StatusUpdate, status_rank};
 use crate::store::{RawPayload, StatusOutcome, Store, StoreResult};
-use crate::webhook::Parsed;
+use crate::webhook::{self, Parsed, PayloadError};
+
+/// What an ingested payload is: a webhook body from WhatsApp, or a message
+/// the business sent through the REST API (a [`Message`] as JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    Webhook,
+    Send,
+}
+
+/// Turns an ingested payload into what it asks to store.
+pub fn decode(kind: Ingest, body: &[u8]) -> Result<Parsed, PayloadError> {
+    match kind {
+        Ingest::Webhook => webhook::parse(body),
+        Ingest::Send => serde_json::from_slice::<Message>(body)
+            .map(|message| Parsed {
+                messages: vec![message],
+                ..Parsed::default()
+            })
+            .map_err(|e| PayloadError(format!("not a message to send: {e}"))),
+    }
+}
 
 /// How many independent store operations one batch runs at once.
 const CONCURRENCY: usize = 16;
@@ -87,6 +110,28 @@ impl Processor {
             .try_collect::<()>()
             .await?;
         Ok(events)
+    }
+
+    /// Marks a conversation's inbound messages read (the business has seen
+    /// them); returns one event per message that changed.
+    pub async fn mark_read(
+        &self,
+        conversation_id: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<Event>> {
+        let changed = self.store.mark_inbound_read(conversation_id, at).await?;
+        self.store.refresh_conversation(conversation_id).await?;
+        Ok(changed
+            .into_iter()
+            .map(|message_id| {
+                Event::StatusUpdate(StatusUpdate {
+                    message_id,
+                    status: "read".to_owned(),
+                    conversation_id: conversation_id.to_owned(),
+                    timestamp: at,
+                })
+            })
+            .collect())
     }
 
     /// Applies one status; keeps it for later if its message isn't stored.

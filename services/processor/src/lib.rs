@@ -17,7 +17,6 @@ use shared::store::Store;
 use shared::store::mongo::MongoStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
 
 pub use config::Config;
 
@@ -83,5 +82,5 @@ fn ops_router(client: async_nats::Client, store: MongoStore) -> Router {
             store.ping().await.map_err(|e| e.to_string())
         })
     });
-    ops_routes(ready).layer(TraceLayer::new_for_http())
+    shared::http::with_request_tracing(ops_routes(ready))
 }

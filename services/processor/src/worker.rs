@@ -8,10 +8,9 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use shared::broker::{self, Names};
 use shared::domain::Event;
-use shared::processing::Processor;
+use shared::processing::{self, Ingest, Processor};
 use shared::store::mongo::MongoStore;
 use shared::store::{RawPayload, StoreError};
-use shared::webhook;
 use tokio_util::sync::CancellationToken;
 
 pub struct Worker {
@@ -90,7 +89,12 @@ impl Worker {
         let mut pending = Vec::with_capacity(messages.len());
         let mut batch = Vec::with_capacity(messages.len());
         for message in messages {
-            match webhook::parse(&message.payload) {
+            let kind = if message.subject.as_str() == self.names.sends() {
+                Ingest::Send
+            } else {
+                Ingest::Webhook
+            };
+            match processing::decode(kind, &message.payload) {
                 Ok(parsed) => {
                     batch.push((raw_payload(&message), parsed));
                     pending.push(message);

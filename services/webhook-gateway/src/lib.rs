@@ -14,9 +14,6 @@ use axum::extract::DefaultBodyLimit;
 use shared::broker::{self, Names};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 pub use config::Config;
 
@@ -60,12 +57,8 @@ impl Application {
             verify_token: config.verify_token.map(Into::into),
             app_secret: config.app_secret.map(|s| s.into_bytes().into()),
         };
-        let router = routes::router(state.clone())
-            .layer(DefaultBodyLimit::max(config.body_limit))
-            .layer(CatchPanicLayer::new())
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(TraceLayer::new_for_http())
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+        let router = routes::router(state.clone()).layer(DefaultBodyLimit::max(config.body_limit));
+        let router = shared::http::with_request_tracing(router);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
             listener,

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Message, StatusChange};
+use crate::domain::{Conversation, Message, Page, Stats, StatusChange};
 
 /// A webhook body exactly as received, kept because Meta offers no way to
 /// fetch a webhook again.
@@ -84,6 +84,24 @@ pub trait Store: Send + Sync + 'static {
     /// from its messages. Concurrent refreshes of one conversation must not
     /// let an older computation overwrite a newer one.
     async fn refresh_conversation(&self, conversation_id: &str) -> StoreResult<()>;
+
+    /// Marks a conversation's unread inbound messages read, each only if it
+    /// is still unread; returns the ids that changed.
+    async fn mark_inbound_read(
+        &self,
+        conversation_id: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<String>>;
+
+    /// Conversation summaries, newest last message first.
+    async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>>;
+
+    /// The newest messages of a conversation (per `page`), oldest first.
+    async fn messages(&self, conversation_id: &str, page: Page) -> StoreResult<Vec<Message>>;
+
+    async fn message(&self, message_id: &str) -> StoreResult<Option<Message>>;
+
+    async fn stats(&self) -> StoreResult<Stats>;
 }
 
 /// Key under which the conversation list is ordered: newest last message

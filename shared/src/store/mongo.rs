@@ -16,7 +16,10 @@ use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{RawPayload, StatusOutcome, Store, StoreError, StoreResult, conversation_sort_key};
-use crate::domain::{Message, RECEIVED, StatusChange, is_safe_status_name, status_rank};
+use crate::domain::{
+    Conversation, Direction, KNOWN_STATUSES, Message, Page, RECEIVED, Stats, StatusChange,
+    is_safe_status_name, status_rank,
+};
 
 pub const MESSAGES: &str = "processed_messages";
 pub const CONVERSATIONS: &str = "conversations";
@@ -87,6 +90,7 @@ impl MongoStore {
                     .keys(doc! {"conversationId": 1, "status": 1})
                     .build(),
                 IndexModel::builder().keys(doc! {"status": 1}).build(),
+                IndexModel::builder().keys(doc! {"direction": 1}).build(),
             ])
             .await
             .map_err(store_error)?;
@@ -303,6 +307,125 @@ impl Store for MongoStore {
             "conversation {conversation_id} is too busy to summarise; will retry"
         )))
     }
+    async fn mark_inbound_read(
+        &self,
+        conversation_id: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<String>> {
+        let unread: Vec<Document> = self
+            .messages()
+            .find(doc! {"conversationId": conversation_id, "direction": "inbound", "status": RECEIVED})
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        let mut changed = Vec::new();
+        for id in unread.iter().filter_map(|d| d.get_str("_id").ok()) {
+            // Guarded on the status, so concurrent readers mark each message once.
+            let result = self
+                .messages()
+                .update_one(
+                    doc! {"_id": id, "status": RECEIVED},
+                    doc! {"$set": {"status": "read", "statusRank": status_rank("read").unwrap_or(3), "statusTimestamps.read": to_bson_date(at)}},
+                )
+                .await
+                .map_err(store_error)?;
+            if result.modified_count == 1 {
+                changed.push(id.to_owned());
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
+        let filter = match page.before {
+            // Keys of earlier milliseconds sort below the bare millisecond prefix.
+            Some(before) => {
+                doc! {"sortKey": {"$lt": format!("{:015}", before.timestamp_millis().max(0))}}
+            }
+            None => doc! {},
+        };
+        let docs: Vec<Document> = self
+            .conversations()
+            .find(filter)
+            .sort(doc! {"sortKey": -1})
+            .limit(page.limit)
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        Ok(docs.iter().map(conversation_from_document).collect())
+    }
+
+    async fn messages(&self, conversation_id: &str, page: Page) -> StoreResult<Vec<Message>> {
+        let mut filter = doc! {"conversationId": conversation_id};
+        if let Some(before) = page.before {
+            filter.insert("timestamp", doc! {"$lt": to_bson_date(before)});
+        }
+        let docs: Vec<Document> = self
+            .messages()
+            .find(filter)
+            .sort(doc! {"timestamp": -1, "messageId": -1})
+            .limit(page.limit)
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        docs.into_iter().rev().map(message_from_document).collect()
+    }
+
+    async fn message(&self, message_id: &str) -> StoreResult<Option<Message>> {
+        let found = self
+            .messages()
+            .find_one(doc! {"_id": message_id})
+            .await
+            .map_err(store_error)?;
+        found.map(message_from_document).transpose()
+    }
+
+    async fn stats(&self) -> StoreResult<Stats> {
+        let messages = self.messages();
+        let count = |filter: Document| {
+            let messages = messages.clone();
+            async move {
+                messages
+                    .count_documents(filter)
+                    .await
+                    .map_err(store_error)
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+            }
+        };
+        let (total, inbound, outbound, conversations) = futures::try_join!(
+            count(doc! {}),
+            count(doc! {"direction": "inbound"}),
+            count(doc! {"direction": "outbound"}),
+            async {
+                self.conversations()
+                    .count_documents(doc! {})
+                    .await
+                    .map_err(store_error)
+            },
+        )?;
+        let per_status = futures::future::try_join_all(
+            KNOWN_STATUSES.iter().map(|s| count(doc! {"status": *s})),
+        )
+        .await?;
+        Ok(Stats {
+            total_messages: total,
+            total_conversations: i64::try_from(conversations).unwrap_or(i64::MAX),
+            inbound,
+            outbound,
+            status_breakdown: KNOWN_STATUSES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .zip(per_status)
+                .collect(),
+        })
+    }
 }
 
 impl MongoStore {
@@ -372,6 +495,37 @@ impl MongoStore {
             "unreadCount": i64::try_from(unread_count).unwrap_or(i64::MAX),
             "updatedAt": bson::DateTime::now(),
         }))
+    }
+}
+
+fn conversation_from_document(d: &Document) -> Conversation {
+    let text = |key: &str| d.get_str(key).unwrap_or_default().to_owned();
+    let number = |key: &str| d.get(key).and_then(integer).unwrap_or(0);
+    Conversation {
+        conversation_id: text("_id"),
+        user_name: text("userName"),
+        last_message_id: text("lastMessageId"),
+        last_message_body: text("lastMessageBody"),
+        last_timestamp: d
+            .get("lastTimestamp")
+            .and_then(date_from_bson)
+            .unwrap_or_default(),
+        last_message_status: text("lastMessageStatus"),
+        last_message_direction: if d.get_str("lastMessageDirection") == Ok("outbound") {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        },
+        message_count: number("messageCount"),
+        unread_count: number("unreadCount"),
+        participants: d
+            .get_array("participants")
+            .map(|p| {
+                p.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

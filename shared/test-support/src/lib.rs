@@ -242,3 +242,126 @@ pub fn int(document: &mongodb::bson::Document, key: &str) -> i64 {
         other => panic!("{key} is not an integer: {other:?}"),
     }
 }
+
+/// A real `socket.io-client` v4 (Node.js) connected to `url`, driven over
+/// its stdin/stdout (see `socketio-client/client.js`).
+pub struct SocketClient {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    next_id: u64,
+    /// Transport after an upgrade seen while waiting for something else.
+    upgraded_to: Option<String>,
+}
+
+impl SocketClient {
+    /// Connects with these transports (`"polling,websocket"` is the
+    /// browser default; `"websocket"` skips long-polling) and waits for the
+    /// connection.
+    pub async fn connect(url: &str, transports: &str) -> Self {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("socketio-client");
+        assert!(
+            dir.join("node_modules/socket.io-client").exists(),
+            "socket.io-client is not installed: scripts/test.sh runs npm ci in {}",
+            dir.display()
+        );
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir.join("client.js"))
+            .arg(url)
+            .arg(transports)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node must be installed (scripts/test.sh installs it)");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(value) = serde_json::from_str(&line)
+                    && tx.send(value).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut client = Self {
+            child,
+            stdin,
+            lines,
+            next_id: 0,
+            upgraded_to: None,
+        };
+        client.next_of("connect", Duration::from_secs(20)).await;
+        client
+    }
+
+    /// The next line of the given type, skipping others.
+    pub async fn next_of(&mut self, kind: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no {kind} from the Socket.IO client within {timeout:?}")
+                })
+                .expect("the Socket.IO client exited");
+            if line["type"] == kind {
+                return line;
+            }
+            if line["type"] == "upgrade" {
+                self.upgraded_to = line["transport"].as_str().map(str::to_owned);
+            }
+        }
+    }
+
+    /// The next `newMessage` / `statusUpdate`: `(event name, data)`.
+    pub async fn next_event(&mut self, timeout: Duration) -> (String, serde_json::Value) {
+        let line = self.next_of("event", timeout).await;
+        (
+            line["event"].as_str().unwrap().to_owned(),
+            line["data"].clone(),
+        )
+    }
+
+    /// Emits and waits for the server's acknowledgement.
+    pub async fn emit_with_ack(
+        &mut self,
+        event: &str,
+        args: serde_json::Value,
+    ) -> serde_json::Value {
+        use tokio::io::AsyncWriteExt;
+        self.next_id += 1;
+        let command = serde_json::json!({"id": self.next_id, "emit": event, "args": [args]});
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+        let ack = self.next_of("ack", Duration::from_secs(15)).await;
+        assert_eq!(ack["id"], self.next_id);
+        ack["data"].clone()
+    }
+
+    /// Waits for the transport to be upgraded from polling to websocket.
+    pub async fn upgraded(&mut self) -> String {
+        if let Some(transport) = self.upgraded_to.take() {
+            return transport;
+        }
+        self.next_of("upgrade", Duration::from_secs(20)).await["transport"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+impl Drop for SocketClient {
+    fn drop(&mut self) {
+        self.stdin.take();
+        self.child.start_kill().ok();
+    }
+}

@@ -1,0 +1,12 @@
+use api_gateway::{Application, Config};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::config::load_dotenv();
+    let config = Config::parse();
+    shared::config::init_tracing(&config.log);
+    let app = Application::build(config).await?;
+    app.run_until_stopped(shared::http::shutdown_on_signals())
+        .await
+}

@@ -1,0 +1,174 @@
+//! Socket.IO: pushing the processor's events to connected browsers.
+//!
+//! Every replica subscribes to the events with a plain core-NATS
+//! subscription (not a queue group), so every replica sees every event and
+//! emits it to its own sockets only. A socket starts in the room [`ALL`]
+//! (every event); `subscribe` narrows it to rooms `conv:<id>`. A socket is
+//! in `ALL` or in conversation rooms, never both, so it never gets an
+//! event twice.
+//!
+//! socketioxide has no connection-state recovery: events that happen while
+//! a client is disconnected are not replayed. Clients re-read state over
+//! REST when they (re)connect.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use serde_json::Value;
+use shared::domain::{Event, is_conversation_id};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::layer::SocketIoLayer;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// Room of sockets that get every event.
+const ALL: &str = "*";
+
+fn room(conversation_id: &str) -> String {
+    format!("conv:{conversation_id}")
+}
+
+pub fn socket_io() -> (SocketIoLayer, SocketIo) {
+    let (layer, io) = SocketIo::builder().build_layer();
+    io.ns("/", on_connect);
+    (layer, io)
+}
+
+async fn on_connect(socket: SocketRef) {
+    socket.join(ALL);
+    socket.on("subscribe", subscribe);
+    socket.on("unsubscribe", unsubscribe);
+}
+
+/// `subscribe(["conv_1", ...])` or `subscribe("conv_1")`: only these
+/// conversations from now on (adding to earlier subscriptions);
+/// `subscribe("*")`: every conversation again. Acks the current list.
+async fn subscribe(socket: SocketRef, Data(ids): Data<Value>, ack: AckSender) {
+    let ids = conversation_ids(&ids);
+    if ids.iter().any(|id| id == ALL) {
+        socket.leave_all();
+        socket.join(ALL);
+    } else if !ids.is_empty() {
+        socket.leave(ALL);
+        socket.join(
+            ids.iter()
+                .filter(|id| is_conversation_id(id))
+                .map(|id| room(id))
+                .collect::<Vec<_>>(),
+        );
+    }
+    ack.send(&subscriptions(&socket)).ok();
+}
+
+/// `unsubscribe([...])`: stop getting these conversations. Acks the list.
+async fn unsubscribe(socket: SocketRef, Data(ids): Data<Value>, ack: AckSender) {
+    let rooms: Vec<String> = conversation_ids(&ids).iter().map(|id| room(id)).collect();
+    socket.leave(rooms);
+    ack.send(&subscriptions(&socket)).ok();
+}
+
+fn conversation_ids(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(id) => vec![id.clone()],
+        Value::Array(ids) => ids
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// What the socket receives now: `["*"]` or its conversation ids.
+fn subscriptions(socket: &SocketRef) -> Vec<String> {
+    socket
+        .rooms()
+        .iter()
+        .map(|r| r.strip_prefix("conv:").unwrap_or(r).to_owned())
+        .collect()
+}
+
+/// Messages sent through the API, waiting to be stored by the processor.
+#[derive(Clone, Default)]
+pub struct PendingSends(Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>);
+
+impl PendingSends {
+    /// Registers before publishing, so the stored event cannot be missed.
+    pub fn register(&self, message_id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.0.lock() {
+            pending.insert(message_id.to_owned(), tx);
+        }
+        rx
+    }
+
+    pub fn forget(&self, message_id: &str) {
+        if let Ok(mut pending) = self.0.lock() {
+            pending.remove(message_id);
+        }
+    }
+
+    fn stored(&self, message_id: &str) {
+        let waiter = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut pending| pending.remove(message_id));
+        if let Some(waiter) = waiter {
+            waiter.send(()).ok();
+        }
+    }
+}
+
+/// Emits every event from NATS to this replica's sockets, until cancelled.
+/// The subscription is re-made if it ends (the client resubscribes by
+/// itself across reconnects; this covers anything else).
+pub async fn fan_out(
+    client: async_nats::Client,
+    subject: String,
+    io: SocketIo,
+    pending: PendingSends,
+    cancel: CancellationToken,
+) {
+    while !cancel.is_cancelled() {
+        let mut subscription = match client.subscribe(subject.clone()).await {
+            Ok(subscription) => subscription,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to events; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let message = tokio::select! {
+                _ = cancel.cancelled() => return,
+                message = subscription.next() => message,
+            };
+            let Some(message) = message else { break };
+            match serde_json::from_slice::<Event>(&message.payload) {
+                Ok(event) => emit(&io, &pending, &event).await,
+                Err(e) => tracing::warn!(error = %e, "ignoring an event that is not understood"),
+            }
+        }
+    }
+}
+
+/// Emits one event to the sockets entitled to it.
+pub async fn emit(io: &SocketIo, pending: &PendingSends, event: &Event) {
+    let rooms = vec![ALL.to_owned(), room(event.conversation_id())];
+    let sent = match event {
+        Event::NewMessage(message) => {
+            pending.stored(&message.message_id);
+            io.to(rooms).emit("newMessage", message.as_ref()).await
+        }
+        Event::StatusUpdate(update) => io.to(rooms).emit("statusUpdate", update).await,
+    };
+    match sent {
+        Ok(()) => metrics::counter!("socketio_events_emitted_total").increment(1),
+        // A slow client with a full buffer misses the event; it re-reads over REST.
+        Err(e) => tracing::debug!(error = %e, "event not delivered to every socket"),
+    }
+}

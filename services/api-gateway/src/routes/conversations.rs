@@ -1,0 +1,90 @@
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use serde::Serialize;
+use shared::domain::{Conversation, Message};
+use shared::http::ApiError;
+
+use super::{PageQuery, check_conversation_id, store_failure};
+use crate::AppState;
+
+/// `GET /api/conversations`: summaries, newest last message first.
+#[utoipa::path(get, path = "/api/conversations", tag = "conversations",
+    params(("limit" = Option<i64>, Query, description = "1..500, default 50"),
+           ("before" = Option<String>, Query, description = "only conversations whose last message is older (ISO-8601)")),
+    responses((status = 200, body = Vec<Conversation>), (status = 400, body = crate::openapi::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<Vec<Conversation>>, ApiError> {
+    let page = PageQuery::parse(query)?;
+    Ok(Json(
+        state
+            .store
+            .conversations(page)
+            .await
+            .map_err(store_failure)?,
+    ))
+}
+
+/// `GET /api/conversations/{id}/messages`: the newest page, oldest first.
+#[utoipa::path(get, path = "/api/conversations/{conversationId}/messages", tag = "conversations",
+    params(("conversationId" = String, Path, description = "conv_<digits>"),
+           ("limit" = Option<i64>, Query, description = "1..500, default 50"),
+           ("before" = Option<String>, Query, description = "only messages older than this (ISO-8601)")),
+    responses((status = 200, body = Vec<Message>), (status = 400, body = crate::openapi::ErrorBody)))]
+pub async fn messages(
+    State(state): State<AppState>,
+    Path(conversation_id): Path<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<Vec<Message>>, ApiError> {
+    check_conversation_id(&conversation_id)?;
+    let page = PageQuery::parse(query)?;
+    Ok(Json(
+        state
+            .store
+            .messages(&conversation_id, page)
+            .await
+            .map_err(store_failure)?,
+    ))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MarkedRead {
+    conversation_id: String,
+    /// Messages that changed from `received` to `read`.
+    updated: usize,
+}
+
+/// `POST /api/conversations/{id}/read`: the business has read the
+/// conversation; its inbound messages become `read`.
+#[utoipa::path(post, path = "/api/conversations/{conversationId}/read", tag = "conversations",
+    params(("conversationId" = String, Path, description = "conv_<digits>")),
+    responses((status = 200, body = MarkedRead), (status = 400, body = crate::openapi::ErrorBody)))]
+pub async fn mark_read(
+    State(state): State<AppState>,
+    Path(conversation_id): Path<String>,
+) -> Result<Json<MarkedRead>, ApiError> {
+    check_conversation_id(&conversation_id)?;
+    let events = state
+        .processor
+        .mark_read(&conversation_id, chrono::Utc::now())
+        .await
+        .map_err(store_failure)?;
+    // Through NATS, so every replica's sockets hear about it.
+    for event in &events {
+        if let Ok(bytes) = serde_json::to_vec(event)
+            && let Err(e) = state
+                .client
+                .publish(state.names.events(), bytes.into())
+                .await
+        {
+            tracing::warn!(error = %e, "statusUpdate event not published");
+        }
+    }
+    Ok(Json(MarkedRead {
+        conversation_id,
+        updated: events.len(),
+    }))
+}

@@ -1,0 +1,109 @@
+pub mod conversations;
+pub mod messages;
+pub mod stats;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use shared::domain::{Page, is_conversation_id};
+use shared::http::{ApiError, ReadinessCheck, ops_routes};
+use shared::store::StoreError;
+
+use crate::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let (client, store) = (state.client.clone(), state.store.clone());
+    let ready: ReadinessCheck = Arc::new(move || {
+        let (client, store) = (client.clone(), store.clone());
+        Box::pin(async move {
+            if client.connection_state() != async_nats::connection::State::Connected {
+                return Err("NATS is not connected".to_owned());
+            }
+            store.ping().await.map_err(|e| e.to_string())
+        })
+    });
+    Router::new()
+        .route("/api/conversations", get(conversations::list))
+        .route(
+            "/api/conversations/{conversation_id}/messages",
+            get(conversations::messages),
+        )
+        .route(
+            "/api/conversations/{conversation_id}/read",
+            post(conversations::mark_read),
+        )
+        .route("/api/messages", post(messages::send))
+        .route("/api/stats", get(stats::stats))
+        .route("/api/openapi.json", get(crate::openapi::document))
+        .merge(ops_routes(ready))
+        .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+/// `?limit=&before=` of the listing endpoints.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+impl PageQuery {
+    pub fn parse(
+        query: Result<axum::extract::Query<PageQuery>, QueryRejection>,
+    ) -> Result<Page, ApiError> {
+        let axum::extract::Query(query) =
+            query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let limit = match query.limit.as_deref() {
+            None | Some("") => DEFAULT_LIMIT,
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "limit must be a whole number from 1 to {MAX_LIMIT}"
+                    ))
+                })?,
+        };
+        let before = match query.before.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(parse_time(text).ok_or_else(|| {
+                ApiError::bad_request("before must be an ISO-8601 time (e.g. 2025-08-06T12:00:00Z) or Unix milliseconds")
+            })?),
+        };
+        Ok(Page { limit, before })
+    }
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            text.parse::<i64>()
+                .ok()
+                .and_then(DateTime::from_timestamp_millis)
+        })
+}
+
+pub fn check_conversation_id(id: &str) -> Result<(), ApiError> {
+    if is_conversation_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "conversationId must look like conv_<digits>",
+        ))
+    }
+}
+
+/// Store failures are the server's problem, not the client's.
+pub fn store_failure(e: StoreError) -> ApiError {
+    ApiError::unavailable(format!("store unavailable: {e}"))
+}

@@ -1,0 +1,13 @@
+use axum::Json;
+use axum::extract::State;
+use shared::domain::Stats;
+use shared::http::ApiError;
+
+use super::store_failure;
+use crate::AppState;
+
+/// `GET /api/stats`: message and conversation totals, messages per status.
+#[utoipa::path(get, path = "/api/stats", tag = "stats", responses((status = 200, body = Stats)))]
+pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
+    Ok(Json(state.store.stats().await.map_err(store_failure)?))
+}

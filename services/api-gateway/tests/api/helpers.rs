@@ -1,0 +1,148 @@
+use std::time::Duration;
+
+use async_nats::jetstream;
+use clap::Parser;
+use serde_json::Value;
+use shared::broker::Names;
+use tokio_util::sync::CancellationToken;
+
+/// webhook-gateway, processor and `replicas` api-gateways, in this
+/// process, on a fresh namespace and database.
+pub struct Stack {
+    pub webhook: String,
+    pub api: Vec<String>,
+    pub names: Names,
+    pub js: jetstream::Context,
+    pub db: mongodb::Database,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn args(binary: &str, namespace: &str, mongo: Option<&str>) -> Vec<String> {
+    let mut args = vec![
+        binary.to_owned(),
+        "--host=127.0.0.1".into(),
+        "--port=0".into(),
+    ];
+    args.push(format!("--nats-url={}", test_support::nats_url()));
+    args.push(format!("--nats-namespace={namespace}"));
+    if let Some(uri) = mongo {
+        args.push(format!("--mongodb-uri={uri}"));
+    }
+    args
+}
+
+pub async fn spawn_stack(replicas: usize) -> Stack {
+    let namespace = test_support::unique_name("api");
+    let uri = test_support::mongodb_uri(&namespace);
+    let shutdown = CancellationToken::new();
+
+    let gateway = webhook_gateway::Application::build(webhook_gateway::Config::parse_from(args(
+        "webhook-gateway",
+        &namespace,
+        None,
+    )))
+    .await
+    .unwrap();
+    let webhook = format!("http://127.0.0.1:{}", gateway.port());
+    tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+
+    let processor = processor::Application::build(processor::Config::parse_from(args(
+        "processor",
+        &namespace,
+        Some(&uri),
+    )))
+    .await
+    .unwrap();
+    tokio::spawn(processor.run_until_stopped(shutdown.clone()));
+
+    let mut api = Vec::new();
+    for _ in 0..replicas {
+        let app = api_gateway::Application::build(api_gateway::Config::parse_from(args(
+            "api-gateway",
+            &namespace,
+            Some(&uri),
+        )))
+        .await
+        .unwrap();
+        api.push(format!("http://127.0.0.1:{}", app.port()));
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    }
+
+    let js = jetstream::new(async_nats::connect(test_support::nats_url()).await.unwrap());
+    let names = Names::new(&namespace);
+    test_support::wait_until("the streams to exist", Duration::from_secs(20), || async {
+        js.get_stream(names.webhook_stream()).await.is_ok()
+    })
+    .await;
+    Stack {
+        webhook,
+        api,
+        names,
+        js,
+        db: test_support::mongo_database(&namespace).await,
+        http: reqwest::Client::new(),
+        shutdown,
+    }
+}
+
+impl Stack {
+    pub async fn post_webhook(&self, body: &[u8]) {
+        let response = self
+            .http
+            .post(format!("{}/webhook", self.webhook))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    pub async fn load_samples(&self) {
+        for (_, body) in test_support::sample_files() {
+            self.post_webhook(&body).await;
+        }
+        self.drained().await;
+    }
+
+    pub async fn drained(&self) {
+        test_support::wait_until_drained(
+            &self.js,
+            &self.names.webhook_stream(),
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+
+    pub async fn get(&self, replica: usize, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.api[replica]))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn post(&self, replica: usize, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.api[replica]))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+}
+
+pub const RAVI: &str = "conv_919937320320";
+pub const NEHA: &str = "conv_929967673820";

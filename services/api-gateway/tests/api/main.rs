@@ -1,0 +1,10 @@
+//! api-gateway end to end: webhooks in through the gateway, the processor
+//! storing them, REST and a real socket.io-client v4 out, with one or two
+//! api-gateway replicas — all on real NATS and MongoDB-wire servers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+mod openapi;
+mod realtime;
+mod rest;
+mod send;

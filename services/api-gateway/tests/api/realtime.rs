@@ -1,0 +1,145 @@
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use test_support::SocketClient;
+
+use crate::helpers::{NEHA, RAVI, Stack, spawn_stack};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Reads events until a `newMessage` with `body == marker`; returns the rest.
+async fn events_until_marker(client: &mut SocketClient, marker: &str) -> Vec<(String, Value)> {
+    let mut events = Vec::new();
+    loop {
+        let (name, data) = client.next_event(WAIT).await;
+        if name == "newMessage" && data["body"] == marker {
+            return events;
+        }
+        events.push((name, data));
+    }
+}
+
+async fn send(stack: &Stack, replica: usize, conversation: &str, text: &str) -> Value {
+    let (status, sent) = stack
+        .post(
+            replica,
+            "/api/messages",
+            json!({"conversationId": conversation, "message": text}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    sent
+}
+
+#[tokio::test]
+async fn clients_on_either_replica_get_every_event_exactly_once() {
+    let stack = spawn_stack(2).await;
+    let mut polling = SocketClient::connect(&stack.api[0], "polling,websocket").await;
+    let mut websocket = SocketClient::connect(&stack.api[1], "websocket").await;
+    assert_eq!(
+        polling.upgraded().await,
+        "websocket",
+        "the default transport upgrades from polling"
+    );
+
+    stack.load_samples().await;
+    let sent = send(&stack, 1, NEHA, "Sent from the API").await;
+    let (_, read) = stack
+        .post(0, &format!("/api/conversations/{RAVI}/read"), json!({}))
+        .await;
+    assert_eq!(read["updated"], 1);
+    send(&stack, 0, "conv_1", "marker").await;
+
+    for client in [&mut polling, &mut websocket] {
+        let events = events_until_marker(client, "marker").await;
+        let new_messages: Vec<&Value> = events
+            .iter()
+            .filter(|(n, _)| n == "newMessage")
+            .map(|(_, d)| d)
+            .collect();
+        let ids: BTreeSet<&str> = new_messages
+            .iter()
+            .map(|m| m["messageId"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            new_messages.len(),
+            5,
+            "4 webhook messages + 1 sent, no repeats: {new_messages:?}"
+        );
+        assert_eq!(ids.len(), 5);
+        assert!(ids.contains(sent["messageId"].as_str().unwrap()));
+        let sent_event = new_messages
+            .iter()
+            .find(|m| m["messageId"] == sent["messageId"])
+            .unwrap();
+        assert_eq!(
+            **sent_event, sent,
+            "the event carries the same object as REST"
+        );
+
+        let mut updates: Vec<(String, String)> = events
+            .iter()
+            .filter(|(n, _)| n == "statusUpdate")
+            .map(|(_, d)| {
+                (
+                    d["conversationId"].as_str().unwrap().to_owned(),
+                    d["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        updates.sort();
+        let expected = [(RAVI, "read"), (RAVI, "read"), (NEHA, "delivered")];
+        assert_eq!(
+            updates,
+            expected.map(|(c, s)| (c.to_owned(), s.to_owned())),
+            "one per applied change"
+        );
+        let update = events.iter().find(|(n, _)| n == "statusUpdate").unwrap();
+        for key in ["messageId", "status", "conversationId", "timestamp"] {
+            assert!(update.1[key].is_string(), "statusUpdate has {key}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_can_narrow_its_stream_to_some_conversations() {
+    let stack = spawn_stack(1).await;
+    let mut client = SocketClient::connect(&stack.api[0], "websocket").await;
+    let subscribed = client
+        .emit_with_ack("subscribe", json!([RAVI, "conv_1"]))
+        .await;
+    assert_eq!(subscribed.as_array().map(Vec::len), Some(2), "{subscribed}");
+
+    stack.load_samples().await;
+    send(&stack, 0, NEHA, "not for this client").await;
+    send(&stack, 0, "conv_1", "marker").await;
+    let events = events_until_marker(&mut client, "marker").await;
+    assert!(
+        events.iter().all(|(_, d)| d["conversationId"] == RAVI),
+        "only Ravi's events: {events:?}"
+    );
+    assert_eq!(events.iter().filter(|(n, _)| n == "newMessage").count(), 2);
+    assert_eq!(
+        events.iter().filter(|(n, _)| n == "statusUpdate").count(),
+        1
+    );
+
+    let remaining = client.emit_with_ack("unsubscribe", json!([RAVI])).await;
+    assert_eq!(remaining, json!(["conv_1"]));
+    send(&stack, 0, RAVI, "after unsubscribing").await;
+    send(&stack, 0, "conv_1", "second marker").await;
+    assert!(
+        events_until_marker(&mut client, "second marker")
+            .await
+            .is_empty()
+    );
+
+    assert_eq!(
+        client.emit_with_ack("subscribe", json!("*")).await,
+        json!(["*"])
+    );
+    send(&stack, 0, NEHA, "everything again").await;
+    let (_, data) = client.next_event(WAIT).await;
+    assert_eq!(data["body"], "everything again");
+}
