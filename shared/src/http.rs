@@ -46,11 +46,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Wraps a service's router with what every request gets: an
+/// Finishes a service's router with what every request gets: an
 /// `x-request-id` (kept from the caller or generated), echoed in the
-/// response and recorded in the request's log span, and a 500 instead of a
-/// dropped connection if a handler panics.
-pub fn with_request_tracing(router: Router) -> Router {
+/// response and recorded in the request's log span; a JSON 404 for unknown
+/// paths; and a 500 instead of a dropped connection if a handler panics.
+pub fn service(router: Router) -> Router {
     use tower_http::catch_panic::CatchPanicLayer;
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
     use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -62,6 +62,7 @@ pub fn with_request_tracing(router: Router) -> Router {
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     router
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(CatchPanicLayer::new())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)

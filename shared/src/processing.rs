@@ -11,17 +11,10 @@ use futures::{StreamExt, TryStreamExt, stream};
 
 use chrono::{DateTime, Utc};
 
+use crate::broker::Ingest;
 use crate::domain::{Event, Message, StatusChange, StatusUpdate, status_rank};
 use crate::store::{RawPayload, StatusOutcome, Store, StoreResult};
 use crate::webhook::{self, Parsed, PayloadError};
-
-/// What an ingested payload is: a webhook body from WhatsApp, or a message
-/// the business sent through the REST API (a [`Message`] as JSON).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ingest {
-    Webhook,
-    Send,
-}
 
 /// Turns an ingested payload into what it asks to store.
 pub fn decode(kind: Ingest, body: &[u8]) -> Result<Parsed, PayloadError> {
@@ -93,7 +86,10 @@ impl Processor {
             .try_collect()
             .await?;
         events.extend(applied.into_iter().flatten().map(Event::StatusUpdate));
-        events.extend(self.apply_parked(&inserted).await?);
+        // Parked statuses of every message in the batch, not only the newly
+        // inserted: a retry after a failure must still apply them.
+        let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
+        events.extend(self.apply_parked(&ids).await?);
 
         let touched: BTreeSet<&str> = messages
             .iter()
@@ -155,11 +151,11 @@ impl Processor {
     }
 
     /// Applies statuses that arrived before these messages, oldest rank first.
-    async fn apply_parked(&self, inserted: &[String]) -> StoreResult<Vec<Event>> {
-        if inserted.is_empty() {
+    async fn apply_parked(&self, message_ids: &[String]) -> StoreResult<Vec<Event>> {
+        if message_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut parked = self.store.parked_statuses(inserted).await?;
+        let mut parked = self.store.parked_statuses(message_ids).await?;
         parked.sort_by_key(|c| {
             (
                 c.message_id.clone(),

@@ -3,8 +3,9 @@
 //! Reads come straight from MongoDB (conversation summaries, a
 //! conversation's messages). Messages sent through the API are handed to
 //! the processor over JetStream, so the processor stays the only writer of
-//! messages. Every replica subscribes to the processor's events on core
-//! NATS and pushes them to its own Socket.IO clients.
+//! new messages; marking a conversation read is a guarded status update
+//! done here, with the same processing rules. Every replica subscribes to
+//! the events on core NATS and pushes them to its own Socket.IO clients.
 
 mod config;
 mod openapi;
@@ -15,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use shared::broker::{self, Names};
+use shared::broker::nats::NatsBroker;
+use shared::broker::{EventBus, Queue};
+use shared::http::{ReadinessCheck, ops_routes};
 use shared::processing::Processor;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
@@ -26,53 +29,92 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::Config;
 pub use openapi::ApiDoc;
-pub use realtime::PendingSends;
+pub use realtime::{PendingSends, fan_out};
 
 /// What every request handler needs.
 #[derive(Clone)]
-pub struct AppState {
+pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub processor: Processor,
-    pub client: async_nats::Client,
-    pub js: async_nats::jetstream::Context,
-    pub names: Names,
+    pub queue: Arc<dyn Queue>,
+    pub events: Arc<dyn EventBus>,
     pub pending_sends: PendingSends,
     pub send_timeout: Duration,
+}
+
+impl ApiState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        events: Arc<dyn EventBus>,
+        config: &Config,
+    ) -> Self {
+        Self {
+            processor: Processor::new(store.clone()),
+            store,
+            queue,
+            events,
+            pending_sends: PendingSends::default(),
+            send_timeout: Duration::from_millis(config.send_timeout_ms),
+        }
+    }
+}
+
+/// The whole HTTP surface of the API: REST routes plus `others` (health,
+/// metrics; the webhook routes in the all-in-one binary), finished with
+/// the shared layers, Socket.IO on the same port, and CORS. Also returns
+/// the handle to emit to this process's sockets.
+pub fn api_router(state: ApiState, others: Router, cors_origins: &str) -> (Router, SocketIo) {
+    let (socket_layer, io) = realtime::socket_io();
+    let inner = shared::http::service(routes::router(state).merge(others));
+    // Socket.IO wraps the whole router as one service: each `layer()` call
+    // makes its own engine (sessions), and `Router::layer` would call it
+    // once per route, so polling requests would land on different engines.
+    let router = Router::new()
+        .fallback_service(tower::Layer::layer(&socket_layer, inner))
+        .layer(cors(cors_origins));
+    (router, io)
 }
 
 pub struct Application {
     listener: TcpListener,
     router: Router,
     io: SocketIo,
-    state: AppState,
+    state: ApiState,
+    broker: Arc<NatsBroker>,
 }
 
 impl Application {
     /// Binds the port and prepares clients; NATS and MongoDB may come up later.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let mongo = MongoStore::connect(&config.mongo.mongodb_uri, "api-gateway").await?;
-        let store: Arc<dyn Store> = Arc::new(mongo);
-        let client = broker::connect(&config.nats.nats_url, "api-gateway").await?;
-        let state = AppState {
-            processor: Processor::new(store.clone()),
-            store,
-            js: broker::jetstream(client.clone(), Duration::from_secs(5)),
-            client,
-            names: Names::new(&config.nats.nats_namespace),
-            pending_sends: PendingSends::default(),
-            send_timeout: Duration::from_millis(config.send_timeout_ms),
-        };
-        let (socket_layer, io) = realtime::socket_io();
-        let router = routes::router(state.clone())
-            .layer(socket_layer)
-            .layer(cors(&config.cors_origins));
-        let router = shared::http::with_request_tracing(router);
+        let store: Arc<dyn Store> =
+            Arc::new(MongoStore::connect(&config.mongo.mongodb_uri, "api-gateway").await?);
+        let broker = Arc::new(
+            NatsBroker::connect(
+                &config.nats.nats_url,
+                &config.nats.nats_namespace,
+                "api-gateway",
+                Duration::from_secs(5),
+            )
+            .await?,
+        );
+        let state = ApiState::new(store.clone(), broker.clone(), broker.clone(), &config);
+        let queue: Arc<dyn Queue> = broker.clone();
+        let ready: ReadinessCheck = Arc::new(move || {
+            let (queue, store) = (queue.clone(), store.clone());
+            Box::pin(async move {
+                queue.ready().await?;
+                store.ping().await.map_err(|e| e.to_string())
+            })
+        });
+        let (router, io) = api_router(state.clone(), ops_routes(ready), &config.cors_origins);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
             listener,
             router,
             io,
             state,
+            broker,
         })
     }
 
@@ -87,8 +129,7 @@ impl Application {
     /// "transport close", so they reconnect to another replica.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let fan_out = tokio::spawn(realtime::fan_out(
-            self.state.client.clone(),
-            self.state.names.events(),
+            self.state.events.clone(),
             self.io.clone(),
             self.state.pending_sends.clone(),
             shutdown.clone(),
@@ -103,6 +144,7 @@ impl Application {
             })
             .await?;
         fan_out.await.ok();
+        self.broker.client().flush().await.ok();
         Ok(())
     }
 }

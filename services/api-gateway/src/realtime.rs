@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use serde_json::Value;
+use shared::broker::EventBus;
 use shared::domain::{Event, is_conversation_id};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef};
@@ -95,17 +96,16 @@ pub struct PendingSends(Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>);
 
 impl PendingSends {
     /// Registers before publishing, so the stored event cannot be missed.
-    pub fn register(&self, message_id: &str) -> oneshot::Receiver<()> {
+    /// The registration ends when the returned guard is dropped.
+    pub fn register(&self, message_id: &str) -> PendingSend {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut pending) = self.0.lock() {
             pending.insert(message_id.to_owned(), tx);
         }
-        rx
-    }
-
-    pub fn forget(&self, message_id: &str) {
-        if let Ok(mut pending) = self.0.lock() {
-            pending.remove(message_id);
+        PendingSend {
+            sends: self.clone(),
+            message_id: message_id.to_owned(),
+            stored: Some(rx),
         }
     }
 
@@ -121,19 +121,17 @@ impl PendingSends {
     }
 }
 
-/// Emits every event from NATS to this replica's sockets, until cancelled.
-/// The subscription is re-made if it ends (the client resubscribes by
-/// itself across reconnects; this covers anything else).
+/// Emits every event of the bus to this process's sockets, until
+/// cancelled; re-subscribes if the subscription ends.
 pub async fn fan_out(
-    client: async_nats::Client,
-    subject: String,
+    events: Arc<dyn EventBus>,
     io: SocketIo,
     pending: PendingSends,
     cancel: CancellationToken,
 ) {
     while !cancel.is_cancelled() {
-        let mut subscription = match client.subscribe(subject.clone()).await {
-            Ok(subscription) => subscription,
+        let mut stream = match events.subscribe().await {
+            Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to events; retrying");
                 tokio::select! {
@@ -143,15 +141,39 @@ pub async fn fan_out(
             }
         };
         loop {
-            let message = tokio::select! {
+            let event = tokio::select! {
                 _ = cancel.cancelled() => return,
-                message = subscription.next() => message,
+                event = stream.next() => event,
             };
-            let Some(message) = message else { break };
-            match serde_json::from_slice::<Event>(&message.payload) {
-                Ok(event) => emit(&io, &pending, &event).await,
-                Err(e) => tracing::warn!(error = %e, "ignoring an event that is not understood"),
-            }
+            let Some(event) = event else { break };
+            emit(&io, &pending, &event).await;
+        }
+    }
+}
+
+/// One registered send; waits for its message to be stored.
+pub struct PendingSend {
+    sends: PendingSends,
+    message_id: String,
+    stored: Option<oneshot::Receiver<()>>,
+}
+
+impl PendingSend {
+    /// True once the processor has stored the message, false on timeout.
+    pub async fn stored(mut self, timeout: std::time::Duration) -> bool {
+        match self.stored.take() {
+            Some(stored) => tokio::time::timeout(timeout, stored)
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            None => false,
+        }
+    }
+}
+
+impl Drop for PendingSend {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.sends.0.lock() {
+            pending.remove(&self.message_id);
         }
     }
 }

@@ -1,5 +1,5 @@
-//! webhook-gateway: receives WhatsApp webhooks, checks them, and publishes
-//! them to NATS JetStream. It answers 200 only once JetStream has
+//! webhook-gateway: receives WhatsApp webhooks, checks them, and hands them
+//! to the queue (NATS JetStream). It answers 200 only once the queue has
 //! acknowledged the body, so an accepted webhook is durable.
 
 mod config;
@@ -10,34 +10,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use shared::broker::{self, Names};
+use shared::broker::nats::NatsBroker;
+use shared::broker::{Queue, retry_until};
+use shared::http::{ReadinessCheck, ops_routes};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use routes::webhook_routes;
 
-/// What every request handler needs.
+/// What the webhook routes need.
 #[derive(Clone)]
-pub(crate) struct AppState {
-    pub js: async_nats::jetstream::Context,
-    pub client: async_nats::Client,
-    pub names: Names,
+pub struct WebhookState {
+    pub queue: Arc<dyn Queue>,
     pub verify_token: Option<Arc<str>>,
     pub app_secret: Option<Arc<[u8]>>,
+    pub body_limit: usize,
 }
 
-/// A gateway bound to its port, ready to run.
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
-    state: AppState,
-}
-
-impl Application {
-    /// Binds the port (0 picks a free one) and connects to NATS. NATS need
-    /// not be up yet: the gateway then answers 503 until it is.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+impl WebhookState {
+    pub fn new(queue: Arc<dyn Queue>, config: &Config) -> Self {
         if config.app_secret.is_none() {
             tracing::warn!("WHATSAPP_APP_SECRET is not set: webhook signatures are NOT checked");
         }
@@ -46,24 +38,49 @@ impl Application {
                 "WEBHOOK_VERIFY_TOKEN is not set: webhook verification requests will be refused"
             );
         }
-        let client = broker::connect(&config.nats.nats_url, "webhook-gateway").await?;
-        let state = AppState {
-            js: broker::jetstream(
-                client.clone(),
-                Duration::from_millis(config.publish_timeout_ms),
-            ),
-            client,
-            names: Names::new(&config.nats.nats_namespace),
-            verify_token: config.verify_token.map(Into::into),
-            app_secret: config.app_secret.map(|s| s.into_bytes().into()),
-        };
-        let router = routes::router(state.clone()).layer(DefaultBodyLimit::max(config.body_limit));
-        let router = shared::http::with_request_tracing(router);
+        Self {
+            queue,
+            verify_token: config.verify_token.clone().map(Into::into),
+            app_secret: config.app_secret.clone().map(|s| s.into_bytes().into()),
+            body_limit: config.body_limit,
+        }
+    }
+}
+
+/// A gateway bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    broker: Arc<NatsBroker>,
+}
+
+impl Application {
+    /// Binds the port (0 picks a free one) and connects to NATS. NATS need
+    /// not be up yet: the gateway then answers 503 until it is.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let timeout = Duration::from_millis(config.publish_timeout_ms);
+        let broker = Arc::new(
+            NatsBroker::connect(
+                &config.nats.nats_url,
+                &config.nats.nats_namespace,
+                "webhook-gateway",
+                timeout,
+            )
+            .await?,
+        );
+        let queue: Arc<dyn Queue> = broker.clone();
+        let ready: ReadinessCheck = Arc::new(move || {
+            let queue = queue.clone();
+            Box::pin(async move { queue.ready().await })
+        });
+        let router =
+            webhook_routes(WebhookState::new(broker.clone(), &config)).merge(ops_routes(ready));
+        let router = shared::http::service(router);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
             listener,
             router,
-            state,
+            broker,
         })
     }
 
@@ -77,16 +94,12 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then lets in-flight requests
     /// finish (their publishes complete or fail) before returning.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // Create the streams as soon as NATS answers; publishing also
-        // recreates them if NATS lost them.
-        let (js, names, cancel) = (
-            self.state.js.clone(),
-            self.state.names.clone(),
-            shutdown.clone(),
-        );
+        // Create the streams as soon as NATS answers (publishing also
+        // recreates them if NATS lost them).
+        let (broker, cancel) = (self.broker.clone(), shutdown.clone());
         tokio::spawn(async move {
-            broker::retry_until("creating JetStream streams", &cancel, || {
-                broker::ensure_streams(&js, &names)
+            retry_until("creating JetStream streams", &cancel, || {
+                broker.ensure_streams()
             })
             .await;
         });
@@ -94,7 +107,7 @@ impl Application {
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
-        self.state.client.flush().await.ok();
+        self.broker.client().flush().await.ok();
         Ok(())
     }
 }

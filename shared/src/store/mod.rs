@@ -60,6 +60,9 @@ pub trait Store: Send + Sync + 'static {
     /// Reachable and answering.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Creates what the store needs (indexes, tables); idempotent.
+    async fn prepare(&self) -> StoreResult<()>;
+
     /// Keeps raw webhook bodies; a body already kept is skipped.
     async fn archive_payloads(&self, payloads: &[RawPayload]) -> StoreResult<()>;
 

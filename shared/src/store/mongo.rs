@@ -125,6 +125,10 @@ impl Store for MongoStore {
             .map_err(store_error)
     }
 
+    async fn prepare(&self) -> StoreResult<()> {
+        self.ensure_indexes().await
+    }
+
     async fn archive_payloads(&self, payloads: &[RawPayload]) -> StoreResult<()> {
         let docs = payloads.iter().map(|p| {
             doc! {

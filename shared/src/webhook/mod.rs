@@ -160,7 +160,7 @@ fn build_message(
     Ok(Message {
         id: message.id.clone(),
         body: readable_body(&message.kind, raw),
-        content: raw.get(&message.kind).cloned(),
+        content: raw.get(&message.kind).cloned().map(storable),
         message_id: message.id,
         conversation_id: domain::conversation_id(&customer),
         wa_id: customer,
@@ -173,11 +173,39 @@ fn build_message(
         direction,
         contact_name,
         phone_number_id: metadata.phone_number_id.clone(),
-        context: message.context,
-        referral: message.referral,
-        errors: message.errors,
+        context: message.context.map(storable),
+        referral: message.referral.map(storable),
+        errors: message.errors.map(storable),
         status_timestamps,
     })
+}
+
+/// Deepest nesting kept from WhatsApp's objects; MongoDB refuses documents
+/// nested more than 100 levels, and real payloads are a few levels deep.
+const MAX_KEPT_DEPTH: usize = 32;
+
+/// Makes an object from a webhook safe to store anywhere: integers beyond
+/// 64-bit signed range (BSON has no unsigned integers) become strings, and
+/// anything nested deeper than [`MAX_KEPT_DEPTH`] is kept as JSON text.
+fn storable(value: Value) -> Value {
+    fn walk(value: Value, depth: usize) -> Value {
+        match value {
+            Value::Number(n) if n.is_u64() && n.as_i64().is_none() => Value::String(n.to_string()),
+            Value::Array(_) | Value::Object(_) if depth >= MAX_KEPT_DEPTH => {
+                Value::String(value.to_string())
+            }
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(|v| walk(v, depth + 1)).collect())
+            }
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (k, walk(v, depth + 1)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+    walk(value, 0)
 }
 
 /// WhatsApp ids are phone numbers; Meta sometimes writes them with `+`.
@@ -265,6 +293,24 @@ mod tests {
         let body = json!({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "account_update", "value": {"event": "X"}}]}]});
         let parsed = parse(body.to_string().as_bytes()).unwrap();
         assert_eq!((parsed.messages.len(), parsed.ignored), (0, 1));
+    }
+
+    #[test]
+    fn kept_objects_are_storable_anywhere() {
+        let deep = (0..60).fold(json!("bottom"), |inner, _| json!({ "x": inner }));
+        let kept = storable(json!({"big": u64::MAX, "small": 7, "deep": deep}));
+        assert_eq!(kept["big"], json!(u64::MAX.to_string()));
+        assert_eq!(kept["small"], json!(7));
+        let mut depth = 0;
+        let mut node = &kept["deep"];
+        while let Some(inner) = node.get("x") {
+            node = inner;
+            depth += 1;
+        }
+        assert!(
+            depth < MAX_KEPT_DEPTH && node.is_string(),
+            "deep objects are cut off as text"
+        );
     }
 
     #[test]

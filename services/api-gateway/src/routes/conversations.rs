@@ -6,7 +6,7 @@ use shared::domain::{Conversation, Message};
 use shared::http::ApiError;
 
 use super::{PageQuery, check_conversation_id, store_failure};
-use crate::AppState;
+use crate::ApiState;
 
 /// `GET /api/conversations`: summaries, newest last message first.
 #[utoipa::path(get, path = "/api/conversations", tag = "conversations",
@@ -14,7 +14,7 @@ use crate::AppState;
            ("before" = Option<String>, Query, description = "only conversations whose last message is older (ISO-8601)")),
     responses((status = 200, body = Vec<Conversation>), (status = 400, body = crate::openapi::ErrorBody)))]
 pub async fn list(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Conversation>>, ApiError> {
     let page = PageQuery::parse(query)?;
@@ -34,7 +34,7 @@ pub async fn list(
            ("before" = Option<String>, Query, description = "only messages older than this (ISO-8601)")),
     responses((status = 200, body = Vec<Message>), (status = 400, body = crate::openapi::ErrorBody)))]
 pub async fn messages(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     Path(conversation_id): Path<String>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Message>>, ApiError> {
@@ -63,7 +63,7 @@ pub struct MarkedRead {
     params(("conversationId" = String, Path, description = "conv_<digits>")),
     responses((status = 200, body = MarkedRead), (status = 400, body = crate::openapi::ErrorBody)))]
 pub async fn mark_read(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     Path(conversation_id): Path<String>,
 ) -> Result<Json<MarkedRead>, ApiError> {
     check_conversation_id(&conversation_id)?;
@@ -72,17 +72,8 @@ pub async fn mark_read(
         .mark_read(&conversation_id, chrono::Utc::now())
         .await
         .map_err(store_failure)?;
-    // Through NATS, so every replica's sockets hear about it.
-    for event in &events {
-        if let Ok(bytes) = serde_json::to_vec(event)
-            && let Err(e) = state
-                .client
-                .publish(state.names.events(), bytes.into())
-                .await
-        {
-            tracing::warn!(error = %e, "statusUpdate event not published");
-        }
-    }
+    // Through the bus, so every replica's sockets hear about it.
+    state.events.publish(&events).await;
     Ok(Json(MarkedRead {
         conversation_id,
         updated: events.len(),

@@ -1,16 +1,16 @@
 //! `POST /api/messages`: the business sends a text.
 
-use async_nats::jetstream::message::PublishMessage;
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
+use shared::broker::{BrokerError, Ingest};
 use shared::domain::{Message, is_conversation_id};
 use shared::http::ApiError;
 
 use super::store_failure;
-use crate::AppState;
+use crate::ApiState;
 
 /// Longest text WhatsApp sends.
 const MAX_TEXT_CHARS: usize = 4096;
@@ -41,7 +41,7 @@ pub struct SendMessage {
               (status = 202, body = Message, description = "accepted durably, not stored yet"),
               (status = 400, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
 pub async fn send(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
     let Json(body) =
@@ -64,31 +64,20 @@ pub async fn send(
         chrono::Utc::now(),
     );
 
-    let stored = state.pending_sends.register(&message_id);
-    let published = async {
-        let bytes =
-            serde_json::to_vec(&message).map_err(|e| ApiError::unavailable(e.to_string()))?;
-        let publish = PublishMessage::build()
-            .payload(bytes.into())
-            .message_id(&message_id);
-        let ack = state
-            .js
-            .send_publish(state.names.sends(), publish)
-            .await
-            .map_err(broker_failure)?;
-        ack.await.map_err(broker_failure)
-    };
-    if let Err(e) = published.await {
-        state.pending_sends.forget(&message_id);
-        return Err(e);
-    }
-    if tokio::time::timeout(state.send_timeout, stored)
+    let pending = state.pending_sends.register(&message_id);
+    let bytes = serde_json::to_vec(&message).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    state
+        .queue
+        .enqueue(Ingest::Send, &message_id, bytes.into())
         .await
-        .is_ok_and(|r| r.is_ok())
-    {
+        .map_err(|e| match e {
+            BrokerError::TooLarge(e) | BrokerError::Unavailable(e) => {
+                ApiError::unavailable(format!("broker unavailable, retry later: {e}"))
+            }
+        })?;
+    if pending.stored(state.send_timeout).await {
         return Ok((StatusCode::CREATED, Json(message)));
     }
-    state.pending_sends.forget(&message_id);
     // The event may have gone to a subscription that was reconnecting.
     match state
         .store
@@ -154,7 +143,7 @@ fn validate(fields: &Map<String, Value>) -> Result<Validated, ApiError> {
 }
 
 /// The business number the conversation has used so far, if any.
-async fn business_number(state: &AppState, conversation_id: &str) -> Result<String, ApiError> {
+async fn business_number(state: &ApiState, conversation_id: &str) -> Result<String, ApiError> {
     let recent = state
         .store
         .messages(
@@ -173,8 +162,4 @@ async fn business_number(state: &AppState, conversation_id: &str) -> Result<Stri
             shared::domain::Direction::Inbound => m.to.clone(),
         })
         .unwrap_or_default())
-}
-
-fn broker_failure(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable(format!("broker unavailable, retry later: {e}"))
 }

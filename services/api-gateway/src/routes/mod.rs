@@ -2,30 +2,18 @@ pub mod conversations;
 pub mod messages;
 pub mod stats;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use shared::domain::{Page, is_conversation_id};
-use shared::http::{ApiError, ReadinessCheck, ops_routes};
+use shared::http::ApiError;
 use shared::store::StoreError;
 
-use crate::AppState;
+use crate::ApiState;
 
-pub fn router(state: AppState) -> Router {
-    let (client, store) = (state.client.clone(), state.store.clone());
-    let ready: ReadinessCheck = Arc::new(move || {
-        let (client, store) = (client.clone(), store.clone());
-        Box::pin(async move {
-            if client.connection_state() != async_nats::connection::State::Connected {
-                return Err("NATS is not connected".to_owned());
-            }
-            store.ping().await.map_err(|e| e.to_string())
-        })
-    });
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/conversations", get(conversations::list))
         .route(
@@ -39,8 +27,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/messages", post(messages::send))
         .route("/api/stats", get(stats::stats))
         .route("/api/openapi.json", get(crate::openapi::document))
-        .merge(ops_routes(ready))
-        .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
 

@@ -4,10 +4,10 @@ use shared::domain::Stats;
 use shared::http::ApiError;
 
 use super::store_failure;
-use crate::AppState;
+use crate::ApiState;
 
 /// `GET /api/stats`: message and conversation totals, messages per status.
 #[utoipa::path(get, path = "/api/stats", tag = "stats", responses((status = 200, body = Stats)))]
-pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
+pub async fn stats(State(state): State<ApiState>) -> Result<Json<Stats>, ApiError> {
     Ok(Json(state.store.stats().await.map_err(store_failure)?))
 }

@@ -29,9 +29,10 @@ async fn one_event_per_stored_message_and_applied_status_and_none_for_repeats() 
             Event::StatusUpdate(s) => status_updates.push((s.conversation_id, s.status)),
         }
     }
+    assert_eq!(new_messages.len(), 4, "one newMessage per stored message");
     new_messages.sort();
     new_messages.dedup();
-    assert_eq!(new_messages.len(), 4, "one newMessage per stored message");
+    assert_eq!(new_messages.len(), 4, "four different messages");
     status_updates.sort();
     assert_eq!(
         status_updates,

@@ -205,6 +205,12 @@ async fn out_of_order_statuses_end_in_the_highest_one_and_failed_is_terminal() {
     // Statuses first (parked), then the message, then a stale repeat.
     p.post(status("wamid.a", "read", 30).as_bytes()).await;
     p.post(status("wamid.a", "delivered", 20).as_bytes()).await;
+    test_support::wait_until(
+        "both statuses to be parked",
+        std::time::Duration::from_secs(60),
+        || async { test_support::count(&p.db, "pending_statuses", doc! {}).await == 2 },
+    )
+    .await;
     p.post(message("wamid.a", 10).as_bytes()).await;
     p.post(status("wamid.a", "sent", 11).as_bytes()).await;
     // Failed is terminal: a later delivered does not undo it.

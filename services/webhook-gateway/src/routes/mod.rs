@@ -1,27 +1,17 @@
 mod webhook;
 
-use std::sync::Arc;
-
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
-use shared::http::{ReadinessCheck, ops_routes};
 
-use crate::AppState;
+use crate::WebhookState;
 
-pub(crate) fn router(state: AppState) -> Router {
-    let client = state.client.clone();
-    let ready: ReadinessCheck = Arc::new(move || {
-        let state = client.connection_state();
-        Box::pin(async move {
-            match state {
-                async_nats::connection::State::Connected => Ok(()),
-                other => Err(format!("NATS is {other}")),
-            }
-        })
-    });
+/// `GET/POST /webhook` and `/api/webhook`.
+pub fn webhook_routes<S: Clone + Send + Sync + 'static>(state: WebhookState) -> Router<S> {
+    let body_limit = state.body_limit;
     Router::new()
         .route("/webhook", get(webhook::verify).post(webhook::receive))
         .route("/api/webhook", get(webhook::verify).post(webhook::receive))
-        .merge(ops_routes(ready))
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

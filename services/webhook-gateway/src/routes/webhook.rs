@@ -2,8 +2,6 @@
 
 use std::time::Instant;
 
-use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::message::PublishMessage;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -11,12 +9,11 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use shared::broker;
+use shared::broker::{BrokerError, Ingest, payload_id};
 use shared::http::ApiError;
 use subtle::ConstantTimeEq;
 
-use crate::{AppState, signature};
+use crate::{WebhookState, signature};
 
 #[derive(Deserialize)]
 pub struct Verification {
@@ -30,9 +27,15 @@ pub struct Verification {
 
 /// Echoes `hub.challenge` when the token matches, as Meta expects.
 pub async fn verify(
-    State(state): State<AppState>,
-    Query(query): Query<Verification>,
+    State(state): State<WebhookState>,
+    query: Result<Query<Verification>, axum::extract::rejection::QueryRejection>,
 ) -> Result<String, ApiError> {
+    let Ok(Query(query)) = query else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "verification failed: unreadable query",
+        ));
+    };
     let expected = state.verify_token.as_deref().map(str::as_bytes);
     let given = query.token.as_deref().map(str::as_bytes);
     // Constant-time comparison: the token is a (small) secret.
@@ -49,7 +52,7 @@ pub async fn verify(
 /// Checks the signature and the envelope, then publishes the raw body to
 /// JetStream and answers 200 once it is stored there.
 pub async fn receive(
-    State(state): State<AppState>,
+    State(state): State<WebhookState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -71,8 +74,19 @@ pub async fn receive(
     }
     let parsed = shared::webhook::parse(&body).map_err(|e| reject(StatusCode::BAD_REQUEST, e.0))?;
 
+    // The body's hash de-duplicates a webhook posted twice.
     let started = Instant::now();
-    let ack = publish(&state, body).await?;
+    let ack = state
+        .queue
+        .enqueue(Ingest::Webhook, &payload_id(&body), body)
+        .await
+        .map_err(|e| match e {
+            BrokerError::TooLarge(e) => reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the broker refuses a body this large: {e}"),
+            ),
+            BrokerError::Unavailable(e) => unavailable(&e),
+        })?;
     metrics::histogram!("webhook_publish_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("webhooks_accepted_total").increment(1);
     Ok(Json(json!({
@@ -89,41 +103,8 @@ fn reject(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError::new(status, message)
 }
 
-/// Publishes with the body's hash as `Nats-Msg-Id`, so a body sent twice
-/// within the stream's duplicate window is stored once.
-async fn publish(
-    state: &AppState,
-    body: Bytes,
-) -> Result<async_nats::jetstream::publish::PublishAck, ApiError> {
-    let id = hex::encode(Sha256::digest(&body));
-    let subject = state.names.webhooks();
-    let attempt = || async {
-        let message = PublishMessage::build()
-            .payload(body.clone())
-            .message_id(&id);
-        state.js.send_publish(subject.clone(), message).await?.await
-    };
-    let result = match attempt().await {
-        // NATS lost its streams (e.g. restarted without storage): recreate them once.
-        Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-            broker::ensure_streams(&state.js, &state.names)
-                .await
-                .map_err(|e| unavailable(&e.to_string()))?;
-            attempt().await
-        }
-        other => other,
-    };
-    result.map_err(|e| match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the broker refuses a body this large: {e}"),
-        ),
-        _ => unavailable(&e.to_string()),
-    })
-}
-
 fn unavailable(reason: &str) -> ApiError {
-    tracing::warn!(reason, "broker cannot take the webhook");
+    tracing::warn!(reason, "the queue cannot take the webhook");
     reject(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("broker unavailable, retry later: {reason}"),

@@ -1,0 +1,275 @@
+//! The in-process broker of the all-in-one binary.
+//!
+//! The queue is a table in its own SQLite file: `enqueue` returns once the
+//! payload is committed (fsync'd), so a webhook's 200 means durable here
+//! too, and whatever was not acknowledged is delivered again after a crash.
+//! Events go through a tokio broadcast channel.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use rusqlite::{OptionalExtension, params};
+use tokio::sync::{Notify, broadcast};
+
+use super::{BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, Settle};
+use crate::domain::Event;
+use crate::sqlite::Database;
+
+/// While a batch is being handled its payloads are leased, so they are not
+/// handed out again; after a crash the lease is cleared at startup.
+const LEASE: Duration = Duration::from_secs(60);
+
+pub struct EmbeddedQueue {
+    db: Database,
+    arrived: std::sync::Arc<Notify>,
+}
+
+impl EmbeddedQueue {
+    pub async fn open(path: &Path) -> Result<Self, BrokerError> {
+        let db = Database::open(path).map_err(|e| {
+            BrokerError::Unavailable(format!("cannot open {}: {e}", path.display()))
+        })?;
+        db.transaction(|t| {
+            t.execute_batch(
+                "CREATE TABLE IF NOT EXISTS queue (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id TEXT NOT NULL UNIQUE,
+                    kind TEXT NOT NULL,
+                    body BLOB NOT NULL,
+                    enqueued_at INTEGER NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    available_at INTEGER NOT NULL,
+                    leased_until INTEGER NOT NULL DEFAULT 0
+                 );
+                 CREATE INDEX IF NOT EXISTS queue_ready ON queue (available_at, seq);
+                 CREATE TABLE IF NOT EXISTS dead_letters (
+                    seq INTEGER PRIMARY KEY,
+                    id TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    body BLOB NOT NULL,
+                    reason TEXT NOT NULL,
+                    dead_at INTEGER NOT NULL
+                 );
+                 -- Only this process consumes: leases of a previous run are void.
+                 UPDATE queue SET leased_until = 0;",
+            )
+        })
+        .await
+        .map_err(BrokerError::Unavailable)?;
+        Ok(Self {
+            db,
+            arrived: Default::default(),
+        })
+    }
+
+    /// Payloads waiting (or in flight), and dead letters.
+    pub async fn depth(&self) -> Result<(i64, i64), BrokerError> {
+        self.db
+            .transaction(|t| {
+                let queued = t.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))?;
+                let dead = t.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
+                Ok((queued, dead))
+            })
+            .await
+            .map_err(BrokerError::Unavailable)
+    }
+
+    /// Leases up to `max` payloads that are due; also says when the next
+    /// one (not yet due) will be.
+    async fn lease(&self, max: usize) -> Result<(Vec<Delivery>, Option<i64>), BrokerError> {
+        let now = Utc::now().timestamp_millis();
+        let db = self.db.clone();
+        let rows = self
+            .db
+            .transaction(move |t| {
+                let mut select = t.prepare(
+                    "SELECT seq, id, kind, body, enqueued_at, attempts FROM queue
+                     WHERE available_at <= ?1 AND leased_until <= ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows: Vec<(i64, String, String, Vec<u8>, i64, i64)> = select
+                    .query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let lease_end = now + LEASE.as_millis() as i64;
+                for row in &rows {
+                    t.execute("UPDATE queue SET attempts = attempts + 1, leased_until = ?2 WHERE seq = ?1", params![row.0, lease_end])?;
+                }
+                let next: Option<i64> = t
+                    .query_row("SELECT MIN(MAX(available_at, leased_until)) FROM queue", [], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                Ok((rows, next))
+            })
+            .await
+            .map_err(BrokerError::Unavailable)?;
+        let (rows, next) = rows;
+        let deliveries = rows
+            .into_iter()
+            .map(|(seq, id, kind, body, enqueued_at, attempts)| Delivery {
+                kind: if kind == "send" {
+                    Ingest::Send
+                } else {
+                    Ingest::Webhook
+                },
+                id,
+                body: Bytes::from(body),
+                enqueued_at: DateTime::from_timestamp_millis(enqueued_at).unwrap_or_default(),
+                attempt: attempts + 1,
+                handle: Box::new(EmbeddedSettle {
+                    db: db.clone(),
+                    seq,
+                    arrived: self.arrived.clone(),
+                }),
+            })
+            .collect();
+        Ok((deliveries, next))
+    }
+}
+
+#[async_trait]
+impl Queue for EmbeddedQueue {
+    async fn enqueue(&self, kind: Ingest, id: &str, body: Bytes) -> Result<Enqueued, BrokerError> {
+        let kind = match kind {
+            Ingest::Webhook => "webhook",
+            Ingest::Send => "send",
+        };
+        let (id, now) = (id.to_owned(), Utc::now().timestamp_millis());
+        let inserted = self
+            .db
+            .transaction(move |t| {
+                t.execute(
+                    "INSERT OR IGNORE INTO queue (id, kind, body, enqueued_at, available_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                    params![id, kind, body.as_ref(), now],
+                )
+            })
+            .await
+            .map_err(BrokerError::Unavailable)?;
+        self.arrived.notify_one();
+        Ok(Enqueued {
+            duplicate: inserted == 0,
+        })
+    }
+
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        loop {
+            let (deliveries, next) = self.lease(max).await?;
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            // Sleep until something arrives or the next retry is due.
+            let wait = next
+                .map(|at| Duration::from_millis((at - Utc::now().timestamp_millis()).clamp(1, 1000) as u64))
+                .unwrap_or(Duration::from_secs(1));
+            tokio::select! {
+                _ = self.arrived.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.db
+            .transaction(|t| t.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+}
+
+struct EmbeddedSettle {
+    db: Database,
+    seq: i64,
+    arrived: std::sync::Arc<Notify>,
+}
+
+#[async_trait]
+impl Settle for EmbeddedSettle {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        let seq = self.seq;
+        self.db
+            .transaction(move |t| {
+                t.execute("DELETE FROM queue WHERE seq = ?1", [seq])
+                    .map(drop)
+            })
+            .await
+            .map_err(BrokerError::Unavailable)
+    }
+
+    async fn retry_after(&self, delay: Duration) -> Result<(), BrokerError> {
+        let (seq, at) = (
+            self.seq,
+            Utc::now().timestamp_millis() + delay.as_millis() as i64,
+        );
+        self.db
+            .transaction(move |t| {
+                t.execute(
+                    "UPDATE queue SET available_at = ?2, leased_until = 0 WHERE seq = ?1",
+                    params![seq, at],
+                )
+                .map(drop)
+            })
+            .await
+            .map_err(BrokerError::Unavailable)?;
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    async fn dead_letter(&self, _body: &Bytes, reason: &str) -> Result<(), BrokerError> {
+        let (seq, reason, now) = (self.seq, reason.to_owned(), Utc::now().timestamp_millis());
+        self.db
+            .transaction(move |t| {
+                t.execute(
+                    "INSERT OR REPLACE INTO dead_letters (seq, id, kind, body, reason, dead_at)
+                     SELECT seq, id, kind, body, ?2, ?3 FROM queue WHERE seq = ?1",
+                    params![seq, reason, now],
+                )?;
+                t.execute("DELETE FROM queue WHERE seq = ?1", [seq])
+                    .map(drop)
+            })
+            .await
+            .map_err(BrokerError::Unavailable)
+    }
+}
+
+/// Events within the process.
+pub struct EmbeddedEvents {
+    sender: broadcast::Sender<Event>,
+}
+
+impl Default for EmbeddedEvents {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(4096).0,
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for EmbeddedEvents {
+    async fn publish(&self, events: &[Event]) {
+        for event in events {
+            // No subscriber is fine: nobody is watching.
+            let _ = self.sender.send(event.clone());
+        }
+    }
+
+    async fn subscribe(&self) -> Result<BoxStream<'static, Event>, BrokerError> {
+        let receiver = self.sender.subscribe();
+        Ok(
+            futures::stream::unfold(receiver, |mut receiver| async move {
+                loop {
+                    match receiver.recv().await {
+                        Ok(event) => return Some((event, receiver)),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "a slow subscriber missed events");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            })
+            .boxed(),
+        )
+    }
+}

@@ -1,0 +1,138 @@
+//! The broker between the services, behind two small traits:
+//!
+//! - [`Queue`]: durable hand-off of payloads to the processor (webhook
+//!   bodies, and messages sent through the API), delivered at least once;
+//! - [`EventBus`]: the processor's events, fanned out to every api-gateway.
+//!
+//! [`nats::NatsBroker`] implements both on NATS (JetStream for the queue,
+//! core NATS for events) for the microservices; [`embedded`] implements
+//! them in-process for the all-in-one binary.
+
+pub mod embedded;
+pub mod nats;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+use crate::domain::Event;
+
+pub use nats::Names;
+
+/// What a queued payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    /// A webhook body exactly as WhatsApp posted it.
+    Webhook,
+    /// A message the business sent through the REST API (a `Message` as JSON).
+    Send,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker can't take or give payloads now; try again later.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The payload is larger than the broker accepts.
+    #[error("payload too large for the broker: {0}")]
+    TooLarge(String),
+}
+
+/// Outcome of [`Queue::enqueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The same id was queued recently: stored once.
+    pub duplicate: bool,
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Returns once the payload is durable. Payloads with the same `id`
+    /// enqueued close together are stored once.
+    async fn enqueue(&self, kind: Ingest, id: &str, body: Bytes) -> Result<Enqueued, BrokerError>;
+
+    /// Waits for payloads and returns up to `max` of them. A payload not
+    /// acknowledged (or retried, or dead-lettered) is delivered again later,
+    /// also after a crash.
+    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError>;
+
+    /// `Err` says why payloads can't flow now.
+    async fn ready(&self) -> Result<(), String>;
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Best effort: events are for live screens, which re-read over REST
+    /// when they reconnect.
+    async fn publish(&self, events: &[Event]);
+
+    /// Every event published from now on, by any process.
+    async fn subscribe(&self) -> Result<BoxStream<'static, Event>, BrokerError>;
+}
+
+/// One delivery of a queued payload.
+pub struct Delivery {
+    pub kind: Ingest,
+    /// De-duplication id (the webhook body's SHA-256, or the message id).
+    pub id: String,
+    pub body: Bytes,
+    pub enqueued_at: DateTime<Utc>,
+    /// 1 on the first delivery.
+    pub attempt: i64,
+    pub(crate) handle: Box<dyn Settle>,
+}
+
+/// How a delivery is settled; each queue implements it.
+#[async_trait]
+pub(crate) trait Settle: Send + Sync {
+    async fn ack(&self) -> Result<(), BrokerError>;
+    async fn retry_after(&self, delay: Duration) -> Result<(), BrokerError>;
+    async fn dead_letter(&self, body: &Bytes, reason: &str) -> Result<(), BrokerError>;
+}
+
+impl Delivery {
+    /// Done: never delivered again.
+    pub async fn ack(&self) -> Result<(), BrokerError> {
+        self.handle.ack().await
+    }
+
+    /// Deliver again after `delay`.
+    pub async fn retry_after(&self, delay: Duration) -> Result<(), BrokerError> {
+        self.handle.retry_after(delay).await
+    }
+
+    /// Moves the payload aside with the reason, for people to look at.
+    pub async fn dead_letter(&self, reason: &str) -> Result<(), BrokerError> {
+        self.handle.dead_letter(&self.body, reason).await
+    }
+}
+
+/// The id a payload is de-duplicated by: the SHA-256 of its bytes, hex.
+pub fn payload_id(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(body))
+}
+
+/// Retries `attempt` with capped exponential backoff until it succeeds or
+/// `cancel` fires; used while NATS or MongoDB come up.
+pub async fn retry_until<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(e) => tracing::warn!(error = %e, "{what} failed; retrying in {delay:?}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,137 @@
+//! The processor's loop: take a batch from the queue, store it, publish
+//! its events, acknowledge it. Used by the processor service (NATS,
+//! MongoDB) and the all-in-one binary (embedded) alike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::broker::{Delivery, EventBus, Queue};
+use crate::domain::Event;
+use crate::processing::{Processor, decode};
+use crate::store::{RawPayload, StoreError};
+
+pub struct Worker {
+    pub processor: Processor,
+    pub queue: Arc<dyn Queue>,
+    pub events: Arc<dyn EventBus>,
+    /// Most payloads stored in one round of writes.
+    pub batch_size: usize,
+    /// Deliveries of a payload the store keeps refusing before it is
+    /// dead-lettered (store outages are retried forever instead).
+    pub max_deliveries: i64,
+}
+
+impl Worker {
+    /// Consumes until cancelled. The batch in hand is finished first; what
+    /// was fetched but not handled is redelivered later.
+    pub async fn run(self, cancel: tokio_util::sync::CancellationToken) {
+        let store = self.processor.store().clone();
+        if crate::broker::retry_until("preparing the store", &cancel, || store.prepare())
+            .await
+            .is_none()
+        {
+            return;
+        }
+        tracing::info!(batch_size = self.batch_size, "processing payloads");
+        loop {
+            let batch = tokio::select! {
+                _ = cancel.cancelled() => break,
+                batch = self.queue.next_batch(self.batch_size.max(1)) => batch,
+            };
+            match batch {
+                Ok(deliveries) => self.handle(deliveries).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take payloads; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!("processor worker stopped");
+    }
+
+    /// Stores a batch. On a store failure that may be one payload's fault,
+    /// the payloads are retried one by one, so a bad one cannot hold back
+    /// the others.
+    async fn handle(&self, deliveries: Vec<Delivery>) {
+        let mut pending = Vec::with_capacity(deliveries.len());
+        let mut batch = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match decode(delivery.kind, &delivery.body) {
+                Ok(parsed) => {
+                    let raw = RawPayload {
+                        id: delivery.id.clone(),
+                        body: delivery.body.clone(),
+                        received_at: delivery.enqueued_at,
+                    };
+                    batch.push((raw, parsed));
+                    pending.push(delivery);
+                }
+                Err(e) => dead_letter(&delivery, &format!("unparseable payload: {e}")).await,
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        match self.processor.process(&batch).await {
+            Ok(events) => self.finish(&pending, &events).await,
+            Err(e) if e.permanent && pending.len() > 1 => {
+                tracing::warn!(error = %e, "batch refused; retrying its payloads one by one");
+                for (delivery, item) in pending.iter().zip(&batch) {
+                    match self.processor.process(std::slice::from_ref(item)).await {
+                        Ok(events) => self.finish(std::slice::from_ref(delivery), &events).await,
+                        Err(e) => self.retry_later(delivery, &e).await,
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, payloads = pending.len(), "batch failed; will be redelivered");
+                for delivery in &pending {
+                    self.retry_later(delivery, &e).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes the events of stored payloads, then acknowledges them (a
+    /// crash in between redelivers them: harmless, they are stored).
+    async fn finish(&self, deliveries: &[Delivery], events: &[Event]) {
+        self.events.publish(events).await;
+        metrics::counter!("events_published_total").increment(events.len() as u64);
+        for delivery in deliveries {
+            if let Err(e) = delivery.ack().await {
+                tracing::warn!(error = %e, "ack failed; the payload will be redelivered (harmless)");
+            }
+        }
+        metrics::counter!("payloads_processed_total").increment(deliveries.len() as u64);
+    }
+
+    /// Retries with backoff; a payload the store keeps refusing is dead-lettered.
+    async fn retry_later(&self, delivery: &Delivery, error: &StoreError) {
+        if error.permanent && delivery.attempt >= self.max_deliveries {
+            dead_letter(
+                delivery,
+                &format!("refused by the store {} times: {error}", delivery.attempt),
+            )
+            .await;
+            return;
+        }
+        let exponent = u32::try_from(delivery.attempt.clamp(1, 8) - 1).unwrap_or(0);
+        let delay = Duration::from_millis(250 * 2_u64.pow(exponent));
+        if let Err(e) = delivery.retry_after(delay).await {
+            tracing::warn!(error = %e, "retry not scheduled; the payload will be redelivered later");
+        }
+    }
+}
+
+/// Moves a payload to the dead letters; if that fails it stays queued.
+async fn dead_letter(delivery: &Delivery, reason: &str) {
+    tracing::error!(reason, id = %delivery.id, "payload dead-lettered");
+    metrics::counter!("payloads_dead_lettered_total").increment(1);
+    if let Err(e) = delivery.dead_letter(reason).await {
+        tracing::warn!(error = %e, "dead letters unavailable; will retry");
+        delivery.retry_after(Duration::from_secs(5)).await.ok();
+    }
+}
