@@ -1,11 +1,12 @@
 //! Where messages live. The processing rules talk to this trait only, so the
-//! same rules run on MongoDB (the services) and on the embedded store (the
-//! all-in-one binary).
+//! same rules run on MongoDB ([`mongo`], the services) and on SQLite
+//! ([`sqlite`], the all-in-one binary).
 //!
 //! Every method is idempotent: a payload redelivered after a crash, or
 //! processed by two replicas at once, converges to the same stored state.
 
 pub mod mongo;
+pub mod sqlite;
 
 use async_trait::async_trait;
 use bytes::Bytes;
