@@ -53,6 +53,11 @@ impl Processor {
     /// at any point: every step is idempotent, and conversation summaries
     /// are recomputed rather than incremented.
     pub async fn process(&self, batch: &[(RawPayload, Parsed)]) -> StoreResult<Vec<Event>> {
+        for (raw, parsed) in batch {
+            for error in &parsed.whatsapp_errors {
+                tracing::warn!(payload = %raw.id, %error, "WhatsApp reports an error");
+            }
+        }
         let raw: Vec<RawPayload> = batch.iter().map(|(raw, _)| raw.clone()).collect();
         self.store.archive_payloads(&raw).await?;
 

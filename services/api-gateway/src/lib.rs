@@ -22,7 +22,6 @@ use shared::http::{ReadinessCheck, ops_routes};
 use shared::processing::Processor;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
-use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -30,6 +29,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub use config::Config;
 pub use openapi::ApiDoc;
 pub use realtime::{PendingSends, fan_out};
+pub use socketioxide::SocketIo;
 
 /// What every request handler needs.
 #[derive(Clone)]
@@ -47,7 +47,7 @@ impl ApiState {
         store: Arc<dyn Store>,
         queue: Arc<dyn Queue>,
         events: Arc<dyn EventBus>,
-        config: &Config,
+        send_timeout: Duration,
     ) -> Self {
         Self {
             processor: Processor::new(store.clone()),
@@ -55,7 +55,7 @@ impl ApiState {
             queue,
             events,
             pending_sends: PendingSends::default(),
-            send_timeout: Duration::from_millis(config.send_timeout_ms),
+            send_timeout,
         }
     }
 }
@@ -98,7 +98,12 @@ impl Application {
             )
             .await?,
         );
-        let state = ApiState::new(store.clone(), broker.clone(), broker.clone(), &config);
+        let state = ApiState::new(
+            store.clone(),
+            broker.clone(),
+            broker.clone(),
+            Duration::from_millis(config.send_timeout_ms),
+        );
         let queue: Arc<dyn Queue> = broker.clone();
         let ready: ReadinessCheck = Arc::new(move || {
             let (queue, store) = (queue.clone(), store.clone());

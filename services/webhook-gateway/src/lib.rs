@@ -29,20 +29,26 @@ pub struct WebhookState {
 }
 
 impl WebhookState {
-    pub fn new(queue: Arc<dyn Queue>, config: &Config) -> Self {
-        if config.app_secret.is_none() {
+    /// Warns about what is switched off.
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        verify_token: Option<String>,
+        app_secret: Option<String>,
+        body_limit: usize,
+    ) -> Self {
+        if app_secret.is_none() {
             tracing::warn!("WHATSAPP_APP_SECRET is not set: webhook signatures are NOT checked");
         }
-        if config.verify_token.is_none() {
+        if verify_token.is_none() {
             tracing::warn!(
                 "WEBHOOK_VERIFY_TOKEN is not set: webhook verification requests will be refused"
             );
         }
         Self {
             queue,
-            verify_token: config.verify_token.clone().map(Into::into),
-            app_secret: config.app_secret.clone().map(|s| s.into_bytes().into()),
-            body_limit: config.body_limit,
+            verify_token: verify_token.map(Into::into),
+            app_secret: app_secret.map(|s| s.into_bytes().into()),
+            body_limit,
         }
     }
 }
@@ -73,8 +79,13 @@ impl Application {
             let queue = queue.clone();
             Box::pin(async move { queue.ready().await })
         });
-        let router =
-            webhook_routes(WebhookState::new(broker.clone(), &config)).merge(ops_routes(ready));
+        let router = webhook_routes(WebhookState::new(
+            broker.clone(),
+            config.verify_token.clone(),
+            config.app_secret.clone(),
+            config.body_limit,
+        ))
+        .merge(ops_routes(ready));
         let router = shared::http::service(router);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {

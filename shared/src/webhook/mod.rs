@@ -28,9 +28,11 @@ pub struct PayloadError(pub String);
 pub struct Parsed {
     pub messages: Vec<Message>,
     pub statuses: Vec<StatusChange>,
-    /// Changes of other fields (`account_update`, ...) and `value.errors`
-    /// entries: acknowledged, logged, not stored.
+    /// Changes of other fields (`account_update`, ...): acknowledged, not stored.
     pub ignored: usize,
+    /// `value.errors`: system-, app- or account-level errors from WhatsApp,
+    /// for the logs.
+    pub whatsapp_errors: Vec<Value>,
 }
 
 /// Parses a raw webhook body (either envelope form).
@@ -92,11 +94,7 @@ fn parse_messages_value(
             errors: status.errors.clone(),
         });
     }
-    if !value.errors.is_empty() {
-        let errors = Value::Array(value.errors.clone());
-        tracing::warn!(%errors, "webhook carries WhatsApp errors");
-        out.ignored += value.errors.len();
-    }
+    out.whatsapp_errors.extend(value.errors.iter().cloned());
     Ok(())
 }
 

@@ -1,0 +1,86 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use shared::config::LogConfig;
+
+/// The WhatsApp Web clone backend in one process: webhook gateway,
+/// processor, REST API and Socket.IO on one port, with an embedded store
+/// and broker unless MONGODB_URI / NATS_URL name real ones.
+#[derive(Debug, Parser)]
+#[command(name = "whatsapp-clone", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the backend (the default).
+    Serve(ServeConfig),
+    /// Post webhook files to a running backend, messages before statuses.
+    Import(ImportArgs),
+}
+
+impl Default for Command {
+    fn default() -> Self {
+        Command::Serve(ServeConfig::parse_from(["serve"]))
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port of everything: webhook, REST, Socket.IO, health, metrics (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Where the embedded store and queue keep their files.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Import these webhook files (a folder or files) once serving.
+    #[arg(long, value_name = "DIR")]
+    pub import: Option<PathBuf>,
+    /// Use this NATS server instead of the in-process broker.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Prefix of NATS subjects and streams (with NATS_URL).
+    #[arg(long, env = "NATS_NAMESPACE", default_value = "whatsapp")]
+    pub nats_namespace: String,
+    /// Use this MongoDB instead of the embedded SQLite store.
+    #[arg(long, env = "MONGODB_URI")]
+    pub mongodb_uri: Option<String>,
+    /// Token Meta echoes in `GET /webhook` verification requests.
+    #[arg(long, env = "WEBHOOK_VERIFY_TOKEN")]
+    pub verify_token: Option<String>,
+    /// App secret for `X-Hub-Signature-256`; unset disables the check.
+    #[arg(long, env = "WHATSAPP_APP_SECRET")]
+    pub app_secret: Option<String>,
+    /// Largest accepted webhook body in bytes.
+    #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Origins allowed by CORS: `*`, or a comma-separated list.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
+    /// How long `POST /api/messages` waits for the message to be stored.
+    #[arg(long, env = "SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub send_timeout_ms: u64,
+    /// Most payloads stored in one round of writes.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 256)]
+    pub batch_size: usize,
+    /// Deliveries of a payload the store refuses before it is dead-lettered.
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// Webhook files, or folders of them (`*.json`).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// The webhook endpoint to post to.
+    #[arg(long, default_value = "http://localhost:3000/webhook")]
+    pub url: String,
+}

@@ -1,0 +1,152 @@
+//! whatsapp-clone: webhook-gateway, processor and api-gateway in one
+//! process on one port, for a newcomer who has nothing but Rust.
+//!
+//! Without `MONGODB_URI` the store is SQLite and without `NATS_URL` the
+//! broker is in-process (a SQLite queue and a broadcast channel), both under
+//! `--data-dir`. The routes, processing rules and events are the services'
+//! own code; only the store and broker behind their traits differ.
+
+mod config;
+pub mod import;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_gateway::{ApiState, SocketIo, api_router};
+use axum::Router;
+use shared::broker::embedded::{EmbeddedEvents, EmbeddedQueue};
+use shared::broker::nats::NatsBroker;
+use shared::broker::{EventBus, Queue};
+use shared::http::{ReadinessCheck, ops_routes};
+use shared::processing::Processor;
+use shared::store::Store;
+use shared::store::mongo::MongoStore;
+use shared::store::sqlite::SqliteStore;
+use shared::worker::Worker;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use webhook_gateway::{WebhookState, webhook_routes};
+
+pub use config::{Cli, Command, ImportArgs, ServeConfig};
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    io: SocketIo,
+    state: ApiState,
+    worker: Worker,
+    import: Option<std::path::PathBuf>,
+}
+
+impl Application {
+    pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        let store: Arc<dyn Store> = match &config.mongodb_uri {
+            Some(uri) => Arc::new(MongoStore::connect(uri, "whatsapp-clone").await?),
+            None => Arc::new(SqliteStore::open(&config.data_dir.join("store.sqlite3"))?),
+        };
+        let (queue, events): (Arc<dyn Queue>, Arc<dyn EventBus>) = match &config.nats_url {
+            Some(url) => {
+                let broker = Arc::new(
+                    NatsBroker::connect(
+                        url,
+                        &config.nats_namespace,
+                        "whatsapp-clone",
+                        Duration::from_secs(5),
+                    )
+                    .await?,
+                );
+                (broker.clone(), broker)
+            }
+            None => (
+                Arc::new(EmbeddedQueue::open(&config.data_dir.join("queue.sqlite3")).await?),
+                Arc::new(EmbeddedEvents::default()),
+            ),
+        };
+        tracing::info!(
+            store = if config.mongodb_uri.is_some() { "MongoDB" } else { "SQLite" },
+            broker = if config.nats_url.is_some() { "NATS" } else { "in-process" },
+            data_dir = %config.data_dir.display(),
+            "whatsapp-clone starting"
+        );
+        let webhook = WebhookState::new(
+            queue.clone(),
+            config.verify_token.clone(),
+            config.app_secret.clone(),
+            config.body_limit,
+        );
+        let state = ApiState::new(
+            store.clone(),
+            queue.clone(),
+            events.clone(),
+            Duration::from_millis(config.send_timeout_ms),
+        );
+        let (ready_queue, ready_store) = (queue.clone(), store.clone());
+        let ready: ReadinessCheck = Arc::new(move || {
+            let (queue, store) = (ready_queue.clone(), ready_store.clone());
+            Box::pin(async move {
+                queue.ready().await?;
+                store.ping().await.map_err(|e| e.to_string())
+            })
+        });
+        let others = webhook_routes(webhook).merge(ops_routes(ready));
+        let (router, io) = api_router(state.clone(), others, &config.cors_origins);
+        let worker = Worker {
+            processor: Processor::new(store),
+            queue,
+            events,
+            batch_size: config.batch_size,
+            max_deliveries: config.max_deliveries.max(1),
+        };
+        let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
+        Ok(Self {
+            listener,
+            router,
+            io,
+            state,
+            worker,
+            import: config.import,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves and processes until `shutdown`; the batch in hand is finished.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let port = self.port();
+        tracing::info!(
+            port,
+            "whatsapp-clone listening: webhook, REST and Socket.IO on this port"
+        );
+        let fan_out = tokio::spawn(api_gateway::fan_out(
+            self.state.events.clone(),
+            self.io.clone(),
+            self.state.pending_sends.clone(),
+            shutdown.clone(),
+        ));
+        let worker = tokio::spawn(self.worker.run(shutdown.clone()));
+        if let Some(dir) = self.import {
+            tokio::spawn(async move {
+                let url = format!("http://127.0.0.1:{port}/webhook");
+                match import::run(&[dir], &url, false).await {
+                    Ok(report) => tracing::info!("{report}"),
+                    Err(e) => tracing::error!(error = %e, "import failed"),
+                }
+            });
+        }
+        let (io, stop) = (self.io.clone(), shutdown.clone());
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                stop.cancelled().await;
+                io.close().await;
+            })
+            .await?;
+        worker.await.ok();
+        fan_out.await.ok();
+        Ok(())
+    }
+}

@@ -1,0 +1,25 @@
+use clap::Parser;
+use whatsapp_clone::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::config::load_dotenv();
+    let cli = Cli::parse();
+    shared::config::init_tracing(&cli.log);
+    match cli.command.unwrap_or_default() {
+        Command::Serve(config) => {
+            let app = whatsapp_clone::Application::build(config).await?;
+            app.run_until_stopped(shared::http::shutdown_on_signals())
+                .await
+        }
+        Command::Import(import) => {
+            let report = whatsapp_clone::import::run(&import.paths, &import.url, true).await?;
+            println!("{report}");
+            if report.failed.is_empty() {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+    }
+}

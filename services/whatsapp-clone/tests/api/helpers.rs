@@ -1,0 +1,91 @@
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use whatsapp_clone::{Application, ServeConfig};
+
+pub fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(test_support::unique_name("clone"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Embedded defaults, whatever the environment says.
+pub fn embedded_config(data_dir: &std::path::Path) -> ServeConfig {
+    let mut config = ServeConfig::parse_from(["serve", "--host=127.0.0.1", "--port=0"]);
+    config.data_dir = data_dir.to_owned();
+    config.nats_url = None;
+    config.mongodb_uri = None;
+    config
+}
+
+pub struct InProcess {
+    pub url: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn(config: ServeConfig) -> InProcess {
+    let app = Application::build(config).await.unwrap();
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    InProcess { url, shutdown }
+}
+
+/// The real binary, in `dir`, with no environment but PATH and PORT.
+pub struct Server {
+    pub url: String,
+    child: Child,
+}
+
+impl Server {
+    pub async fn start(dir: &std::path::Path, port: u16) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_whatsapp-clone"))
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/healthz");
+        test_support::wait_until("the binary to serve", Duration::from_secs(30), || async {
+            reqwest::get(&health).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        Self { url, child }
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+pub async fn total_messages(url: &str) -> i64 {
+    get_json(&format!("{url}/api/stats")).await["totalMessages"]
+        .as_i64()
+        .unwrap_or(-1)
+}

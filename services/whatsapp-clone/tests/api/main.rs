@@ -1,0 +1,7 @@
+//! The all-in-one binary: embedded store and broker, one port, the same
+//! API and events as the microservice stack; durable across SIGKILL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod binary;
+mod helpers;
+mod in_process;

@@ -1,0 +1,79 @@
+//! The embedded queue's promises: durable on enqueue, at-least-once
+//! delivery across a crash, retries, dead letters, de-duplication.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use shared::broker::embedded::EmbeddedQueue;
+use shared::broker::{Ingest, Queue};
+
+fn path() -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join(test_support::unique_name("queue"))
+        .join("queue.sqlite3")
+}
+
+#[tokio::test]
+async fn what_was_not_acknowledged_is_delivered_again_after_a_crash() {
+    let path = path();
+    let queue = EmbeddedQueue::open(&path).await.unwrap();
+    for id in ["a", "b", "c"] {
+        let enqueued = queue
+            .enqueue(Ingest::Webhook, id, Bytes::from(format!("body {id}")))
+            .await
+            .unwrap();
+        assert!(!enqueued.duplicate);
+    }
+    assert!(
+        queue
+            .enqueue(Ingest::Webhook, "a", Bytes::from("again"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+
+    let batch = queue.next_batch(10).await.unwrap();
+    let ids: Vec<&str> = batch.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert!(batch.iter().all(|d| d.attempt == 1));
+    batch[0].ack().await.unwrap();
+    batch[1].retry_after(Duration::ZERO).await.unwrap();
+    // "c" is in flight when the process dies.
+    drop(batch);
+    drop(queue);
+
+    let queue = EmbeddedQueue::open(&path).await.unwrap();
+    let batch = queue.next_batch(10).await.unwrap();
+    let again: Vec<(&str, i64)> = batch.iter().map(|d| (d.id.as_str(), d.attempt)).collect();
+    assert_eq!(
+        again,
+        [("b", 2), ("c", 2)],
+        "unacknowledged payloads come back, acknowledged ones don't"
+    );
+    assert_eq!(batch[1].body, Bytes::from("body c"));
+    batch[0].dead_letter("cannot be processed").await.unwrap();
+    batch[1].ack().await.unwrap();
+    assert_eq!(
+        queue.depth().await.unwrap(),
+        (0, 1),
+        "queue empty, one dead letter"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_waits_for_its_delay_and_sends_keep_their_kind() {
+    let queue = EmbeddedQueue::open(&path()).await.unwrap();
+    queue
+        .enqueue(Ingest::Send, "m", Bytes::from("{}"))
+        .await
+        .unwrap();
+    let batch = queue.next_batch(10).await.unwrap();
+    assert_eq!(batch[0].kind, Ingest::Send);
+    batch[0]
+        .retry_after(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), queue.next_batch(10)).await;
+    assert!(waited.is_err(), "not delivered before its retry time");
+}
