@@ -18,14 +18,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the backend (the default).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Post webhook files to a running backend, messages before statuses.
     Import(ImportArgs),
 }
 
 impl Default for Command {
     fn default() -> Self {
-        Command::Serve(ServeConfig::parse_from(["serve"]))
+        Command::Serve(Box::new(ServeConfig::parse_from(["serve"])))
     }
 }
 

@@ -8,7 +8,7 @@ async fn main() -> anyhow::Result<()> {
     shared::config::init_tracing(&cli.log);
     match cli.command.unwrap_or_default() {
         Command::Serve(config) => {
-            let app = whatsapp_clone::Application::build(config).await?;
+            let app = whatsapp_clone::Application::build(*config).await?;
             app.run_until_stopped(shared::http::shutdown_on_signals())
                 .await
         }
