@@ -122,6 +122,18 @@ if [ ! -d "$SIO_CLIENT/node_modules/socket.io-client" ]; then
     (cd "$SIO_CLIENT" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in $SIO_CLIENT"
 fi
 
+# --- 1c. nginx (the edge proxy of deploy/) and docker-compose (to validate) --
+# The local topology test runs Debian's nginx with deploy/nginx/; the
+# compose file is checked with Debian's docker-compose (no engine needed).
+need_apt=()
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    is_root || die "missing ${need_apt[*]}; install them (Debian: apt-get install ${need_apt[*]})"
+    log "installing ${need_apt[*]} (apt)"
+    apt_install "${need_apt[@]}" || die "apt-get install ${need_apt[*]} failed"
+fi
+
 # --- 2. MongoDB-wire server ---------------------------------------------------
 MONGO_PORT=""
 if [ -n "${TEST_MONGODB_URI:-}" ]; then
@@ -203,5 +215,8 @@ if [ "${SKIP_LINT:-0}" != "1" ]; then
 else
     log "SKIP_LINT=1: skipping fmt and clippy"
 fi
+log "docker-compose config -q (the stack and the all-in-one profile)"
+docker-compose -f docker-compose.yml config -q
+docker-compose -f docker-compose.yml --profile all-in-one config -q
 log "cargo test --workspace $*"
 cargo test --workspace "$@"

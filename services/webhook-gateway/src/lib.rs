@@ -30,12 +30,15 @@ pub struct WebhookState {
 
 impl WebhookState {
     /// Warns about what is switched off.
+    /// Empty strings count as unset (an empty secret would refuse every webhook).
     pub fn new(
         queue: Arc<dyn Queue>,
         verify_token: Option<String>,
         app_secret: Option<String>,
         body_limit: usize,
     ) -> Self {
+        let verify_token = verify_token.filter(|t| !t.is_empty());
+        let app_secret = app_secret.filter(|s| !s.is_empty());
         if app_secret.is_none() {
             tracing::warn!("WHATSAPP_APP_SECRET is not set: webhook signatures are NOT checked");
         }

@@ -39,7 +39,10 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+    pub async fn build(mut config: ServeConfig) -> anyhow::Result<Self> {
+        // `MONGODB_URI=` (empty) means "not set": embedded.
+        config.mongodb_uri = config.mongodb_uri.filter(|u| !u.trim().is_empty());
+        config.nats_url = config.nats_url.filter(|u| !u.trim().is_empty());
         let store: Arc<dyn Store> = match &config.mongodb_uri {
             Some(uri) => Arc::new(MongoStore::connect(uri, "whatsapp-clone").await?),
             None => Arc::new(SqliteStore::open(&config.data_dir.join("store.sqlite3"))?),
