@@ -218,5 +218,8 @@ fi
 log "docker-compose config -q (the stack and the all-in-one profile)"
 docker-compose -f docker-compose.yml config -q
 docker-compose -f docker-compose.yml --profile all-in-one config -q
+# The local topology test runs the service binaries themselves.
+log "cargo build --workspace --bins"
+cargo build --workspace --bins
 log "cargo test --workspace $*"
 cargo test --workspace "$@"

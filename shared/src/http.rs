@@ -13,6 +13,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::Queue;
+use crate::store::Store;
+
 /// Every error a service answers with: a status and `{"error": "..."}`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -72,6 +75,26 @@ pub fn service(router: Router) -> Router {
 /// A readiness check: `Err` names the dependency that is not reachable.
 pub type ReadinessCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Ready when the queue can take and give payloads and, if given, the
+/// store answers a ping.
+pub fn readiness(queue: Arc<dyn Queue>, store: Option<Arc<dyn Store>>) -> ReadinessCheck {
+    Arc::new(move || {
+        let (queue, store) = (queue.clone(), store.clone());
+        Box::pin(async move {
+            queue.ready().await?;
+            match store {
+                Some(store) => store.ping().await.map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        })
+    })
+}
+
+/// The port a listener got (useful with port 0).
+pub fn local_port(listener: &tokio::net::TcpListener) -> u16 {
+    listener.local_addr().map(|a| a.port()).unwrap_or_default()
+}
 
 /// `/healthz` (the process answers), `/readyz` (its dependencies answer)
 /// and `/metrics` (Prometheus text).

@@ -10,6 +10,9 @@ use std::process::Command;
 
 use serde_yaml::Value;
 
+mod common;
+use common::binary;
+
 const SERVICES: [&str; 4] = [
     "webhook-gateway",
     "processor",
@@ -21,17 +24,6 @@ const RUNTIME_VARIABLES: [&str; 1] = ["RUST_LOG"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn binary(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned();
-    dir.join(name)
 }
 
 /// `(variables, default PORT)` from `<binary> --help` (and `serve --help`).

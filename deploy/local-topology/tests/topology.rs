@@ -4,7 +4,7 @@
 //! from `deploy/nginx/` — everything reached through the edge's one port.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -13,23 +13,8 @@ use test_support::{SocketClient, free_port, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A service binary built by `cargo test --workspace` next to this test.
-fn binary(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --workspace --bins` (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
+mod common;
+use common::binary;
 
 struct Process(Child);
 
@@ -128,18 +113,6 @@ async fn get(url: &str) -> (u16, Value) {
     }
 }
 
-/// Reads events until a `newMessage` whose body is `marker`.
-async fn events_until(client: &mut SocketClient, marker: &str) -> Vec<(String, Value)> {
-    let mut events = Vec::new();
-    loop {
-        let (name, data) = client.next_event(WAIT).await;
-        if name == "newMessage" && data["body"] == marker {
-            return events;
-        }
-        events.push((name, data));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stack_behind_the_edge_serves_everything_on_one_port_and_survives_losing_replicas() {
     let namespace = test_support::unique_name("topology");
@@ -221,7 +194,7 @@ async fn the_stack_behind_the_edge_serves_everything_on_one_port_and_survives_lo
     assert_eq!(response.status(), 201);
 
     for client in [&mut polling, &mut websocket] {
-        let events = events_until(client, "marker").await;
+        let events = client.events_until_marker("marker").await;
         let new_messages = events.iter().filter(|(n, _)| n == "newMessage").count();
         let updates = events.iter().filter(|(n, _)| n == "statusUpdate").count();
         assert_eq!(
@@ -276,6 +249,6 @@ async fn the_stack_behind_the_edge_serves_everything_on_one_port_and_survives_lo
     );
     for client in [&mut polling, &mut websocket] {
         // Clients that were on the stopped replica reconnect to the other one.
-        events_until(client, "after the loss").await;
+        client.events_until_marker("after the loss").await;
     }
 }

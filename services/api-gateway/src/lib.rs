@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::Router;
 use shared::broker::nats::NatsBroker;
 use shared::broker::{EventBus, Queue};
-use shared::http::{ReadinessCheck, ops_routes};
+use shared::http::{ops_routes, readiness};
 use shared::processing::Processor;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
@@ -105,13 +105,7 @@ impl Application {
             Duration::from_millis(config.send_timeout_ms),
         );
         let queue: Arc<dyn Queue> = broker.clone();
-        let ready: ReadinessCheck = Arc::new(move || {
-            let (queue, store) = (queue.clone(), store.clone());
-            Box::pin(async move {
-                queue.ready().await?;
-                store.ping().await.map_err(|e| e.to_string())
-            })
-        });
+        let ready = readiness(queue, Some(store));
         let (router, io) = api_router(state.clone(), ops_routes(ready), &config.cors_origins);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
@@ -124,10 +118,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        shared::http::local_port(&self.listener)
     }
 
     /// Serves until `shutdown`; Socket.IO clients are then disconnected with

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use shared::broker::nats::NatsBroker;
 use shared::broker::{EventBus, Queue};
-use shared::http::{ReadinessCheck, ops_routes};
+use shared::http::{ops_routes, readiness};
 use shared::processing::Processor;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
@@ -51,10 +51,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        shared::http::local_port(&self.listener)
     }
 
     /// Runs the worker and the health endpoints until `shutdown` is
@@ -62,13 +59,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (queue, store): (Arc<dyn Queue>, Arc<dyn Store>) =
             (self.broker.clone(), self.store.clone());
-        let ready: ReadinessCheck = Arc::new(move || {
-            let (queue, store) = (queue.clone(), store.clone());
-            Box::pin(async move {
-                queue.ready().await?;
-                store.ping().await.map_err(|e| e.to_string())
-            })
-        });
+        let ready = readiness(queue, Some(store));
         let router = shared::http::service(ops_routes(ready));
         tracing::info!(port = self.port(), "processor health endpoints listening");
         let server = axum::serve(self.listener, router)

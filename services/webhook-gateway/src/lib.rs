@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use shared::broker::nats::NatsBroker;
 use shared::broker::{Queue, retry_until};
-use shared::http::{ReadinessCheck, ops_routes};
+use shared::http::{ops_routes, readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -78,10 +78,7 @@ impl Application {
             .await?,
         );
         let queue: Arc<dyn Queue> = broker.clone();
-        let ready: ReadinessCheck = Arc::new(move || {
-            let queue = queue.clone();
-            Box::pin(async move { queue.ready().await })
-        });
+        let ready = readiness(queue, None);
         let router = webhook_routes(WebhookState::new(
             broker.clone(),
             config.verify_token.clone(),
@@ -99,10 +96,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        shared::http::local_port(&self.listener)
     }
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests

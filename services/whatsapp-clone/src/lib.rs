@@ -17,7 +17,7 @@ use axum::Router;
 use shared::broker::embedded::{EmbeddedEvents, EmbeddedQueue};
 use shared::broker::nats::NatsBroker;
 use shared::broker::{EventBus, Queue};
-use shared::http::{ReadinessCheck, ops_routes};
+use shared::http::{ops_routes, readiness};
 use shared::processing::Processor;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
@@ -84,13 +84,7 @@ impl Application {
             Duration::from_millis(config.send_timeout_ms),
         );
         let (ready_queue, ready_store) = (queue.clone(), store.clone());
-        let ready: ReadinessCheck = Arc::new(move || {
-            let (queue, store) = (ready_queue.clone(), ready_store.clone());
-            Box::pin(async move {
-                queue.ready().await?;
-                store.ping().await.map_err(|e| e.to_string())
-            })
-        });
+        let ready = readiness(ready_queue, Some(ready_store));
         let others = webhook_routes(webhook).merge(ops_routes(ready));
         let (router, io) = api_router(state.clone(), others, &config.cors_origins);
         let worker = Worker {
@@ -112,10 +106,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        shared::http::local_port(&self.listener)
     }
 
     /// Serves and processes until `shutdown`; the batch in hand is finished.

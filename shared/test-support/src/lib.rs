@@ -327,6 +327,19 @@ impl SocketClient {
         )
     }
 
+    /// Events until a `newMessage` whose body is `marker` (not included):
+    /// send a marker message last to know everything before it arrived.
+    pub async fn events_until_marker(&mut self, marker: &str) -> Vec<(String, serde_json::Value)> {
+        let mut events = Vec::new();
+        loop {
+            let (name, data) = self.next_event(Duration::from_secs(60)).await;
+            if name == "newMessage" && data["body"] == marker {
+                return events;
+            }
+            events.push((name, data));
+        }
+    }
+
     /// Emits and waits for the server's acknowledgement.
     pub async fn emit_with_ack(
         &mut self,

@@ -8,18 +8,6 @@ use crate::helpers::{NEHA, RAVI, Stack, spawn_stack};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Reads events until a `newMessage` with `body == marker`; returns the rest.
-async fn events_until_marker(client: &mut SocketClient, marker: &str) -> Vec<(String, Value)> {
-    let mut events = Vec::new();
-    loop {
-        let (name, data) = client.next_event(WAIT).await;
-        if name == "newMessage" && data["body"] == marker {
-            return events;
-        }
-        events.push((name, data));
-    }
-}
-
 async fn send(stack: &Stack, replica: usize, conversation: &str, text: &str) -> Value {
     let (status, sent) = stack
         .post(
@@ -52,7 +40,7 @@ async fn clients_on_either_replica_get_every_event_exactly_once() {
     send(&stack, 0, "conv_1", "marker").await;
 
     for client in [&mut polling, &mut websocket] {
-        let events = events_until_marker(client, "marker").await;
+        let events = client.events_until_marker("marker").await;
         let new_messages: Vec<&Value> = events
             .iter()
             .filter(|(n, _)| n == "newMessage")
@@ -114,7 +102,7 @@ async fn a_client_can_narrow_its_stream_to_some_conversations() {
     stack.load_samples().await;
     send(&stack, 0, NEHA, "not for this client").await;
     send(&stack, 0, "conv_1", "marker").await;
-    let events = events_until_marker(&mut client, "marker").await;
+    let events = client.events_until_marker("marker").await;
     assert!(
         events.iter().all(|(_, d)| d["conversationId"] == RAVI),
         "only Ravi's events: {events:?}"
@@ -129,11 +117,7 @@ async fn a_client_can_narrow_its_stream_to_some_conversations() {
     assert_eq!(remaining, json!(["conv_1"]));
     send(&stack, 0, RAVI, "after unsubscribing").await;
     send(&stack, 0, "conv_1", "second marker").await;
-    assert!(
-        events_until_marker(&mut client, "second marker")
-            .await
-            .is_empty()
-    );
+    assert!(client.events_until_marker("second marker").await.is_empty());
 
     assert_eq!(
         client.emit_with_ack("subscribe", json!("*")).await,
