@@ -1,0 +1,85 @@
+//! `cargo run --release -p bench -- [--quick]`: measures the backend on
+//! real servers and prints a Markdown table (see BENCHMARKS.md).
+//!
+//! Scenarios: webhook-gateway ingest against the bare JetStream publish rate
+//! (a private nats-server), the processor's rate into SQLite, REST reads
+//! with a large embedded store, and idle memory of each binary. Numbers,
+//! never pass/fail: speed targets live here, not in tests.
+
+mod footprint;
+mod ingest;
+mod load;
+mod processor;
+mod reads;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+pub struct Options {
+    /// Short runs and smaller data sets (about a minute in all).
+    #[arg(long)]
+    pub quick: bool,
+    /// Concurrent HTTP connections / publishers for the ingest scenarios.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Only these scenarios (ingest, processor, reads, footprint).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+impl Options {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
+
+    pub fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.quick { 5 } else { 20 })
+    }
+}
+
+/// One line of the results table.
+pub struct Row {
+    pub scenario: String,
+    pub result: String,
+    pub detail: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = Options::parse();
+    let mut rows = Vec::new();
+    println!(
+        "machine: {} cores; {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        os_summary()
+    );
+    if options.wants("ingest") {
+        rows.extend(ingest::run(&options).await?);
+    }
+    if options.wants("processor") {
+        rows.extend(processor::run(&options).await?);
+    }
+    if options.wants("reads") {
+        rows.extend(reads::run(&options).await?);
+    }
+    if options.wants("footprint") {
+        rows.extend(footprint::run(&options).await?);
+    }
+    println!("\n| scenario | result | detail |\n|---|---|---|");
+    for row in rows {
+        println!("| {} | {} | {} |", row.scenario, row.result, row.detail);
+    }
+    Ok(())
+}
+
+fn os_summary() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
