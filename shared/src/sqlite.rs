@@ -29,24 +29,58 @@ impl Database {
         })
     }
 
-    /// Runs `work` in one transaction on a blocking thread; commits if it
-    /// returns `Ok`, rolls back otherwise.
-    pub async fn transaction<T, F>(&self, work: F) -> Result<T, String>
+    /// Runs `work` in one (immediate, so writers queue up front) transaction
+    /// on a blocking thread; commits if it returns `Ok`, rolls back otherwise.
+    pub async fn transaction<T, F>(&self, work: F) -> Result<T, SqliteError>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
     {
         let connection = self.connection.clone();
         tokio::task::spawn_blocking(move || {
+            // A panic in an earlier closure rolled its transaction back: the
+            // connection itself is fine to use.
             let mut connection = connection
                 .lock()
-                .map_err(|_| "the SQLite connection was poisoned by a panic".to_owned())?;
-            let transaction = connection.transaction().map_err(|e| e.to_string())?;
-            let value = work(&transaction).map_err(|e| e.to_string())?;
-            transaction.commit().map_err(|e| e.to_string())?;
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let transaction =
+                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = work(&transaction)?;
+            transaction.commit()?;
             Ok(value)
         })
         .await
-        .map_err(|e| format!("SQLite task failed: {e}"))?
+        .map_err(|e| SqliteError {
+            message: format!("SQLite task failed: {e}"),
+            permanent: false,
+        })?
+    }
+}
+
+/// A SQLite failure: `permanent` when the data itself is at fault (it would
+/// fail again), not the database being busy or the disk full.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SqliteError {
+    pub message: String,
+    pub permanent: bool,
+}
+
+impl From<rusqlite::Error> for SqliteError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::Error::{
+            FromSqlConversionFailure, InvalidColumnType, SqliteFailure, ToSqlConversionFailure,
+        };
+        let permanent = match &e {
+            FromSqlConversionFailure(..) | ToSqlConversionFailure(..) | InvalidColumnType(..) => {
+                true
+            }
+            SqliteFailure(failure, _) => failure.code == rusqlite::ErrorCode::ConstraintViolation,
+            _ => false,
+        };
+        Self {
+            message: e.to_string(),
+            permanent,
+        }
     }
 }

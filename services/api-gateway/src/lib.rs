@@ -149,12 +149,14 @@ fn cors(origins: &str) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods(tower_http::cors::Any)
         .allow_headers(tower_http::cors::Any);
-    if origins.trim() == "*" {
+    let origins: Vec<&str> = origins
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.is_empty() || origins.contains(&"*") {
         return layer.allow_origin(tower_http::cors::Any);
     }
-    let list: Vec<_> = origins
-        .split(',')
-        .filter_map(|o| o.trim().parse().ok())
-        .collect();
+    let list: Vec<_> = origins.iter().filter_map(|o| o.parse().ok()).collect();
     layer.allow_origin(AllowOrigin::list(list))
 }

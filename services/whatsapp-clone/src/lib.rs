@@ -65,6 +65,10 @@ impl Application {
                 Arc::new(EmbeddedEvents::default()),
             ),
         };
+        // Tables first: the API serves as soon as `run_until_stopped` starts.
+        if config.mongodb_uri.is_none() {
+            store.prepare().await?;
+        }
         tracing::info!(
             store = if config.mongodb_uri.is_some() { "MongoDB" } else { "SQLite" },
             broker = if config.nats_url.is_some() { "NATS" } else { "in-process" },

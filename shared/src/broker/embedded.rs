@@ -60,7 +60,7 @@ impl EmbeddedQueue {
             )
         })
         .await
-        .map_err(BrokerError::Unavailable)?;
+        .map_err(|e| BrokerError::Unavailable(e.message))?;
         Ok(Self {
             db,
             arrived: Default::default(),
@@ -76,7 +76,7 @@ impl EmbeddedQueue {
                 Ok((queued, dead))
             })
             .await
-            .map_err(BrokerError::Unavailable)
+            .map_err(|e| BrokerError::Unavailable(e.message))
     }
 
     /// Leases up to `max` payloads that are due; also says when the next
@@ -105,7 +105,7 @@ impl EmbeddedQueue {
                 Ok((rows, next))
             })
             .await
-            .map_err(BrokerError::Unavailable)?;
+            .map_err(|e| BrokerError::Unavailable(e.message))?;
         let (rows, next) = rows;
         let deliveries = rows
             .into_iter()
@@ -147,7 +147,7 @@ impl Queue for EmbeddedQueue {
                 )
             })
             .await
-            .map_err(BrokerError::Unavailable)?;
+            .map_err(|e| BrokerError::Unavailable(e.message))?;
         self.arrived.notify_one();
         Ok(Enqueued {
             duplicate: inserted == 0,
@@ -175,6 +175,7 @@ impl Queue for EmbeddedQueue {
         self.db
             .transaction(|t| t.query_row("SELECT 1", [], |_| Ok(())))
             .await
+            .map_err(|e| e.message)
     }
 }
 
@@ -194,7 +195,7 @@ impl Settle for EmbeddedSettle {
                     .map(drop)
             })
             .await
-            .map_err(BrokerError::Unavailable)
+            .map_err(|e| BrokerError::Unavailable(e.message))
     }
 
     async fn retry_after(&self, delay: Duration) -> Result<(), BrokerError> {
@@ -211,7 +212,7 @@ impl Settle for EmbeddedSettle {
                 .map(drop)
             })
             .await
-            .map_err(BrokerError::Unavailable)?;
+            .map_err(|e| BrokerError::Unavailable(e.message))?;
         self.arrived.notify_one();
         Ok(())
     }
@@ -229,7 +230,7 @@ impl Settle for EmbeddedSettle {
                     .map(drop)
             })
             .await
-            .map_err(BrokerError::Unavailable)
+            .map_err(|e| BrokerError::Unavailable(e.message))
     }
 }
 

@@ -120,14 +120,22 @@ async fn sustained_ingest_through_the_webhook_keeps_every_message() {
         || async { crate::helpers::total_messages(&app.url).await == 3000 },
     )
     .await;
-    let conversations = get_json(&format!("{}/api/conversations?limit=500", app.url)).await;
-    let counted: i64 = conversations
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["messageCount"].as_i64().unwrap())
-        .sum();
-    assert_eq!(counted, 3000);
+    // Summaries follow each batch's inserts: they converge on the same count.
+    test_support::wait_until(
+        "the summaries to count all 3000",
+        Duration::from_secs(60),
+        || async {
+            let conversations = get_json(&format!("{}/api/conversations?limit=500", app.url)).await;
+            let counted: i64 = conversations
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["messageCount"].as_i64())
+                .sum();
+            counted == 3000
+        },
+    )
+    .await;
 }
 
 /// Runs the futures with at most 16 at a time.
