@@ -28,7 +28,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::Config;
 pub use openapi::ApiDoc;
-pub use realtime::{PendingSends, fan_out};
+pub use realtime::PendingSends;
 pub use socketioxide::SocketIo;
 
 /// What every request handler needs.
@@ -124,25 +124,37 @@ impl Application {
     /// Serves until `shutdown`; Socket.IO clients are then disconnected with
     /// "transport close", so they reconnect to another replica.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let fan_out = tokio::spawn(realtime::fan_out(
-            self.state.events.clone(),
-            self.io.clone(),
-            self.state.pending_sends.clone(),
-            shutdown.clone(),
-        ));
         tracing::info!(port = self.port(), "api-gateway listening");
-        let io = self.io.clone();
-        let stop = shutdown.clone();
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move {
-                stop.cancelled().await;
-                io.close().await;
-            })
-            .await?;
-        fan_out.await.ok();
+        serve(self.listener, self.router, self.io, &self.state, shutdown).await?;
         self.broker.client().flush().await.ok();
         Ok(())
     }
+}
+
+/// Serves the API (from [`api_router`]) and fans events out to this
+/// process's sockets until `shutdown`; then disconnects the sockets with
+/// "transport close", so clients reconnect (to another replica).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    io: SocketIo,
+    state: &ApiState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let fan_out = tokio::spawn(realtime::fan_out(
+        state.events.clone(),
+        io.clone(),
+        state.pending_sends.clone(),
+        shutdown.clone(),
+    ));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            io.close().await;
+        })
+        .await?;
+    fan_out.await.ok();
+    Ok(())
 }
 
 fn cors(origins: &str) -> CorsLayer {

@@ -120,12 +120,6 @@ impl Application {
             port,
             "whatsapp-clone listening: webhook, REST and Socket.IO on this port"
         );
-        let fan_out = tokio::spawn(api_gateway::fan_out(
-            self.state.events.clone(),
-            self.io.clone(),
-            self.state.pending_sends.clone(),
-            shutdown.clone(),
-        ));
         let worker = tokio::spawn(self.worker.run(shutdown.clone()));
         if let Some(dir) = self.import {
             tokio::spawn(async move {
@@ -136,15 +130,8 @@ impl Application {
                 }
             });
         }
-        let (io, stop) = (self.io.clone(), shutdown.clone());
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move {
-                stop.cancelled().await;
-                io.close().await;
-            })
-            .await?;
+        api_gateway::serve(self.listener, self.router, self.io, &self.state, shutdown).await?;
         worker.await.ok();
-        fan_out.await.ok();
         Ok(())
     }
 }
