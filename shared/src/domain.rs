@@ -172,11 +172,15 @@ pub struct Stats {
 /// Statuses every stats breakdown lists.
 pub const KNOWN_STATUSES: [&str; 6] = [RECEIVED, "sent", "delivered", "read", "played", "failed"];
 
-/// A page of a newest-first listing: at most `limit` items older than `before`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A page of a newest-first listing: at most `limit` items older than
+/// `before`; with `before_id` (the id of the last item of the previous page:
+/// a message id, or a conversation's last message id), items at exactly
+/// `before` with a smaller id too, so items sharing a second aren't skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Page {
     pub limit: i64,
     pub before: Option<DateTime<Utc>>,
+    pub before_id: Option<String>,
 }
 
 /// What the processor publishes after a write that changed something.

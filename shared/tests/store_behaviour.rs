@@ -63,7 +63,7 @@ fn bodies(files: &[(String, Vec<u8>)]) -> Vec<Vec<u8>> {
 fn page(limit: i64) -> Page {
     Page {
         limit,
-        before: None,
+        ..Default::default()
     }
 }
 
@@ -275,6 +275,7 @@ async fn pages_are_newest_first_returned_oldest_first(store: Arc<dyn Store>) {
             Page {
                 limit: 1,
                 before: Some(all[1].timestamp),
+                ..Default::default()
             },
         )
         .await
@@ -286,6 +287,7 @@ async fn pages_are_newest_first_returned_oldest_first(store: Arc<dyn Store>) {
         .conversations(Page {
             limit: 1,
             before: Some(first[0].last_timestamp),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -295,6 +297,65 @@ async fn pages_are_newest_first_returned_oldest_first(store: Arc<dyn Store>) {
             next[0].conversation_id.as_str()
         ),
         (NEHA, RAVI)
+    );
+}
+
+fn text_message(id: &str, from: &str, ts: u32) -> Vec<u8> {
+    format!(r#"{{"entry":[{{"changes":[{{"field":"messages","value":{{"metadata":{{"display_phone_number":"1555"}},"messages":[{{"from":"{from}","id":"{id}","timestamp":"{ts}","type":"text","text":{{"body":"{id}"}}}}]}}}}]}}]}}"#).into_bytes()
+}
+
+async fn paging_through_ties_skips_nothing(store: Arc<dyn Store>) {
+    let processor = Processor::new(store.clone());
+    // Three messages in the same second; two conversations ending in the same second.
+    feed(
+        &processor,
+        &[
+            text_message("m1", "4401", 50),
+            text_message("m2", "4401", 50),
+            text_message("m3", "4401", 50),
+        ],
+    )
+    .await;
+    feed(&processor, &[text_message("n1", "4402", 50)]).await;
+    let first = store.messages("conv_4401", page(2)).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids, ["m2", "m3"]);
+    let rest = store
+        .messages(
+            "conv_4401",
+            Page {
+                limit: 2,
+                before: Some(first[0].timestamp),
+                before_id: Some("m2".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter()
+            .map(|m| m.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["m1"]
+    );
+
+    let top = store.conversations(page(1)).await.unwrap();
+    let next = store
+        .conversations(Page {
+            limit: 5,
+            before: Some(top[0].last_timestamp),
+            before_id: Some(top[0].last_message_id.clone()),
+        })
+        .await
+        .unwrap();
+    let mut both = vec![
+        top[0].conversation_id.clone(),
+        next[0].conversation_id.clone(),
+    ];
+    both.sort();
+    assert_eq!(
+        both,
+        ["conv_4401", "conv_4402"],
+        "the tie at the page boundary is on the next page"
     );
 }
 
@@ -316,4 +377,5 @@ on_both_stores!(
     statuses_move_forward_and_wait_for_their_message,
     marking_read_happens_once,
     pages_are_newest_first_returned_oldest_first,
+    paging_through_ties_skips_nothing,
 );

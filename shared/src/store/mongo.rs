@@ -345,9 +345,13 @@ impl Store for MongoStore {
 
     async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
         let filter = match page.before {
-            // Keys of earlier milliseconds sort below the bare millisecond prefix.
             Some(before) => {
-                doc! {"sortKey": {"$lt": format!("{:015}", before.timestamp_millis().max(0))}}
+                // Keys of earlier milliseconds sort below the bare millisecond prefix.
+                let key = match &page.before_id {
+                    Some(id) => conversation_sort_key(before, id),
+                    None => format!("{:015}", before.timestamp_millis().max(0)),
+                };
+                doc! {"sortKey": {"$lt": key}}
             }
             None => doc! {},
         };
@@ -367,7 +371,17 @@ impl Store for MongoStore {
     async fn messages(&self, conversation_id: &str, page: Page) -> StoreResult<Vec<Message>> {
         let mut filter = doc! {"conversationId": conversation_id};
         if let Some(before) = page.before {
-            filter.insert("timestamp", doc! {"$lt": to_bson_date(before)});
+            let at = to_bson_date(before);
+            match &page.before_id {
+                Some(id) => filter.insert(
+                    "$or",
+                    vec![
+                        doc! {"timestamp": {"$lt": at}},
+                        doc! {"timestamp": at, "messageId": {"$lt": id}},
+                    ],
+                ),
+                None => filter.insert("timestamp", doc! {"$lt": at}),
+            };
         }
         let docs: Vec<Document> = self
             .messages()

@@ -348,10 +348,11 @@ impl Store for SqliteStore {
 
     async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
         // Keys of earlier milliseconds sort below the bare millisecond prefix.
-        let before = page.before.map_or_else(
-            || "~".to_owned(),
-            |b| format!("{:015}", b.timestamp_millis().max(0)),
-        );
+        let before = match (page.before, &page.before_id) {
+            (Some(before), Some(id)) => conversation_sort_key(before, id),
+            (Some(before), None) => format!("{:015}", before.timestamp_millis().max(0)),
+            (None, _) => "~".to_owned(),
+        };
         self.run(move |t| {
             t.prepare(
                 "SELECT doc FROM conversations WHERE sort_key < ?1 ORDER BY sort_key DESC LIMIT ?2",
@@ -366,10 +367,15 @@ impl Store for SqliteStore {
     async fn messages(&self, conversation_id: &str, page: Page) -> StoreResult<Vec<Message>> {
         let id = conversation_id.to_owned();
         let before = page.before.map_or(i64::MAX, |b| b.timestamp_millis());
+        // No id: nothing at exactly `before` (every id is above '').
+        let before_id = page.before_id.clone().unwrap_or_default();
         self.run(move |t| {
             let mut newest_first: Vec<Message> = t
-                .prepare("SELECT doc FROM messages WHERE conversation_id = ?1 AND ts < ?2 ORDER BY ts DESC, id DESC LIMIT ?3")?
-                .query_map(params![id, before, page.limit], |r| r.get::<_, String>(0))?
+                .prepare(
+                    "SELECT doc FROM messages WHERE conversation_id = ?1 AND (ts < ?2 OR (ts = ?2 AND id < ?3))
+                     ORDER BY ts DESC, id DESC LIMIT ?4",
+                )?
+                .query_map(params![id, before, before_id, page.limit], |r| r.get::<_, String>(0))?
                 .map(|doc| from_json(&doc?))
                 .collect::<rusqlite::Result<_>>()?;
             newest_first.reverse();

@@ -11,7 +11,8 @@ use crate::ApiState;
 /// `GET /api/conversations`: summaries, newest last message first.
 #[utoipa::path(get, path = "/api/conversations", tag = "conversations",
     params(("limit" = Option<i64>, Query, description = "1..500, default 50"),
-           ("before" = Option<String>, Query, description = "only conversations whose last message is older (ISO-8601)")),
+           ("before" = Option<String>, Query, description = "only conversations whose last message is older (ISO-8601 or Unix ms)"),
+           ("beforeId" = Option<String>, Query, description = "with before: lastMessageId of the previous page's last conversation, so ties at `before` are not skipped")),
     responses((status = 200, body = Vec<Conversation>), (status = 400, body = crate::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<ApiState>,
@@ -31,7 +32,8 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/conversations/{conversationId}/messages", tag = "conversations",
     params(("conversationId" = String, Path, description = "conv_<digits>"),
            ("limit" = Option<i64>, Query, description = "1..500, default 50"),
-           ("before" = Option<String>, Query, description = "only messages older than this (ISO-8601)")),
+           ("before" = Option<String>, Query, description = "only messages older than this (ISO-8601 or Unix ms)"),
+           ("beforeId" = Option<String>, Query, description = "with before: messageId of the previous page's oldest message, so messages in the same second are not skipped")),
     responses((status = 200, body = Vec<Message>), (status = 400, body = crate::openapi::ErrorBody)))]
 pub async fn messages(
     State(state): State<ApiState>,

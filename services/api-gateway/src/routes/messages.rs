@@ -150,7 +150,7 @@ async fn business_number(state: &ApiState, conversation_id: &str) -> Result<Stri
             conversation_id,
             shared::domain::Page {
                 limit: 1,
-                before: None,
+                ..Default::default()
             },
         )
         .await

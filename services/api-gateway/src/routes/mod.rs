@@ -35,6 +35,8 @@ pub fn router(state: ApiState) -> Router {
 pub struct PageQuery {
     limit: Option<String>,
     before: Option<String>,
+    #[serde(rename = "beforeId")]
+    before_id: Option<String>,
 }
 
 const DEFAULT_LIMIT: i64 = 50;
@@ -64,7 +66,20 @@ impl PageQuery {
                 ApiError::bad_request("before must be an ISO-8601 time (e.g. 2025-08-06T12:00:00Z) or Unix milliseconds")
             })?),
         };
-        Ok(Page { limit, before })
+        let before_id = match query.before_id {
+            None => None,
+            Some(id) if before.is_some() && !id.is_empty() && id.len() <= 256 => Some(id),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "beforeId goes with before: the id of the last item of the previous page (at most 256 characters)",
+                ));
+            }
+        };
+        Ok(Page {
+            limit,
+            before,
+            before_id,
+        })
     }
 }
 

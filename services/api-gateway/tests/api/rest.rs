@@ -125,6 +125,7 @@ async fn unknown_conversations_are_empty_and_bad_parameters_are_400() {
         ("/api/conversations/conv_1/messages?limit=0", "limit"),
         ("/api/conversations/conv_1/messages?limit=many", "limit"),
         ("/api/conversations?before=yesterday", "before"),
+        ("/api/conversations?beforeId=local.1", "beforeId"),
     ] {
         let (status, body) = stack.get(0, path).await;
         assert_eq!(status, 400, "{path}");
