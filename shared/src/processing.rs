@@ -102,14 +102,8 @@ impl Processor {
             .chain(statuses.iter().map(|s| s.conversation_id.as_str()))
             .chain(events.iter().map(Event::conversation_id))
             .collect();
-        let refreshing: Vec<_> = touched
-            .into_iter()
-            .map(|c| self.store.refresh_conversation(c))
-            .collect();
-        stream::iter(refreshing)
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<()>()
-            .await?;
+        let touched: Vec<String> = touched.into_iter().map(str::to_owned).collect();
+        self.store.refresh_conversations(&touched).await?;
         Ok(events)
     }
 

@@ -89,6 +89,20 @@ pub trait Store: Send + Sync + 'static {
     /// let an older computation overwrite a newer one.
     async fn refresh_conversation(&self, conversation_id: &str) -> StoreResult<()>;
 
+    /// Refreshes several conversations (those a batch touched); a store may
+    /// do it in one go.
+    async fn refresh_conversations(&self, conversation_ids: &[String]) -> StoreResult<()> {
+        use futures::{StreamExt, TryStreamExt};
+        let refreshing: Vec<_> = conversation_ids
+            .iter()
+            .map(|id| self.refresh_conversation(id))
+            .collect();
+        futures::stream::iter(refreshing)
+            .buffer_unordered(16)
+            .try_collect::<()>()
+            .await
+    }
+
     /// Marks a conversation's unread inbound messages read, each only if it
     /// is still unread; returns the ids that changed.
     async fn mark_inbound_read(

@@ -83,6 +83,67 @@ fn load_message(t: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Messag
     .transpose()
 }
 
+/// Recomputes one conversation's summary from its messages, inside `t`.
+fn refresh_in(t: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
+    let Some(last) = t
+        .query_row(
+            "SELECT doc FROM messages WHERE conversation_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
+            [id],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+    else {
+        return Ok(());
+    };
+    let last: Message = from_json(&last)?;
+    let message_count: i64 = t.query_row(
+        "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1",
+        [id],
+        |r| r.get(0),
+    )?;
+    let unread_count: i64 = t.query_row(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1 AND direction = 'inbound' AND status = ?2",
+            params![id, RECEIVED],
+            |r| r.get(0),
+        )?;
+    let name: Option<String> = t
+            .query_row(
+                "SELECT contact_name FROM messages WHERE conversation_id = ?1 AND contact_name IS NOT NULL
+                 ORDER BY ts DESC, id DESC LIMIT 1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+    let business = match last.direction {
+        Direction::Outbound => last.from.clone(),
+        Direction::Inbound => last.to.clone(),
+    };
+    let conversation = Conversation {
+        conversation_id: id.to_owned(),
+        user_name: name.unwrap_or_else(|| format!("+{}", last.wa_id)),
+        last_message_id: last.message_id.clone(),
+        last_message_body: last.body.clone(),
+        last_timestamp: last.timestamp,
+        last_message_status: last.status.clone(),
+        last_message_direction: last.direction,
+        message_count,
+        unread_count,
+        participants: [last.wa_id.clone(), business]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect(),
+    };
+    t.execute(
+        "INSERT OR REPLACE INTO conversations (id, sort_key, doc) VALUES (?1, ?2, ?3)",
+        params![
+            id,
+            conversation_sort_key(last.timestamp, &last.message_id),
+            to_json(&conversation)?
+        ],
+    )
+    .map(drop)
+}
+
 /// Placeholders `?,?,...` for an `IN` list.
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(",")
@@ -271,55 +332,14 @@ impl Store for SqliteStore {
 
     async fn refresh_conversation(&self, conversation_id: &str) -> StoreResult<()> {
         let id = conversation_id.to_owned();
-        self.run(move |t| {
-            let Some(last) = t
-                .query_row(
-                    "SELECT doc FROM messages WHERE conversation_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
-                    [&id],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()?
-            else {
-                return Ok(());
-            };
-            let last: Message = from_json(&last)?;
-            let message_count: i64 = t.query_row("SELECT COUNT(*) FROM messages WHERE conversation_id = ?1", [&id], |r| r.get(0))?;
-            let unread_count: i64 = t.query_row(
-                "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1 AND direction = 'inbound' AND status = ?2",
-                params![id, RECEIVED],
-                |r| r.get(0),
-            )?;
-            let name: Option<String> = t
-                .query_row(
-                    "SELECT contact_name FROM messages WHERE conversation_id = ?1 AND contact_name IS NOT NULL
-                     ORDER BY ts DESC, id DESC LIMIT 1",
-                    [&id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let business = match last.direction {
-                Direction::Outbound => last.from.clone(),
-                Direction::Inbound => last.to.clone(),
-            };
-            let conversation = Conversation {
-                conversation_id: id.clone(),
-                user_name: name.unwrap_or_else(|| format!("+{}", last.wa_id)),
-                last_message_id: last.message_id.clone(),
-                last_message_body: last.body.clone(),
-                last_timestamp: last.timestamp,
-                last_message_status: last.status.clone(),
-                last_message_direction: last.direction,
-                message_count,
-                unread_count,
-                participants: [last.wa_id.clone(), business].into_iter().filter(|p| !p.is_empty()).collect(),
-            };
-            t.execute(
-                "INSERT OR REPLACE INTO conversations (id, sort_key, doc) VALUES (?1, ?2, ?3)",
-                params![id, conversation_sort_key(last.timestamp, &last.message_id), to_json(&conversation)?],
-            )
-            .map(drop)
-        })
-        .await
+        self.run(move |t| refresh_in(t, &id)).await
+    }
+
+    /// All in one transaction: one fsync for the batch, not one per conversation.
+    async fn refresh_conversations(&self, conversation_ids: &[String]) -> StoreResult<()> {
+        let ids = conversation_ids.to_vec();
+        self.run(move |t| ids.iter().try_for_each(|id| refresh_in(t, id)))
+            .await
     }
 
     async fn mark_inbound_read(
