@@ -25,6 +25,44 @@ pub struct MongoConfig {
     pub mongodb_uri: String,
 }
 
+/// The webhook endpoint's settings (webhook-gateway, whatsapp-clone).
+#[derive(Debug, Clone, Args)]
+pub struct WebhookConfig {
+    /// Token Meta echoes in `GET /webhook` verification requests.
+    #[arg(long, env = "WEBHOOK_VERIFY_TOKEN")]
+    pub verify_token: Option<String>,
+    /// App secret for `X-Hub-Signature-256`; unset (or empty) disables the check.
+    #[arg(long, env = "WHATSAPP_APP_SECRET")]
+    pub app_secret: Option<String>,
+    /// Largest accepted body in bytes (Meta sends up to 3 MB).
+    #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    pub body_limit: usize,
+}
+
+/// The REST API's settings (api-gateway, whatsapp-clone).
+#[derive(Debug, Clone, Args)]
+pub struct ApiConfig {
+    /// Origins allowed by CORS: `*`, or a comma-separated list.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
+    /// How long `POST /api/messages` waits for the processor to store the
+    /// message before answering 202 instead of 201.
+    #[arg(long, env = "SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub send_timeout_ms: u64,
+}
+
+/// The processing loop's settings (processor, whatsapp-clone).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// Most payloads stored in one round of writes.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 256)]
+    pub batch_size: usize,
+    /// Deliveries of a payload the store keeps refusing before it goes to
+    /// the dead letters (store outages are retried forever instead).
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: i64,
+}
+
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum LogFormat {
     #[default]

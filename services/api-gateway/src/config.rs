@@ -1,5 +1,5 @@
 use clap::Parser;
-use shared::config::{LogConfig, MongoConfig, NatsConfig};
+use shared::config::{ApiConfig, LogConfig, MongoConfig, NatsConfig};
 
 /// REST API and Socket.IO for WhatsApp Web frontends.
 #[derive(Debug, Clone, Parser)]
@@ -11,13 +11,8 @@ pub struct Config {
     /// Port of the REST API and Socket.IO (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
-    /// Origins allowed by CORS: `*`, or a comma-separated list.
-    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
-    pub cors_origins: String,
-    /// How long `POST /api/messages` waits for the processor to store the
-    /// message before answering 202 instead of 201.
-    #[arg(long, env = "SEND_TIMEOUT_MS", default_value_t = 10_000)]
-    pub send_timeout_ms: u64,
+    #[command(flatten)]
+    pub api: ApiConfig,
     #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]

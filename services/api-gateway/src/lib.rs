@@ -102,11 +102,11 @@ impl Application {
             store.clone(),
             broker.clone(),
             broker.clone(),
-            Duration::from_millis(config.send_timeout_ms),
+            Duration::from_millis(config.api.send_timeout_ms),
         );
         let queue: Arc<dyn Queue> = broker.clone();
         let ready = readiness(queue, Some(store));
-        let (router, io) = api_router(state.clone(), ops_routes(ready), &config.cors_origins);
+        let (router, io) = api_router(state.clone(), ops_routes(ready), &config.api.cors_origins);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
             listener,

@@ -1,5 +1,5 @@
 use clap::Parser;
-use shared::config::{LogConfig, MongoConfig, NatsConfig};
+use shared::config::{LogConfig, MongoConfig, NatsConfig, WorkerConfig};
 
 /// Consumes webhooks from NATS JetStream, stores them in MongoDB and
 /// publishes `newMessage` / `statusUpdate` events.
@@ -12,17 +12,12 @@ pub struct Config {
     /// Port of the health and metrics endpoints (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 3002)]
     pub port: u16,
-    /// Most webhook payloads stored in one round of writes.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 256)]
-    pub batch_size: usize,
     /// Seconds a payload may stay unacknowledged before it is redelivered
     /// (to this or another replica). Applies when the consumer is created.
     #[arg(long, env = "ACK_WAIT_SECS", default_value_t = 30)]
     pub ack_wait_secs: u64,
-    /// Deliveries of a payload the store keeps refusing before it goes to
-    /// the dead-letter stream.
-    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]
-    pub max_deliveries: i64,
+    #[command(flatten)]
+    pub worker: WorkerConfig,
     #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]

@@ -69,8 +69,8 @@ impl Application {
             processor: Processor::new(self.store.clone()),
             queue: self.broker.clone(),
             events,
-            batch_size: self.config.batch_size,
-            max_deliveries: self.config.max_deliveries.max(1),
+            batch_size: self.config.worker.batch_size,
+            max_deliveries: self.config.worker.max_deliveries.max(1),
         };
         let (served, ()) = tokio::join!(server, worker.run(shutdown));
         self.broker.client().flush().await.ok();

@@ -1,5 +1,5 @@
 use clap::Parser;
-use shared::config::{LogConfig, NatsConfig};
+use shared::config::{LogConfig, NatsConfig, WebhookConfig};
 
 /// Receives WhatsApp webhooks and publishes them to NATS JetStream.
 #[derive(Debug, Clone, Parser)]
@@ -11,18 +11,11 @@ pub struct Config {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 3001)]
     pub port: u16,
-    /// Token Meta echoes in `GET /webhook` verification requests.
-    #[arg(long, env = "WEBHOOK_VERIFY_TOKEN")]
-    pub verify_token: Option<String>,
-    /// App secret for `X-Hub-Signature-256`; unset disables the check.
-    #[arg(long, env = "WHATSAPP_APP_SECRET")]
-    pub app_secret: Option<String>,
-    /// Largest accepted body in bytes (Meta sends up to 3 MB).
-    #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
-    pub body_limit: usize,
     /// How long to wait for JetStream's acknowledgement before answering 503.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 3000)]
     pub publish_timeout_ms: u64,
+    #[command(flatten)]
+    pub webhook: WebhookConfig,
     #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use shared::broker::nats::NatsBroker;
 use shared::broker::{Queue, retry_until};
+use shared::config::WebhookConfig;
 use shared::http::{ops_routes, readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,14 +32,9 @@ pub struct WebhookState {
 impl WebhookState {
     /// Warns about what is switched off.
     /// Empty strings count as unset (an empty secret would refuse every webhook).
-    pub fn new(
-        queue: Arc<dyn Queue>,
-        verify_token: Option<String>,
-        app_secret: Option<String>,
-        body_limit: usize,
-    ) -> Self {
-        let verify_token = verify_token.filter(|t| !t.is_empty());
-        let app_secret = app_secret.filter(|s| !s.is_empty());
+    pub fn new(queue: Arc<dyn Queue>, config: &WebhookConfig) -> Self {
+        let verify_token = config.verify_token.clone().filter(|t| !t.is_empty());
+        let app_secret = config.app_secret.clone().filter(|s| !s.is_empty());
         if app_secret.is_none() {
             tracing::warn!("WHATSAPP_APP_SECRET is not set: webhook signatures are NOT checked");
         }
@@ -51,7 +47,7 @@ impl WebhookState {
             queue,
             verify_token: verify_token.map(Into::into),
             app_secret: app_secret.map(|s| s.into_bytes().into()),
-            body_limit,
+            body_limit: config.body_limit,
         }
     }
 }
@@ -79,13 +75,8 @@ impl Application {
         );
         let queue: Arc<dyn Queue> = broker.clone();
         let ready = readiness(queue, None);
-        let router = webhook_routes(WebhookState::new(
-            broker.clone(),
-            config.verify_token.clone(),
-            config.app_secret.clone(),
-            config.body_limit,
-        ))
-        .merge(ops_routes(ready));
+        let router = webhook_routes(WebhookState::new(broker.clone(), &config.webhook))
+            .merge(ops_routes(ready));
         let router = shared::http::service(router);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use shared::config::LogConfig;
+use shared::config::{ApiConfig, LogConfig, WebhookConfig, WorkerConfig};
 
 /// The WhatsApp Web clone backend in one process: webhook gateway,
 /// processor, REST API and Socket.IO on one port, with an embedded store
@@ -52,27 +52,12 @@ pub struct ServeConfig {
     /// Use this MongoDB instead of the embedded SQLite store.
     #[arg(long, env = "MONGODB_URI")]
     pub mongodb_uri: Option<String>,
-    /// Token Meta echoes in `GET /webhook` verification requests.
-    #[arg(long, env = "WEBHOOK_VERIFY_TOKEN")]
-    pub verify_token: Option<String>,
-    /// App secret for `X-Hub-Signature-256`; unset disables the check.
-    #[arg(long, env = "WHATSAPP_APP_SECRET")]
-    pub app_secret: Option<String>,
-    /// Largest accepted webhook body in bytes.
-    #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
-    pub body_limit: usize,
-    /// Origins allowed by CORS: `*`, or a comma-separated list.
-    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
-    pub cors_origins: String,
-    /// How long `POST /api/messages` waits for the message to be stored.
-    #[arg(long, env = "SEND_TIMEOUT_MS", default_value_t = 10_000)]
-    pub send_timeout_ms: u64,
-    /// Most payloads stored in one round of writes.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 256)]
-    pub batch_size: usize,
-    /// Deliveries of a payload the store refuses before it is dead-lettered.
-    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]
-    pub max_deliveries: i64,
+    #[command(flatten)]
+    pub webhook: WebhookConfig,
+    #[command(flatten)]
+    pub api: ApiConfig,
+    #[command(flatten)]
+    pub worker: WorkerConfig,
 }
 
 #[derive(Debug, Clone, Args)]

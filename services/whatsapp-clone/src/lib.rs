@@ -75,28 +75,23 @@ impl Application {
             data_dir = %config.data_dir.display(),
             "whatsapp-clone starting"
         );
-        let webhook = WebhookState::new(
-            queue.clone(),
-            config.verify_token.clone(),
-            config.app_secret.clone(),
-            config.body_limit,
-        );
+        let webhook = WebhookState::new(queue.clone(), &config.webhook);
         let state = ApiState::new(
             store.clone(),
             queue.clone(),
             events.clone(),
-            Duration::from_millis(config.send_timeout_ms),
+            Duration::from_millis(config.api.send_timeout_ms),
         );
         let (ready_queue, ready_store) = (queue.clone(), store.clone());
         let ready = readiness(ready_queue, Some(ready_store));
         let others = webhook_routes(webhook).merge(ops_routes(ready));
-        let (router, io) = api_router(state.clone(), others, &config.cors_origins);
+        let (router, io) = api_router(state.clone(), others, &config.api.cors_origins);
         let worker = Worker {
             processor: Processor::new(store),
             queue,
             events,
-            batch_size: config.batch_size,
-            max_deliveries: config.max_deliveries.max(1),
+            batch_size: config.worker.batch_size,
+            max_deliveries: config.worker.max_deliveries.max(1),
         };
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {

@@ -5,7 +5,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use processor::{Application, Config};
 use shared::broker::Names;
-use shared::config::{LogConfig, LogFormat, MongoConfig, NatsConfig};
+use shared::config::{LogConfig, LogFormat, MongoConfig, NatsConfig, WebhookConfig, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 /// A gateway and a processor sharing a fresh namespace and database.
@@ -32,9 +32,11 @@ pub fn processor_config(namespace: &str, database: &str) -> Config {
     Config {
         host: "127.0.0.1".into(),
         port: 0,
-        batch_size: 64,
+        worker: WorkerConfig {
+            batch_size: 64,
+            max_deliveries: 3,
+        },
         ack_wait_secs: 3,
-        max_deliveries: 3,
         nats: NatsConfig {
             nats_url: test_support::nats_url(),
             nats_namespace: namespace.into(),
@@ -73,9 +75,11 @@ pub async fn spawn_gateway_only() -> Pipeline {
     let config = webhook_gateway::Config {
         host: "127.0.0.1".into(),
         port: 0,
-        verify_token: None,
-        app_secret: None,
-        body_limit: 4 * 1024 * 1024,
+        webhook: WebhookConfig {
+            verify_token: None,
+            app_secret: None,
+            body_limit: 4 * 1024 * 1024,
+        },
         publish_timeout_ms: 5000,
         nats: NatsConfig {
             nats_url: test_support::nats_url(),

@@ -1,6 +1,6 @@
 use async_nats::jetstream;
 use shared::broker::Names;
-use shared::config::{LogConfig, LogFormat, NatsConfig};
+use shared::config::{LogConfig, LogFormat, NatsConfig, WebhookConfig};
 use tokio_util::sync::CancellationToken;
 use webhook_gateway::{Application, Config};
 
@@ -25,9 +25,11 @@ pub fn config(nats_url: &str, namespace: &str, app_secret: Option<&str>) -> Conf
     Config {
         host: "127.0.0.1".into(),
         port: 0,
-        verify_token: Some(VERIFY_TOKEN.into()),
-        app_secret: app_secret.map(Into::into),
-        body_limit: 4 * 1024 * 1024,
+        webhook: WebhookConfig {
+            verify_token: Some(VERIFY_TOKEN.into()),
+            app_secret: app_secret.map(Into::into),
+            body_limit: 4 * 1024 * 1024,
+        },
         publish_timeout_ms: 2000,
         nats: NatsConfig {
             nats_url: nats_url.into(),
