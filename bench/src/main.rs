@@ -26,6 +26,9 @@ pub struct Options {
     /// Only these scenarios (ingest, processor, reads, footprint).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Payloads per batch in the processor scenario.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 64, 256, 1024])]
+    pub batch_sizes: Vec<usize>,
 }
 
 impl Options {

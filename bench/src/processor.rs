@@ -15,7 +15,8 @@ use crate::{Options, Row};
 pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     let total_payloads: usize = if options.quick { 2_000 } else { 20_000 };
     let mut rows = Vec::new();
-    for (batch, messages) in [(1, 1), (64, 1), (256, 1), (64, 25)] {
+    let runs = options.batch_sizes.iter().map(|&b| (b, 1));
+    for (batch, messages) in runs.chain([(64, 25)]) {
         let dir = std::env::temp_dir().join(test_support::unique_name("bench-processor"));
         let store = Arc::new(SqliteStore::open(&dir.join("store.sqlite3"))?);
         store.prepare().await?;

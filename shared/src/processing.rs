@@ -59,12 +59,10 @@ impl Processor {
             }
         }
         let raw: Vec<RawPayload> = batch.iter().map(|(raw, _)| raw.clone()).collect();
-        self.store.archive_payloads(&raw).await?;
-
         let messages: Vec<&Message> = batch.iter().flat_map(|(_, p)| &p.messages).collect();
         let statuses: Vec<&StatusChange> = batch.iter().flat_map(|(_, p)| &p.statuses).collect();
         let owned: Vec<Message> = messages.iter().map(|m| (*m).clone()).collect();
-        let inserted = self.store.insert_messages(&owned).await?;
+        let inserted = self.store.archive_and_insert(&raw, &owned).await?;
         metrics::counter!("messages_stored_total").increment(inserted.len() as u64);
         metrics::counter!("messages_duplicate_total")
             .increment((messages.len() - inserted.len()) as u64);
@@ -167,7 +165,9 @@ impl Processor {
             let outcome = self.store.advance_status(change).await?;
             events.extend(status_event(change, outcome).map(Event::StatusUpdate));
         }
-        self.store.unpark_statuses(&parked).await?;
+        if !parked.is_empty() {
+            self.store.unpark_statuses(&parked).await?;
+        }
         Ok(events)
     }
 }

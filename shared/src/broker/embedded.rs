@@ -71,8 +71,12 @@ impl EmbeddedQueue {
     pub async fn depth(&self) -> Result<(i64, i64), BrokerError> {
         self.db
             .transaction(|t| {
-                let queued = t.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))?;
-                let dead = t.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
+                let queued = t
+                    .prepare_cached("SELECT COUNT(*) FROM queue")?
+                    .query_row([], |r| r.get(0))?;
+                let dead = t
+                    .prepare_cached("SELECT COUNT(*) FROM dead_letters")?
+                    .query_row([], |r| r.get(0))?;
                 Ok((queued, dead))
             })
             .await
@@ -87,7 +91,7 @@ impl EmbeddedQueue {
         let rows = self
             .db
             .transaction(move |t| {
-                let mut select = t.prepare(
+                let mut select = t.prepare_cached(
                     "SELECT seq, id, kind, body, enqueued_at, attempts FROM queue
                      WHERE available_at <= ?1 AND leased_until <= ?1 ORDER BY seq LIMIT ?2",
                 )?;
@@ -96,10 +100,12 @@ impl EmbeddedQueue {
                     .collect::<rusqlite::Result<_>>()?;
                 let lease_end = now + LEASE.as_millis() as i64;
                 for row in &rows {
-                    t.execute("UPDATE queue SET attempts = attempts + 1, leased_until = ?2 WHERE seq = ?1", params![row.0, lease_end])?;
+                    t.prepare_cached("UPDATE queue SET attempts = attempts + 1, leased_until = ?2 WHERE seq = ?1")?
+                        .execute(params![row.0, lease_end])?;
                 }
                 let next: Option<i64> = t
-                    .query_row("SELECT MIN(MAX(available_at, leased_until)) FROM queue", [], |r| r.get(0))
+                    .prepare_cached("SELECT MIN(MAX(available_at, leased_until)) FROM queue")?
+                        .query_row([], |r| r.get(0))
                     .optional()?
                     .flatten();
                 Ok((rows, next))
@@ -141,10 +147,11 @@ impl Queue for EmbeddedQueue {
         let inserted = self
             .db
             .transaction(move |t| {
-                t.execute(
-                    "INSERT OR IGNORE INTO queue (id, kind, body, enqueued_at, available_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                    params![id, kind, body.as_ref(), now],
-                )
+                t.prepare_cached(
+                    "INSERT OR IGNORE INTO queue (id, kind, body, enqueued_at, available_at)
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                )?
+                .execute(params![id, kind, body.as_ref(), now])
             })
             .await
             .map_err(|e| BrokerError::Unavailable(e.message))?;
@@ -173,7 +180,7 @@ impl Queue for EmbeddedQueue {
 
     async fn ready(&self) -> Result<(), String> {
         self.db
-            .transaction(|t| t.query_row("SELECT 1", [], |_| Ok(())))
+            .transaction(|t| t.prepare_cached("SELECT 1")?.query_row([], |_| Ok(())))
             .await
             .map_err(|e| e.message)
     }
@@ -191,7 +198,8 @@ impl Settle for EmbeddedSettle {
         let seq = self.seq;
         self.db
             .transaction(move |t| {
-                t.execute("DELETE FROM queue WHERE seq = ?1", [seq])
+                t.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
+                    .execute([seq])
                     .map(drop)
             })
             .await
@@ -205,10 +213,10 @@ impl Settle for EmbeddedSettle {
         );
         self.db
             .transaction(move |t| {
-                t.execute(
+                t.prepare_cached(
                     "UPDATE queue SET available_at = ?2, leased_until = 0 WHERE seq = ?1",
-                    params![seq, at],
-                )
+                )?
+                .execute(params![seq, at])
                 .map(drop)
             })
             .await
@@ -221,12 +229,13 @@ impl Settle for EmbeddedSettle {
         let (seq, reason, now) = (self.seq, reason.to_owned(), Utc::now().timestamp_millis());
         self.db
             .transaction(move |t| {
-                t.execute(
+                t.prepare_cached(
                     "INSERT OR REPLACE INTO dead_letters (seq, id, kind, body, reason, dead_at)
                      SELECT seq, id, kind, body, ?2, ?3 FROM queue WHERE seq = ?1",
-                    params![seq, reason, now],
-                )?;
-                t.execute("DELETE FROM queue WHERE seq = ?1", [seq])
+                )?
+                .execute(params![seq, reason, now])?;
+                t.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
+                    .execute([seq])
                     .map(drop)
             })
             .await

@@ -71,6 +71,17 @@ pub trait Store: Send + Sync + 'static {
     /// store allows. Returns the ids that were actually inserted.
     async fn insert_messages(&self, messages: &[Message]) -> StoreResult<Vec<String>>;
 
+    /// Archives the payloads, then inserts their messages; returns the ids
+    /// inserted. A store may do both in one write.
+    async fn archive_and_insert(
+        &self,
+        payloads: &[RawPayload],
+        messages: &[Message],
+    ) -> StoreResult<Vec<String>> {
+        self.archive_payloads(payloads).await?;
+        self.insert_messages(messages).await
+    }
+
     /// Moves a business message's status forward, atomically: a stale or
     /// repeated status changes nothing, whatever else runs concurrently.
     async fn advance_status(&self, change: &StatusChange) -> StoreResult<StatusOutcome>;

@@ -62,58 +62,96 @@ fn direction_name(direction: Direction) -> &'static str {
 }
 
 fn save_message(t: &Transaction<'_>, message: &Message) -> rusqlite::Result<()> {
-    t.execute(
-        "UPDATE messages SET status = ?2, status_rank = ?3, doc = ?4 WHERE id = ?1",
-        params![
+    t.prepare_cached("UPDATE messages SET status = ?2, status_rank = ?3, doc = ?4 WHERE id = ?1")?
+        .execute(params![
             message.message_id,
             message.status,
             status_rank(&message.status).unwrap_or(0),
             to_json(message)?
-        ],
-    )
-    .map(drop)
+        ])
+        .map(drop)
 }
 
 fn load_message(t: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Message>> {
-    t.query_row("SELECT doc FROM messages WHERE id = ?1", [id], |r| {
-        r.get::<_, String>(0)
-    })
-    .optional()?
-    .map(|doc| from_json(&doc))
-    .transpose()
+    t.prepare_cached("SELECT doc FROM messages WHERE id = ?1")?
+        .query_row([id], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(|doc| from_json(&doc))
+        .transpose()
+}
+
+fn archive_in(t: &Transaction<'_>, payloads: &[RawPayload]) -> rusqlite::Result<()> {
+    let mut insert = t.prepare_cached(
+        "INSERT OR IGNORE INTO webhook_payloads (id, body, received_at) VALUES (?1, ?2, ?3)",
+    )?;
+    for p in payloads {
+        insert.execute(params![
+            p.id,
+            p.body.as_ref(),
+            p.received_at.timestamp_millis()
+        ])?;
+    }
+    Ok(())
+}
+
+/// Inserts the messages not stored yet; returns the ids actually inserted.
+fn insert_in(t: &Transaction<'_>, messages: &[Message]) -> rusqlite::Result<Vec<String>> {
+    let mut insert = t.prepare_cached(
+        "INSERT OR IGNORE INTO messages
+            (id, conversation_id, ts, direction, status, status_rank, contact_name, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut inserted = Vec::new();
+    for m in messages {
+        let changed = insert.execute(params![
+            m.message_id,
+            m.conversation_id,
+            m.timestamp.timestamp_millis(),
+            direction_name(m.direction),
+            m.status,
+            status_rank(&m.status).unwrap_or(0),
+            m.contact_name,
+            to_json(m)?
+        ])?;
+        if changed == 1 {
+            inserted.push(m.message_id.clone());
+        }
+    }
+    Ok(inserted)
 }
 
 /// Recomputes one conversation's summary from its messages, inside `t`.
 fn refresh_in(t: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
     let Some(last) = t
-        .query_row(
+        .prepare_cached(
             "SELECT doc FROM messages WHERE conversation_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
-            [id],
-            |r| r.get::<_, String>(0),
-        )
+        )?
+        .query_row([id], |r| r.get::<_, String>(0))
         .optional()?
     else {
         return Ok(());
     };
     let last: Message = from_json(&last)?;
-    let message_count: i64 = t.query_row(
-        "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1",
-        [id],
-        |r| r.get(0),
-    )?;
-    let unread_count: i64 = t.query_row(
-            "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1 AND direction = 'inbound' AND status = ?2",
-            params![id, RECEIVED],
-            |r| r.get(0),
-        )?;
-    let name: Option<String> = t
-            .query_row(
-                "SELECT contact_name FROM messages WHERE conversation_id = ?1 AND contact_name IS NOT NULL
-                 ORDER BY ts DESC, id DESC LIMIT 1",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()?;
+    let message_count: i64 = t
+        .prepare_cached("SELECT COUNT(*) FROM messages WHERE conversation_id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    let unread_count: i64 = t
+        .prepare_cached(
+            "SELECT COUNT(*) FROM messages
+             WHERE conversation_id = ?1 AND direction = 'inbound' AND status = ?2",
+        )?
+        .query_row(params![id, RECEIVED], |r| r.get(0))?;
+    // The newest message usually carries the contact's name itself.
+    let name: Option<String> = match &last.contact_name {
+        Some(name) => Some(name.clone()),
+        None => t
+        .prepare_cached(
+            "SELECT contact_name FROM messages WHERE conversation_id = ?1 AND contact_name IS NOT NULL
+             ORDER BY ts DESC, id DESC LIMIT 1",
+        )?
+        .query_row([id], |r| r.get(0))
+        .optional()?,
+    };
     let business = match last.direction {
         Direction::Outbound => last.from.clone(),
         Direction::Inbound => last.to.clone(),
@@ -133,14 +171,14 @@ fn refresh_in(t: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
             .filter(|p| !p.is_empty())
             .collect(),
     };
-    t.execute(
+    t.prepare_cached(
         "INSERT OR REPLACE INTO conversations (id, sort_key, doc) VALUES (?1, ?2, ?3)",
-        params![
-            id,
-            conversation_sort_key(last.timestamp, &last.message_id),
-            to_json(&conversation)?
-        ],
-    )
+    )?
+    .execute(params![
+        id,
+        conversation_sort_key(last.timestamp, &last.message_id),
+        to_json(&conversation)?
+    ])
     .map(drop)
 }
 
@@ -152,7 +190,8 @@ fn placeholders(n: usize) -> String {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.run(|t| t.query_row("SELECT 1", [], |_| Ok(()))).await
+        self.run(|t| t.prepare_cached("SELECT 1")?.query_row([], |_| Ok(())))
+            .await
     }
 
     async fn prepare(&self) -> StoreResult<()> {
@@ -170,8 +209,17 @@ impl Store for SqliteStore {
                     doc TEXT NOT NULL
                  );
                  CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, ts DESC, id DESC);
-                 CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status);
-                 CREATE INDEX IF NOT EXISTS messages_by_direction ON messages (direction);
+                 -- Unread counts and mark-read of one conversation. (Single-column
+                 -- status/direction indexes tempted the planner into scanning every
+                 -- inbound message of every conversation: dropped.)
+                 DROP INDEX IF EXISTS messages_by_status;
+                 DROP INDEX IF EXISTS messages_by_direction;
+                 CREATE INDEX IF NOT EXISTS messages_unread ON messages (conversation_id, direction, status);
+                 -- Stats: one pass over a covering index.
+                 CREATE INDEX IF NOT EXISTS messages_by_status_direction ON messages (status, direction);
+                 -- The contact's newest name without walking business-only stretches.
+                 CREATE INDEX IF NOT EXISTS messages_named ON messages (conversation_id, ts DESC, id DESC)
+                    WHERE contact_name IS NOT NULL;
                  CREATE TABLE IF NOT EXISTS conversations (
                     id TEXT PRIMARY KEY,
                     sort_key TEXT NOT NULL,
@@ -191,55 +239,32 @@ impl Store for SqliteStore {
                     received_at INTEGER NOT NULL
                  );",
             )?;
-            t.execute("DELETE FROM pending_statuses WHERE parked_at < ?1", [expired_before]).map(drop)
+            t.prepare_cached("DELETE FROM pending_statuses WHERE parked_at < ?1")?
+                .execute([expired_before]).map(drop)
         })
         .await
     }
 
     async fn archive_payloads(&self, payloads: &[RawPayload]) -> StoreResult<()> {
-        let rows: Vec<(String, Vec<u8>, i64)> = payloads
-            .iter()
-            .map(|p| {
-                (
-                    p.id.clone(),
-                    p.body.to_vec(),
-                    p.received_at.timestamp_millis(),
-                )
-            })
-            .collect();
-        self.run(move |t| {
-            for (id, body, at) in &rows {
-                t.execute("INSERT OR IGNORE INTO webhook_payloads (id, body, received_at) VALUES (?1, ?2, ?3)", params![id, body, at])?;
-            }
-            Ok(())
-        })
-        .await
+        let payloads = payloads.to_vec();
+        self.run(move |t| archive_in(t, &payloads)).await
     }
 
     async fn insert_messages(&self, messages: &[Message]) -> StoreResult<Vec<String>> {
         let messages = messages.to_vec();
+        self.run(move |t| insert_in(t, &messages)).await
+    }
+
+    /// One transaction: one commit (and fsync) for the batch's writes.
+    async fn archive_and_insert(
+        &self,
+        payloads: &[RawPayload],
+        messages: &[Message],
+    ) -> StoreResult<Vec<String>> {
+        let (payloads, messages) = (payloads.to_vec(), messages.to_vec());
         self.run(move |t| {
-            let mut inserted = Vec::new();
-            for m in &messages {
-                let changed = t.execute(
-                    "INSERT OR IGNORE INTO messages (id, conversation_id, ts, direction, status, status_rank, contact_name, doc)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        m.message_id,
-                        m.conversation_id,
-                        m.timestamp.timestamp_millis(),
-                        direction_name(m.direction),
-                        m.status,
-                        status_rank(&m.status).unwrap_or(0),
-                        m.contact_name,
-                        to_json(m)?
-                    ],
-                )?;
-                if changed == 1 {
-                    inserted.push(m.message_id.clone());
-                }
-            }
-            Ok(inserted)
+            archive_in(t, &payloads)?;
+            insert_in(t, &messages)
         })
         .await
     }
@@ -287,10 +312,12 @@ impl Store for SqliteStore {
         let change = change.clone();
         let now = Utc::now().timestamp_millis();
         self.run(move |t| {
-            t.execute(
-                "INSERT OR IGNORE INTO pending_statuses (key, message_id, doc, parked_at) VALUES (?1, ?2, ?3, ?4)",
-                params![format!("{}|{}", change.message_id, change.status), change.message_id, to_json(&change)?, now],
-            )
+            let key = format!("{}|{}", change.message_id, change.status);
+            t.prepare_cached(
+                "INSERT OR IGNORE INTO pending_statuses (key, message_id, doc, parked_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![key, change.message_id, to_json(&change)?, now])
             .map(drop)
         })
         .await
@@ -323,7 +350,8 @@ impl Store for SqliteStore {
             .collect();
         self.run(move |t| {
             for key in &keys {
-                t.execute("DELETE FROM pending_statuses WHERE key = ?1", [key])?;
+                t.prepare_cached("DELETE FROM pending_statuses WHERE key = ?1")?
+                    .execute([key])?;
             }
             Ok(())
         })
@@ -350,7 +378,7 @@ impl Store for SqliteStore {
         let id = conversation_id.to_owned();
         self.run(move |t| {
             let docs: Vec<String> = t
-                .prepare("SELECT doc FROM messages WHERE conversation_id = ?1 AND direction = 'inbound' AND status = ?2")?
+                .prepare_cached("SELECT doc FROM messages WHERE conversation_id = ?1 AND direction = 'inbound' AND status = ?2")?
                 .query_map(params![id, RECEIVED], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             let mut changed = Vec::new();
@@ -374,7 +402,7 @@ impl Store for SqliteStore {
             (None, _) => "~".to_owned(),
         };
         self.run(move |t| {
-            t.prepare(
+            t.prepare_cached(
                 "SELECT doc FROM conversations WHERE sort_key < ?1 ORDER BY sort_key DESC LIMIT ?2",
             )?
             .query_map(params![before, page.limit], |r| r.get::<_, String>(0))?
@@ -391,7 +419,7 @@ impl Store for SqliteStore {
         let before_id = page.before_id.clone().unwrap_or_default();
         self.run(move |t| {
             let mut newest_first: Vec<Message> = t
-                .prepare(
+                .prepare_cached(
                     "SELECT doc FROM messages WHERE conversation_id = ?1 AND (ts < ?2 OR (ts = ?2 AND id < ?3))
                      ORDER BY ts DESC, id DESC LIMIT ?4",
                 )?
@@ -411,35 +439,39 @@ impl Store for SqliteStore {
 
     async fn stats(&self) -> StoreResult<Stats> {
         self.run(|t| {
-            let count = |sql: &str, arg: Option<&str>| -> rusqlite::Result<i64> {
-                match arg {
-                    Some(arg) => t.query_row(sql, [arg], |r| r.get(0)),
-                    None => t.query_row(sql, [], |r| r.get(0)),
-                }
+            let mut stats = Stats {
+                total_conversations: t
+                    .prepare_cached("SELECT COUNT(*) FROM conversations")?
+                    .query_row([], |r| r.get(0))?,
+                status_breakdown: KNOWN_STATUSES
+                    .iter()
+                    .map(|s| ((*s).to_owned(), 0))
+                    .collect(),
+                ..Stats::default()
             };
-            let mut breakdown = std::collections::BTreeMap::new();
-            for status in KNOWN_STATUSES {
-                breakdown.insert(
-                    status.to_owned(),
-                    count(
-                        "SELECT COUNT(*) FROM messages WHERE status = ?1",
-                        Some(status),
-                    )?,
-                );
+            // One pass over the (status, direction) index.
+            let mut counts = t.prepare_cached(
+                "SELECT status, direction, COUNT(*) FROM messages GROUP BY status, direction",
+            )?;
+            let rows = counts.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (status, direction, n) = row?;
+                stats.total_messages += n;
+                match direction.as_str() {
+                    "inbound" => stats.inbound += n,
+                    _ => stats.outbound += n,
+                }
+                if let Some(count) = stats.status_breakdown.get_mut(&status) {
+                    *count += n;
+                }
             }
-            Ok(Stats {
-                total_messages: count("SELECT COUNT(*) FROM messages", None)?,
-                total_conversations: count("SELECT COUNT(*) FROM conversations", None)?,
-                inbound: count(
-                    "SELECT COUNT(*) FROM messages WHERE direction = ?1",
-                    Some("inbound"),
-                )?,
-                outbound: count(
-                    "SELECT COUNT(*) FROM messages WHERE direction = ?1",
-                    Some("outbound"),
-                )?,
-                status_breakdown: breakdown,
-            })
+            Ok(stats)
         })
         .await
     }
