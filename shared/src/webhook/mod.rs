@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 pub use body::readable_body;
 use model::{Contact, InboundMessage, MessagesValue, Payload, UnixTime};
@@ -35,24 +36,30 @@ pub struct Parsed {
     pub whatsapp_errors: Vec<Value>,
 }
 
+const NOT_A_WEBHOOK: &str = "body is not a WhatsApp webhook: expected {\"object\": ..., \"entry\": [...]} or {\"metaData\": {...}}";
+
 /// Parses a raw webhook body (either envelope form).
 pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
     let payload: Payload = serde_json::from_slice(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() || e.to_string().contains("recursion limit") {
             PayloadError(format!("body is not valid JSON: {e}"))
         } else {
-            PayloadError("body is not a WhatsApp webhook: expected {\"object\": ..., \"entry\": [...]} or {\"metaData\": {...}}".to_owned())
+            PayloadError(NOT_A_WEBHOOK.to_owned())
         }
     })?;
+    let envelope = payload
+        .into_envelope()
+        .ok_or_else(|| PayloadError(NOT_A_WEBHOOK.to_owned()))?;
     let mut parsed = Parsed::default();
-    for (e, entry) in payload.into_envelope().entry.into_iter().enumerate() {
+    for (e, entry) in envelope.entry.into_iter().enumerate() {
         for (c, change) in entry.changes.into_iter().enumerate() {
             let path = format!("entry[{e}].changes[{c}].value");
             if change.field.as_deref().unwrap_or("messages") != "messages" {
                 parsed.ignored += 1;
                 continue;
             }
-            let value = MessagesValue::deserialize(&change.value)
+            let value = change.value.as_deref().map_or("null", RawValue::get);
+            let value = serde_json::from_str::<MessagesValue>(value)
                 .map_err(|err| PayloadError(format!("{path}: {err}")))?;
             parse_messages_value(&value, &path, &mut parsed)?;
         }

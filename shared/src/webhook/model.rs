@@ -10,23 +10,37 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Meta's envelope, or the sample-file wrapper around it.
+///
+/// One struct with optional fields rather than an untagged enum: an untagged
+/// enum buffers the whole document before choosing, which cost the gateway
+/// a fifth of its CPU.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Payload {
-    Wrapped {
-        #[serde(rename = "metaData")]
-        meta_data: Envelope,
-    },
-    Plain(Envelope),
+pub struct Payload {
+    #[serde(rename = "metaData", default)]
+    meta_data: Option<Envelope>,
+    #[serde(default)]
+    object: Option<String>,
+    #[serde(default)]
+    entry: Option<Vec<Entry>>,
 }
 
 impl Payload {
-    pub fn into_envelope(self) -> Envelope {
+    /// The envelope: the wrapped one if there is a wrapper.
+    pub fn into_envelope(self) -> Option<Envelope> {
         match self {
-            Payload::Wrapped { meta_data } => meta_data,
-            Payload::Plain(envelope) => envelope,
+            Payload {
+                meta_data: Some(envelope),
+                ..
+            } => Some(envelope),
+            Payload {
+                entry: Some(entry),
+                object,
+                ..
+            } => Some(Envelope { object, entry }),
+            _ => None,
         }
     }
 }
@@ -50,10 +64,10 @@ pub struct Entry {
 pub struct Change {
     #[serde(default)]
     pub field: Option<String>,
-    /// Kept raw: only `field == "messages"` is interpreted, and other fields
-    /// (`account_update`, ...) have values of their own shapes.
+    /// Kept as raw JSON text: only `field == "messages"` is interpreted, and
+    /// other fields (`account_update`, ...) have values of their own shapes.
     #[serde(default)]
-    pub value: Value,
+    pub value: Option<Box<RawValue>>,
 }
 
 /// `value` of a `messages` change.
