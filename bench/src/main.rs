@@ -6,11 +6,14 @@
 //! with a large embedded store, and idle memory of each binary. Numbers,
 //! never pass/fail: speed targets live here, not in tests.
 
+mod e2e;
 mod footprint;
 mod ingest;
 mod load;
 mod processor;
 mod reads;
+mod services;
+mod socketio;
 
 use clap::Parser;
 
@@ -23,7 +26,7 @@ pub struct Options {
     /// Concurrent HTTP connections / publishers for the ingest scenarios.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
-    /// Only these scenarios (ingest, processor, reads, footprint).
+    /// Only these scenarios (ingest, processor, reads, e2e, fanout, footprint).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Payloads per batch in the processor scenario.
@@ -65,6 +68,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if options.wants("reads") {
         rows.extend(reads::run(&options).await?);
+    }
+    if options.wants("e2e") {
+        rows.extend(e2e::run(&options).await?);
     }
     if options.wants("footprint") {
         rows.extend(footprint::run(&options).await?);

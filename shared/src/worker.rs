@@ -100,10 +100,10 @@ impl Worker {
     async fn finish(&self, deliveries: &[Delivery], events: &[Event]) {
         self.events.publish(events).await;
         metrics::counter!("events_published_total").increment(events.len() as u64);
-        for delivery in deliveries {
-            if let Err(e) = delivery.ack().await {
-                tracing::warn!(error = %e, "ack failed; the payload will be redelivered (harmless)");
-            }
+        // All at once: the embedded queue commits concurrent acks together.
+        let acks = futures::future::join_all(deliveries.iter().map(|d| d.ack())).await;
+        for e in acks.into_iter().filter_map(Result::err) {
+            tracing::warn!(error = %e, "ack failed; the payload will be redelivered (harmless)");
         }
         metrics::counter!("payloads_processed_total").increment(deliveries.len() as u64);
     }

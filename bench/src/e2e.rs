@@ -1,0 +1,193 @@
+//! End to end: webhook POST → `newMessage` at a Socket.IO client, at fixed
+//! offered rates, with 1,000 connected clients; for the stack (three
+//! service processes, NATS, MongoDB) and for the all-in-one binary.
+//!
+//! Client i narrows its stream to conversation i (`subscribe`), and the
+//! messages go round-robin over those 1,000 conversations: each message is
+//! delivered once, to the agent who has that conversation open. (Every
+//! client getting every message would be 2 million deliveries a second at
+//! 2k/s; the fan-out scenario measures broadcast on its own.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::services::Service;
+use crate::socketio::{Clients, now_micros};
+use crate::{Options, Row};
+
+const CLIENTS: usize = 1_000;
+const FIRST_CUSTOMER: u64 = 447_800_000_000;
+
+/// A 1-message webhook whose text carries its send time.
+fn webhook(customer: u64, id: &str) -> Vec<u8> {
+    let now = now_micros();
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550000000", "phone_number_id": "1"},
+        "contacts": [{"wa_id": customer.to_string(), "profile": {"name": "Bench"}}],
+        "messages": [{"from": customer.to_string(), "id": id, "timestamp": (now / 1_000_000).to_string(),
+                      "type": "text", "text": {"body": format!("sent:{now}")}}]
+    }}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// Posts `rate` webhooks a second for `duration`, open loop (a slow server
+/// does not slow the sender). Returns (accepted, refused).
+async fn offer(url: &str, rate: u64, duration: Duration, run: &str) -> (u64, u64) {
+    let client = reqwest::Client::new();
+    let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = Instant::now();
+    let mut sent = 0_u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut requests = tokio::task::JoinSet::new();
+    while started.elapsed() < duration {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            let customer = FIRST_CUSTOMER + sent % CLIENTS as u64;
+            let body = webhook(customer, &format!("wamid.e2e.{run}.{sent}"));
+            let request = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body);
+            let (accepted, refused) = (accepted.clone(), refused.clone());
+            requests.spawn(async move {
+                let ok = request.send().await.is_ok_and(|r| r.status() == 200);
+                let counter = if ok { accepted } else { refused };
+                counter.fetch_add(1, Ordering::Relaxed);
+            });
+            sent += 1;
+        }
+        while requests.try_join_next().is_some() {}
+    }
+    while requests.join_next().await.is_some() {}
+    (
+        accepted.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    )
+}
+
+struct Setup {
+    label: &'static str,
+    webhook_url: String,
+    socket_url: String,
+    services: Vec<Service>,
+    _nats: Option<test_support::NatsServer>,
+    _dir: Option<std::path::PathBuf>,
+}
+
+async fn stack() -> anyhow::Result<Option<Setup>> {
+    if std::env::var("TEST_MONGODB_URI").is_err() {
+        return Ok(None);
+    }
+    let nats = test_support::NatsServer::start().await;
+    let database = test_support::unique_name("bench_e2e");
+    let env = vec![
+        ("NATS_URL", nats.url()),
+        ("NATS_NAMESPACE", database.clone()),
+        ("MONGODB_URI", test_support::mongodb_uri(&database)),
+    ];
+    let processor = Service::start("processor", &env).await?;
+    let api = Service::start("api-gateway", &env).await?;
+    let gateway = Service::start("webhook-gateway", &env).await?;
+    Ok(Some(Setup {
+        label: "stack",
+        webhook_url: format!("{}/webhook", gateway.url()),
+        socket_url: api.url(),
+        services: vec![gateway, processor, api],
+        _nats: Some(nats),
+        _dir: None,
+    }))
+}
+
+async fn all_in_one() -> anyhow::Result<Setup> {
+    let dir = std::env::temp_dir().join(test_support::unique_name("bench-e2e"));
+    let app = Service::start("whatsapp-clone", &[("DATA_DIR", dir.display().to_string())]).await?;
+    Ok(Setup {
+        label: "all-in-one",
+        webhook_url: format!("{}/webhook", app.url()),
+        socket_url: app.url(),
+        services: vec![app],
+        _nats: None,
+        _dir: Some(dir),
+    })
+}
+
+pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut setups = vec![all_in_one().await?];
+    match stack().await? {
+        Some(setup) => setups.push(setup),
+        None => rows.push(Row {
+            scenario: "end to end, stack".to_owned(),
+            result: "not run".to_owned(),
+            detail: "needs a MongoDB server: set TEST_MONGODB_URI (scripts/bench.sh does)"
+                .to_owned(),
+        }),
+    }
+    let duration = Duration::from_secs(if options.quick { 3 } else { 10 });
+    for setup in setups.iter().rev() {
+        let mut clients =
+            Clients::connect(&setup.socket_url, CLIENTS, CLIENTS, FIRST_CUSTOMER).await?;
+        // Warm-up: every conversation exists, connections are hot.
+        let (warm, _) = offer(&setup.webhook_url, 1_000, Duration::from_secs(1), "warm").await;
+        let warmed = clients
+            .report_when(Duration::from_secs(20), |r| r.messages >= warm)
+            .await?;
+        let mut behind = warmed.messages < warm;
+        for rate in [1_000, 2_000, 5_000] {
+            if behind {
+                rows.push(Row {
+                    scenario: format!("end to end, {}, {rate} messages/s offered", setup.label),
+                    result: "not run".to_owned(),
+                    detail: "fell behind at a lower rate".to_owned(),
+                });
+                continue;
+            }
+            clients.reset().await?;
+            let cpu_before: Vec<f64> = setup
+                .services
+                .iter()
+                .map(|s| s.cpu_seconds().unwrap_or(0.0))
+                .collect();
+            let run = format!("{}-{rate}", setup.label);
+            let (accepted, refused) = offer(&setup.webhook_url, rate, duration, &run).await;
+            let report = clients
+                .report_when(Duration::from_secs(20), |r| r.messages >= accepted)
+                .await?;
+            behind = report.messages < accepted;
+            let usage: Vec<String> = setup
+                .services
+                .iter()
+                .zip(cpu_before)
+                .map(|(s, before)| {
+                    format!(
+                        "{} {:.0}% CPU, {:.0} MB",
+                        s.name,
+                        100.0 * (s.cpu_seconds().unwrap_or(0.0) - before) / duration.as_secs_f64(),
+                        s.rss_mb().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            rows.push(Row {
+                scenario: format!(
+                    "end to end, {}, {rate} messages/s offered, {CLIENTS} clients",
+                    setup.label
+                ),
+                result: format!("p50 {:.1} ms, p99 {:.1} ms", report.p50_ms, report.p99_ms),
+                detail: format!(
+                    "{} of {accepted} accepted delivered ({refused} refused) in {:.0} s; {}",
+                    report.messages,
+                    duration.as_secs_f64(),
+                    usage.join("; ")
+                ),
+            });
+        }
+        clients.close().await;
+    }
+    Ok(rows)
+}

@@ -1,0 +1,109 @@
+//! The service binaries (release builds next to the bench's own) run as
+//! child processes, so their CPU and memory are their own.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+pub struct Service {
+    pub name: &'static str,
+    pub port: u16,
+    child: Child,
+}
+
+/// The binaries are the release builds next to this one.
+pub fn binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| name.into())
+}
+
+impl Service {
+    /// Starts `name` on a free port with `env`, without waiting for it.
+    pub fn spawn(name: &'static str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let path = binary(name);
+        if !path.exists() {
+            bail!("{name} is not built: cargo build --release --workspace --bins");
+        }
+        let port = test_support::free_port();
+        // Many sockets need many file descriptors.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\"")
+            .arg(&path)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("RUST_LOG", "error")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", path.display()))?;
+        Ok(Self { name, port, child })
+    }
+
+    /// Starts `name` and waits until `/readyz` answers 200.
+    pub async fn start(name: &'static str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let service = Self::spawn(name, env)?;
+        let url = format!("{}/readyz", service.url());
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Ok(service);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{name} not ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Resident memory, MB.
+    pub fn rss_mb(&self) -> Option<f64> {
+        rss_kib(self.child.id()).map(|kib| kib as f64 / 1024.0)
+    }
+
+    /// CPU time used so far (user + system), seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.child.id())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
