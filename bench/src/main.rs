@@ -7,6 +7,7 @@
 //! never pass/fail: speed targets live here, not in tests.
 
 mod e2e;
+mod fanout;
 mod footprint;
 mod ingest;
 mod load;
@@ -71,6 +72,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if options.wants("e2e") {
         rows.extend(e2e::run(&options).await?);
+    }
+    if options.wants("fanout") {
+        rows.extend(fanout::run(&options).await?);
     }
     if options.wants("footprint") {
         rows.extend(footprint::run(&options).await?);

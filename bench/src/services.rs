@@ -47,8 +47,18 @@ impl Service {
 
     /// Starts `name` and waits until `/readyz` answers 200.
     pub async fn start(name: &'static str, env: &[(&str, String)]) -> anyhow::Result<Self> {
-        let service = Self::spawn(name, env)?;
-        let url = format!("{}/readyz", service.url());
+        Self::spawn(name, env)?.wait_for("/readyz").await
+    }
+
+    /// Starts `name` and waits until `/healthz` answers (dependencies may
+    /// be missing).
+    pub async fn start_live(name: &'static str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::spawn(name, env)?.wait_for("/healthz").await
+    }
+
+    async fn wait_for(self, path: &str) -> anyhow::Result<Self> {
+        let service = self;
+        let url = format!("{}{path}", service.url());
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -61,7 +71,7 @@ impl Service {
                 return Ok(service);
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("{name} not ready within 60 s");
+                bail!("{} did not answer {path} within 60 s", service.name);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

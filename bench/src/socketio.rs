@@ -131,6 +131,14 @@ impl Clients {
         }
     }
 
+    /// CPU time the Node.js process has used, seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.child
+            .id()
+            .and_then(crate::services::cpu_seconds)
+            .unwrap_or(0.0)
+    }
+
     pub async fn close(mut self) {
         drop(self.stdin);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;

@@ -72,6 +72,9 @@ pub fn api_router(state: ApiState, others: Router, cors_origins: &str) -> (Route
     // once per route, so polling requests would land on different engines.
     let router = Router::new()
         .fallback_service(tower::Layer::layer(&socket_layer, inner))
+        .layer(tower::util::MapRequestLayer::new(
+            realtime::detach_from_read_buffer::<axum::body::Body>,
+        ))
         .layer(cors(cors_origins));
     (router, io)
 }
