@@ -1,15 +1,17 @@
 //! Gateway ingest: webhooks/s accepted with a durable JetStream ack, next to
 //! the bare JetStream publish-with-ack rate of a plain client, same server,
-//! same concurrency.
+//! same concurrency. The gateway runs as its own process; the load comes
+//! from `wrk` (C, cheap on CPU) when installed, else from a Rust client.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::Command;
 
+use anyhow::{Context, bail};
 use async_nats::jetstream::message::PublishMessage;
-use clap::Parser;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::load::closed_loop;
+use crate::services::{Service, cpu_seconds, rss_kib};
 use crate::{Options, Row};
 
 /// A webhook with `messages` text messages, unique per (worker, n).
@@ -30,70 +32,153 @@ pub fn webhook(worker: usize, n: u64, messages: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// One load run's outcome.
+struct Load {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failed: u64,
+    tool: &'static str,
+}
+
+fn has_wrk() -> bool {
+    Command::new("wrk").arg("--version").output().is_ok()
+}
+
+/// `wrk` with `bench/wrk/webhook.lua`; parses its summary.
+fn wrk(url: &str, options: &Options, messages: usize, run: &str) -> anyhow::Result<Load> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("wrk/webhook.lua");
+    let output = Command::new("wrk")
+        .args(["-t2", &format!("-c{}", options.connections)])
+        .arg(format!("-d{}s", options.duration().as_secs()))
+        .arg("--latency")
+        .arg("-s")
+        .arg(&script)
+        .arg(url)
+        .env("MESSAGES", messages.to_string())
+        .env("RUN", run)
+        .output()
+        .context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("wrk failed: {text}");
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim().to_owned())
+    };
+    let millis = |value: Option<String>| -> f64 {
+        let value = value.unwrap_or_default();
+        let number = |suffix: &str| {
+            value
+                .strip_suffix(suffix)
+                .and_then(|n| n.parse::<f64>().ok())
+        };
+        number("us")
+            .map(|n| n / 1000.0)
+            .or_else(|| number("ms"))
+            .or_else(|| number("s").map(|n| n * 1000.0))
+            .unwrap_or(f64::NAN)
+    };
+    let failed = field("Non-2xx or 3xx responses:")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+        // "Socket errors: connect 0, read 0, write 0, timeout 3"
+        + field("Socket errors:").map_or(0, |errors| {
+            errors
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum()
+        });
+    Ok(Load {
+        rate: field("Requests/sec:")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0.0),
+        p50_ms: millis(field("50%")),
+        p99_ms: millis(field("99%")),
+        failed,
+        tool: "wrk",
+    })
+}
+
+/// The Rust fallback: reqwest, closed loop.
+async fn reqwest_load(url: &str, options: &Options, messages: usize) -> Load {
+    let client = reqwest::Client::new();
+    let url = url.to_owned();
+    let measured = closed_loop(options.connections, options.duration(), move |worker, n| {
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(webhook(worker, n, messages));
+        async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let ms = |q: f64| measured.latency.value_at_quantile(q) as f64 / 1000.0;
+    Load {
+        rate: measured.rate(),
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        failed: measured.failed,
+        tool: "reqwest",
+    }
+}
+
 pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     let nats = test_support::NatsServer::start().await;
-    let namespace = "bench";
-    let config = webhook_gateway::Config::parse_from([
+    let namespace = test_support::unique_name("bench_ingest");
+    let gateway = Service::start(
         "webhook-gateway",
-        "--host=127.0.0.1",
-        "--port=0",
-        &format!("--nats-url={}", nats.url()),
-        &format!("--nats-namespace={namespace}"),
-    ]);
-    let gateway = webhook_gateway::Application::build(config).await?;
-    let url = format!("http://127.0.0.1:{}/webhook", gateway.port());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.connections)
-        .build()?;
-    test_support::wait_until(
-        "the gateway to accept webhooks",
-        Duration::from_secs(20),
-        || async {
-            client
-                .post(&url)
-                .body(webhook(9999, 0, 1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        },
+        &[
+            ("NATS_URL", nats.url()),
+            ("NATS_NAMESPACE", namespace.clone()),
+        ],
     )
-    .await;
+    .await?;
+    let url = format!("{}/webhook", gateway.url());
+    let nats_cpu = || nats.pid().and_then(cpu_seconds).unwrap_or(0.0);
+    let own_cpu = || cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let seconds = options.duration().as_secs_f64();
+    let share = |before: f64, after: f64| 100.0 * (after - before) / seconds;
+    let use_wrk = has_wrk();
 
     let mut rows = Vec::new();
     let mut gateway_rate = 0.0;
     for messages in [1, 25] {
-        let (client, url) = (client.clone(), url.clone());
-        let measured = closed_loop(options.connections, options.duration(), move |worker, n| {
-            let request = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(webhook(worker, n, messages));
-            async move { request.send().await.is_ok_and(|r| r.status() == 200) }
-        })
-        .await;
+        let (gateway_before, nats_before) = (gateway.cpu_seconds().unwrap_or(0.0), nats_cpu());
+        let load = if use_wrk {
+            wrk(&url, options, messages, &namespace)?
+        } else {
+            reqwest_load(&url, options, messages).await
+        };
         if messages == 1 {
-            gateway_rate = measured.rate();
+            gateway_rate = load.rate;
         }
         rows.push(Row {
             scenario: format!("gateway ingest, {messages}-message webhooks"),
             result: format!(
                 "{:.0} webhooks/s ({:.0} messages/s)",
-                measured.rate(),
-                measured.rate() * messages as f64
+                load.rate,
+                load.rate * messages as f64
             ),
             detail: format!(
-                "{}; {} connections; {} failed",
-                measured.percentiles(),
+                "p50 {:.2} ms, p99 {:.2} ms; {} connections ({}); {} failed; CPU: gateway {:.0}%, nats-server {:.0}%; gateway RSS {:.0} MB",
+                load.p50_ms,
+                load.p99_ms,
                 options.connections,
-                measured.failed
+                load.tool,
+                load.failed,
+                share(gateway_before, gateway.cpu_seconds().unwrap_or(0.0)),
+                share(nats_before, nats_cpu()),
+                gateway.rss_mb().unwrap_or(0.0)
             ),
         });
     }
 
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    let subject = shared::broker::Names::new(namespace).webhooks();
+    let subject = shared::broker::Names::new(&namespace).webhooks();
+    let (own_before, nats_before) = (own_cpu(), nats_cpu());
     let measured = closed_loop(options.connections, options.duration(), move |worker, n| {
         let (js, subject) = (js.clone(), subject.clone());
         let body = webhook(worker + 10_000, n, 1);
@@ -112,9 +197,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
         scenario: "bare JetStream publish + ack (same payload)".to_owned(),
         result: format!("{:.0} publishes/s", measured.rate()),
         detail: format!(
-            "{}; {} publishers",
+            "{}; {} concurrent publishers (async-nats); CPU: publisher {:.0}%, nats-server {:.0}%; nats-server RSS {:.0} MB",
             measured.percentiles(),
-            options.connections
+            options.connections,
+            share(own_before, own_cpu()),
+            share(nats_before, nats_cpu()),
+            nats.pid().and_then(rss_kib).unwrap_or(0) as f64 / 1024.0
         ),
     });
     rows.push(Row {
@@ -122,6 +210,5 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
         result: format!("{:.0}%", 100.0 * gateway_rate / measured.rate().max(1.0)),
         detail: "single-message webhooks vs bare publishes".to_owned(),
     });
-    shutdown.cancel();
     Ok(rows)
 }

@@ -32,8 +32,13 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     }
     match std::env::var("TEST_MONGODB_URI") {
         Ok(_) => {
-            // The stand-in server is far slower than mongod: fewer messages.
-            let total = total / 4;
+            // The stand-in server is far slower than mongod: fewer messages,
+            // and in quick mode one batch size.
+            let (total, runs) = if options.quick {
+                (256, vec![(256, 1)])
+            } else {
+                (2_000, runs)
+            };
             for &(batch, messages) in &runs {
                 let database = test_support::unique_name("bench_processor");
                 let uri = test_support::mongodb_uri(&database);

@@ -1,82 +1,86 @@
 //! Reads at scale: `GET /api/conversations` and a conversation's messages,
-//! through HTTP on the all-in-one binary, with a large embedded store.
+//! over HTTP, with a large store: the embedded SQLite store behind the
+//! all-in-one binary, and MongoDB (`TEST_MONGODB_URI`) behind the
+//! api-gateway.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use clap::Parser;
-use shared::domain::Message;
+use shared::domain::{Message, conversation_id};
 use shared::store::Store;
+use shared::store::mongo::MongoStore;
 use shared::store::sqlite::SqliteStore;
-use tokio_util::sync::CancellationToken;
 
 use crate::load::closed_loop;
+use crate::processor::mongo_label;
+use crate::services::Service;
 use crate::{Options, Row};
 
-pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
-    let (conversations, per_conversation) = if options.quick {
-        (1_000, 100)
-    } else {
-        (10_000, 100)
-    };
-    let dir = std::env::temp_dir().join(test_support::unique_name("bench-reads"));
-    let store = std::sync::Arc::new(SqliteStore::open(&dir.join("store.sqlite3"))?);
-    store.prepare().await?;
+const PER_CONVERSATION: usize = 100;
 
-    // Load straight through the store (the write path is measured elsewhere).
+fn wa_id(conversation: usize) -> String {
+    format!("44{conversation:010}")
+}
+
+/// `conversations` × 100 outbound messages, written straight through the
+/// store (the write path is measured elsewhere), 100 conversations a go.
+async fn load(store: &dyn Store, conversations: usize) -> anyhow::Result<f64> {
+    store.prepare().await?;
     let started = Instant::now();
     let base = chrono::DateTime::from_timestamp(1_754_500_000, 0).unwrap_or_default();
-    for c in 0..conversations {
-        let wa_id = format!("44{:010}", c);
-        let messages: Vec<Message> = (0..per_conversation)
-            .map(|i| {
-                let at = base + chrono::Duration::seconds((c * per_conversation + i) as i64);
-                Message::outbound_text(
-                    format!("wamid.read.{c}.{i}"),
-                    &wa_id,
-                    "15550000000".into(),
-                    format!("message {i}"),
-                    at,
-                )
+    let all: Vec<usize> = (0..conversations).collect();
+    for chunk in all.chunks(100) {
+        let messages: Vec<Message> = chunk
+            .iter()
+            .flat_map(|&c| {
+                (0..PER_CONVERSATION).map(move |i| {
+                    let at = base + chrono::Duration::seconds((c * PER_CONVERSATION + i) as i64);
+                    Message::outbound_text(
+                        format!("wamid.read.{c}.{i}"),
+                        &wa_id(c),
+                        "15550000000".into(),
+                        format!("message {i}"),
+                        at,
+                    )
+                })
             })
             .collect();
         store.insert_messages(&messages).await?;
-        store
-            .refresh_conversation(&shared::domain::conversation_id(&wa_id))
-            .await?;
+        let ids: Vec<String> = chunk.iter().map(|&c| conversation_id(&wa_id(c))).collect();
+        store.refresh_conversations(&ids).await?;
     }
-    let loaded = started.elapsed();
-    let total = conversations * per_conversation;
+    Ok(started.elapsed().as_secs_f64())
+}
 
-    let mut config =
-        whatsapp_clone::ServeConfig::parse_from(["serve", "--host=127.0.0.1", "--port=0"]);
-    config.data_dir = dir.clone();
-    config.nats_url = None;
-    config.mongodb_uri = None;
-    let app = whatsapp_clone::Application::build(config).await?;
-    let base_url = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+/// p50/p99 of the two reads a chat screen makes, on one connection.
+async fn measure(
+    label: &str,
+    service: &Service,
+    conversations: usize,
+    loaded_in: f64,
+    options: &Options,
+) -> Vec<Row> {
     let client = reqwest::Client::new();
-
     let mut rows = vec![Row {
-        scenario: "reads: data set".to_owned(),
-        result: format!("{conversations} conversations, {total} messages"),
-        detail: format!("loaded in {:.0} s", loaded.as_secs_f64()),
+        scenario: format!("reads, {label}: data set"),
+        result: format!(
+            "{conversations} conversations, {} messages",
+            conversations * PER_CONVERSATION
+        ),
+        detail: format!("loaded in {loaded_in:.0} s"),
     }];
+    let middle = conversation_id(&wa_id(conversations / 2));
     for (what, path) in [
         (
             "GET /api/conversations (newest 50)",
             "/api/conversations".to_owned(),
         ),
         (
-            "GET a conversation's messages (newest 50)",
-            format!(
-                "/api/conversations/conv_44{:010}/messages",
-                conversations / 2
-            ),
+            "a conversation's messages (newest 50)",
+            format!("/api/conversations/{middle}/messages"),
         ),
     ] {
-        let (client, url) = (client.clone(), format!("{base_url}{path}"));
+        let (client, url) = (client.clone(), format!("{}{path}", service.url()));
         // One connection: latency, not throughput.
         let measured = closed_loop(1, options.duration(), move |_, _| {
             let request = client.get(&url);
@@ -84,12 +88,58 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
         })
         .await;
         rows.push(Row {
-            scenario: format!("reads: {what}"),
+            scenario: format!("reads, {label}: {what}"),
             result: measured.percentiles(),
-            detail: format!("{:.0} requests/s on one connection", measured.rate()),
+            detail: format!(
+                "{:.0} requests/s on one connection; {} failed; {} RSS {:.0} MB",
+                measured.rate(),
+                measured.failed,
+                service.name,
+                service.rss_mb().unwrap_or(0.0)
+            ),
         });
     }
-    shutdown.cancel();
+    rows
+}
+
+pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let conversations = if options.quick { 1_000 } else { 10_000 };
+    let dir = std::env::temp_dir().join(test_support::unique_name("bench-reads"));
+    {
+        let store = Arc::new(SqliteStore::open(&dir.join("store.sqlite3"))?);
+        let loaded_in = load(store.as_ref(), conversations).await?;
+        drop(store);
+        let app =
+            Service::start("whatsapp-clone", &[("DATA_DIR", dir.display().to_string())]).await?;
+        rows.extend(measure("SQLite", &app, conversations, loaded_in, options).await);
+    }
     std::fs::remove_dir_all(&dir).ok();
+
+    if std::env::var("TEST_MONGODB_URI").is_err() {
+        rows.push(Row {
+            scenario: "reads, MongoDB".to_owned(),
+            result: "not run".to_owned(),
+            detail: "set TEST_MONGODB_URI (scripts/bench.sh does)".to_owned(),
+        });
+        return Ok(rows);
+    }
+    // The stand-in server loads slowly: a smaller data set.
+    let conversations = if options.quick { 20 } else { 200 };
+    let database = test_support::unique_name("bench_reads");
+    let uri = test_support::mongodb_uri(&database);
+    let store = MongoStore::connect(&uri, "bench").await?;
+    let loaded_in = load(&store, conversations).await?;
+    let nats = test_support::NatsServer::start().await;
+    let api = Service::start(
+        "api-gateway",
+        &[
+            ("NATS_URL", nats.url()),
+            ("NATS_NAMESPACE", database.clone()),
+            ("MONGODB_URI", uri),
+        ],
+    )
+    .await?;
+    rows.extend(measure(&mongo_label(), &api, conversations, loaded_in, options).await);
     Ok(rows)
 }
