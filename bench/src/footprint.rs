@@ -13,10 +13,15 @@ pub async fn run(_options: &Options) -> anyhow::Result<Vec<Row>> {
         ("NATS_URL", nats.url()),
         ("DATA_DIR", dir.display().to_string()),
     ];
-    let services = ["webhook-gateway", "processor", "api-gateway", "whatsapp-clone"]
-        .into_iter()
-        .map(|name| (name, Service::spawn(name, &env)))
-        .collect::<Vec<_>>();
+    let services = [
+        "webhook-gateway",
+        "processor",
+        "api-gateway",
+        "whatsapp-clone",
+    ]
+    .into_iter()
+    .map(|name| (name, Service::spawn(name, &env)))
+    .collect::<Vec<_>>();
     // Settle: connections made, first allocations done.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rows = services
@@ -29,8 +34,7 @@ pub async fn run(_options: &Options) -> anyhow::Result<Vec<Row>> {
                     .map_or("unknown".to_owned(), |mb| format!("{mb:.1} MB")),
                 Err(e) => format!("not run: {e}"),
             },
-            detail: "3 s after start, connected to NATS (MongoDB not required to idle)"
-                .to_owned(),
+            detail: "3 s after start, connected to NATS (MongoDB not required to idle)".to_owned(),
         })
         .collect();
     drop(services);

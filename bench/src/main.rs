@@ -61,23 +61,33 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         os_summary()
     );
-    if options.wants("ingest") {
-        rows.extend(ingest::run(&options).await?);
-    }
-    if options.wants("processor") {
-        rows.extend(processor::run(&options).await?);
-    }
-    if options.wants("reads") {
-        rows.extend(reads::run(&options).await?);
-    }
-    if options.wants("e2e") {
-        rows.extend(e2e::run(&options).await?);
-    }
-    if options.wants("fanout") {
-        rows.extend(fanout::run(&options).await?);
-    }
-    if options.wants("footprint") {
-        rows.extend(footprint::run(&options).await?);
+    for scenario in ["ingest", "processor", "reads", "e2e", "fanout", "footprint"] {
+        if !options.wants(scenario) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        eprintln!("==> {scenario}");
+        let result = match scenario {
+            "ingest" => ingest::run(&options).await,
+            "processor" => processor::run(&options).await,
+            "reads" => reads::run(&options).await,
+            "e2e" => e2e::run(&options).await,
+            "fanout" => fanout::run(&options).await,
+            _ => footprint::run(&options).await,
+        };
+        // A scenario that cannot run is reported; the others still run.
+        let new = result.unwrap_or_else(|e| {
+            vec![Row {
+                scenario: scenario.to_owned(),
+                result: "failed".to_owned(),
+                detail: format!("{e:#}"),
+            }]
+        });
+        for row in &new {
+            eprintln!("    {}: {}", row.scenario, row.result);
+        }
+        eprintln!("    ({:.0} s)", started.elapsed().as_secs_f64());
+        rows.extend(new);
     }
     println!("\n| scenario | result | detail |\n|---|---|---|");
     for row in rows {

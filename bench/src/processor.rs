@@ -37,7 +37,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
             let (total, runs) = if options.quick {
                 (256, vec![(256, 1)])
             } else {
-                (2_000, runs)
+                (500, runs)
             };
             for &(batch, messages) in &runs {
                 let database = test_support::unique_name("bench_processor");

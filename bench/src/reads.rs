@@ -125,7 +125,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
         return Ok(rows);
     }
     // The stand-in server loads slowly: a smaller data set.
-    let conversations = if options.quick { 20 } else { 200 };
+    let conversations = if options.quick { 20 } else { 100 };
     let database = test_support::unique_name("bench_reads");
     let uri = test_support::mongodb_uri(&database);
     let store = MongoStore::connect(&uri, "bench").await?;

@@ -379,3 +379,36 @@ on_both_stores!(
     pages_are_newest_first_returned_oldest_first,
     paging_through_ties_skips_nothing,
 );
+
+/// The SQLite store keeps per-conversation counts next to the messages; a
+/// store written before it did gets them on the next start.
+#[tokio::test]
+async fn sqlite_counts_are_rebuilt_for_an_older_store() {
+    let path = std::env::temp_dir()
+        .join(test_support::unique_name("counts"))
+        .join("store.sqlite3");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+    store.prepare().await.unwrap();
+    feed(
+        &Processor::new(store.clone()),
+        &bodies(&test_support::sample_files()),
+    )
+    .await;
+    drop(store);
+    // As a store from before the counts table.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TABLE conversation_counts")
+        .unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+    store.prepare().await.unwrap();
+    store.refresh_conversation(RAVI).await.unwrap();
+    let ravi = store
+        .conversations(page(50))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.conversation_id == RAVI)
+        .unwrap();
+    assert_eq!((ravi.message_count, ravi.unread_count), (2, 1));
+}

@@ -114,10 +114,24 @@ fn insert_in(t: &Transaction<'_>, messages: &[Message]) -> rusqlite::Result<Vec<
             to_json(m)?
         ])?;
         if changed == 1 {
+            let unread = m.direction == Direction::Inbound && m.status == RECEIVED;
+            count_in(t, &m.conversation_id, 1, i64::from(unread))?;
             inserted.push(m.message_id.clone());
         }
     }
     Ok(inserted)
+}
+
+/// Adds to a conversation's counts. Called in the same transaction as the
+/// change counted, so the counts are exact however often a payload is
+/// redelivered (unlike MongoDB without transactions, which recomputes).
+fn count_in(t: &Transaction<'_>, id: &str, messages: i64, unread: i64) -> rusqlite::Result<()> {
+    t.prepare_cached(
+        "INSERT INTO conversation_counts (id, messages, unread) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET messages = messages + ?2, unread = unread + ?3",
+    )?
+    .execute(params![id, messages, unread])
+    .map(drop)
 }
 
 /// Recomputes one conversation's summary from its messages, inside `t`.
@@ -132,15 +146,11 @@ fn refresh_in(t: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
         return Ok(());
     };
     let last: Message = from_json(&last)?;
-    let message_count: i64 = t
-        .prepare_cached("SELECT COUNT(*) FROM messages WHERE conversation_id = ?1")?
-        .query_row([id], |r| r.get(0))?;
-    let unread_count: i64 = t
-        .prepare_cached(
-            "SELECT COUNT(*) FROM messages
-             WHERE conversation_id = ?1 AND direction = 'inbound' AND status = ?2",
-        )?
-        .query_row(params![id, RECEIVED], |r| r.get(0))?;
+    let (message_count, unread_count): (i64, i64) = t
+        .prepare_cached("SELECT messages, unread FROM conversation_counts WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or_default();
     // The newest message usually carries the contact's name itself.
     let name: Option<String> = match &last.contact_name {
         Some(name) => Some(name.clone()),
@@ -209,7 +219,7 @@ impl Store for SqliteStore {
                     doc TEXT NOT NULL
                  );
                  CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, ts DESC, id DESC);
-                 -- Unread counts and mark-read of one conversation. (Single-column
+                 -- Mark-read of one conversation. (Single-column
                  -- status/direction indexes tempted the planner into scanning every
                  -- inbound message of every conversation: dropped.)
                  DROP INDEX IF EXISTS messages_by_status;
@@ -226,6 +236,18 @@ impl Store for SqliteStore {
                     doc TEXT NOT NULL
                  );
                  CREATE INDEX IF NOT EXISTS conversations_by_sort_key ON conversations (sort_key);
+                 -- Per conversation: messages, and inbound ones not yet read.
+                 CREATE TABLE IF NOT EXISTS conversation_counts (
+                    id TEXT PRIMARY KEY,
+                    messages INTEGER NOT NULL,
+                    unread INTEGER NOT NULL
+                 );
+                 -- Counts of a store written before they were kept (once).
+                 INSERT INTO conversation_counts (id, messages, unread)
+                    SELECT conversation_id, COUNT(*), SUM(direction = 'inbound' AND status = 'received')
+                    FROM messages
+                    WHERE NOT EXISTS (SELECT 1 FROM conversation_counts)
+                    GROUP BY conversation_id;
                  CREATE TABLE IF NOT EXISTS pending_statuses (
                     key TEXT PRIMARY KEY,
                     message_id TEXT NOT NULL,
@@ -389,6 +411,7 @@ impl Store for SqliteStore {
                 save_message(t, &message)?;
                 changed.push(message.message_id);
             }
+            count_in(t, &id, 0, -(changed.len() as i64))?;
             Ok(changed)
         })
         .await
