@@ -19,8 +19,15 @@ const MAX_GROUP: usize = 512;
 
 /// Runs one unit in the group's transaction (`None`: the transaction could
 /// not begin); returns what to do once the group's commit is known.
-type Job = Box<dyn FnOnce(Option<&Transaction<'_>>) -> Completion + Send>;
+type Job = Box<dyn FnOnce(Option<&Group<'_>>) -> Completion + Send>;
 type Completion = Box<dyn FnOnce(Result<(), SqliteError>) + Send>;
+
+/// The transaction a group of units shares.
+struct Group<'c> {
+    transaction: Transaction<'c>,
+    /// False once a failed unit could not be undone: then nothing commits.
+    sound: std::cell::Cell<bool>,
+}
 
 #[derive(Clone)]
 pub struct Database {
@@ -63,7 +70,7 @@ impl Database {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |t| {
             let value = match t {
-                Some(t) => in_savepoint(t, work),
+                Some(group) => in_savepoint(group, work),
                 None => Err(stopped()), // superseded by the begin error
             };
             Box::new(move |commit| {
@@ -92,30 +99,40 @@ fn stopped() -> SqliteError {
 /// until every `Database` handle is dropped.
 fn run_groups(mut connection: Connection, queue: mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
             match queue.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        let transaction =
+        let group =
             match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-                Ok(transaction) => transaction,
+                Ok(transaction) => Group {
+                    transaction,
+                    sound: std::cell::Cell::new(true),
+                },
                 Err(e) => {
                     let error = SqliteError::from(e);
                     // Tell every waiting unit; none of them ran.
-                    for job in group {
+                    for job in jobs {
                         job(None)(Err(error.clone()));
                     }
                     continue;
                 }
             };
-        let completions: Vec<Completion> = group
-            .into_iter()
-            .map(|job| job(Some(&transaction)))
-            .collect();
-        let commit = transaction.commit().map_err(SqliteError::from);
+        let completions: Vec<Completion> = jobs.into_iter().map(|job| job(Some(&group))).collect();
+        let commit = if group.sound.get() {
+            group.transaction.commit().map_err(SqliteError::from)
+        } else {
+            // A failed unit's writes could not be undone: commit none.
+            let _ = group.transaction.rollback();
+            Err(SqliteError {
+                message: "a unit of work could not be rolled back; the group was abandoned"
+                    .to_owned(),
+                permanent: false,
+            })
+        };
         for complete in completions {
             complete(commit.clone());
         }
@@ -124,9 +141,10 @@ fn run_groups(mut connection: Connection, queue: mpsc::Receiver<Job>) {
 
 /// Runs `work` inside a savepoint: kept on `Ok`, undone on `Err` or panic.
 fn in_savepoint<T>(
-    t: &Transaction<'_>,
+    group: &Group<'_>,
     work: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
 ) -> Result<T, SqliteError> {
+    let t = &group.transaction;
     t.execute_batch("SAVEPOINT unit")?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(t)));
     let result = match outcome {
@@ -137,10 +155,10 @@ fn in_savepoint<T>(
             permanent: false,
         }),
     };
-    if result.is_err() {
-        t.execute_batch("ROLLBACK TO unit")?;
+    let undone = result.is_ok() || t.execute_batch("ROLLBACK TO unit").is_ok();
+    if !undone || t.execute_batch("RELEASE unit").is_err() {
+        group.sound.set(false);
     }
-    t.execute_batch("RELEASE unit")?;
     result
 }
 

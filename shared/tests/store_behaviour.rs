@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use shared::broker::payload_id;
-use shared::domain::{Event, Page};
+use shared::domain::{Conversation, Event, Page};
 use shared::processing::Processor;
 use shared::store::mongo::MongoStore;
 use shared::store::sqlite::SqliteStore;
@@ -58,6 +58,14 @@ async fn feed(processor: &Processor, bodies: &[Vec<u8>]) -> Vec<Event> {
 
 fn bodies(files: &[(String, Vec<u8>)]) -> Vec<Vec<u8>> {
     files.iter().map(|(_, b)| b.clone()).collect()
+}
+
+/// A conversation's summary as the list returns it.
+async fn conversation(store: &Arc<dyn Store>, id: &str) -> Conversation {
+    let list = store.conversations(page(500)).await.unwrap();
+    list.into_iter()
+        .find(|c| c.conversation_id == id)
+        .unwrap_or_else(|| panic!("{id} is listed"))
 }
 
 fn page(limit: i64) -> Page {
@@ -249,13 +257,7 @@ async fn marking_read_happens_once(store: Arc<dyn Store>) {
     let at: DateTime<Utc> = Utc::now();
     assert_eq!(processor.mark_read(RAVI, at).await.unwrap().len(), 1);
     assert!(processor.mark_read(RAVI, at).await.unwrap().is_empty());
-    let ravi = store
-        .conversations(page(50))
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.conversation_id == RAVI)
-        .unwrap();
+    let ravi = conversation(&store, RAVI).await;
     assert_eq!(ravi.unread_count, 0);
     let messages = store.messages(RAVI, page(50)).await.unwrap();
     assert_eq!(messages[0].status, "read");
@@ -403,12 +405,6 @@ async fn sqlite_counts_are_rebuilt_for_an_older_store() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
     store.prepare().await.unwrap();
     store.refresh_conversation(RAVI).await.unwrap();
-    let ravi = store
-        .conversations(page(50))
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.conversation_id == RAVI)
-        .unwrap();
+    let ravi = conversation(&store, RAVI).await;
     assert_eq!((ravi.message_count, ravi.unread_count), (2, 1));
 }
