@@ -18,6 +18,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+SERVERS_FOR=test  # everything the tests need, whatever the environment says
 # shellcheck source=scripts/servers.sh
 source "$ROOT/scripts/servers.sh"
 

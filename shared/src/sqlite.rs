@@ -145,6 +145,15 @@ fn in_savepoint<T>(
     work: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
 ) -> Result<T, SqliteError> {
     let t = &group.transaction;
+    // After an error SQLite answered by rolling the whole transaction back
+    // itself, a unit would run (and commit) outside it: run no more units.
+    if !group.sound.get() || t.is_autocommit() {
+        group.sound.set(false);
+        return Err(SqliteError {
+            message: "an earlier unit of work broke the shared transaction".to_owned(),
+            permanent: false,
+        });
+    }
     t.execute_batch("SAVEPOINT unit")?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(t)));
     let result = match outcome {

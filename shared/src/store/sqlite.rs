@@ -411,7 +411,9 @@ impl Store for SqliteStore {
                 save_message(t, &message)?;
                 changed.push(message.message_id);
             }
-            count_in(t, &id, 0, -(changed.len() as i64))?;
+            if !changed.is_empty() {
+                count_in(t, &id, 0, -(changed.len() as i64))?;
+            }
             Ok(changed)
         })
         .await

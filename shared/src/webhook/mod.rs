@@ -294,6 +294,17 @@ mod tests {
     }
 
     #[test]
+    fn a_metadata_field_that_is_no_envelope_leaves_the_plain_form() {
+        let body = json!({"metaData": "from a proxy", "object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {
+            "statuses": [{"id": "wamid.out", "status": "sent", "timestamp": "1754400040", "recipient_id": "4477"}]
+        }}]}]});
+        let parsed = parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(parsed.statuses.len(), 1);
+        let neither = json!({"metaData": "from a proxy"});
+        assert!(parse(neither.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
     fn other_fields_are_acknowledged_not_refused() {
         let body = json!({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "account_update", "value": {"event": "X"}}]}]});
         let parsed = parse(body.to_string().as_bytes()).unwrap();

@@ -19,8 +19,10 @@ use serde_json::value::RawValue;
 /// a fifth of its CPU.
 #[derive(Debug, Deserialize)]
 pub struct Payload {
+    /// Kept raw: a `metaData` that is not an envelope falls back to the
+    /// plain form, as it always did.
     #[serde(rename = "metaData", default)]
-    meta_data: Option<Envelope>,
+    meta_data: Option<Box<RawValue>>,
     #[serde(default)]
     object: Option<String>,
     #[serde(default)]
@@ -30,18 +32,15 @@ pub struct Payload {
 impl Payload {
     /// The envelope: the wrapped one if there is a wrapper.
     pub fn into_envelope(self) -> Option<Envelope> {
-        match self {
-            Payload {
-                meta_data: Some(envelope),
-                ..
-            } => Some(envelope),
-            Payload {
-                entry: Some(entry),
-                object,
-                ..
-            } => Some(Envelope { object, entry }),
-            _ => None,
-        }
+        let wrapped = self
+            .meta_data
+            .and_then(|raw| serde_json::from_str::<Envelope>(raw.get()).ok());
+        wrapped.or_else(|| {
+            self.entry.map(|entry| Envelope {
+                object: self.object,
+                entry,
+            })
+        })
     }
 }
 
