@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::services::Service;
+use crate::ingest::envelope;
+use crate::services::{Service, stack_env};
 use crate::socketio::{Clients, now_micros};
 use crate::{Options, Row};
 
@@ -24,15 +25,9 @@ const FIRST_CUSTOMER: u64 = 447_800_000_000;
 /// A 1-message webhook whose text carries its send time.
 fn webhook(customer: u64, id: &str) -> Vec<u8> {
     let now = now_micros();
-    json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550000000", "phone_number_id": "1"},
-        "contacts": [{"wa_id": customer.to_string(), "profile": {"name": "Bench"}}],
-        "messages": [{"from": customer.to_string(), "id": id, "timestamp": (now / 1_000_000).to_string(),
-                      "type": "text", "text": {"body": format!("sent:{now}")}}]
-    }}]}]})
-    .to_string()
-    .into_bytes()
+    let message = json!({"from": customer.to_string(), "id": id, "timestamp": (now / 1_000_000).to_string(),
+                         "type": "text", "text": {"body": format!("sent:{now}")}});
+    envelope(&customer.to_string(), vec![message])
 }
 
 /// Posts `rate` webhooks a second for `duration`, open loop (a slow server
@@ -86,11 +81,7 @@ async fn stack() -> anyhow::Result<Option<Setup>> {
     }
     let nats = test_support::NatsServer::start().await;
     let database = test_support::unique_name("bench_e2e");
-    let env = vec![
-        ("NATS_URL", nats.url()),
-        ("NATS_NAMESPACE", database.clone()),
-        ("MONGODB_URI", test_support::mongodb_uri(&database)),
-    ];
+    let env = stack_env(&nats, &database, test_support::mongodb_uri(&database));
     let processor = Service::start("processor", &env).await?;
     let api = Service::start("api-gateway", &env).await?;
     let gateway = Service::start("webhook-gateway", &env).await?;

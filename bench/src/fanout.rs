@@ -8,7 +8,7 @@ use std::time::Duration;
 use shared::broker::nats::Names;
 use shared::domain::{Event, Message};
 
-use crate::services::Service;
+use crate::services::{Service, stack_env};
 use crate::socketio::{Clients, now_micros};
 use crate::{Options, Row};
 
@@ -20,15 +20,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     let mongodb = std::env::var("TEST_MONGODB_URI")
         .map(|_| test_support::mongodb_uri(&namespace))
         .unwrap_or_else(|_| "mongodb://127.0.0.1:1/unused".to_owned());
-    let api = Service::start_live(
-        "api-gateway",
-        &[
-            ("NATS_URL", nats.url()),
-            ("NATS_NAMESPACE", namespace.clone()),
-            ("MONGODB_URI", mongodb),
-        ],
-    )
-    .await?;
+    let api = Service::start_live("api-gateway", &stack_env(&nats, &namespace, mongodb)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await; // settle before measuring
     let idle_mb = api.rss_mb().unwrap_or(0.0);
     let mut clients = Clients::connect(&api.url(), clients_wanted, 0, 0).await?;

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use async_nats::jetstream::message::PublishMessage;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::load::closed_loop;
 use crate::services::{Service, cpu_seconds, rss_kib};
@@ -22,11 +22,16 @@ pub fn webhook(worker: usize, n: u64, messages: usize) -> Vec<u8> {
                    "timestamp": "1754500000", "type": "text", "text": {"body": "benchmark message"}})
         })
         .collect();
+    envelope("447700000000", items)
+}
+
+/// Meta's envelope around `messages`, from the business's test number.
+pub fn envelope(contact: &str, messages: Vec<Value>) -> Vec<u8> {
     json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550000000", "phone_number_id": "1"},
-        "contacts": [{"wa_id": "447700000000", "profile": {"name": "Bench"}}],
-        "messages": items
+        "contacts": [{"wa_id": contact, "profile": {"name": "Bench"}}],
+        "messages": messages
     }}]}]})
     .to_string()
     .into_bytes()

@@ -13,6 +13,7 @@ use shared::store::sqlite::SqliteStore;
 use shared::store::{RawPayload, Store};
 
 use crate::ingest::webhook;
+use crate::services::mongo_label;
 use crate::{Options, Row};
 
 pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
@@ -53,19 +54,6 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
         }),
     }
     Ok(rows)
-}
-
-/// `mongod`, or the SQLite-backed stand-in the test setup falls back to.
-pub fn mongo_label() -> String {
-    let stand_in = std::process::Command::new("sh")
-        .args(["-c", "command -v mongod"])
-        .output()
-        .map_or(true, |o| !o.status.success());
-    if stand_in {
-        "MongoDB wire (nx-27017)".to_owned()
-    } else {
-        "MongoDB (mongod)".to_owned()
-    }
 }
 
 /// `total` messages in payloads of `messages`, stored `batch` payloads at a

@@ -12,8 +12,7 @@ use shared::store::mongo::MongoStore;
 use shared::store::sqlite::SqliteStore;
 
 use crate::load::closed_loop;
-use crate::processor::mongo_label;
-use crate::services::Service;
+use crate::services::{Service, mongo_label, stack_env};
 use crate::{Options, Row};
 
 const PER_CONVERSATION: usize = 100;
@@ -131,15 +130,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     let store = MongoStore::connect(&uri, "bench").await?;
     let loaded_in = load(&store, conversations).await?;
     let nats = test_support::NatsServer::start().await;
-    let api = Service::start(
-        "api-gateway",
-        &[
-            ("NATS_URL", nats.url()),
-            ("NATS_NAMESPACE", database.clone()),
-            ("MONGODB_URI", uri),
-        ],
-    )
-    .await?;
+    let api = Service::start("api-gateway", &stack_env(&nats, &database, uri)).await?;
     rows.extend(measure(&mongo_label(), &api, conversations, loaded_in, options).await);
     Ok(rows)
 }

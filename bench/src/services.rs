@@ -2,7 +2,7 @@
 //! child processes, so their CPU and memory are their own.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 pub struct Service {
     pub name: &'static str,
     pub port: u16,
-    child: Child,
+    child: test_support::KillOnDrop,
 }
 
 /// The binaries are the release builds next to this one.
@@ -42,7 +42,11 @@ impl Service {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", path.display()))?;
-        Ok(Self { name, port, child })
+        Ok(Self {
+            name,
+            port,
+            child: test_support::KillOnDrop::new(child),
+        })
     }
 
     /// Starts `name` and waits until `/readyz` answers 200.
@@ -92,10 +96,30 @@ impl Service {
     }
 }
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
+/// The environment the stack's services share: NATS, a namespace of their
+/// own, and MongoDB.
+pub fn stack_env(
+    nats: &test_support::NatsServer,
+    namespace: &str,
+    mongodb_uri: String,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("NATS_URL", nats.url()),
+        ("NATS_NAMESPACE", namespace.to_owned()),
+        ("MONGODB_URI", mongodb_uri),
+    ]
+}
+
+/// `mongod`, or the SQLite-backed stand-in the test setup falls back to.
+pub fn mongo_label() -> String {
+    let stand_in = Command::new("sh")
+        .args(["-c", "command -v mongod"])
+        .output()
+        .map_or(true, |o| !o.status.success());
+    if stand_in {
+        "MongoDB wire (nx-27017)".to_owned()
+    } else {
+        "MongoDB (mongod)".to_owned()
     }
 }
 

@@ -9,14 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use test_support::{SocketClient, free_port, wait_until};
+use test_support::{KillOnDrop, SocketClient, free_port, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 mod common;
 use common::binary;
 
-struct Process(Child);
+struct Process(KillOnDrop);
 
 impl Process {
     fn service(name: &str, port: u16, namespace: &str) -> Self {
@@ -30,19 +30,11 @@ impl Process {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        Self(child)
+        Self(KillOnDrop::new(child))
     }
 
-    fn stop(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
+    fn stop(self) {
+        self.0.kill();
     }
 }
 

@@ -143,6 +143,33 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a
+/// failing test or benchmark leaves nothing running.
+pub struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> Self {
+        Self(child)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL now: no chance to finish anything.
+    pub fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
 /// A private nats-server, for tests that stop and restart NATS. Its data
 /// survive a restart, like a server with a volume.
 pub struct NatsServer {

@@ -1,4 +1,4 @@
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -11,7 +11,7 @@ const PAYLOADS: usize = 300;
 const MESSAGES_PER_PAYLOAD: usize = 10;
 
 /// A processor replica in its own OS process, so it can be SIGKILLed.
-struct Replica(Child);
+struct Replica(test_support::KillOnDrop);
 
 impl Replica {
     fn start(p: &Pipeline) -> Self {
@@ -27,20 +27,12 @@ impl Replica {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        Self(child)
+        Self(test_support::KillOnDrop::new(child))
     }
 
     /// SIGKILL: no chance to finish or ack the batch in hand.
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
+    fn kill(self) {
+        self.0.kill();
     }
 }
 

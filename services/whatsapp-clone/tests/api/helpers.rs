@@ -1,5 +1,5 @@
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
@@ -43,7 +43,7 @@ pub async fn spawn(config: ServeConfig) -> InProcess {
 /// The real binary, in `dir`, with no environment but PATH and PORT.
 pub struct Server {
     pub url: String,
-    child: Child,
+    child: test_support::KillOnDrop,
 }
 
 impl Server {
@@ -57,6 +57,7 @@ impl Server {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
+        let child = test_support::KillOnDrop::new(child);
         let url = format!("http://127.0.0.1:{port}");
         let health = format!("{url}/healthz");
         test_support::wait_until("the binary to serve", Duration::from_secs(30), || async {
@@ -67,16 +68,8 @@ impl Server {
     }
 
     /// SIGKILL: no graceful anything.
-    pub fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
+    pub fn kill(self) {
+        self.child.kill();
     }
 }
 
