@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use shared::domain::RawPayload;
 use shared::processing::Processor;
+use shared::store::Store;
 use shared::store::mongo::MongoStore;
 use shared::store::sqlite::SqliteStore;
-use shared::store::{RawPayload, Store};
 
 use crate::ingest::webhook;
 use crate::services::mongo_label;
@@ -83,7 +84,7 @@ async fn measure(
                 shared::webhook::parse(body).map(|parsed| (raw, parsed))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        processor.process(&parsed).await?;
+        processor.process(parsed).await?;
     }
     let elapsed = started.elapsed();
     let stored = bodies.len() * messages;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use shared::domain::{Message, conversation_id};
+use shared::plan::Batch;
+use shared::processing::Processor;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
 use shared::store::sqlite::SqliteStore;
@@ -21,10 +23,12 @@ fn wa_id(conversation: usize) -> String {
     format!("44{conversation:010}")
 }
 
-/// `conversations` × 100 outbound messages, written straight through the
-/// store (the write path is measured elsewhere), 100 conversations a go.
-async fn load(store: &dyn Store, conversations: usize) -> anyhow::Result<f64> {
+/// `conversations` × 100 outbound messages, stored by the processing
+/// rules without webhooks (the write path is measured elsewhere), 100
+/// conversations a go.
+async fn load(store: Arc<dyn Store>, conversations: usize) -> anyhow::Result<f64> {
     store.prepare().await?;
+    let processor = Processor::new(store);
     let started = Instant::now();
     let base = chrono::DateTime::from_timestamp(1_754_500_000, 0).unwrap_or_default();
     let all: Vec<usize> = (0..conversations).collect();
@@ -44,9 +48,11 @@ async fn load(store: &dyn Store, conversations: usize) -> anyhow::Result<f64> {
                 })
             })
             .collect();
-        store.insert_messages(&messages).await?;
-        let ids: Vec<String> = chunk.iter().map(|&c| conversation_id(&wa_id(c))).collect();
-        store.refresh_conversations(&ids).await?;
+        let batch = Batch {
+            messages,
+            ..Batch::default()
+        };
+        processor.process_batch(&batch).await?;
     }
     Ok(started.elapsed().as_secs_f64())
 }
@@ -107,8 +113,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     let dir = std::env::temp_dir().join(test_support::unique_name("bench-reads"));
     {
         let store = Arc::new(SqliteStore::open(&dir.join("store.sqlite3"))?);
-        let loaded_in = load(store.as_ref(), conversations).await?;
-        drop(store);
+        let loaded_in = load(store, conversations).await?;
         let app =
             Service::start("whatsapp-clone", &[("DATA_DIR", dir.display().to_string())]).await?;
         rows.extend(measure("SQLite", &app, conversations, loaded_in, options).await);
@@ -127,8 +132,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     let conversations = if options.quick { 20 } else { 100 };
     let database = test_support::unique_name("bench_reads");
     let uri = test_support::mongodb_uri(&database);
-    let store = MongoStore::connect(&uri, "bench").await?;
-    let loaded_in = load(&store, conversations).await?;
+    let store = Arc::new(MongoStore::connect(&uri, "bench").await?);
+    let loaded_in = load(store, conversations).await?;
     let nats = test_support::NatsServer::start().await;
     let api = Service::start("api-gateway", &stack_env(&nats, &database, uri)).await?;
     rows.extend(measure(&mongo_label(), &api, conversations, loaded_in, options).await);

@@ -57,6 +57,9 @@ pub struct WorkerConfig {
     /// Most payloads stored in one round of writes.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 256)]
     pub batch_size: usize,
+    /// Most bytes of payloads held and stored in one round of writes.
+    #[arg(long, env = "BATCH_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub batch_bytes: usize,
     /// Deliveries of a payload the store keeps refusing before it goes to
     /// the dead letters (store outages are retried forever instead).
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -126,6 +127,16 @@ impl Message {
             status_timestamps: BTreeMap::from([("sent".to_owned(), now)]),
         }
     }
+}
+
+/// A webhook body exactly as received, kept because Meta offers no way to
+/// fetch a webhook again.
+#[derive(Debug, Clone)]
+pub struct RawPayload {
+    /// SHA-256 of the body, hex: the same id the gateway gives the broker.
+    pub id: String,
+    pub body: Bytes,
+    pub received_at: DateTime<Utc>,
 }
 
 /// A status webhook for one of the business's messages.

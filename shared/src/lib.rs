@@ -2,8 +2,11 @@
 //!
 //! - [`webhook`]: WhatsApp's webhook payloads and how to read them;
 //! - [`domain`]: messages, statuses, conversations and events;
-//! - [`processing`]: the rules that turn payloads into stored state;
-//! - [`store`]: where that state lives (the [`store::Store`] trait, MongoDB);
+//! - [`plan`]: the processing rules as pure functions: what a batch
+//!   changes, given what is stored;
+//! - [`processing`]: reads what a batch needs, plans it, has it applied;
+//! - [`store`]: where that state lives (the [`store::Store`] trait, MongoDB
+//!   and SQLite), with [`error`] its one error type;
 //! - [`broker`]: the queue and event bus between the services (NATS, or
 //!   in-process for the all-in-one binary);
 //! - [`worker`]: the processor's consume-store-publish-ack loop;
@@ -12,7 +15,9 @@
 pub mod broker;
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod http;
+pub mod plan;
 pub mod processing;
 pub mod sqlite;
 pub mod store;

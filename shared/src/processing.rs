@@ -1,19 +1,20 @@
-//! The processing rules: what storing a batch of webhook payloads means.
+//! Running the processing rules against a store: read what a batch needs,
+//! plan it ([`crate::plan`]), have the store apply the change set, and
+//! start over when a guard reports that another replica got there first.
 //!
-//! Independent of MongoDB and NATS: the processor service and the all-in-one
-//! binary both call [`Processor::process`] with payloads they received and
-//! publish the events it returns.
+//! The processor service and the all-in-one binary call
+//! [`Processor::process`] with the payloads they received and publish the
+//! events it returns; the API calls [`Processor::mark_read`].
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-
-use futures::{StreamExt, TryStreamExt, stream};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::broker::Ingest;
-use crate::domain::{Event, Message, StatusChange, StatusUpdate, status_rank};
-use crate::store::{RawPayload, StatusOutcome, Store, StoreResult};
+use crate::domain::{Event, Message, RawPayload};
+use crate::plan::{self, Batch, ChangeSet, Known, Lookup};
+use crate::store::{ErrorKind, Store, StoreError, StoreResult};
 use crate::webhook::{self, Parsed, PayloadError};
 
 /// Turns an ingested payload into what it asks to store.
@@ -29,8 +30,9 @@ pub fn decode(kind: Ingest, body: &[u8]) -> Result<Parsed, PayloadError> {
     }
 }
 
-/// How many independent store operations one batch runs at once.
-const CONCURRENCY: usize = 16;
+/// Read-plan-apply rounds before a batch that keeps meeting concurrent
+/// changes is handed back (to be retried later).
+const MAX_ROUNDS: u32 = 8;
 
 #[derive(Clone)]
 pub struct Processor {
@@ -47,62 +49,32 @@ impl Processor {
     }
 
     /// Stores a batch of parsed payloads and returns one event per change
-    /// actually made: a redelivered payload changes nothing and emits nothing.
-    ///
-    /// Safe to call again with the same payloads after a failure or a crash
-    /// at any point: every step is idempotent, and conversation summaries
-    /// are recomputed rather than incremented.
-    pub async fn process(&self, batch: &[(RawPayload, Parsed)]) -> StoreResult<Vec<Event>> {
-        for (raw, parsed) in batch {
+    /// actually made: a redelivered payload changes nothing and emits
+    /// nothing. Safe to call again with the same payloads after a failure
+    /// or a crash at any point.
+    pub async fn process(&self, items: Vec<(RawPayload, Parsed)>) -> StoreResult<Vec<Event>> {
+        let mut batch = Batch::default();
+        for (raw, parsed) in items {
             for error in &parsed.whatsapp_errors {
                 tracing::warn!(payload = %raw.id, %error, "WhatsApp reports an error");
             }
+            batch.payloads.push(raw);
+            batch.messages.extend(parsed.messages);
+            batch.statuses.extend(parsed.statuses);
         }
-        let raw: Vec<RawPayload> = batch.iter().map(|(raw, _)| raw.clone()).collect();
-        let messages: Vec<&Message> = batch.iter().flat_map(|(_, p)| &p.messages).collect();
-        let statuses: Vec<&StatusChange> = batch.iter().flat_map(|(_, p)| &p.statuses).collect();
-        let owned: Vec<Message> = messages.iter().map(|m| (*m).clone()).collect();
-        let inserted = self.store.archive_and_insert(&raw, &owned).await?;
-        metrics::counter!("messages_stored_total").increment(inserted.len() as u64);
-        metrics::counter!("messages_duplicate_total")
-            .increment((messages.len() - inserted.len()) as u64);
+        self.process_batch(&batch).await
+    }
 
-        // One event per inserted message, even if it appeared twice in the batch.
-        let mut not_yet_announced: BTreeSet<&str> = inserted.iter().map(String::as_str).collect();
-        let mut events: Vec<Event> = Vec::new();
-        for message in &messages {
-            if not_yet_announced.remove(message.message_id.as_str()) {
-                events.push(Event::NewMessage(Box::new((*message).clone())));
-            }
-        }
-
-        // Statuses of this batch, then statuses that were waiting for the
-        // messages just inserted.
-        // (Futures are built before the stream, not in a `map` closure, so
-        // the whole future stays `Send` for `tokio::spawn`.)
-        let applying: Vec<_> = statuses
-            .iter()
-            .map(|change| self.apply_status(change))
-            .collect();
-        let applied: Vec<Option<StatusUpdate>> = stream::iter(applying)
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
+    /// Stores what a batch carries (see [`Processor::process`]).
+    pub async fn process_batch(&self, batch: &Batch) -> StoreResult<Vec<Event>> {
+        let offered = batch.messages.len();
+        let changes = self
+            .commit(&batch.lookup(), |known| plan::plan_batch(batch, known))
             .await?;
-        events.extend(applied.into_iter().flatten().map(Event::StatusUpdate));
-        // Parked statuses of every message in the batch, not only the newly
-        // inserted: a retry after a failure must still apply them.
-        let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
-        events.extend(self.apply_parked(&ids).await?);
-
-        let touched: BTreeSet<&str> = messages
-            .iter()
-            .map(|m| m.conversation_id.as_str())
-            .chain(statuses.iter().map(|s| s.conversation_id.as_str()))
-            .chain(events.iter().map(Event::conversation_id))
-            .collect();
-        let touched: Vec<String> = touched.into_iter().map(str::to_owned).collect();
-        self.store.refresh_conversations(&touched).await?;
-        Ok(events)
+        metrics::counter!("messages_stored_total").increment(changes.inserts.len() as u64);
+        metrics::counter!("messages_duplicate_total")
+            .increment(offered.saturating_sub(changes.inserts.len()) as u64);
+        Ok(changes.events)
     }
 
     /// Marks a conversation's inbound messages read (the business has seen
@@ -112,77 +84,47 @@ impl Processor {
         conversation_id: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<Event>> {
-        let changed = self.store.mark_inbound_read(conversation_id, at).await?;
-        self.store.refresh_conversation(conversation_id).await?;
-        Ok(changed
-            .into_iter()
-            .map(|message_id| {
-                Event::StatusUpdate(StatusUpdate {
-                    message_id,
-                    status: "read".to_owned(),
-                    conversation_id: conversation_id.to_owned(),
-                    timestamp: at,
-                })
-            })
-            .collect())
-    }
-
-    /// Applies one status; keeps it for later if its message isn't stored.
-    async fn apply_status(&self, change: &StatusChange) -> StoreResult<Option<StatusUpdate>> {
-        let outcome = match self.store.advance_status(change).await? {
-            StatusOutcome::MessageNotFound => {
-                self.store.park_status(change).await?;
-                // The message may have been inserted (and its parked
-                // statuses read) between our two steps: try once more.
-                let retry = self.store.advance_status(change).await?;
-                if retry != StatusOutcome::MessageNotFound {
-                    self.store
-                        .unpark_statuses(std::slice::from_ref(change))
-                        .await?;
-                }
-                retry
-            }
-            outcome => outcome,
+        let lookup = Lookup::Unread {
+            conversation_id: conversation_id.to_owned(),
         };
-        Ok(status_event(change, outcome))
-    }
-
-    /// Applies statuses that arrived before these messages, oldest rank first.
-    async fn apply_parked(&self, message_ids: &[String]) -> StoreResult<Vec<Event>> {
-        if message_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut parked = self.store.parked_statuses(message_ids).await?;
-        parked.sort_by_key(|c| {
-            (
-                c.message_id.clone(),
-                status_rank(&c.status).unwrap_or(i32::MAX),
-                c.timestamp,
-            )
-        });
-        let mut events = Vec::new();
-        for change in &parked {
-            let outcome = self.store.advance_status(change).await?;
-            events.extend(status_event(change, outcome).map(Event::StatusUpdate));
-        }
-        if !parked.is_empty() {
-            self.store.unpark_statuses(&parked).await?;
-        }
-        Ok(events)
-    }
-}
-
-fn status_event(change: &StatusChange, outcome: StatusOutcome) -> Option<StatusUpdate> {
-    match outcome {
-        StatusOutcome::Applied { conversation_id } => {
-            metrics::counter!("statuses_applied_total").increment(1);
-            Some(StatusUpdate {
-                message_id: change.message_id.clone(),
-                status: change.status.clone(),
-                conversation_id,
-                timestamp: change.timestamp,
+        let changes = self
+            .commit(&lookup, |known| {
+                plan::plan_mark_read(conversation_id, at, known)
             })
+            .await?;
+        Ok(changes.events)
+    }
+
+    /// Reads, plans and applies until no guard objects.
+    async fn commit(
+        &self,
+        lookup: &Lookup,
+        plan: impl Fn(&Known) -> ChangeSet,
+    ) -> StoreResult<ChangeSet> {
+        for round in 1..=MAX_ROUNDS {
+            let known = self.store.load(lookup).await?;
+            let changes = plan(&known);
+            match self.store.apply(&changes).await {
+                Ok(()) => {
+                    let applied = changes
+                        .events
+                        .iter()
+                        .filter(|e| matches!(e, Event::StatusUpdate(_)))
+                        .count();
+                    metrics::counter!("statuses_applied_total").increment(applied as u64);
+                    return Ok(changes);
+                }
+                Err(e) if e.kind == ErrorKind::Conflict => {
+                    metrics::counter!("store_conflicts_total").increment(1);
+                    tracing::debug!(error = %e, round, "concurrent change; planning again");
+                    // Let the other writer finish before reading again.
+                    tokio::time::sleep(Duration::from_millis(u64::from(round) * 5)).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        StatusOutcome::Unchanged | StatusOutcome::MessageNotFound => None,
+        Err(StoreError::transient(
+            "the same data kept changing under this batch; it will be retried",
+        ))
     }
 }

@@ -14,13 +14,15 @@ use std::sync::mpsc;
 use rusqlite::{Connection, Transaction};
 use tokio::sync::oneshot;
 
+use crate::error::{Error, ErrorKind};
+
 /// Most units of work in one transaction.
 const MAX_GROUP: usize = 512;
 
 /// Runs one unit in the group's transaction (`None`: the transaction could
 /// not begin); returns what to do once the group's commit is known.
 type Job = Box<dyn FnOnce(Option<&Group<'_>>) -> Completion + Send>;
-type Completion = Box<dyn FnOnce(Result<(), SqliteError>) + Send>;
+type Completion = Box<dyn FnOnce(Result<(), Error>) + Send>;
 
 /// The transaction a group of units shares.
 struct Group<'c> {
@@ -62,10 +64,11 @@ impl Database {
     /// Runs `work` atomically (in a savepoint of the current group's
     /// transaction) and returns its value once that transaction is
     /// committed. `Err` from `work` rolls back `work` only.
-    pub async fn transaction<T, F>(&self, work: F) -> Result<T, SqliteError>
+    pub async fn transaction<T, E, F>(&self, work: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        E: Into<Error>,
+        F: FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |t| {
@@ -88,11 +91,8 @@ impl Database {
     }
 }
 
-fn stopped() -> SqliteError {
-    SqliteError {
-        message: "the SQLite thread has stopped".to_owned(),
-        permanent: false,
-    }
+fn stopped() -> Error {
+    Error::transient("the SQLite thread has stopped")
 }
 
 /// The connection's thread: one transaction per group of queued units,
@@ -113,7 +113,7 @@ fn run_groups(mut connection: Connection, queue: mpsc::Receiver<Job>) {
                     sound: std::cell::Cell::new(true),
                 },
                 Err(e) => {
-                    let error = SqliteError::from(e);
+                    let error = Error::from(e);
                     // Tell every waiting unit; none of them ran.
                     for job in jobs {
                         job(None)(Err(error.clone()));
@@ -123,15 +123,13 @@ fn run_groups(mut connection: Connection, queue: mpsc::Receiver<Job>) {
             };
         let completions: Vec<Completion> = jobs.into_iter().map(|job| job(Some(&group))).collect();
         let commit = if group.sound.get() {
-            group.transaction.commit().map_err(SqliteError::from)
+            group.transaction.commit().map_err(Error::from)
         } else {
             // A failed unit's writes could not be undone: commit none.
             let _ = group.transaction.rollback();
-            Err(SqliteError {
-                message: "a unit of work could not be rolled back; the group was abandoned"
-                    .to_owned(),
-                permanent: false,
-            })
+            Err(Error::transient(
+                "a unit of work could not be rolled back; the group was abandoned",
+            ))
         };
         for complete in completions {
             complete(commit.clone());
@@ -140,29 +138,25 @@ fn run_groups(mut connection: Connection, queue: mpsc::Receiver<Job>) {
 }
 
 /// Runs `work` inside a savepoint: kept on `Ok`, undone on `Err` or panic.
-fn in_savepoint<T>(
+fn in_savepoint<T, E: Into<Error>>(
     group: &Group<'_>,
-    work: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
-) -> Result<T, SqliteError> {
+    work: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<T, Error> {
     let t = &group.transaction;
     // After an error SQLite answered by rolling the whole transaction back
     // itself, a unit would run (and commit) outside it: run no more units.
     if !group.sound.get() || t.is_autocommit() {
         group.sound.set(false);
-        return Err(SqliteError {
-            message: "an earlier unit of work broke the shared transaction".to_owned(),
-            permanent: false,
-        });
+        return Err(Error::transient(
+            "an earlier unit of work broke the shared transaction",
+        ));
     }
     t.execute_batch("SAVEPOINT unit")?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(t)));
     let result = match outcome {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(SqliteError::from(e)),
-        Err(_) => Err(SqliteError {
-            message: "SQLite unit of work panicked".to_owned(),
-            permanent: false,
-        }),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(Error::transient("SQLite unit of work panicked")),
     };
     let undone = result.is_ok() || t.execute_batch("ROLLBACK TO unit").is_ok();
     if !undone || t.execute_batch("RELEASE unit").is_err() {
@@ -171,30 +165,28 @@ fn in_savepoint<T>(
     result
 }
 
-/// A SQLite failure: `permanent` when the data itself is at fault (it would
-/// fail again), not the database being busy or the disk full.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct SqliteError {
-    pub message: String,
-    pub permanent: bool,
-}
-
-impl From<rusqlite::Error> for SqliteError {
+/// SQLite failures: the data's fault (it would fail again: rejected) or
+/// the database's (busy, disk full: transient).
+impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::Error::{
             FromSqlConversionFailure, InvalidColumnType, SqliteFailure, ToSqlConversionFailure,
         };
-        let permanent = match &e {
+        let rejected = match &e {
             FromSqlConversionFailure(..) | ToSqlConversionFailure(..) | InvalidColumnType(..) => {
                 true
             }
             SqliteFailure(failure, _) => failure.code == rusqlite::ErrorCode::ConstraintViolation,
             _ => false,
         };
+        let kind = if rejected {
+            ErrorKind::Rejected
+        } else {
+            ErrorKind::Transient
+        };
         Self {
-            message: e.to_string(),
-            permanent,
+            kind,
+            message: format!("SQLite: {e}"),
         }
     }
 }
@@ -204,7 +196,7 @@ mod tests {
     use super::*;
 
     async fn count(db: &Database) -> i64 {
-        db.transaction(|t| t.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0)))
+        db.transaction(|t| t.query_row::<i64, _, _>("SELECT COUNT(*) FROM items", [], |r| r.get(0)))
             .await
             .unwrap()
     }

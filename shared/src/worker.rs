@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::{Delivery, EventBus, Queue};
-use crate::domain::Event;
+use crate::broker::{BatchLimits, Delivery, EventBus, Queue};
+use crate::domain::{Event, RawPayload};
 use crate::processing::{Processor, decode};
-use crate::store::{RawPayload, StoreError};
+use crate::store::{ErrorKind, StoreError};
+use crate::webhook::{Parsed, PayloadError};
 
 pub struct Worker {
     pub processor: Processor,
@@ -16,6 +17,9 @@ pub struct Worker {
     pub events: Arc<dyn EventBus>,
     /// Most payloads stored in one round of writes.
     pub batch_size: usize,
+    /// Most bytes of payloads held and stored in one round of writes (a
+    /// single larger payload still goes alone).
+    pub batch_bytes: usize,
     /// Deliveries of a payload the store keeps refusing before it is
     /// dead-lettered (store outages are retried forever instead).
     pub max_deliveries: i64,
@@ -32,14 +36,26 @@ impl Worker {
         {
             return;
         }
-        tracing::info!(batch_size = self.batch_size, "processing payloads");
+        tracing::info!(
+            batch_size = self.batch_size,
+            batch_bytes = self.batch_bytes,
+            "processing payloads"
+        );
+        let limits = BatchLimits {
+            count: self.batch_size.max(1),
+            bytes: self.batch_bytes.max(1),
+        };
         loop {
             let batch = tokio::select! {
                 _ = cancel.cancelled() => break,
-                batch = self.queue.next_batch(self.batch_size.max(1)) => batch,
+                batch = self.queue.next_batch(limits) => batch,
             };
             match batch {
-                Ok(deliveries) => self.handle(deliveries).await,
+                Ok(deliveries) => {
+                    for group in by_size(deliveries, limits.bytes) {
+                        self.handle(group).await;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take payloads; retrying");
                     tokio::select! {
@@ -52,21 +68,16 @@ impl Worker {
         tracing::info!("processor worker stopped");
     }
 
-    /// Stores a batch. On a store failure that may be one payload's fault,
-    /// the payloads are retried one by one, so a bad one cannot hold back
-    /// the others.
+    /// Stores a batch. When the store refuses the data itself, it may be
+    /// one payload's fault: the payloads are retried one by one, so a bad
+    /// one cannot hold back the others.
     async fn handle(&self, deliveries: Vec<Delivery>) {
         let mut pending = Vec::with_capacity(deliveries.len());
-        let mut batch = Vec::with_capacity(deliveries.len());
+        let mut items = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            match decode(delivery.kind, &delivery.body) {
-                Ok(parsed) => {
-                    let raw = RawPayload {
-                        id: delivery.id.clone(),
-                        body: delivery.body.clone(),
-                        received_at: delivery.enqueued_at,
-                    };
-                    batch.push((raw, parsed));
+            match item(&delivery) {
+                Ok(item) => {
+                    items.push(item);
                     pending.push(delivery);
                 }
                 Err(e) => dead_letter(&delivery, &format!("unparseable payload: {e}")).await,
@@ -75,12 +86,16 @@ impl Worker {
         if pending.is_empty() {
             return;
         }
-        match self.processor.process(&batch).await {
+        match self.processor.process(items).await {
             Ok(events) => self.finish(&pending, &events).await,
-            Err(e) if e.permanent && pending.len() > 1 => {
+            Err(e) if e.kind == ErrorKind::Rejected && pending.len() > 1 => {
                 tracing::warn!(error = %e, "batch refused; retrying its payloads one by one");
-                for (delivery, item) in pending.iter().zip(&batch) {
-                    match self.processor.process(std::slice::from_ref(item)).await {
+                for delivery in &pending {
+                    let result = match item(delivery) {
+                        Ok(item) => self.processor.process(vec![item]).await,
+                        Err(e) => Err(StoreError::rejected(e.to_string())),
+                    };
+                    match result {
                         Ok(events) => self.finish(std::slice::from_ref(delivery), &events).await,
                         Err(e) => self.retry_later(delivery, &e).await,
                     }
@@ -110,7 +125,7 @@ impl Worker {
 
     /// Retries with backoff; a payload the store keeps refusing is dead-lettered.
     async fn retry_later(&self, delivery: &Delivery, error: &StoreError) {
-        if error.permanent && delivery.attempt >= self.max_deliveries {
+        if error.kind == ErrorKind::Rejected && delivery.attempt >= self.max_deliveries {
             dead_letter(
                 delivery,
                 &format!("refused by the store {} times: {error}", delivery.attempt),
@@ -134,4 +149,34 @@ async fn dead_letter(delivery: &Delivery, reason: &str) {
         tracing::warn!(error = %e, "dead letters unavailable; will retry");
         delivery.retry_after(Duration::from_secs(5)).await.ok();
     }
+}
+
+/// A delivery's payload, parsed.
+fn item(delivery: &Delivery) -> Result<(RawPayload, Parsed), PayloadError> {
+    let parsed = decode(delivery.kind, &delivery.body)?;
+    let raw = RawPayload {
+        id: delivery.id.clone(),
+        body: delivery.body.clone(),
+        received_at: delivery.enqueued_at,
+    };
+    Ok((raw, parsed))
+}
+
+/// Splits deliveries into groups of at most `bytes` of bodies (a larger
+/// body goes alone), in order.
+fn by_size(deliveries: Vec<Delivery>, bytes: usize) -> Vec<Vec<Delivery>> {
+    let mut groups: Vec<Vec<Delivery>> = Vec::new();
+    let mut size = 0;
+    for delivery in deliveries {
+        let len = delivery.body.len();
+        match groups.last_mut() {
+            Some(group) if size + len <= bytes => group.push(delivery),
+            _ => {
+                groups.push(vec![delivery]);
+                size = 0;
+            }
+        }
+        size += len;
+    }
+    groups
 }

@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shared::broker::embedded::EmbeddedQueue;
-use shared::broker::{Ingest, Queue};
+use shared::broker::{BatchLimits, Ingest, Queue};
+
+const TEN: BatchLimits = BatchLimits {
+    count: 10,
+    bytes: 1 << 20,
+};
 
 fn path() -> std::path::PathBuf {
     std::env::temp_dir()
@@ -33,7 +38,7 @@ async fn what_was_not_acknowledged_is_delivered_again_after_a_crash() {
             .duplicate
     );
 
-    let batch = queue.next_batch(10).await.unwrap();
+    let batch = queue.next_batch(TEN).await.unwrap();
     let ids: Vec<&str> = batch.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "c"]);
     assert!(batch.iter().all(|d| d.attempt == 1));
@@ -44,7 +49,7 @@ async fn what_was_not_acknowledged_is_delivered_again_after_a_crash() {
     drop(queue);
 
     let queue = EmbeddedQueue::open(&path).await.unwrap();
-    let batch = queue.next_batch(10).await.unwrap();
+    let batch = queue.next_batch(TEN).await.unwrap();
     let again: Vec<(&str, i64)> = batch.iter().map(|d| (d.id.as_str(), d.attempt)).collect();
     assert_eq!(
         again,
@@ -68,12 +73,38 @@ async fn a_retry_waits_for_its_delay_and_sends_keep_their_kind() {
         .enqueue(Ingest::Send, "m", Bytes::from("{}"))
         .await
         .unwrap();
-    let batch = queue.next_batch(10).await.unwrap();
+    let batch = queue.next_batch(TEN).await.unwrap();
     assert_eq!(batch[0].kind, Ingest::Send);
     batch[0]
         .retry_after(Duration::from_secs(3600))
         .await
         .unwrap();
-    let waited = tokio::time::timeout(Duration::from_millis(300), queue.next_batch(10)).await;
+    let waited = tokio::time::timeout(Duration::from_millis(300), queue.next_batch(TEN)).await;
     assert!(waited.is_err(), "not delivered before its retry time");
+}
+
+#[tokio::test]
+async fn a_batch_holds_at_most_its_bytes_and_a_large_payload_comes_alone() {
+    let queue = EmbeddedQueue::open(&path()).await.unwrap();
+    for (id, size) in [("a", 10), ("b", 10), ("c", 10), ("big", 100), ("d", 1)] {
+        queue
+            .enqueue(Ingest::Webhook, id, Bytes::from(vec![b'x'; size]))
+            .await
+            .unwrap();
+    }
+    let limits = BatchLimits {
+        count: 10,
+        bytes: 25,
+    };
+    let mut batches = Vec::new();
+    for _ in 0..3 {
+        let batch = queue.next_batch(limits).await.unwrap();
+        batches.push(batch.iter().map(|d| d.id.clone()).collect::<Vec<_>>());
+        for delivery in &batch {
+            delivery.ack().await.unwrap();
+        }
+    }
+    assert_eq!(batches, [vec!["a", "b"], vec!["c"], vec!["big"]]);
+    let rest = queue.next_batch(limits).await.unwrap();
+    assert_eq!(rest[0].id, "d");
 }

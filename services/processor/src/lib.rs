@@ -70,6 +70,7 @@ impl Application {
             queue: self.broker.clone(),
             events,
             batch_size: self.config.worker.batch_size,
+            batch_bytes: self.config.worker.batch_bytes,
             max_deliveries: self.config.worker.max_deliveries.max(1),
         };
         let (served, ()) = tokio::join!(server, worker.run(shutdown));

@@ -91,6 +91,7 @@ impl Application {
             queue,
             events,
             batch_size: config.worker.batch_size,
+            batch_bytes: config.worker.batch_bytes,
             max_deliveries: config.worker.max_deliveries.max(1),
         };
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;

@@ -16,7 +16,7 @@ use futures::stream::BoxStream;
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::{Notify, broadcast};
 
-use super::{BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, Settle};
+use super::{BatchLimits, BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, Settle};
 use crate::domain::Event;
 use crate::sqlite::Database;
 
@@ -70,7 +70,7 @@ impl EmbeddedQueue {
     /// Payloads waiting (or in flight), and dead letters.
     pub async fn depth(&self) -> Result<(i64, i64), BrokerError> {
         self.db
-            .transaction(|t| {
+            .transaction(|t| -> rusqlite::Result<_> {
                 let queued = t
                     .prepare_cached("SELECT COUNT(*) FROM queue")?
                     .query_row([], |r| r.get(0))?;
@@ -83,21 +83,33 @@ impl EmbeddedQueue {
             .map_err(|e| BrokerError::Unavailable(e.message))
     }
 
-    /// Leases up to `max` payloads that are due; also says when the next
-    /// one (not yet due) will be.
-    async fn lease(&self, max: usize) -> Result<(Vec<Delivery>, Option<i64>), BrokerError> {
+    /// Leases payloads that are due, within `limits`; also says when the
+    /// next one (not yet due) will be.
+    async fn lease(
+        &self,
+        limits: BatchLimits,
+    ) -> Result<(Vec<Delivery>, Option<i64>), BrokerError> {
         let now = Utc::now().timestamp_millis();
         let db = self.db.clone();
         let rows = self
             .db
-            .transaction(move |t| {
+            .transaction(move |t| -> rusqlite::Result<_> {
                 let mut select = t.prepare_cached(
                     "SELECT seq, id, kind, body, enqueued_at, attempts FROM queue
                      WHERE available_at <= ?1 AND leased_until <= ?1 ORDER BY seq LIMIT ?2",
                 )?;
-                let rows: Vec<(i64, String, String, Vec<u8>, i64, i64)> = select
-                    .query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
+                let mut rows: Vec<(i64, String, String, Vec<u8>, i64, i64)> = Vec::new();
+                let mut bytes = 0;
+                let candidates = select
+                    .query_map(params![now, limits.count as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
+                for row in candidates {
+                    let row: (i64, String, String, Vec<u8>, i64, i64) = row?;
+                    bytes += row.3.len();
+                    if !rows.is_empty() && bytes > limits.bytes {
+                        break;
+                    }
+                    rows.push(row);
+                }
                 let lease_end = now + LEASE.as_millis() as i64;
                 for row in &rows {
                     t.prepare_cached("UPDATE queue SET attempts = attempts + 1, leased_until = ?2 WHERE seq = ?1")?
@@ -146,7 +158,7 @@ impl Queue for EmbeddedQueue {
         let (id, now) = (id.to_owned(), Utc::now().timestamp_millis());
         let inserted = self
             .db
-            .transaction(move |t| {
+            .transaction(move |t| -> rusqlite::Result<_> {
                 t.prepare_cached(
                     "INSERT OR IGNORE INTO queue (id, kind, body, enqueued_at, available_at)
                      VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -161,9 +173,9 @@ impl Queue for EmbeddedQueue {
         })
     }
 
-    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+    async fn next_batch(&self, limits: BatchLimits) -> Result<Vec<Delivery>, BrokerError> {
         loop {
-            let (deliveries, next) = self.lease(max).await?;
+            let (deliveries, next) = self.lease(limits).await?;
             if !deliveries.is_empty() {
                 return Ok(deliveries);
             }
@@ -197,7 +209,7 @@ impl Settle for EmbeddedSettle {
     async fn ack(&self) -> Result<(), BrokerError> {
         let seq = self.seq;
         self.db
-            .transaction(move |t| {
+            .transaction(move |t| -> rusqlite::Result<_> {
                 t.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
                     .execute([seq])
                     .map(drop)
@@ -212,7 +224,7 @@ impl Settle for EmbeddedSettle {
             Utc::now().timestamp_millis() + delay.as_millis() as i64,
         );
         self.db
-            .transaction(move |t| {
+            .transaction(move |t| -> rusqlite::Result<_> {
                 t.prepare_cached(
                     "UPDATE queue SET available_at = ?2, leased_until = 0 WHERE seq = ?1",
                 )?
@@ -228,7 +240,7 @@ impl Settle for EmbeddedSettle {
     async fn dead_letter(&self, _body: &Bytes, reason: &str) -> Result<(), BrokerError> {
         let (seq, reason, now) = (self.seq, reason.to_owned(), Utc::now().timestamp_millis());
         self.db
-            .transaction(move |t| {
+            .transaction(move |t| -> rusqlite::Result<_> {
                 t.prepare_cached(
                     "INSERT OR REPLACE INTO dead_letters (seq, id, kind, body, reason, dead_at)
                      SELECT seq, id, kind, body, ?2, ?3 FROM queue WHERE seq = ?1",

@@ -54,10 +54,11 @@ pub trait Queue: Send + Sync + 'static {
     /// enqueued close together are stored once.
     async fn enqueue(&self, kind: Ingest, id: &str, body: Bytes) -> Result<Enqueued, BrokerError>;
 
-    /// Waits for payloads and returns up to `max` of them. A payload not
-    /// acknowledged (or retried, or dead-lettered) is delivered again later,
-    /// also after a crash.
-    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError>;
+    /// Waits for payloads and returns some, within `limits` (a payload
+    /// larger than `limits.bytes` comes alone). A payload not acknowledged
+    /// (or retried, or dead-lettered) is delivered again later, also after
+    /// a crash.
+    async fn next_batch(&self, limits: BatchLimits) -> Result<Vec<Delivery>, BrokerError>;
 
     /// `Err` says why payloads can't flow now.
     async fn ready(&self) -> Result<(), String>;
@@ -71,6 +72,13 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// Every event published from now on, by any process.
     async fn subscribe(&self) -> Result<BoxStream<'static, Event>, BrokerError>;
+}
+
+/// How much one batch may hold: payloads, and bytes of their bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub count: usize,
+    pub bytes: usize,
 }
 
 /// One delivery of a queued payload.

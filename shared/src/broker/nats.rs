@@ -18,7 +18,9 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::{BoxStream, ReadyChunks};
 
-use super::{BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, Settle, payload_id};
+use super::{
+    BatchLimits, BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, Settle, payload_id,
+};
 use crate::domain::Event;
 
 /// How long raw webhook bodies stay in the stream (Meta retries for 7 days).
@@ -284,7 +286,8 @@ impl Queue for NatsBroker {
         }
     }
 
-    async fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+    async fn next_batch(&self, limits: BatchLimits) -> Result<Vec<Delivery>, BrokerError> {
+        let max = limits.count;
         let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let mut pulling = self.pulling.lock().await;
         let batches = match pulling.as_mut() {
@@ -299,6 +302,8 @@ impl Queue for NatsBroker {
                 let messages = consumer
                     .stream()
                     .max_messages_per_batch(max)
+                    // Bounds what is fetched ahead, not only the count.
+                    .max_bytes_per_batch(limits.bytes)
                     .heartbeat(Duration::from_secs(5))
                     .expires(Duration::from_secs(30))
                     .messages()

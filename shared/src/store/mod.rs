@@ -1,126 +1,39 @@
-//! Where messages live. The processing rules talk to this trait only, so the
-//! same rules run on MongoDB ([`mongo`], the services) and on SQLite
-//! ([`sqlite`], the all-in-one binary).
-//!
-//! Every method is idempotent: a payload redelivered after a crash, or
-//! processed by two replicas at once, converges to the same stored state.
+//! Where messages live. A store does two things for the processing rules
+//! (see [`crate::plan`]): it reads what a batch needs to be planned
+//! ([`Store::load`]) and applies the resulting change set
+//! ([`Store::apply`]), refusing any change whose guard no longer holds with
+//! a [`ErrorKind::Conflict`](crate::error::ErrorKind::Conflict). Besides,
+//! it answers the API's queries. The same rules thus run on MongoDB
+//! ([`mongo`], the services) and on SQLite ([`sqlite`], the all-in-one).
 
 pub mod mongo;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
 
-use crate::domain::{Conversation, Message, Page, Stats, StatusChange};
+use crate::domain::{Conversation, Message, Page, Stats};
+use crate::plan::{ChangeSet, Known, Lookup};
 
-/// A webhook body exactly as received, kept because Meta offers no way to
-/// fetch a webhook again.
-#[derive(Debug, Clone)]
-pub struct RawPayload {
-    /// SHA-256 of the body, hex: the same id the gateway gives the broker.
-    pub id: String,
-    pub body: Bytes,
-    pub received_at: DateTime<Utc>,
-}
-
-/// What applying a status did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StatusOutcome {
-    /// The status moved forward; the message lives in this conversation.
-    Applied { conversation_id: String },
-    /// Stale, repeated, unknown, or not a business message: nothing changed
-    /// (beyond remembering when the status was first seen).
-    Unchanged,
-    /// No message with this id is stored (yet).
-    MessageNotFound,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct StoreError {
-    pub message: String,
-    /// True when retrying the same input can never succeed (the data itself
-    /// is refused); false for outages and timeouts.
-    pub permanent: bool,
-}
-
-impl StoreError {
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            permanent: false,
-        }
-    }
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
+pub use crate::error::{Error as StoreError, ErrorKind, Result as StoreResult};
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Reachable and answering.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Creates what the store needs (indexes, tables); idempotent.
+    /// Creates what the store needs (indexes, tables) and migrates data
+    /// written by an earlier version; idempotent.
     async fn prepare(&self) -> StoreResult<()>;
 
-    /// Keeps raw webhook bodies; a body already kept is skipped.
-    async fn archive_payloads(&self, payloads: &[RawPayload]) -> StoreResult<()>;
+    /// What the store holds about a lookup's messages and conversations.
+    /// Summaries come for the lookup's conversations and for those of the
+    /// stored messages found.
+    async fn load(&self, lookup: &Lookup) -> StoreResult<Known>;
 
-    /// Inserts the messages not stored yet, in one round trip where the
-    /// store allows. Returns the ids that were actually inserted.
-    async fn insert_messages(&self, messages: &[Message]) -> StoreResult<Vec<String>>;
-
-    /// Archives the payloads, then inserts their messages; returns the ids
-    /// inserted. A store may do both in one write.
-    async fn archive_and_insert(
-        &self,
-        payloads: &[RawPayload],
-        messages: &[Message],
-    ) -> StoreResult<Vec<String>> {
-        self.archive_payloads(payloads).await?;
-        self.insert_messages(messages).await
-    }
-
-    /// Moves a business message's status forward, atomically: a stale or
-    /// repeated status changes nothing, whatever else runs concurrently.
-    async fn advance_status(&self, change: &StatusChange) -> StoreResult<StatusOutcome>;
-
-    /// Keeps a status whose message is not stored yet.
-    async fn park_status(&self, change: &StatusChange) -> StoreResult<()>;
-
-    /// Parked statuses of these messages.
-    async fn parked_statuses(&self, message_ids: &[String]) -> StoreResult<Vec<StatusChange>>;
-
-    /// Forgets parked statuses once they have been applied.
-    async fn unpark_statuses(&self, changes: &[StatusChange]) -> StoreResult<()>;
-
-    /// Recomputes a conversation's summary (last message, counts, unread)
-    /// from its messages. Concurrent refreshes of one conversation must not
-    /// let an older computation overwrite a newer one.
-    async fn refresh_conversation(&self, conversation_id: &str) -> StoreResult<()>;
-
-    /// Refreshes several conversations (those a batch touched); a store may
-    /// do it in one go.
-    async fn refresh_conversations(&self, conversation_ids: &[String]) -> StoreResult<()> {
-        use futures::{StreamExt, TryStreamExt};
-        let refreshing: Vec<_> = conversation_ids
-            .iter()
-            .map(|id| self.refresh_conversation(id))
-            .collect();
-        futures::stream::iter(refreshing)
-            .buffer_unordered(16)
-            .try_collect::<()>()
-            .await
-    }
-
-    /// Marks a conversation's unread inbound messages read, each only if it
-    /// is still unread; returns the ids that changed.
-    async fn mark_inbound_read(
-        &self,
-        conversation_id: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Vec<String>>;
+    /// Applies a change set: at once, or in steps that a retry can finish
+    /// (see [`crate::plan`]). A guard that no longer holds refuses with a
+    /// conflict; whatever was applied before it stays valid.
+    async fn apply(&self, changes: &ChangeSet) -> StoreResult<()>;
 
     /// Conversation summaries, newest last message first.
     async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>>;
@@ -130,11 +43,16 @@ pub trait Store: Send + Sync + 'static {
 
     async fn message(&self, message_id: &str) -> StoreResult<Option<Message>>;
 
+    /// Totals, from counters (no scan of the messages).
     async fn stats(&self) -> StoreResult<Stats>;
 }
 
-/// Key under which the conversation list is ordered: newest last message
-/// first, ties broken by message id, so paging is stable.
-pub fn conversation_sort_key(timestamp: DateTime<Utc>, message_id: &str) -> String {
-    format!("{:015}|{message_id}", timestamp.timestamp_millis().max(0))
+/// The lower bound of a newest-first page of conversations: keys of
+/// earlier milliseconds sort below a bare millisecond prefix.
+pub fn conversations_before(page: &Page) -> Option<String> {
+    let before = page.before?;
+    Some(match &page.before_id {
+        Some(id) => crate::plan::summary::sort_key(before, id),
+        None => format!("{:015}", before.timestamp_millis().max(0)),
+    })
 }

@@ -1,24 +1,32 @@
 //! The embedded store: one SQLite file, for the all-in-one binary.
 //!
-//! Each table keeps the API-shaped object as JSON next to the columns that
-//! queries filter and sort on. Every method runs as one transaction on one
-//! connection, so the read-modify-writes below are atomic.
+//! Messages keep the API-shaped object as JSON next to the columns that
+//! queries filter and sort on; summaries and counters are plain rows. A
+//! change set is applied in one transaction (so nothing is ever half
+//! applied here: messages are always settled, journals always empty), with
+//! its guards checked inside it.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 
-use super::{RawPayload, StatusOutcome, Store, StoreError, StoreResult, conversation_sort_key};
+use super::{Store, StoreError, StoreResult, conversations_before};
 use crate::domain::{
-    Conversation, Direction, KNOWN_STATUSES, Message, Page, RECEIVED, Stats, StatusChange,
-    is_safe_status_name, status_rank,
+    Conversation, Direction, Message, Page, RECEIVED, RawPayload, Stats, StatusChange, status_rank,
+};
+use crate::error::Error;
+use crate::plan::counts::Counts;
+use crate::plan::summary::{Last, Name};
+use crate::plan::{
+    ChangeSet, ConversationChange, Known, Lookup, PARKED_STATUS_TTL, Stored, Summary,
 };
 use crate::sqlite::Database;
 
-/// How long a status may wait for its message before it is forgotten.
-const PENDING_STATUS_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+/// `PRAGMA user_version` of the current schema.
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -35,12 +43,9 @@ impl SqliteStore {
     async fn run<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, Error> + Send + 'static,
     {
-        self.db
-            .transaction(work)
-            .await
-            .map_err(|e| StoreError::transient(format!("SQLite: {e}")))
+        self.db.transaction(work).await
     }
 }
 
@@ -61,15 +66,27 @@ fn direction_name(direction: Direction) -> &'static str {
     }
 }
 
-fn save_message(t: &Transaction<'_>, message: &Message) -> rusqlite::Result<()> {
-    t.prepare_cached("UPDATE messages SET status = ?2, status_rank = ?3, doc = ?4 WHERE id = ?1")?
-        .execute(params![
-            message.message_id,
-            message.status,
-            status_rank(&message.status).unwrap_or(0),
-            to_json(message)?
-        ])
-        .map(drop)
+/// Placeholders `?,?,...` for an `IN` list.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(",")
+}
+
+/// Runs `sql` (with one `IN ({})` list) for the ids in chunks SQLite
+/// accepts, collecting the first column as JSON documents.
+fn docs_in<T: serde::de::DeserializeOwned>(
+    t: &Transaction<'_>,
+    sql: &str,
+    ids: &[String],
+) -> rusqlite::Result<Vec<T>> {
+    let mut found = Vec::new();
+    for chunk in ids.chunks(500) {
+        let mut query = t.prepare(&sql.replace("{}", &placeholders(chunk.len())))?;
+        let docs = query.query_map(params_from_iter(chunk), |r| r.get::<_, String>(0))?;
+        for doc in docs {
+            found.push(from_json(&doc?)?);
+        }
+    }
+    Ok(found)
 }
 
 fn load_message(t: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Message>> {
@@ -80,7 +97,192 @@ fn load_message(t: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Messag
         .transpose()
 }
 
-fn archive_in(t: &Transaction<'_>, payloads: &[RawPayload]) -> rusqlite::Result<()> {
+/// A summary row, all columns.
+struct SummaryRow {
+    id: String,
+    sort_key: String,
+    last_message_id: String,
+    last_status_rank: i32,
+    name_key: Option<String>,
+    user_name: String,
+    last_body: String,
+    last_ts: i64,
+    last_status: String,
+    last_direction: String,
+    participants: String,
+    message_count: i64,
+    unread_count: i64,
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, sort_key, last_message_id, last_status_rank, name_key, user_name,
+    last_body, last_ts, last_status, last_direction, participants, message_count, unread_count";
+
+impl SummaryRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(0)?,
+            sort_key: r.get(1)?,
+            last_message_id: r.get(2)?,
+            last_status_rank: r.get(3)?,
+            name_key: r.get(4)?,
+            user_name: r.get(5)?,
+            last_body: r.get(6)?,
+            last_ts: r.get(7)?,
+            last_status: r.get(8)?,
+            last_direction: r.get(9)?,
+            participants: r.get(10)?,
+            message_count: r.get(11)?,
+            unread_count: r.get(12)?,
+        })
+    }
+
+    fn load(t: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Self>> {
+        t.prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE id = ?1"
+        ))?
+        .query_row([id], Self::read)
+        .optional()
+    }
+
+    fn save(&self, t: &Transaction<'_>) -> rusqlite::Result<()> {
+        t.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO summaries ({SUMMARY_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ))?
+        .execute(params![
+            self.id,
+            self.sort_key,
+            self.last_message_id,
+            self.last_status_rank,
+            self.name_key,
+            self.user_name,
+            self.last_body,
+            self.last_ts,
+            self.last_status,
+            self.last_direction,
+            self.participants,
+            self.message_count,
+            self.unread_count
+        ])
+        .map(drop)
+    }
+
+    /// A row for a summary being created (counts and fields added after).
+    fn empty(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            sort_key: String::new(),
+            last_message_id: String::new(),
+            last_status_rank: 0,
+            name_key: None,
+            user_name: String::new(),
+            last_body: String::new(),
+            last_ts: 0,
+            last_status: String::new(),
+            last_direction: String::new(),
+            participants: "[]".to_owned(),
+            message_count: 0,
+            unread_count: 0,
+        }
+    }
+
+    fn guard(&self) -> Summary {
+        Summary {
+            last_key: self.sort_key.clone(),
+            last_message_id: self.last_message_id.clone(),
+            last_status_rank: self.last_status_rank,
+            name_key: self.name_key.clone(),
+            journal: Default::default(),
+        }
+    }
+
+    fn set_last(&mut self, last: &Last) -> rusqlite::Result<()> {
+        self.sort_key.clone_from(&last.key);
+        self.last_message_id.clone_from(&last.message_id);
+        self.last_status_rank = last.status_rank;
+        self.last_body.clone_from(&last.body);
+        self.last_ts = last.timestamp.timestamp_millis();
+        self.last_status.clone_from(&last.status);
+        self.last_direction = direction_name(last.direction).to_owned();
+        self.participants = to_json(&last.participants)?;
+        Ok(())
+    }
+
+    fn conversation(&self) -> rusqlite::Result<Conversation> {
+        Ok(Conversation {
+            conversation_id: self.id.clone(),
+            user_name: self.user_name.clone(),
+            last_message_id: self.last_message_id.clone(),
+            last_message_body: self.last_body.clone(),
+            last_timestamp: DateTime::from_timestamp_millis(self.last_ts).unwrap_or_default(),
+            last_message_status: self.last_status.clone(),
+            last_message_direction: if self.last_direction == "outbound" {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            },
+            message_count: self.message_count,
+            unread_count: self.unread_count,
+            participants: from_json(&self.participants)?,
+        })
+    }
+}
+
+/// Applies a summary change whose guard still holds.
+fn apply_summary(t: &Transaction<'_>, change: &ConversationChange) -> Result<(), Error> {
+    let stored = SummaryRow::load(t, &change.conversation_id)?;
+    let refused = || Error::conflict(format!("summary of {} changed", change.conversation_id));
+    let mut row = match (stored, &change.expected) {
+        (None, None) => {
+            add_counter(t, CONVERSATIONS_COUNTER, 1)?;
+            SummaryRow::empty(&change.conversation_id)
+        }
+        (Some(row), Some(guard)) => {
+            let held =
+                guard.last.as_ref().is_none_or(|(key, rank)| {
+                    *key == row.sort_key && *rank == row.last_status_rank
+                }) && guard
+                    .name_key
+                    .as_ref()
+                    .is_none_or(|key| *key == row.name_key);
+            if !held {
+                return Err(refused());
+            }
+            row
+        }
+        _ => return Err(refused()),
+    };
+    row.message_count += change.counts.messages;
+    row.unread_count += change.counts.unread;
+    if let Some(last) = &change.last {
+        row.set_last(last)?;
+    }
+    if let Some((status, rank)) = &change.last_status {
+        row.last_status.clone_from(status);
+        row.last_status_rank = *rank;
+    }
+    if let Some(Name { name, key }) = &change.name {
+        row.user_name.clone_from(name);
+        row.name_key = Some(key.clone()).filter(|k| !k.is_empty());
+    }
+    row.save(t)?;
+    Ok(())
+}
+
+/// Counter of summaries, next to the stats counters.
+const CONVERSATIONS_COUNTER: &str = "conversations";
+
+fn add_counter(t: &Transaction<'_>, name: &str, n: i64) -> rusqlite::Result<()> {
+    t.prepare_cached(
+        "INSERT INTO counters (name, n) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET n = n + ?2",
+    )?
+    .execute(params![name, n])
+    .map(drop)
+}
+
+fn archive(t: &Transaction<'_>, payloads: &[RawPayload]) -> rusqlite::Result<()> {
     let mut insert = t.prepare_cached(
         "INSERT OR IGNORE INTO webhook_payloads (id, body, received_at) VALUES (?1, ?2, ?3)",
     )?;
@@ -94,345 +296,303 @@ fn archive_in(t: &Transaction<'_>, payloads: &[RawPayload]) -> rusqlite::Result<
     Ok(())
 }
 
-/// Inserts the messages not stored yet; returns the ids actually inserted.
-fn insert_in(t: &Transaction<'_>, messages: &[Message]) -> rusqlite::Result<Vec<String>> {
+fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
+    archive(t, &changes.payloads)?;
     let mut insert = t.prepare_cached(
         "INSERT OR IGNORE INTO messages
-            (id, conversation_id, ts, direction, status, status_rank, contact_name, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            (id, conversation_id, ts, direction, status, status_rank, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    let mut inserted = Vec::new();
-    for m in messages {
-        let changed = insert.execute(params![
+    for m in &changes.inserts {
+        let inserted = insert.execute(params![
             m.message_id,
             m.conversation_id,
             m.timestamp.timestamp_millis(),
             direction_name(m.direction),
             m.status,
             status_rank(&m.status).unwrap_or(0),
-            m.contact_name,
             to_json(m)?
         ])?;
-        if changed == 1 {
-            let unread = m.direction == Direction::Inbound && m.status == RECEIVED;
-            count_in(t, &m.conversation_id, 1, i64::from(unread))?;
-            inserted.push(m.message_id.clone());
+        if inserted == 0 {
+            return Err(Error::conflict(format!(
+                "{} was stored meanwhile",
+                m.message_id
+            )));
         }
     }
-    Ok(inserted)
-}
-
-/// Adds to a conversation's counts. Called in the same transaction as the
-/// change counted, so the counts are exact however often a payload is
-/// redelivered (unlike MongoDB without transactions, which recomputes).
-fn count_in(t: &Transaction<'_>, id: &str, messages: i64, unread: i64) -> rusqlite::Result<()> {
-    t.prepare_cached(
-        "INSERT INTO conversation_counts (id, messages, unread) VALUES (?1, ?2, ?3)
-         ON CONFLICT (id) DO UPDATE SET messages = messages + ?2, unread = unread + ?3",
-    )?
-    .execute(params![id, messages, unread])
-    .map(drop)
-}
-
-/// Recomputes one conversation's summary from its messages, inside `t`.
-fn refresh_in(t: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
-    let Some(last) = t
-        .prepare_cached(
-            "SELECT doc FROM messages WHERE conversation_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
+    let mut update = t.prepare_cached(
+        "UPDATE messages SET status = ?2, status_rank = ?3, doc = ?4 WHERE id = ?1 AND status_rank = ?5",
+    )?;
+    for u in &changes.updates {
+        let m = &u.message;
+        let updated = update.execute(params![
+            m.message_id,
+            m.status,
+            status_rank(&m.status).unwrap_or(0),
+            to_json(m)?,
+            u.expected_rank
+        ])?;
+        if updated == 0 {
+            return Err(Error::conflict(format!(
+                "{} changed meanwhile",
+                m.message_id
+            )));
+        }
+    }
+    let now = Utc::now().timestamp_millis();
+    for change in &changes.park {
+        t.prepare_cached(
+            "INSERT OR IGNORE INTO pending_statuses (key, message_id, doc, parked_at)
+             VALUES (?1, ?2, ?3, ?4)",
         )?
-        .query_row([id], |r| r.get::<_, String>(0))
-        .optional()?
-    else {
+        .execute(params![
+            crate::plan::status::parked_key(change),
+            change.message_id,
+            to_json(change)?,
+            now
+        ])?;
+    }
+    for key in &changes.unpark {
+        t.prepare_cached("DELETE FROM pending_statuses WHERE key = ?1")?
+            .execute([key])?;
+    }
+    for change in &changes.conversations {
+        apply_summary(t, change)?;
+    }
+    for change in &changes.stats {
+        for (name, n) in change.counts.fields() {
+            add_counter(t, &name, n)?;
+        }
+    }
+    // Settling and journals are for stores that apply in several steps.
+    Ok(())
+}
+
+fn load_in(t: &Transaction<'_>, lookup: &Lookup) -> Result<Known, Error> {
+    let mut known = Known::default();
+    let (messages, mut conversation_ids): (Vec<Message>, Vec<String>) = match lookup {
+        Lookup::Items {
+            message_ids,
+            conversation_ids,
+        } => {
+            known.parked = docs_in::<StatusChange>(
+                t,
+                "SELECT doc FROM pending_statuses WHERE message_id IN ({})",
+                message_ids,
+            )?;
+            (
+                docs_in(t, "SELECT doc FROM messages WHERE id IN ({})", message_ids)?,
+                conversation_ids.clone(),
+            )
+        }
+        Lookup::Unread { conversation_id } => {
+            let docs: Vec<String> = t
+                .prepare_cached(
+                    "SELECT doc FROM messages
+                     WHERE conversation_id = ?1 AND direction = 'inbound' AND status = ?2",
+                )?
+                .query_map(params![conversation_id, RECEIVED], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let messages = docs
+                .iter()
+                .map(|d| from_json(d))
+                .collect::<rusqlite::Result<_>>()?;
+            (messages, vec![conversation_id.clone()])
+        }
+    };
+    conversation_ids.extend(messages.iter().map(|m| m.conversation_id.clone()));
+    conversation_ids.sort();
+    conversation_ids.dedup();
+    for id in &conversation_ids {
+        if let Some(row) = SummaryRow::load(t, id)? {
+            known.summaries.insert(id.clone(), row.guard());
+        }
+    }
+    // Applied in one transaction: every stored message is settled.
+    known.messages = messages
+        .into_iter()
+        .map(|message| {
+            let settled = Some(message.status.clone());
+            (message.message_id.clone(), Stored { message, settled })
+        })
+        .collect::<HashMap<_, _>>();
+    Ok(known)
+}
+
+/// Creates the tables (once) and moves a store written by an earlier
+/// version to them.
+fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
+    t.execute_batch(
+        "CREATE TABLE IF NOT EXISTS messages (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            ts INTEGER NOT NULL,
+            direction TEXT NOT NULL,
+            status TEXT NOT NULL,
+            status_rank INTEGER NOT NULL,
+            contact_name TEXT,
+            doc TEXT NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, ts DESC, id DESC);
+         -- Mark-read of one conversation.
+         CREATE INDEX IF NOT EXISTS messages_unread ON messages (conversation_id, direction, status);
+         -- Summaries and stats keep counters and names now: no scans to serve.
+         DROP INDEX IF EXISTS messages_by_status;
+         DROP INDEX IF EXISTS messages_by_direction;
+         DROP INDEX IF EXISTS messages_by_status_direction;
+         DROP INDEX IF EXISTS messages_named;
+         CREATE TABLE IF NOT EXISTS summaries (
+            id TEXT PRIMARY KEY,
+            sort_key TEXT NOT NULL,
+            last_message_id TEXT NOT NULL,
+            last_status_rank INTEGER NOT NULL,
+            name_key TEXT,
+            user_name TEXT NOT NULL,
+            last_body TEXT NOT NULL,
+            last_ts INTEGER NOT NULL,
+            last_status TEXT NOT NULL,
+            last_direction TEXT NOT NULL,
+            participants TEXT NOT NULL,
+            message_count INTEGER NOT NULL,
+            unread_count INTEGER NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS summaries_by_sort_key ON summaries (sort_key);
+         CREATE TABLE IF NOT EXISTS counters (
+            name TEXT PRIMARY KEY,
+            n INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS pending_statuses (
+            key TEXT PRIMARY KEY,
+            message_id TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            parked_at INTEGER NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS pending_by_message ON pending_statuses (message_id);
+         CREATE TABLE IF NOT EXISTS webhook_payloads (
+            id TEXT PRIMARY KEY,
+            body BLOB NOT NULL,
+            received_at INTEGER NOT NULL
+         );",
+    )?;
+    let version: i64 = t.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < SCHEMA_VERSION {
+        migrate_from_v1(t)?;
+        t.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+    }
+    let ttl = i64::try_from(PARKED_STATUS_TTL.as_millis()).unwrap_or(i64::MAX);
+    let expired_before = Utc::now().timestamp_millis() - ttl;
+    t.prepare_cached("DELETE FROM pending_statuses WHERE parked_at < ?1")?
+        .execute([expired_before])?;
+    Ok(())
+}
+
+/// Version 1 kept summaries as JSON in `conversations` (counts in
+/// `conversation_counts`, or only in the JSON before that) and counted the
+/// stats on every request. Builds the summaries and counters from them,
+/// once; nothing to do on a new store.
+fn migrate_from_v1(t: &Transaction<'_>) -> Result<(), Error> {
+    let table_exists = |name: &str| -> rusqlite::Result<bool> {
+        t.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+            .exists([name])
+    };
+    if !table_exists("conversations")? {
         return Ok(());
+    }
+    tracing::info!("migrating the SQLite store: conversation summaries and counters");
+    let counts: HashMap<String, (i64, i64)> = if table_exists("conversation_counts")? {
+        t.prepare("SELECT id, messages, unread FROM conversation_counts")?
+            .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+            .collect::<rusqlite::Result<_>>()?
+    } else {
+        HashMap::new()
     };
-    let last: Message = from_json(&last)?;
-    let (message_count, unread_count): (i64, i64) = t
-        .prepare_cached("SELECT messages, unread FROM conversation_counts WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .unwrap_or_default();
-    // The newest message usually carries the contact's name itself.
-    let name: Option<String> = match &last.contact_name {
-        Some(name) => Some(name.clone()),
-        None => t
-        .prepare_cached(
-            "SELECT contact_name FROM messages WHERE conversation_id = ?1 AND contact_name IS NOT NULL
-             ORDER BY ts DESC, id DESC LIMIT 1",
-        )?
-        .query_row([id], |r| r.get(0))
-        .optional()?,
-    };
-    let business = match last.direction {
-        Direction::Outbound => last.from.clone(),
-        Direction::Inbound => last.to.clone(),
-    };
-    let conversation = Conversation {
-        conversation_id: id.to_owned(),
-        user_name: name.unwrap_or_else(|| format!("+{}", last.wa_id)),
-        last_message_id: last.message_id.clone(),
-        last_message_body: last.body.clone(),
-        last_timestamp: last.timestamp,
-        last_message_status: last.status.clone(),
-        last_message_direction: last.direction,
-        message_count,
-        unread_count,
-        participants: [last.wa_id.clone(), business]
-            .into_iter()
-            .filter(|p| !p.is_empty())
-            .collect(),
-    };
-    t.prepare_cached(
-        "INSERT OR REPLACE INTO conversations (id, sort_key, doc) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![
-        id,
-        conversation_sort_key(last.timestamp, &last.message_id),
-        to_json(&conversation)?
-    ])
-    .map(drop)
-}
-
-/// Placeholders `?,?,...` for an `IN` list.
-fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(",")
+    let old: Vec<(String, String)> = t
+        .prepare("SELECT sort_key, doc FROM conversations")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (sort_key, doc) in old {
+        let c: Conversation = from_json(&doc)?;
+        let (message_count, unread_count) = counts
+            .get(&c.conversation_id)
+            .copied()
+            .unwrap_or((c.message_count, c.unread_count));
+        SummaryRow {
+            id: c.conversation_id.clone(),
+            // A name shown came from the last message or an earlier one.
+            name_key: (!c.user_name.starts_with('+')).then(|| sort_key.clone()),
+            sort_key,
+            last_message_id: c.last_message_id,
+            last_status_rank: status_rank(&c.last_message_status).unwrap_or(0),
+            user_name: c.user_name,
+            last_body: c.last_message_body,
+            last_ts: c.last_timestamp.timestamp_millis(),
+            last_status: c.last_message_status,
+            last_direction: direction_name(c.last_message_direction).to_owned(),
+            participants: to_json(&c.participants)?,
+            message_count,
+            unread_count,
+        }
+        .save(t)?;
+        add_counter(t, CONVERSATIONS_COUNTER, 1)?;
+    }
+    let mut totals = Counts::default();
+    let groups: Vec<(String, String, i64)> = t
+        .prepare("SELECT status, direction, COUNT(*) FROM messages GROUP BY status, direction")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (status, direction, n) in groups {
+        let direction = if direction == "outbound" {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        for (name, one) in Counts::of(direction, &status).fields() {
+            totals.add_field(&name, one * n);
+        }
+    }
+    for (name, n) in totals.fields() {
+        add_counter(t, &name, n)?;
+    }
+    t.execute_batch("DROP TABLE conversations; DROP TABLE IF EXISTS conversation_counts;")?;
+    Ok(())
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.run(|t| t.prepare_cached("SELECT 1")?.query_row([], |_| Ok(())))
+        self.run(|t| Ok(t.prepare_cached("SELECT 1")?.query_row([], |_| Ok(()))?))
             .await
     }
 
     async fn prepare(&self) -> StoreResult<()> {
-        let expired_before = Utc::now().timestamp_millis() - PENDING_STATUS_TTL_MS;
-        self.run(move |t| {
-            t.execute_batch(
-                "CREATE TABLE IF NOT EXISTS messages (
-                    id TEXT PRIMARY KEY,
-                    conversation_id TEXT NOT NULL,
-                    ts INTEGER NOT NULL,
-                    direction TEXT NOT NULL,
-                    status TEXT NOT NULL,
-                    status_rank INTEGER NOT NULL,
-                    contact_name TEXT,
-                    doc TEXT NOT NULL
-                 );
-                 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, ts DESC, id DESC);
-                 -- Mark-read of one conversation. (Single-column
-                 -- status/direction indexes tempted the planner into scanning every
-                 -- inbound message of every conversation: dropped.)
-                 DROP INDEX IF EXISTS messages_by_status;
-                 DROP INDEX IF EXISTS messages_by_direction;
-                 CREATE INDEX IF NOT EXISTS messages_unread ON messages (conversation_id, direction, status);
-                 -- Stats: one pass over a covering index.
-                 CREATE INDEX IF NOT EXISTS messages_by_status_direction ON messages (status, direction);
-                 -- The contact's newest name without walking business-only stretches.
-                 CREATE INDEX IF NOT EXISTS messages_named ON messages (conversation_id, ts DESC, id DESC)
-                    WHERE contact_name IS NOT NULL;
-                 CREATE TABLE IF NOT EXISTS conversations (
-                    id TEXT PRIMARY KEY,
-                    sort_key TEXT NOT NULL,
-                    doc TEXT NOT NULL
-                 );
-                 CREATE INDEX IF NOT EXISTS conversations_by_sort_key ON conversations (sort_key);
-                 -- Per conversation: messages, and inbound ones not yet read.
-                 CREATE TABLE IF NOT EXISTS conversation_counts (
-                    id TEXT PRIMARY KEY,
-                    messages INTEGER NOT NULL,
-                    unread INTEGER NOT NULL
-                 );
-                 -- Counts of a store written before they were kept (once).
-                 INSERT INTO conversation_counts (id, messages, unread)
-                    SELECT conversation_id, COUNT(*), SUM(direction = 'inbound' AND status = 'received')
-                    FROM messages
-                    WHERE NOT EXISTS (SELECT 1 FROM conversation_counts)
-                    GROUP BY conversation_id;
-                 CREATE TABLE IF NOT EXISTS pending_statuses (
-                    key TEXT PRIMARY KEY,
-                    message_id TEXT NOT NULL,
-                    doc TEXT NOT NULL,
-                    parked_at INTEGER NOT NULL
-                 );
-                 CREATE INDEX IF NOT EXISTS pending_by_message ON pending_statuses (message_id);
-                 CREATE TABLE IF NOT EXISTS webhook_payloads (
-                    id TEXT PRIMARY KEY,
-                    body BLOB NOT NULL,
-                    received_at INTEGER NOT NULL
-                 );",
-            )?;
-            t.prepare_cached("DELETE FROM pending_statuses WHERE parked_at < ?1")?
-                .execute([expired_before]).map(drop)
-        })
-        .await
+        self.run(prepare_in).await
     }
 
-    async fn archive_payloads(&self, payloads: &[RawPayload]) -> StoreResult<()> {
-        let payloads = payloads.to_vec();
-        self.run(move |t| archive_in(t, &payloads)).await
+    async fn load(&self, lookup: &Lookup) -> StoreResult<Known> {
+        let lookup = lookup.clone();
+        self.run(move |t| load_in(t, &lookup)).await
     }
 
-    async fn insert_messages(&self, messages: &[Message]) -> StoreResult<Vec<String>> {
-        let messages = messages.to_vec();
-        self.run(move |t| insert_in(t, &messages)).await
-    }
-
-    /// One transaction: one commit (and fsync) for the batch's writes.
-    async fn archive_and_insert(
-        &self,
-        payloads: &[RawPayload],
-        messages: &[Message],
-    ) -> StoreResult<Vec<String>> {
-        let (payloads, messages) = (payloads.to_vec(), messages.to_vec());
-        self.run(move |t| {
-            archive_in(t, &payloads)?;
-            insert_in(t, &messages)
-        })
-        .await
-    }
-
-    async fn advance_status(&self, change: &StatusChange) -> StoreResult<StatusOutcome> {
-        let change = change.clone();
-        self.run(move |t| {
-            let Some(mut message) = load_message(t, &change.message_id)? else {
-                return Ok(StatusOutcome::MessageNotFound);
-            };
-            if message.direction != Direction::Outbound || !is_safe_status_name(&change.status) {
-                return Ok(StatusOutcome::Unchanged);
-            }
-            let current = status_rank(&message.status).unwrap_or(0);
-            match status_rank(&change.status) {
-                Some(rank) if rank > current => {
-                    message.status = change.status.clone();
-                    message
-                        .status_timestamps
-                        .insert(change.status.clone(), change.timestamp);
-                    if change.errors.is_some() {
-                        message.errors = change.errors.clone();
-                    }
-                    save_message(t, &message)?;
-                    Ok(StatusOutcome::Applied {
-                        conversation_id: message.conversation_id,
-                    })
-                }
-                _ => {
-                    // Not applied: still remember when this status was first seen.
-                    if !message.status_timestamps.contains_key(&change.status) {
-                        message
-                            .status_timestamps
-                            .insert(change.status.clone(), change.timestamp);
-                        save_message(t, &message)?;
-                    }
-                    Ok(StatusOutcome::Unchanged)
-                }
-            }
-        })
-        .await
-    }
-
-    async fn park_status(&self, change: &StatusChange) -> StoreResult<()> {
-        let change = change.clone();
-        let now = Utc::now().timestamp_millis();
-        self.run(move |t| {
-            let key = format!("{}|{}", change.message_id, change.status);
-            t.prepare_cached(
-                "INSERT OR IGNORE INTO pending_statuses (key, message_id, doc, parked_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![key, change.message_id, to_json(&change)?, now])
-            .map(drop)
-        })
-        .await
-    }
-
-    async fn parked_statuses(&self, message_ids: &[String]) -> StoreResult<Vec<StatusChange>> {
-        let ids = message_ids.to_vec();
-        self.run(move |t| {
-            let mut found = Vec::new();
-            for chunk in ids.chunks(500) {
-                let sql = format!(
-                    "SELECT doc FROM pending_statuses WHERE message_id IN ({})",
-                    placeholders(chunk.len())
-                );
-                let mut query = t.prepare(&sql)?;
-                let docs = query.query_map(params_from_iter(chunk), |r| r.get::<_, String>(0))?;
-                for doc in docs {
-                    found.push(from_json(&doc?)?);
-                }
-            }
-            Ok(found)
-        })
-        .await
-    }
-
-    async fn unpark_statuses(&self, changes: &[StatusChange]) -> StoreResult<()> {
-        let keys: Vec<String> = changes
-            .iter()
-            .map(|c| format!("{}|{}", c.message_id, c.status))
-            .collect();
-        self.run(move |t| {
-            for key in &keys {
-                t.prepare_cached("DELETE FROM pending_statuses WHERE key = ?1")?
-                    .execute([key])?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn refresh_conversation(&self, conversation_id: &str) -> StoreResult<()> {
-        let id = conversation_id.to_owned();
-        self.run(move |t| refresh_in(t, &id)).await
-    }
-
-    /// All in one transaction: one fsync for the batch, not one per conversation.
-    async fn refresh_conversations(&self, conversation_ids: &[String]) -> StoreResult<()> {
-        let ids = conversation_ids.to_vec();
-        self.run(move |t| ids.iter().try_for_each(|id| refresh_in(t, id)))
-            .await
-    }
-
-    async fn mark_inbound_read(
-        &self,
-        conversation_id: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Vec<String>> {
-        let id = conversation_id.to_owned();
-        self.run(move |t| {
-            let docs: Vec<String> = t
-                .prepare_cached("SELECT doc FROM messages WHERE conversation_id = ?1 AND direction = 'inbound' AND status = ?2")?
-                .query_map(params![id, RECEIVED], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut changed = Vec::new();
-            for doc in docs {
-                let mut message: Message = from_json(&doc)?;
-                message.status = "read".to_owned();
-                message.status_timestamps.insert("read".to_owned(), at);
-                save_message(t, &message)?;
-                changed.push(message.message_id);
-            }
-            if !changed.is_empty() {
-                count_in(t, &id, 0, -(changed.len() as i64))?;
-            }
-            Ok(changed)
-        })
-        .await
+    /// One transaction: one commit (and fsync) for the whole change set.
+    async fn apply(&self, changes: &ChangeSet) -> StoreResult<()> {
+        let changes = changes.clone();
+        self.run(move |t| apply_in(t, &changes)).await
     }
 
     async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
-        // Keys of earlier milliseconds sort below the bare millisecond prefix.
-        let before = match (page.before, &page.before_id) {
-            (Some(before), Some(id)) => conversation_sort_key(before, id),
-            (Some(before), None) => format!("{:015}", before.timestamp_millis().max(0)),
-            (None, _) => "~".to_owned(),
-        };
+        let before = conversations_before(&page).unwrap_or_else(|| "~".to_owned());
         self.run(move |t| {
-            t.prepare_cached(
-                "SELECT doc FROM conversations WHERE sort_key < ?1 ORDER BY sort_key DESC LIMIT ?2",
-            )?
-            .query_map(params![before, page.limit], |r| r.get::<_, String>(0))?
-            .map(|doc| from_json(&doc?))
-            .collect()
+            let rows = t
+                .prepare_cached(&format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE sort_key < ?1
+                     ORDER BY sort_key DESC LIMIT ?2"
+                ))?
+                .query_map(params![before, page.limit], SummaryRow::read)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows
+                .iter()
+                .map(SummaryRow::conversation)
+                .collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
@@ -459,44 +619,25 @@ impl Store for SqliteStore {
 
     async fn message(&self, message_id: &str) -> StoreResult<Option<Message>> {
         let id = message_id.to_owned();
-        self.run(move |t| load_message(t, &id)).await
+        self.run(move |t| Ok(load_message(t, &id)?)).await
     }
 
     async fn stats(&self) -> StoreResult<Stats> {
         self.run(|t| {
-            let mut stats = Stats {
-                total_conversations: t
-                    .prepare_cached("SELECT COUNT(*) FROM conversations")?
-                    .query_row([], |r| r.get(0))?,
-                status_breakdown: KNOWN_STATUSES
-                    .iter()
-                    .map(|s| ((*s).to_owned(), 0))
-                    .collect(),
-                ..Stats::default()
-            };
-            // One pass over the (status, direction) index.
-            let mut counts = t.prepare_cached(
-                "SELECT status, direction, COUNT(*) FROM messages GROUP BY status, direction",
-            )?;
-            let rows = counts.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (status, direction, n) = row?;
-                stats.total_messages += n;
-                match direction.as_str() {
-                    "inbound" => stats.inbound += n,
-                    _ => stats.outbound += n,
-                }
-                if let Some(count) = stats.status_breakdown.get_mut(&status) {
-                    *count += n;
+            let mut counts = Counts::default();
+            let mut conversations = 0;
+            let rows = t
+                .prepare_cached("SELECT name, n FROM counters")?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (name, n) in rows {
+                if name == CONVERSATIONS_COUNTER {
+                    conversations = n;
+                } else {
+                    counts.add_field(&name, n);
                 }
             }
-            Ok(stats)
+            Ok(counts.to_stats(conversations))
         })
         .await
     }

@@ -34,6 +34,7 @@ pub fn processor_config(namespace: &str, database: &str) -> Config {
         port: 0,
         worker: WorkerConfig {
             batch_size: 64,
+            batch_bytes: 16 * 1024 * 1024,
             max_deliveries: 3,
         },
         ack_wait_secs: 3,

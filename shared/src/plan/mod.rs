@@ -1,0 +1,592 @@
+//! The processing rules, as pure functions over plain data.
+//!
+//! A batch of webhook items (or a conversation being read), together with
+//! what the store already holds about them ([`Known`]), becomes one
+//! [`ChangeSet`]: messages to insert, status changes, counter and summary
+//! changes, and the events that announce them. Stores only read `Known` and
+//! apply change sets. Every change carries the guard it was planned under
+//! (a status rank, a summary's last message, a journal entry); a store
+//! refuses a change whose guard no longer holds, and the processor then
+//! reads and plans again. Races between replicas are the guards' job.
+//!
+//! ## Counted once, even without transactions
+//! Where a change set cannot be applied in one transaction (MongoDB
+//! without a replica set), a crash can stop it half-way. So a stored
+//! message remembers the status its counters and events were settled for
+//! (`settled`), and a counter document keeps a journal of the messages
+//! whose contribution it took before they were settled. A retry finds the
+//! message unsettled and finishes the job: a counter whose journal has the
+//! message is not counted again; one that lacks it is. Then the message is
+//! settled and the journal entries are dropped.
+
+pub mod counts;
+pub mod status;
+pub mod summary;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Event, Message, RawPayload, StatusChange, StatusUpdate, status_rank};
+use counts::{Counts, journal_key, stats_shard};
+use summary::{Last, Name};
+
+pub use counts::STATS_SHARDS;
+pub use status::PARKED_STATUS_TTL;
+
+/// What a batch of payloads carries.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub payloads: Vec<RawPayload>,
+    pub messages: Vec<Message>,
+    pub statuses: Vec<StatusChange>,
+}
+
+impl Batch {
+    /// What a store must read before this batch can be planned.
+    pub fn lookup(&self) -> Lookup {
+        let message_ids: BTreeSet<&str> = self
+            .messages
+            .iter()
+            .map(|m| m.message_id.as_str())
+            .chain(self.statuses.iter().map(|s| s.message_id.as_str()))
+            .collect();
+        let conversation_ids: BTreeSet<&str> = self
+            .messages
+            .iter()
+            .map(|m| m.conversation_id.as_str())
+            .chain(self.statuses.iter().map(|s| s.conversation_id.as_str()))
+            .collect();
+        Lookup::Items {
+            message_ids: message_ids.into_iter().map(str::to_owned).collect(),
+            conversation_ids: conversation_ids.into_iter().map(str::to_owned).collect(),
+        }
+    }
+}
+
+/// What a store reads into [`Known`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// These messages (those stored), the statuses parked for them, and the
+    /// summaries of these conversations and of the stored messages'.
+    Items {
+        message_ids: Vec<String>,
+        conversation_ids: Vec<String>,
+    },
+    /// A conversation's inbound messages not read yet, and its summary.
+    Unread { conversation_id: String },
+}
+
+/// What the store holds about a batch, as read just before planning. Also
+/// the stats journals (every shard that has entries).
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    pub messages: HashMap<String, Stored>,
+    pub parked: Vec<StatusChange>,
+    pub summaries: HashMap<String, Summary>,
+    pub stats_journals: BTreeMap<u32, Journal>,
+}
+
+/// A stored message and the status its counters and events were settled
+/// for (`None`: not yet: it was stored by a change set that did not finish).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub message: Message,
+    pub settled: Option<String>,
+}
+
+/// What a stored conversation summary's changes are guarded on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub last_key: String,
+    pub last_message_id: String,
+    pub last_status_rank: i32,
+    pub name_key: Option<String>,
+    pub journal: Journal,
+}
+
+/// A counter document's journal: journal key of a message → the status
+/// under which the document counts it, until the message is settled.
+pub type Journal = BTreeMap<String, String>;
+
+/// Everything one batch changes, with the guards it was planned under.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeSet {
+    /// Raw bodies to keep (a body kept before is skipped).
+    pub payloads: Vec<RawPayload>,
+    /// New messages, in their final state; refused if already stored.
+    pub inserts: Vec<Message>,
+    /// Stored messages whose status, status times or errors change.
+    pub updates: Vec<Update>,
+    /// Statuses to keep until their message arrives.
+    pub park: Vec<StatusChange>,
+    /// Parked statuses (by key) whose message is now stored.
+    pub unpark: Vec<String>,
+    pub conversations: Vec<ConversationChange>,
+    pub stats: Vec<StatsChange>,
+    /// Messages now counted and announced at this status.
+    pub settle: Vec<(String, String)>,
+    /// Journal entries to drop once the messages are settled.
+    pub cleanup: Vec<Cleanup>,
+    pub events: Vec<Event>,
+}
+
+/// A stored message's new state, guarded by the status rank it had.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub message: Message,
+    pub expected_rank: i32,
+    /// Statuses whose time this update adds.
+    pub new_times: Vec<String>,
+    pub errors_changed: bool,
+}
+
+/// A conversation summary's change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationChange {
+    pub conversation_id: String,
+    /// `None`: no summary is stored yet; this creates it (and is refused if
+    /// one appeared meanwhile).
+    pub expected: Option<SummaryGuard>,
+    /// Added to the stored counters.
+    pub counts: Counts,
+    pub journal: Vec<Entry>,
+    /// A newer last message.
+    pub last: Option<Last>,
+    /// The last message's new status (when the last message stays).
+    pub last_status: Option<(String, i32)>,
+    /// A newer name (always set when the summary is created).
+    pub name: Option<Name>,
+}
+
+/// The stored summary a change of its last message or name was planned
+/// from; `None` fields are not guarded (only counters change).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SummaryGuard {
+    pub last: Option<(String, i32)>,
+    pub name_key: Option<Option<String>>,
+}
+
+/// Counts added to one stats document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsChange {
+    pub shard: u32,
+    pub counts: Counts,
+    pub journal: Vec<Entry>,
+}
+
+/// A journal entry written with a counter change, guarded by the entry it
+/// replaces (`None`: the document does not count this message yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub expected: Option<String>,
+    pub status: String,
+}
+
+/// Which counter document a journal entry is in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Counter {
+    Conversation(String),
+    Stats(u32),
+}
+
+/// A journal entry to drop (only if it still says `status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleanup {
+    pub counter: Counter,
+    pub key: String,
+    pub status: String,
+}
+
+impl ChangeSet {
+    /// True when applying it would change nothing but keep payloads.
+    pub fn changes_nothing(&self) -> bool {
+        self.inserts.is_empty()
+            && self.updates.is_empty()
+            && self.park.is_empty()
+            && self.unpark.is_empty()
+            && self.conversations.is_empty()
+            && self.stats.is_empty()
+            && self.settle.is_empty()
+            && self.cleanup.is_empty()
+    }
+}
+
+/// Plans a batch: inserts its new messages (with the statuses that waited
+/// for them), applies its statuses, parks those whose message is unknown,
+/// and settles every message it touched.
+pub fn plan_batch(batch: &Batch, known: &Known) -> ChangeSet {
+    let mut planner = Planner::new(known);
+    for message in &batch.messages {
+        planner.add_new(message);
+    }
+    let mut statuses: Vec<(&StatusChange, bool)> = batch
+        .statuses
+        .iter()
+        .map(|s| (s, false))
+        .chain(known.parked.iter().map(|s| (s, true)))
+        .collect();
+    statuses
+        .sort_by(|(a, _), (b, _)| status::application_order(a).cmp(&status::application_order(b)));
+    for (change, was_parked) in statuses {
+        planner.apply_status(change, was_parked);
+    }
+    let seed = batch.payloads.first().map_or("", |p| p.id.as_str());
+    planner.finish(batch.payloads.clone(), stats_shard(seed))
+}
+
+/// Plans the business reading a conversation: its unread inbound messages
+/// become `read` at `at`.
+pub fn plan_mark_read(conversation_id: &str, at: DateTime<Utc>, known: &Known) -> ChangeSet {
+    let mut planner = Planner::new(known);
+    for working in planner.work.values_mut() {
+        if working.message.conversation_id == conversation_id
+            && status::mark_read(&mut working.message, at)
+        {
+            working.new_times.insert("read".to_owned());
+        }
+    }
+    planner.finish(Vec::new(), stats_shard(conversation_id))
+}
+
+/// A message as the plan goes: stored or new, and what changed.
+struct Working<'k> {
+    message: Message,
+    stored: Option<&'k Stored>,
+    /// Statuses whose time the plan added (errors change only with them).
+    new_times: BTreeSet<String>,
+}
+
+impl Working<'_> {
+    /// The status its counters and events were settled for.
+    fn settled(&self) -> Option<&str> {
+        self.stored.and_then(|s| s.settled.as_deref())
+    }
+}
+
+/// One conversation's share of the plan.
+#[derive(Default)]
+struct ConversationPlan<'w> {
+    counts: Counts,
+    journal: Vec<Entry>,
+    /// Messages new to the summary (never settled).
+    candidates: Vec<&'w Message>,
+    /// Every message whose counters change.
+    members: Vec<&'w Message>,
+    last_status: Option<(String, i32)>,
+}
+
+struct Planner<'k> {
+    known: &'k Known,
+    /// By message id, so plans (and their writes) come out in one order.
+    work: BTreeMap<String, Working<'k>>,
+    changes: ChangeSet,
+    parked_keys: BTreeSet<String>,
+}
+
+impl<'k> Planner<'k> {
+    fn new(known: &'k Known) -> Self {
+        let work = known
+            .messages
+            .iter()
+            .map(|(id, stored)| {
+                let working = Working {
+                    message: stored.message.clone(),
+                    stored: Some(stored),
+                    new_times: BTreeSet::new(),
+                };
+                (id.clone(), working)
+            })
+            .collect();
+        Self {
+            known,
+            work,
+            changes: ChangeSet::default(),
+            parked_keys: BTreeSet::new(),
+        }
+    }
+
+    /// A message from the batch; a stored one (redelivery) changes nothing.
+    fn add_new(&mut self, message: &Message) {
+        self.work
+            .entry(message.message_id.clone())
+            .or_insert_with(|| Working {
+                message: message.clone(),
+                stored: None,
+                new_times: BTreeSet::new(),
+            });
+    }
+
+    fn apply_status(&mut self, change: &StatusChange, was_parked: bool) {
+        let key = status::parked_key(change);
+        let Some(working) = self.work.get_mut(&change.message_id) else {
+            // Its message is not stored yet: keep it (once) until it is.
+            if !was_parked && self.parked_keys.insert(key) {
+                self.changes.park.push(change.clone());
+            }
+            return;
+        };
+        match status::apply(&mut working.message, change) {
+            status::Outcome::Moved | status::Outcome::Noted => {
+                working.new_times.insert(change.status.clone());
+            }
+            status::Outcome::Unchanged => {}
+        }
+        if was_parked && self.parked_keys.insert(key.clone()) {
+            self.changes.unpark.push(key);
+        }
+    }
+
+    fn finish(mut self, payloads: Vec<RawPayload>, shard: u32) -> ChangeSet {
+        self.changes.payloads = payloads;
+        let known = self.known;
+        let work = std::mem::take(&mut self.work);
+        let mut conversations: BTreeMap<&str, ConversationPlan<'_>> = BTreeMap::new();
+        let mut stats: BTreeMap<u32, (Counts, Vec<Entry>)> = BTreeMap::new();
+
+        for working in work.values() {
+            let message = &working.message;
+            match working.stored {
+                None => self.changes.inserts.push(message.clone()),
+                Some(stored) if !working.new_times.is_empty() => {
+                    self.changes.updates.push(Update {
+                        message: message.clone(),
+                        expected_rank: status_rank(&stored.message.status).unwrap_or(0),
+                        new_times: working.new_times.iter().cloned().collect(),
+                        errors_changed: message.errors != stored.message.errors,
+                    });
+                }
+                Some(_) => {}
+            }
+            let settled = working.settled();
+            let target = message.status.as_str();
+            let key = journal_key(&message.message_id);
+            let summary = known.summaries.get(&message.conversation_id);
+            let conversation = conversations
+                .entry(message.conversation_id.as_str())
+                .or_default();
+            // The summary's last message changed status.
+            if let Some(summary) = summary
+                && summary.last_message_id == message.message_id
+            {
+                let rank = status_rank(target).unwrap_or(0);
+                if rank > summary.last_status_rank {
+                    conversation.last_status = Some((target.to_owned(), rank));
+                }
+            }
+            if working.stored.is_some() && settled == Some(target) {
+                // Settled already; drop what a crash may have left in journals.
+                self.cleanup_leftovers(message, &key, summary);
+                continue;
+            }
+            self.changes
+                .events
+                .extend(announce(message, working.stored.and(settled)));
+            if working.stored.is_none() || settled.is_none() {
+                conversation.candidates.push(message);
+            }
+            conversation.members.push(message);
+
+            // This conversation's counters.
+            let entry = summary.and_then(|s| s.journal.get(&key));
+            let from = entry.map(String::as_str).or(settled);
+            let change = Counts::change(message.direction, from, target).for_conversation();
+            self.count(
+                Counter::Conversation(message.conversation_id.clone()),
+                &key,
+                entry,
+                change,
+                target,
+                |counts, journal_entry| {
+                    conversation.counts.add(counts);
+                    conversation.journal.push(journal_entry);
+                },
+            );
+
+            // The deployment's counters: wherever a crash left this message.
+            let (shard, entry) = known
+                .stats_journals
+                .iter()
+                .find_map(|(shard, journal)| journal.get(&key).map(|e| (*shard, Some(e))))
+                .unwrap_or((shard, None));
+            let from = entry.map(String::as_str).or(settled);
+            let change = Counts::change(message.direction, from, target);
+            let (counts, journal) = stats.entry(shard).or_default();
+            self.count(
+                Counter::Stats(shard),
+                &key,
+                entry,
+                change,
+                target,
+                |change, journal_entry| {
+                    counts.add(change);
+                    journal.push(journal_entry);
+                },
+            );
+
+            self.changes
+                .settle
+                .push((message.message_id.clone(), target.to_owned()));
+        }
+
+        for (id, plan) in conversations {
+            if let Some(change) = summarise(id, plan, known.summaries.get(id)) {
+                self.changes.conversations.push(change);
+            }
+        }
+        self.changes.stats = stats
+            .into_iter()
+            .filter(|(_, (counts, journal))| !counts.is_zero() || !journal.is_empty())
+            .map(|(shard, (counts, journal))| StatsChange {
+                shard,
+                counts,
+                journal,
+            })
+            .collect();
+        self.changes
+    }
+
+    /// Adds a message's counter change to one document, with the journal
+    /// entry that makes it count once, and the entry's later cleanup.
+    fn count(
+        &mut self,
+        counter: Counter,
+        key: &str,
+        entry: Option<&String>,
+        change: Counts,
+        target: &str,
+        add: impl FnOnce(&Counts, Entry),
+    ) {
+        if entry.is_some_and(|e| e == target) {
+            // Counted as `target` here already, by a change set that crashed.
+            self.cleanup(counter, key, target);
+            return;
+        }
+        if change.is_zero() && entry.is_none() {
+            return;
+        }
+        add(
+            &change,
+            Entry {
+                key: key.to_owned(),
+                expected: entry.cloned(),
+                status: target.to_owned(),
+            },
+        );
+        self.cleanup(counter, key, target);
+    }
+
+    fn cleanup(&mut self, counter: Counter, key: &str, status: &str) {
+        self.changes.cleanup.push(Cleanup {
+            counter,
+            key: key.to_owned(),
+            status: status.to_owned(),
+        });
+    }
+
+    /// Journal entries left by a change set that settled the message but
+    /// crashed before dropping them.
+    fn cleanup_leftovers(&mut self, message: &Message, key: &str, summary: Option<&Summary>) {
+        if let Some(status) = summary.and_then(|s| s.journal.get(key)) {
+            self.cleanup(
+                Counter::Conversation(message.conversation_id.clone()),
+                key,
+                &status.clone(),
+            );
+        }
+        let leftovers: Vec<(u32, String)> = self
+            .known
+            .stats_journals
+            .iter()
+            .filter_map(|(shard, journal)| journal.get(key).map(|s| (*shard, s.clone())))
+            .collect();
+        for (shard, status) in leftovers {
+            self.cleanup(Counter::Stats(shard), key, &status);
+        }
+    }
+}
+
+/// The events a message's change announces, to clients that knew it at
+/// `since` (`None`: not at all).
+fn announce(message: &Message, since: Option<&str>) -> Vec<Event> {
+    let mut events = Vec::new();
+    if since.is_none() {
+        events.push(Event::NewMessage(Box::new(message.clone())));
+    }
+    events.extend(
+        status::reached_since(message, since)
+            .into_iter()
+            .map(|(status, at)| {
+                Event::StatusUpdate(StatusUpdate {
+                    message_id: message.message_id.clone(),
+                    status: status.to_owned(),
+                    conversation_id: message.conversation_id.clone(),
+                    timestamp: at,
+                })
+            }),
+    );
+    events
+}
+
+/// A conversation's summary change: counters, and a newer last message or
+/// name. `None` when nothing changes.
+fn summarise(
+    id: &str,
+    plan: ConversationPlan<'_>,
+    stored: Option<&Summary>,
+) -> Option<ConversationChange> {
+    let newest_of = |messages: &[&Message]| -> Option<Last> {
+        messages
+            .iter()
+            .max_by_key(|m| summary::sort_key(m.timestamp, &m.message_id))
+            .map(|m| Last::of(m))
+    };
+    let named = plan
+        .candidates
+        .iter()
+        .filter_map(|m| Name::of(m))
+        .max_by(|a, b| a.key.cmp(&b.key));
+    let last = match stored {
+        Some(s) => newest_of(&plan.candidates).filter(|last| last.key > s.last_key),
+        // A new summary shows its newest message, whatever brought it here.
+        None => newest_of(&plan.candidates).or_else(|| newest_of(&plan.members)),
+    };
+    let mut name =
+        named.filter(|n| stored.is_none_or(|s| s.name_key.as_ref().is_none_or(|k| n.key > *k)));
+    let last_status = plan.last_status.filter(|_| last.is_none());
+    let expected = match stored {
+        None => {
+            // A new summary needs a last message and a name to show.
+            let last = last.as_ref()?;
+            name.get_or_insert_with(|| Name {
+                name: Name::fallback(&last.wa_id),
+                key: String::new(),
+            });
+            None
+        }
+        Some(s) => Some(SummaryGuard {
+            last: (last.is_some() || last_status.is_some())
+                .then(|| (s.last_key.clone(), s.last_status_rank)),
+            name_key: name.is_some().then(|| s.name_key.clone()),
+        }),
+    };
+    let unchanged = stored.is_some()
+        && plan.counts.is_zero()
+        && plan.journal.is_empty()
+        && last.is_none()
+        && last_status.is_none()
+        && name.is_none();
+    (!unchanged).then(|| ConversationChange {
+        conversation_id: id.to_owned(),
+        expected,
+        counts: plan.counts,
+        journal: plan.journal,
+        last,
+        last_status,
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests;

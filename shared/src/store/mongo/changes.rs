@@ -1,0 +1,591 @@
+//! Reading what a batch needs, and applying change sets, on MongoDB.
+//!
+//! A change set becomes a few write commands, each carrying many
+//! statements (one round trip each), in four steps:
+//! 1. raw payloads, new messages, status updates, parked statuses;
+//! 2. conversation summaries and counters, stats counters, unparking;
+//! 3. settling the messages;
+//! 4. dropping the journal entries.
+//!
+//! On a replica set the four steps are one transaction (majority write
+//! concern, journaled). Elsewhere each step's commands run concurrently and
+//! a crash can stop between steps; the order above is what lets a retry
+//! finish the job (see [`crate::plan`]). Every guarded statement must
+//! match; one that doesn't is a conflict, and the batch is planned again.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use mongodb::action::Action;
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::{ClientSession, Collection};
+
+use super::documents::{
+    JOURNAL, SETTLED, journal_from_document, last_fields, message_from_document,
+    message_to_document, name_fields, store_error, summary_from_document, to_bson_date,
+};
+use super::{CONVERSATIONS, MESSAGES, MongoStore, PAYLOADS, PENDING_STATUSES, STATS, stats_id};
+use crate::domain::{RECEIVED, StatusChange};
+use crate::error::Error;
+use crate::plan::status::parked_key;
+use crate::plan::{
+    ChangeSet, ConversationChange, Counter, Entry, Known, Lookup, StatsChange, Stored, Update,
+};
+use crate::store::StoreResult;
+
+const DUPLICATE_KEY: i32 = 11000;
+/// Documents per insert command are cut at this size (a command must stay
+/// under MongoDB's 16 MB).
+const INSERT_BYTES: usize = 8 * 1024 * 1024;
+
+impl MongoStore {
+    pub(super) async fn load_known(&self, lookup: &Lookup) -> StoreResult<Known> {
+        let (message_filter, parked_filter, mut conversation_ids) = match lookup {
+            Lookup::Items {
+                message_ids,
+                conversation_ids,
+            } => (
+                (!message_ids.is_empty()).then(|| doc! {"_id": {"$in": message_ids}}),
+                (!message_ids.is_empty()).then(|| doc! {"messageId": {"$in": message_ids}}),
+                conversation_ids.clone(),
+            ),
+            Lookup::Unread { conversation_id } => (
+                Some(doc! {
+                    "conversationId": conversation_id,
+                    "direction": "inbound",
+                    "status": RECEIVED,
+                }),
+                None,
+                vec![conversation_id.clone()],
+            ),
+        };
+        let (messages, parked, mut summaries, stats) = futures::try_join!(
+            find(self.collection(MESSAGES), message_filter, None),
+            find(self.collection(PENDING_STATUSES), parked_filter, None),
+            self.summaries(&conversation_ids),
+            find(
+                self.collection(STATS),
+                Some(doc! {}),
+                Some(doc! {JOURNAL: 1})
+            ),
+        )?;
+        let mut known = Known::default();
+        for document in messages {
+            let settled = document.get_str(SETTLED).ok().map(str::to_owned);
+            let message = message_from_document(document)?;
+            if !conversation_ids.contains(&message.conversation_id) {
+                conversation_ids.push(message.conversation_id.clone());
+            }
+            known
+                .messages
+                .insert(message.message_id.clone(), Stored { message, settled });
+        }
+        // A status named another conversation than its message's (rare).
+        let missing: Vec<String> = conversation_ids
+            .iter()
+            .filter(|id| {
+                !summaries
+                    .iter()
+                    .any(|d| d.get_str("_id") == Ok(id.as_str()))
+            })
+            .cloned()
+            .collect();
+        if known
+            .messages
+            .values()
+            .any(|s| missing.contains(&s.message.conversation_id))
+        {
+            summaries.extend(self.summaries(&missing).await?);
+        }
+        known.summaries = summaries
+            .iter()
+            .filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), summary_from_document(d))))
+            .collect();
+        known.parked = parked.iter().filter_map(parked_from_document).collect();
+        known.stats_journals = stats
+            .iter()
+            .filter_map(|d| {
+                let shard = d
+                    .get_str("_id")
+                    .ok()?
+                    .strip_prefix("shard-")?
+                    .parse()
+                    .ok()?;
+                let journal = journal_from_document(d);
+                (!journal.is_empty()).then_some((shard, journal))
+            })
+            .collect();
+        Ok(known)
+    }
+
+    async fn summaries(&self, ids: &[String]) -> StoreResult<Vec<Document>> {
+        let filter = (!ids.is_empty()).then(|| doc! {"_id": {"$in": ids}});
+        let projection = doc! {
+            "sortKey": 1, "lastMessageId": 1, "lastStatusRank": 1, "nameKey": 1, JOURNAL: 1,
+        };
+        find(self.collection(CONVERSATIONS), filter, Some(projection)).await
+    }
+
+    pub(super) async fn apply_changes(&self, changes: &ChangeSet) -> StoreResult<()> {
+        let steps = steps(changes)?;
+        if !self.transactions().await? {
+            for step in &steps {
+                let results =
+                    futures::future::join_all(step.iter().map(|w| self.write(w, None))).await;
+                first_failure(results)?;
+            }
+            return Ok(());
+        }
+        let mut session = self
+            .database()
+            .client()
+            .start_session()
+            .await
+            .map_err(store_error)?;
+        session
+            .start_transaction()
+            .write_concern(durable())
+            .await
+            .map_err(store_error)?;
+        let mut outcome = Ok(());
+        'steps: for step in &steps {
+            for write in step {
+                outcome = self.write(write, Some(&mut session)).await;
+                if outcome.is_err() {
+                    break 'steps;
+                }
+            }
+        }
+        if outcome.is_err() {
+            // Nothing of it is kept; a failed abort changes nothing more.
+            let _ = session.abort_transaction().await;
+            return outcome;
+        }
+        commit(&mut session).await
+    }
+
+    /// Runs one write command and checks its answer.
+    async fn write(&self, write: &Write, session: Option<&mut ClientSession>) -> StoreResult<()> {
+        let mut command = write.command.clone();
+        if session.is_none() {
+            // Inside a transaction the commit carries the write concern.
+            command.insert("writeConcern", durable_document());
+        }
+        let run = self.database().run_command(command);
+        let answer = match session {
+            Some(session) => run.session(session).await,
+            None => run.await,
+        }
+        .map_err(store_error)?;
+        write.check(&answer)
+    }
+}
+
+/// Majority of the replica set, on disk: what "stored" means before the
+/// processor acknowledges a payload.
+pub fn durable() -> mongodb::options::WriteConcern {
+    mongodb::options::WriteConcern::builder()
+        .w(mongodb::options::Acknowledgment::Majority)
+        .journal(true)
+        .build()
+}
+
+fn durable_document() -> Document {
+    doc! {"w": "majority", "j": true}
+}
+
+/// Commits, retrying while the outcome is unknown (the driver's advice).
+async fn commit(session: &mut ClientSession) -> StoreResult<()> {
+    let mut attempts = 0;
+    loop {
+        match session.commit_transaction().await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.contains_label(mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                    && attempts < 3 =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(store_error(e)),
+        }
+    }
+}
+
+async fn find(
+    collection: Collection<Document>,
+    filter: Option<Document>,
+    projection: Option<Document>,
+) -> StoreResult<Vec<Document>> {
+    let Some(filter) = filter else {
+        return Ok(Vec::new());
+    };
+    collection
+        .find(filter)
+        .optional(projection, |find, p| find.projection(p))
+        .await
+        .map_err(store_error)?
+        .try_collect()
+        .await
+        .map_err(store_error)
+}
+
+fn parked_from_document(d: &Document) -> Option<StatusChange> {
+    Some(StatusChange {
+        message_id: d.get_str("messageId").ok()?.to_owned(),
+        status: d.get_str("status").ok()?.to_owned(),
+        timestamp: super::documents::date_from_bson(d.get("timestamp")?)?,
+        conversation_id: d.get_str("conversationId").ok()?.to_owned(),
+        errors: d.get("errors").map(|e| e.clone().into_relaxed_extjson()),
+    })
+}
+
+/// One write command, and what its answer must show.
+struct Write {
+    command: Document,
+    expect: Expect,
+}
+
+enum Expect {
+    /// Every statement matched or inserted: `n` is this.
+    All(i64),
+    /// Inserted, or already there (archived bodies, parked statuses).
+    DuplicatesAllowed,
+    /// Inserted; a duplicate means another writer stored it: a conflict.
+    NoDuplicates,
+    /// Best effort (journal cleanup): a statement may match nothing.
+    Anything,
+}
+
+impl Write {
+    fn check(&self, answer: &Document) -> StoreResult<()> {
+        if let Ok(error) = answer.get_document("writeConcernError") {
+            return Err(Error::transient(format!(
+                "MongoDB write concern not met: {}",
+                error.get_str("errmsg").unwrap_or_default()
+            )));
+        }
+        let errors = answer
+            .get_array("writeErrors")
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut duplicates = 0;
+        for error in errors.iter().filter_map(Bson::as_document) {
+            let code = error.get("code").and_then(super::documents::integer);
+            if code == Some(i64::from(DUPLICATE_KEY)) {
+                duplicates += 1;
+                continue;
+            }
+            return Err(Error::rejected(format!(
+                "MongoDB refused a write: {}",
+                error.get_str("errmsg").unwrap_or_default()
+            )));
+        }
+        let n = answer
+            .get("n")
+            .and_then(super::documents::integer)
+            .unwrap_or(0);
+        match self.expect {
+            Expect::All(expected) if duplicates > 0 || n != expected => Err(Error::conflict(
+                format!("{} of {expected} guarded changes applied", n),
+            )),
+            Expect::NoDuplicates if duplicates > 0 => Err(Error::conflict(format!(
+                "{duplicates} message(s) stored meanwhile by another writer"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Several failures: the one that says most about what to do.
+fn first_failure(results: Vec<StoreResult<()>>) -> StoreResult<()> {
+    let mut conflict = None;
+    for result in results {
+        match result {
+            Ok(()) => {}
+            Err(e) if e.kind == crate::error::ErrorKind::Conflict => conflict = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    conflict.map_or(Ok(()), Err)
+}
+
+/// The change set's write commands, step by step (empty ones left out).
+fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
+    let mut first = Vec::new();
+    let archived = changes.payloads.iter().map(|p| {
+        doc! {
+            "_id": &p.id,
+            "body": String::from_utf8_lossy(&p.body).into_owned(),
+            "receivedAt": to_bson_date(p.received_at),
+        }
+    });
+    first.extend(inserts(
+        PAYLOADS,
+        archived.collect(),
+        Expect::DuplicatesAllowed,
+    ));
+    let messages = changes
+        .inserts
+        .iter()
+        .map(message_to_document)
+        .collect::<StoreResult<Vec<_>>>()?;
+    first.extend(inserts(MESSAGES, messages, Expect::NoDuplicates));
+    first.extend(message_updates(&changes.updates)?);
+    if !changes.park.is_empty() {
+        let statements = changes
+            .park
+            .iter()
+            .map(|change| {
+                Ok(doc! {"q": {"_id": parked_key(change)}, "u": {"$setOnInsert": parked_document(change)?}, "upsert": true})
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        first.push(update(
+            PENDING_STATUSES,
+            statements,
+            Expect::DuplicatesAllowed,
+        ));
+    }
+
+    let mut second = Vec::new();
+    if !changes.conversations.is_empty() {
+        let statements = changes
+            .conversations
+            .iter()
+            .map(conversation_statement)
+            .collect::<Vec<_>>();
+        let n = statements.len() as i64;
+        second.push(update(CONVERSATIONS, statements, Expect::All(n)));
+    }
+    if !changes.stats.is_empty() {
+        let statements: Vec<Document> = changes.stats.iter().map(stats_statement).collect();
+        let n = statements.len() as i64;
+        second.push(update(STATS, statements, Expect::All(n)));
+    }
+    if !changes.unpark.is_empty() {
+        second.push(Write {
+            command: doc! {
+                "delete": PENDING_STATUSES,
+                "deletes": [{"q": {"_id": {"$in": &changes.unpark}}, "limit": 0}],
+            },
+            expect: Expect::Anything,
+        });
+    }
+
+    let mut third = Vec::new();
+    if !changes.settle.is_empty() {
+        let mut by_status: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (id, status) in &changes.settle {
+            by_status.entry(status).or_default().push(id);
+        }
+        let statements = by_status
+            .into_iter()
+            .map(|(status, ids)| {
+                doc! {"q": {"_id": {"$in": ids}}, "u": {"$set": {SETTLED: status}}, "multi": true}
+            })
+            .collect();
+        third.push(update(MESSAGES, statements, Expect::Anything));
+    }
+
+    let mut fourth = Vec::new();
+    let mut cleanups: BTreeMap<&Counter, Vec<(&str, &str)>> = BTreeMap::new();
+    for cleanup in &changes.cleanup {
+        cleanups
+            .entry(&cleanup.counter)
+            .or_default()
+            .push((&cleanup.key, &cleanup.status));
+    }
+    let (mut conversations, mut stats) = (Vec::new(), Vec::new());
+    for (counter, entries) in cleanups {
+        let mut filter = Document::new();
+        let mut unset = Document::new();
+        for (key, status) in entries {
+            filter.insert(format!("{JOURNAL}.{key}"), status);
+            unset.insert(format!("{JOURNAL}.{key}"), "");
+        }
+        match counter {
+            Counter::Conversation(id) => {
+                filter.insert("_id", id);
+                conversations.push(doc! {"q": filter, "u": {"$unset": unset}});
+            }
+            Counter::Stats(shard) => {
+                filter.insert("_id", stats_id(*shard));
+                stats.push(doc! {"q": filter, "u": {"$unset": unset}});
+            }
+        }
+    }
+    for (collection, statements) in [(CONVERSATIONS, conversations), (STATS, stats)] {
+        if !statements.is_empty() {
+            fourth.push(update(collection, statements, Expect::Anything));
+        }
+    }
+    Ok([first, second, third, fourth]
+        .into_iter()
+        .filter(|step| !step.is_empty())
+        .collect())
+}
+
+fn update(collection: &str, statements: Vec<Document>, expect: Expect) -> Write {
+    Write {
+        command: doc! {"update": collection, "updates": statements, "ordered": false},
+        expect,
+    }
+}
+
+/// Insert commands for `documents`, each under the size MongoDB accepts.
+fn inserts(collection: &str, documents: Vec<Document>, expect: Expect) -> Vec<Write> {
+    let mut commands = Vec::new();
+    let mut chunk: Vec<Document> = Vec::new();
+    let mut size = 0;
+    let flush = |chunk: Vec<Document>, commands: &mut Vec<Write>| {
+        if !chunk.is_empty() {
+            let expect = match expect {
+                Expect::NoDuplicates => Expect::NoDuplicates,
+                _ => Expect::DuplicatesAllowed,
+            };
+            commands.push(Write {
+                command: doc! {"insert": collection, "documents": chunk, "ordered": false},
+                expect,
+            });
+        }
+    };
+    for document in documents {
+        let len = bson::to_vec(&document).map_or(0, |b| b.len());
+        if size + len > INSERT_BYTES && !chunk.is_empty() {
+            flush(std::mem::take(&mut chunk), &mut commands);
+            size = 0;
+        }
+        size += len;
+        chunk.push(document);
+    }
+    flush(chunk, &mut commands);
+    commands
+}
+
+/// Status updates of stored messages, guarded by the rank they were
+/// planned from; identical ones (a conversation marked read) share one
+/// statement.
+fn message_updates(updates: &[Update]) -> StoreResult<Option<Write>> {
+    if updates.is_empty() {
+        return Ok(None);
+    }
+    let mut groups: Vec<(i32, Document, Vec<&str>)> = Vec::new();
+    for update in updates {
+        let m = &update.message;
+        let mut set = doc! {
+            "status": &m.status,
+            "statusRank": crate::domain::status_rank(&m.status).unwrap_or(0),
+        };
+        for status in &update.new_times {
+            if let Some(at) = m.status_timestamps.get(status) {
+                set.insert(format!("statusTimestamps.{status}"), to_bson_date(*at));
+            }
+        }
+        if update.errors_changed {
+            set.insert("errors", bson::to_bson(&m.errors).map_err(store_error)?);
+        }
+        match groups
+            .iter_mut()
+            .find(|(rank, s, _)| *rank == update.expected_rank && *s == set)
+        {
+            Some((_, _, ids)) => ids.push(&m.message_id),
+            None => groups.push((update.expected_rank, set, vec![&m.message_id])),
+        }
+    }
+    let statements = groups
+        .into_iter()
+        .map(|(rank, set, ids)| {
+            doc! {"q": {"_id": {"$in": ids}, "statusRank": rank}, "u": {"$set": set}, "multi": true}
+        })
+        .collect();
+    Ok(Some(update(
+        MESSAGES,
+        statements,
+        Expect::All(updates.len() as i64),
+    )))
+}
+
+fn parked_document(change: &StatusChange) -> StoreResult<Document> {
+    let mut parked = doc! {
+        "messageId": &change.message_id,
+        "status": &change.status,
+        "timestamp": to_bson_date(change.timestamp),
+        "conversationId": &change.conversation_id,
+        "parkedAt": bson::DateTime::now(),
+    };
+    if let Some(errors) = &change.errors {
+        parked.insert("errors", bson::to_bson(errors).map_err(store_error)?);
+    }
+    Ok(parked)
+}
+
+/// Journal guards (filter) and new entries (`$set`) of a counter change.
+fn journal_parts(journal: &[Entry], filter: &mut Document, set: &mut Document) {
+    for entry in journal {
+        let field = format!("{JOURNAL}.{}", entry.key);
+        match &entry.expected {
+            Some(expected) => filter.insert(field.clone(), expected),
+            None => filter.insert(field.clone(), doc! {"$exists": false}),
+        };
+        set.insert(field, &entry.status);
+    }
+}
+
+fn conversation_statement(change: &ConversationChange) -> Document {
+    let mut filter = doc! {"_id": &change.conversation_id};
+    let mut set = doc! {"updatedAt": bson::DateTime::now()};
+    journal_parts(&change.journal, &mut filter, &mut set);
+    match &change.expected {
+        // Created by this statement; refused (duplicate key) if another
+        // writer created it first.
+        None => {
+            filter.insert("sortKey", doc! {"$exists": false});
+            set.insert("conversationId", &change.conversation_id);
+        }
+        Some(guard) => {
+            if let Some((key, rank)) = &guard.last {
+                filter.insert("sortKey", key);
+                filter.insert("lastStatusRank", rank);
+            }
+            if let Some(name_key) = &guard.name_key {
+                filter.insert("nameKey", name_key.as_deref());
+            }
+        }
+    }
+    if let Some(last) = &change.last {
+        set.extend(last_fields(last));
+    }
+    if let Some((status, rank)) = &change.last_status {
+        set.insert("lastMessageStatus", status);
+        set.insert("lastStatusRank", rank);
+    }
+    if let Some(name) = &change.name {
+        set.extend(name_fields(name));
+    }
+    let mut update = doc! {"$set": set};
+    let counts = doc! {
+        "messageCount": change.counts.messages,
+        "unreadCount": change.counts.unread,
+    };
+    update.insert("$inc", counts);
+    doc! {"q": filter, "u": update, "upsert": change.expected.is_none()}
+}
+
+fn stats_statement(change: &StatsChange) -> Document {
+    let mut filter = doc! {"_id": stats_id(change.shard)};
+    let mut set = Document::new();
+    journal_parts(&change.journal, &mut filter, &mut set);
+    let mut update = Document::new();
+    let inc: Document = change
+        .counts
+        .fields()
+        .into_iter()
+        .map(|(name, n)| (name, Bson::Int64(n)))
+        .collect();
+    if !inc.is_empty() {
+        update.insert("$inc", inc);
+    }
+    if !set.is_empty() {
+        update.insert("$set", set);
+    }
+    doc! {"q": filter, "u": update}
+}

@@ -1,0 +1,312 @@
+//! The MongoDB store (MongoDB 6+).
+//!
+//! Collections: `processed_messages` (one document per WhatsApp message,
+//! `_id` = `messageId`), `conversations` (summaries with their counters),
+//! `stats` (the deployment's counters, in [`STATS_SHARDS`] documents),
+//! `pending_statuses` (statuses that arrived before their message),
+//! `webhook_payloads` (raw bodies) and `meta` (the schema version). Only
+//! plain CRUD operators are used; a batch costs a handful of round trips
+//! whatever the size of the data (see [`changes`]).
+
+mod changes;
+mod documents;
+mod migrate;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+use tokio::sync::OnceCell;
+
+use super::{Store, StoreError, StoreResult, conversations_before};
+use crate::domain::{Conversation, Message, Page, Stats};
+use crate::plan::counts::Counts;
+use crate::plan::{ChangeSet, Known, Lookup, PARKED_STATUS_TTL, STATS_SHARDS};
+use documents::{
+    conversation_from_document, integer, message_from_document, store_error, to_bson_date,
+};
+
+pub use changes::durable;
+pub use documents::{message_from_document as read_message, message_to_document};
+
+pub const MESSAGES: &str = "processed_messages";
+pub const CONVERSATIONS: &str = "conversations";
+pub const STATS: &str = "stats";
+pub const PENDING_STATUSES: &str = "pending_statuses";
+pub const PAYLOADS: &str = "webhook_payloads";
+pub const META: &str = "meta";
+
+/// `_id` of a stats counter document.
+pub fn stats_id(shard: u32) -> String {
+    format!("shard-{shard:02}")
+}
+
+#[derive(Clone)]
+pub struct MongoStore {
+    db: Database,
+    /// Whether the server runs multi-document transactions (a replica set
+    /// member or mongos), found out on first use.
+    transactions: std::sync::Arc<OnceCell<bool>>,
+    /// Set once the data is known to be in the current schema.
+    current: std::sync::Arc<OnceCell<()>>,
+}
+
+impl MongoStore {
+    /// Connects to the database named in the URI's path (default
+    /// `whatsapp_clone`). The driver connects lazily; call [`Store::ping`]
+    /// or [`Store::prepare`] to find out whether it is up.
+    pub async fn connect(uri: &str, app_name: &str) -> StoreResult<Self> {
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .map_err(|e| StoreError::rejected(format!("invalid MONGODB_URI: {e}")))?;
+        options.app_name = Some(app_name.to_owned());
+        options.server_selection_timeout = Some(Duration::from_secs(5));
+        options.connect_timeout = Some(Duration::from_secs(5));
+        if options.write_concern.is_none() {
+            options.write_concern = Some(durable());
+        }
+        let database = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| "whatsapp_clone".to_owned());
+        let client = Client::with_options(options).map_err(store_error)?;
+        Ok(Self {
+            db: client.database(&database),
+            transactions: Default::default(),
+            current: Default::default(),
+        })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn collection(&self, name: &str) -> Collection<Document> {
+        self.db.collection(name)
+    }
+
+    /// Transactions need a replica set member or a mongos; a standalone
+    /// server refuses them (and so does nothing claim them falsely).
+    async fn transactions(&self) -> StoreResult<bool> {
+        self.transactions
+            .get_or_try_init(|| async {
+                let hello = self
+                    .db
+                    .run_command(doc! {"hello": 1})
+                    .await
+                    .map_err(store_error)?;
+                let replicated =
+                    hello.get_str("setName").is_ok() || hello.get_str("msg") == Ok("isdbgrid");
+                if replicated {
+                    tracing::info!("MongoDB replica set: each batch is one transaction");
+                } else {
+                    tracing::warn!(
+                        "MongoDB is a standalone server: no transactions; each batch is applied in \
+                         steps that a retry completes (run MongoDB as a replica set, even of one \
+                         member, for atomic batches)"
+                    );
+                }
+                Ok(replicated)
+            })
+            .await
+            .copied()
+    }
+
+    /// Refuses to write into data of an older schema until a processor
+    /// has migrated it (at its start).
+    async fn ensure_current(&self) -> StoreResult<()> {
+        self.current
+            .get_or_try_init(|| async {
+                if migrate::is_current(&self.db).await? {
+                    Ok(())
+                } else {
+                    Err(StoreError::transient(
+                        "the database is being migrated to this version; try again shortly",
+                    ))
+                }
+            })
+            .await
+            .copied()
+    }
+
+    /// Creates the indexes every query relies on; idempotent.
+    async fn ensure_indexes(&self) -> StoreResult<()> {
+        let unique = IndexOptions::builder().unique(true).build();
+        self.collection(MESSAGES)
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! {"messageId": 1})
+                    .options(unique)
+                    .build(),
+                // A conversation's messages, newest first.
+                IndexModel::builder()
+                    .keys(doc! {"conversationId": 1, "timestamp": -1, "messageId": -1})
+                    .build(),
+                // Its unread messages, when it is marked read.
+                IndexModel::builder()
+                    .keys(doc! {"conversationId": 1, "status": 1})
+                    .build(),
+            ])
+            .await
+            .map_err(store_error)?;
+        self.collection(CONVERSATIONS)
+            .create_index(IndexModel::builder().keys(doc! {"sortKey": -1}).build())
+            .await
+            .map_err(store_error)?;
+        let ttl = IndexOptions::builder()
+            .expire_after(PARKED_STATUS_TTL)
+            .build();
+        self.collection(PENDING_STATUSES)
+            .create_indexes([
+                IndexModel::builder().keys(doc! {"messageId": 1}).build(),
+                IndexModel::builder()
+                    .keys(doc! {"parkedAt": 1})
+                    .options(ttl)
+                    .build(),
+            ])
+            .await
+            .map_err(store_error)?;
+        // The stats documents exist from the start: counter changes are
+        // guarded updates, never upserts.
+        let shards: Vec<Document> = (0..STATS_SHARDS)
+            .map(|shard| {
+                doc! {"q": {"_id": stats_id(shard)}, "u": {"$setOnInsert": {"messages": 0_i64}}, "upsert": true}
+            })
+            .collect();
+        self.db
+            .run_command(doc! {"update": STATS, "updates": shards, "ordered": false})
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.db
+            .run_command(doc! {"ping": 1})
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn prepare(&self) -> StoreResult<()> {
+        self.ensure_indexes().await?;
+        migrate::to_current(&self.db).await?;
+        self.transactions().await.map(drop)
+    }
+
+    async fn load(&self, lookup: &Lookup) -> StoreResult<Known> {
+        self.load_known(lookup).await
+    }
+
+    async fn apply(&self, changes: &ChangeSet) -> StoreResult<()> {
+        self.ensure_current().await?;
+        self.apply_changes(changes).await
+    }
+
+    async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
+        let filter = match conversations_before(&page) {
+            Some(key) => doc! {"sortKey": {"$lt": key}},
+            None => doc! {},
+        };
+        let docs: Vec<Document> = self
+            .collection(CONVERSATIONS)
+            .find(filter)
+            .sort(doc! {"sortKey": -1})
+            .limit(page.limit)
+            .projection(doc! {documents::JOURNAL: 0})
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        Ok(docs.iter().map(conversation_from_document).collect())
+    }
+
+    async fn messages(&self, conversation_id: &str, page: Page) -> StoreResult<Vec<Message>> {
+        let mut filter = doc! {"conversationId": conversation_id};
+        if let Some(before) = page.before {
+            let at = to_bson_date(before);
+            match &page.before_id {
+                Some(id) => filter.insert(
+                    "$or",
+                    vec![
+                        doc! {"timestamp": {"$lt": at}},
+                        doc! {"timestamp": at, "messageId": {"$lt": id}},
+                    ],
+                ),
+                None => filter.insert("timestamp", doc! {"$lt": at}),
+            };
+        }
+        let docs: Vec<Document> = self
+            .collection(MESSAGES)
+            .find(filter)
+            .sort(doc! {"timestamp": -1, "messageId": -1})
+            .limit(page.limit)
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        docs.into_iter().rev().map(message_from_document).collect()
+    }
+
+    async fn message(&self, message_id: &str) -> StoreResult<Option<Message>> {
+        let found = self
+            .collection(MESSAGES)
+            .find_one(doc! {"_id": message_id})
+            .await
+            .map_err(store_error)?;
+        found.map(message_from_document).transpose()
+    }
+
+    /// The stats documents summed, and the number of summaries from the
+    /// collection's metadata: no scan.
+    async fn stats(&self) -> StoreResult<Stats> {
+        let (shards, conversations) = futures::try_join!(
+            async {
+                self.collection(STATS)
+                    .find(doc! {})
+                    .projection(doc! {documents::JOURNAL: 0})
+                    .await
+                    .map_err(store_error)?
+                    .try_collect::<Vec<Document>>()
+                    .await
+                    .map_err(store_error)
+            },
+            async {
+                self.collection(CONVERSATIONS)
+                    .estimated_document_count()
+                    .await
+                    .map_err(store_error)
+            },
+        )?;
+        let mut counts = Counts::default();
+        for shard in &shards {
+            add_counter_fields(&mut counts, shard, "");
+        }
+        Ok(counts.to_stats(i64::try_from(conversations).unwrap_or(i64::MAX)))
+    }
+}
+
+/// Adds a stats document's counters (nested `status.<name>` included).
+fn add_counter_fields(counts: &mut Counts, document: &Document, prefix: &str) {
+    for (name, value) in document {
+        let name = format!("{prefix}{name}");
+        match value {
+            mongodb::bson::Bson::Document(inner) => {
+                add_counter_fields(counts, inner, &format!("{name}."))
+            }
+            value => {
+                if let Some(n) = integer(value) {
+                    counts.add_field(&name, n);
+                }
+            }
+        }
+    }
+}
