@@ -68,13 +68,13 @@ impl Processor {
     /// Stores what a batch carries (see [`Processor::process`]).
     pub async fn process_batch(&self, batch: &Batch) -> StoreResult<Vec<Event>> {
         let offered = batch.messages.len();
-        let changes = self
+        let committed = self
             .commit(&batch.lookup(), |known| plan::plan_batch(batch, known))
             .await?;
-        metrics::counter!("messages_stored_total").increment(changes.inserts.len() as u64);
+        metrics::counter!("messages_stored_total").increment(committed.inserted as u64);
         metrics::counter!("messages_duplicate_total")
-            .increment(offered.saturating_sub(changes.inserts.len()) as u64);
-        Ok(changes.events)
+            .increment(offered.saturating_sub(committed.inserted) as u64);
+        Ok(committed.events)
     }
 
     /// Marks a conversation's inbound messages read (the business has seen
@@ -87,23 +87,31 @@ impl Processor {
         let lookup = Lookup::Unread {
             conversation_id: conversation_id.to_owned(),
         };
-        let changes = self
+        let committed = self
             .commit(&lookup, |known| {
                 plan::plan_mark_read(conversation_id, at, known)
             })
             .await?;
-        Ok(changes.events)
+        Ok(committed.events)
     }
 
-    /// Reads, plans and applies until no guard objects.
+    /// Reads, plans and applies until no guard objects. A change set that
+    /// parked statuses gets one more round: their message may have been
+    /// stored (by another writer) between our read and our parking.
     async fn commit(
         &self,
         lookup: &Lookup,
         plan: impl Fn(&Known) -> ChangeSet,
-    ) -> StoreResult<ChangeSet> {
+    ) -> StoreResult<Committed> {
+        let mut committed = Committed::default();
+        let mut recheck_parked = true;
         for round in 1..=MAX_ROUNDS {
             let known = self.store.load(lookup).await?;
-            let changes = plan(&known);
+            let mut changes = plan(&known);
+            if !recheck_parked {
+                // Kept by the round that succeeded.
+                changes.payloads.clear();
+            }
             match self.store.apply(&changes).await {
                 Ok(()) => {
                     let applied = changes
@@ -112,7 +120,11 @@ impl Processor {
                         .filter(|e| matches!(e, Event::StatusUpdate(_)))
                         .count();
                     metrics::counter!("statuses_applied_total").increment(applied as u64);
-                    return Ok(changes);
+                    committed.inserted += changes.inserts.len();
+                    committed.events.extend(changes.events);
+                    if changes.park.is_empty() || !std::mem::take(&mut recheck_parked) {
+                        return Ok(committed);
+                    }
                 }
                 Err(e) if e.kind == ErrorKind::Conflict => {
                     metrics::counter!("store_conflicts_total").increment(1);
@@ -127,4 +139,11 @@ impl Processor {
             "the same data kept changing under this batch; it will be retried",
         ))
     }
+}
+
+/// What rounds of [`Processor::commit`] did.
+#[derive(Default)]
+struct Committed {
+    inserted: usize,
+    events: Vec<Event>,
 }

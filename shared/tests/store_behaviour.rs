@@ -9,7 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use shared::broker::payload_id;
-use shared::domain::{Conversation, Event, Page, RawPayload};
+use shared::domain::{Conversation, Direction, Event, Page, RawPayload};
+use shared::plan::counts::journal_key;
 use shared::processing::Processor;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
@@ -361,6 +362,77 @@ async fn paging_through_ties_skips_nothing(store: Arc<dyn Store>) {
     );
 }
 
+/// Every counter a store keeps (summaries, stats) agrees with its
+/// messages, and each summary shows its newest message.
+async fn assert_counters_match_messages(store: &Arc<dyn Store>) {
+    let conversations = store.conversations(page(500)).await.unwrap();
+    let mut totals = BTreeMap::<String, i64>::new();
+    for c in &conversations {
+        let messages = store.messages(&c.conversation_id, page(500)).await.unwrap();
+        let unread = messages
+            .iter()
+            .filter(|m| m.direction == Direction::Inbound && m.status == "received")
+            .count() as i64;
+        assert_eq!(
+            (c.message_count, c.unread_count),
+            (messages.len() as i64, unread),
+            "counts of {}",
+            c.conversation_id
+        );
+        let newest = messages.last().unwrap();
+        assert_eq!(
+            (c.last_message_id.as_str(), c.last_message_status.as_str()),
+            (newest.message_id.as_str(), newest.status.as_str()),
+            "last message of {}",
+            c.conversation_id
+        );
+        for m in &messages {
+            *totals.entry("messages".into()).or_default() += 1;
+            let direction = match m.direction {
+                Direction::Inbound => "inbound",
+                Direction::Outbound => "outbound",
+            };
+            *totals.entry(direction.into()).or_default() += 1;
+            *totals.entry(m.status.clone()).or_default() += 1;
+        }
+    }
+    let stats = store.stats().await.unwrap();
+    let total = |key: &str| totals.get(key).copied().unwrap_or(0);
+    assert_eq!(
+        (
+            stats.total_messages,
+            stats.inbound,
+            stats.outbound,
+            stats.total_conversations
+        ),
+        (
+            total("messages"),
+            total("inbound"),
+            total("outbound"),
+            conversations.len() as i64
+        )
+    );
+    for (status, n) in &stats.status_breakdown {
+        assert_eq!(*n, total(status), "stats of {status}");
+    }
+}
+
+async fn counters_agree_with_the_messages_after_every_kind_of_change(store: Arc<dyn Store>) {
+    let processor = Processor::new(store.clone());
+    let mut files = bodies(&test_support::all_webhook_files());
+    feed(&processor, &files).await;
+    for c in store.conversations(page(3)).await.unwrap() {
+        processor
+            .mark_read(&c.conversation_id, Utc::now())
+            .await
+            .unwrap();
+    }
+    files.reverse();
+    let events = feed(&processor, &files).await;
+    assert!(events.is_empty(), "nothing new the second time: {events:?}");
+    assert_counters_match_messages(&store).await;
+}
+
 /// Runs each scenario on both stores.
 macro_rules! on_both_stores {
     ($($scenario:ident),* $(,)?) => {
@@ -380,4 +452,403 @@ on_both_stores!(
     marking_read_happens_once,
     pages_are_newest_first_returned_oldest_first,
     paging_through_ties_skips_nothing,
+    counters_agree_with_the_messages_after_every_kind_of_change,
 );
+
+async fn documents(db: &mongodb::Database, collection: &str) -> Vec<mongodb::bson::Document> {
+    use futures::TryStreamExt;
+    db.collection(collection)
+        .find(mongodb::bson::doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// A MongoDB store (no transactions on the test server) stopped after
+/// each step of a change set, as a crash there would: the redelivered
+/// batch finishes it, counting nothing twice and announcing what the
+/// stopped one could not.
+#[tokio::test]
+async fn mongodb_a_change_set_stopped_at_any_step_is_finished_by_a_retry() {
+    let (first, second): (Vec<_>, Vec<_>) = test_support::all_webhook_files()
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 0);
+    let first: Vec<Vec<u8>> = first.into_iter().map(|(_, (_, b))| b).collect();
+    let second: Vec<Vec<u8>> = second.into_iter().map(|(_, (_, b))| b).collect();
+    for steps in 1..=3 {
+        let database = test_support::unique_name("stopped");
+        let mongo = MongoStore::connect(&test_support::mongodb_uri(&database), "tests")
+            .await
+            .unwrap();
+        mongo.prepare().await.unwrap();
+        let store: Arc<dyn Store> = Arc::new(mongo.clone());
+        let processor = Processor::new(store.clone());
+        feed(&processor, &first).await;
+
+        // The second half as one batch, stopped, then redelivered.
+        let items = |bodies: &[Vec<u8>]| {
+            bodies
+                .iter()
+                .map(|body| {
+                    let raw = RawPayload {
+                        id: payload_id(body),
+                        body: Bytes::from(body.clone()),
+                        received_at: Utc::now(),
+                    };
+                    (raw, webhook::parse(body).unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        mongo.stop_next_change_set_after(steps);
+        assert!(processor.process(items(&second)).await.is_err());
+        let events = processor.process(items(&second)).await.unwrap();
+        let db = test_support::mongo_database(&database).await;
+        for collection in ["conversations", "stats"] {
+            for document in documents(&db, collection).await {
+                let journal = document
+                    .get_document("journal")
+                    .ok()
+                    .cloned()
+                    .unwrap_or_default();
+                assert!(
+                    journal.is_empty(),
+                    "redelivery finished the journal: {journal}"
+                );
+            }
+        }
+        let announced: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::NewMessage(m) => Some(m.message_id.clone()),
+                Event::StatusUpdate(_) => None,
+            })
+            .collect();
+        let mut unique = announced.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), announced.len(), "announced once");
+        if steps < 3 {
+            let new_in_second = second
+                .iter()
+                .flat_map(|b| webhook::parse(b).unwrap().messages)
+                .filter(|m| {
+                    !first.iter().any(|f| {
+                        webhook::parse(f)
+                            .unwrap()
+                            .messages
+                            .iter()
+                            .any(|o| o.message_id == m.message_id)
+                    })
+                })
+                .map(|m| m.message_id)
+                .collect::<std::collections::BTreeSet<_>>();
+            let announced: std::collections::BTreeSet<_> = announced.into_iter().collect();
+            assert_eq!(
+                announced, new_in_second,
+                "stopped after {steps}: every new message announced"
+            );
+        }
+
+        // Marking read, stopped and retried.
+        let conversation = store.conversations(page(1)).await.unwrap()[0].clone();
+        mongo.stop_next_change_set_after(steps);
+        let _ = processor
+            .mark_read(&conversation.conversation_id, Utc::now())
+            .await;
+        processor
+            .mark_read(&conversation.conversation_id, Utc::now())
+            .await
+            .unwrap();
+
+        assert_counters_match_messages(&store).await;
+        // Every message settled; a journal entry left (a change set
+        // stopped after settling, before dropping it) only names a settled
+        // message at its status, and goes when the message is next touched.
+        let db = test_support::mongo_database(&database).await;
+        let all = documents(&db, "processed_messages").await;
+        let settled: BTreeMap<String, String> = all
+            .iter()
+            .map(|m| {
+                let id = m.get_str("_id").unwrap();
+                assert_eq!(m.get_str("settled"), m.get_str("status"), "{id} settled");
+                (journal_key(id), m.get_str("status").unwrap().to_owned())
+            })
+            .collect();
+        for collection in ["conversations", "stats"] {
+            for document in documents(&db, collection).await {
+                let Ok(journal) = document.get_document("journal") else {
+                    continue;
+                };
+                assert!(steps == 3 || journal.is_empty(), "{collection}: {journal}");
+                for (key, status) in journal {
+                    assert_eq!(
+                        Some(status.as_str().unwrap()),
+                        settled.get(key).map(String::as_str)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// MongoDB's round trips for a batch, a mark-read and the stats are the
+/// same whether the database is nearly empty or holds thousands of
+/// messages: no counts, no scans, one command per kind of write.
+#[tokio::test]
+async fn mongodb_round_trips_do_not_grow_with_the_data() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use mongodb::event::{EventHandler, command::CommandEvent};
+    use shared::domain::Message;
+    use shared::plan::Batch;
+
+    let commands = Arc::new(AtomicUsize::new(0));
+    let mut options = mongodb::options::ClientOptions::parse(test_support::mongodb_uri("x"))
+        .await
+        .unwrap();
+    let counted = commands.clone();
+    options.command_event_handler = Some(EventHandler::callback(move |event| {
+        if let CommandEvent::Started(_) = event {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    }));
+    let client = mongodb::Client::with_options(options).unwrap();
+    let at = |n: usize| DateTime::from_timestamp(1_754_000_000 + n as i64, 0).unwrap_or_default();
+    let inbound = |id: String, customer: usize, n: usize| {
+        let customer = format!("44{customer:08}");
+        let mut m = Message::outbound_text(id, &customer, customer.clone(), "hi".into(), at(n));
+        m.to = "1555".into();
+        m.direction = Direction::Inbound;
+        m.status = "received".into();
+        m.status_timestamps = BTreeMap::from([("received".to_owned(), at(n))]);
+        m
+    };
+    let mut costs = Vec::new();
+    for stored in [50, 3_000] {
+        let store = MongoStore::from_client(&client, &test_support::unique_name("trips"));
+        store.prepare().await.unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let processor = Processor::new(store.clone());
+        let messages: Vec<Message> = (0..stored)
+            .map(|n| inbound(format!("old.{n}"), n % 10, n))
+            .collect();
+        for chunk in messages.chunks(500) {
+            let batch = Batch {
+                messages: chunk.to_vec(),
+                ..Batch::default()
+            };
+            processor.process_batch(&batch).await.unwrap();
+        }
+        // Two conversations read, so marking one read again finds a few.
+        processor.mark_read("conv_4400000001", at(1)).await.unwrap();
+
+        let before = commands.load(Ordering::SeqCst);
+        let batch = Batch {
+            messages: (0..40)
+                .map(|n| inbound(format!("new.{n}"), n % 10, stored + n))
+                .collect(),
+            ..Batch::default()
+        };
+        let events = processor.process_batch(&batch).await.unwrap();
+        assert_eq!(events.len(), 40);
+        let for_batch = commands.load(Ordering::SeqCst) - before;
+
+        let before = commands.load(Ordering::SeqCst);
+        let read = processor.mark_read("conv_4400000002", at(2)).await.unwrap();
+        assert_eq!(read.len(), stored / 10 + 4, "all of its unread messages");
+        let for_mark_read = commands.load(Ordering::SeqCst) - before;
+
+        let before = commands.load(Ordering::SeqCst);
+        assert_eq!(
+            store.stats().await.unwrap().total_messages,
+            stored as i64 + 40
+        );
+        let for_stats = commands.load(Ordering::SeqCst) - before;
+        costs.push((for_batch, for_mark_read, for_stats));
+    }
+    assert_eq!(
+        costs[0], costs[1],
+        "round trips (batch, mark-read, stats) at 50 and 3,000 messages"
+    );
+    let (batch, mark_read, stats) = costs[0];
+    assert!(batch <= 12 && mark_read <= 10 && stats <= 2, "{costs:?}");
+}
+
+/// The sample files' messages with their statuses applied, and each
+/// conversation's summary, as version 1 of either store kept them.
+fn version_1_data() -> (Vec<shared::domain::Message>, Vec<Conversation>) {
+    use shared::plan::summary::{Last, Name};
+    let parsed: Vec<webhook::Parsed> = bodies(&test_support::sample_files())
+        .iter()
+        .map(|b| webhook::parse(b).unwrap())
+        .collect();
+    let mut messages: Vec<shared::domain::Message> =
+        parsed.iter().flat_map(|p| p.messages.clone()).collect();
+    messages.sort_by(|a, b| a.message_id.cmp(&b.message_id));
+    messages.dedup_by(|a, b| a.message_id == b.message_id);
+    for status in parsed.iter().flat_map(|p| &p.statuses) {
+        for m in messages
+            .iter_mut()
+            .filter(|m| m.message_id == status.message_id)
+        {
+            shared::plan::status::apply(m, status);
+        }
+    }
+    let mut summaries: BTreeMap<String, Conversation> = BTreeMap::new();
+    for m in &messages {
+        let in_it: Vec<_> = messages
+            .iter()
+            .filter(|o| o.conversation_id == m.conversation_id)
+            .collect();
+        let newest = in_it.iter().max_by_key(|o| Last::of(o).key).unwrap();
+        let last = Last::of(newest);
+        let name = in_it
+            .iter()
+            .filter_map(|o| Name::of(o))
+            .max_by(|a, b| a.key.cmp(&b.key))
+            .map_or_else(|| Name::fallback(&last.wa_id), |n| n.name);
+        summaries.insert(
+            m.conversation_id.clone(),
+            Conversation {
+                conversation_id: m.conversation_id.clone(),
+                user_name: name,
+                last_message_id: last.message_id,
+                last_message_body: last.body,
+                last_timestamp: last.timestamp,
+                last_message_status: last.status,
+                last_message_direction: last.direction,
+                message_count: in_it.len() as i64,
+                unread_count: in_it
+                    .iter()
+                    .filter(|o| o.direction == Direction::Inbound && o.status == "received")
+                    .count() as i64,
+                participants: last.participants,
+            },
+        );
+    }
+    (messages, summaries.into_values().collect())
+}
+
+/// After migrating, the store serves what version 1 did and keeps
+/// counting right.
+async fn migrated_store_keeps_counting(store: Arc<dyn Store>, before: &[Conversation]) {
+    let mut after = store.conversations(page(50)).await.unwrap();
+    after.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+    assert_eq!(after, before);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.total_messages, stats.total_conversations), (4, 2));
+    assert_counters_match_messages(&store).await;
+    let processor = Processor::new(store.clone());
+    let events = feed(&processor, &bodies(&test_support::sample_files())).await;
+    assert!(events.is_empty(), "nothing is new: {events:?}");
+    processor.mark_read(RAVI, Utc::now()).await.unwrap();
+    feed(&processor, &bodies(&test_support::all_webhook_files())).await;
+    assert_counters_match_messages(&store).await;
+}
+
+#[tokio::test]
+async fn an_older_sqlite_store_is_migrated_at_startup() {
+    let (messages, summaries) = version_1_data();
+    let path = std::env::temp_dir()
+        .join(test_support::unique_name("v1"))
+        .join("store.sqlite3");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "CREATE TABLE messages (id TEXT PRIMARY KEY, conversation_id TEXT NOT NULL, ts INTEGER NOT NULL,
+            direction TEXT NOT NULL, status TEXT NOT NULL, status_rank INTEGER NOT NULL, contact_name TEXT, doc TEXT NOT NULL);
+         CREATE INDEX messages_by_status_direction ON messages (status, direction);
+         CREATE TABLE conversations (id TEXT PRIMARY KEY, sort_key TEXT NOT NULL, doc TEXT NOT NULL);
+         CREATE TABLE conversation_counts (id TEXT PRIMARY KEY, messages INTEGER NOT NULL, unread INTEGER NOT NULL);
+         CREATE TABLE pending_statuses (key TEXT PRIMARY KEY, message_id TEXT NOT NULL, doc TEXT NOT NULL, parked_at INTEGER NOT NULL);
+         CREATE TABLE webhook_payloads (id TEXT PRIMARY KEY, body BLOB NOT NULL, received_at INTEGER NOT NULL);",
+    )
+    .unwrap();
+    for m in &messages {
+        db.execute(
+            "INSERT INTO messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![
+                m.message_id,
+                m.conversation_id,
+                m.timestamp.timestamp_millis(),
+                if m.direction == Direction::Inbound {
+                    "inbound"
+                } else {
+                    "outbound"
+                },
+                m.status,
+                shared::domain::status_rank(&m.status).unwrap(),
+                m.contact_name,
+                serde_json::to_string(m).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    for c in &summaries {
+        let key = shared::plan::summary::sort_key(c.last_timestamp, &c.last_message_id);
+        db.execute(
+            "INSERT INTO conversations VALUES (?1, ?2, ?3)",
+            rusqlite::params![c.conversation_id, key, serde_json::to_string(c).unwrap()],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO conversation_counts VALUES (?1, ?2, ?3)",
+            rusqlite::params![c.conversation_id, c.message_count, c.unread_count],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let store = SqliteStore::open(&path).unwrap();
+    store.prepare().await.unwrap();
+    store.prepare().await.unwrap();
+    migrated_store_keeps_counting(Arc::new(store), &summaries).await;
+}
+
+#[tokio::test]
+async fn an_older_mongodb_database_is_migrated_at_startup() {
+    use mongodb::bson::doc;
+    let (messages, summaries) = version_1_data();
+    let database = test_support::unique_name("v1");
+    let db = test_support::mongo_database(&database).await;
+    let documents: Vec<_> = messages
+        .iter()
+        .map(|m| shared::store::mongo::message_to_document(m).unwrap())
+        .collect();
+    db.collection("processed_messages")
+        .insert_many(documents)
+        .await
+        .unwrap();
+    for c in &summaries {
+        let key = shared::plan::summary::sort_key(c.last_timestamp, &c.last_message_id);
+        // Version 1's summary: counts recomputed (here left stale) and a revision.
+        db.collection("conversations")
+            .insert_one(doc! {
+                "_id": &c.conversation_id, "conversationId": &c.conversation_id,
+                "waId": c.conversation_id.trim_start_matches("conv_"), "userName": &c.user_name,
+                "participants": &c.participants, "lastMessageId": &c.last_message_id,
+                "lastMessageBody": &c.last_message_body,
+                "lastTimestamp": mongodb::bson::DateTime::from_millis(c.last_timestamp.timestamp_millis()),
+                "lastMessageStatus": &c.last_message_status,
+                "lastMessageDirection": if c.last_message_direction == Direction::Inbound { "inbound" } else { "outbound" },
+                "sortKey": key, "messageCount": 0_i64, "rev": 3_i64,
+            })
+            .await
+            .unwrap();
+    }
+    let store = MongoStore::connect(&test_support::mongodb_uri(&database), "tests")
+        .await
+        .unwrap();
+    store.prepare().await.unwrap();
+    store.prepare().await.unwrap();
+    let settled = test_support::count(
+        &db,
+        "processed_messages",
+        doc! {"settled": {"$exists": true}},
+    )
+    .await;
+    assert_eq!(settled, 4, "what version 1 stored counts as settled");
+    migrated_store_keeps_counting(Arc::new(store), &summaries).await;
+}

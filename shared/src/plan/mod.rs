@@ -4,10 +4,11 @@
 //! what the store already holds about them ([`Known`]), becomes one
 //! [`ChangeSet`]: messages to insert, status changes, counter and summary
 //! changes, and the events that announce them. Stores only read `Known` and
-//! apply change sets. Every change carries the guard it was planned under
-//! (a status rank, a summary's last message, a journal entry); a store
-//! refuses a change whose guard no longer holds, and the processor then
-//! reads and plans again. Races between replicas are the guards' job.
+//! apply change sets. A change carries the guard it was planned under (a
+//! status rank, a journal entry) and a store refuses one whose guard no
+//! longer holds: the processor then reads and plans again. What only moves
+//! forward (a summary's last message and name) is applied only if newer.
+//! Races between replicas are the guards' job.
 //!
 //! ## Counted once, even without transactions
 //! Where a change set cannot be applied in one transaction (MongoDB
@@ -73,7 +74,8 @@ pub enum Lookup {
         message_ids: Vec<String>,
         conversation_ids: Vec<String>,
     },
-    /// A conversation's inbound messages not read yet, and its summary.
+    /// A conversation's inbound messages counted as unread (not read, or
+    /// read by a change set not settled yet), and its summary.
     Unread { conversation_id: String },
 }
 
@@ -95,13 +97,15 @@ pub struct Stored {
     pub settled: Option<String>,
 }
 
-/// What a stored conversation summary's changes are guarded on.
+/// What a plan needs of a stored conversation summary: where its last
+/// message and name stand, and its journal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     pub last_key: String,
     pub last_message_id: String,
     pub last_status_rank: i32,
-    pub name_key: Option<String>,
+    /// Key of the message the name came from (`""`: none, the number shows).
+    pub name_key: String,
     pub journal: Journal,
 }
 
@@ -141,30 +145,33 @@ pub struct Update {
     pub errors_changed: bool,
 }
 
-/// A conversation summary's change.
+/// A conversation summary's change. Its last message, the last message's
+/// status and its name only ever move forward: each is applied only if it
+/// is newer than what is stored then, so concurrent writers need no
+/// coordination (an older one simply changes nothing).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConversationChange {
     pub conversation_id: String,
-    /// `None`: no summary is stored yet; this creates it (and is refused if
-    /// one appeared meanwhile).
-    pub expected: Option<SummaryGuard>,
+    /// No summary was stored: this creates it, with a last message and a
+    /// name (refused as a conflict if one appeared meanwhile).
+    pub create: bool,
     /// Added to the stored counters.
     pub counts: Counts,
     pub journal: Vec<Entry>,
-    /// A newer last message.
+    /// A last message, if newer than the stored one.
     pub last: Option<Last>,
-    /// The last message's new status (when the last message stays).
-    pub last_status: Option<(String, i32)>,
-    /// A newer name (always set when the summary is created).
+    /// A new status of a message, if it is the summary's last and the
+    /// status is further on.
+    pub last_status: Option<LastStatus>,
+    /// A name, if from a newer message than the stored name.
     pub name: Option<Name>,
 }
 
-/// The stored summary a change of its last message or name was planned
-/// from; `None` fields are not guarded (only counters change).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SummaryGuard {
-    pub last: Option<(String, i32)>,
-    pub name_key: Option<Option<String>>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastStatus {
+    pub message_id: String,
+    pub status: String,
+    pub rank: i32,
 }
 
 /// Counts added to one stats document.
@@ -274,7 +281,9 @@ struct ConversationPlan<'w> {
     candidates: Vec<&'w Message>,
     /// Every message whose counters change.
     members: Vec<&'w Message>,
-    last_status: Option<(String, i32)>,
+    /// Stored messages whose status moved since settled: the newest may
+    /// be the summary's last.
+    moved: Vec<&'w Message>,
 }
 
 struct Planner<'k> {
@@ -366,15 +375,6 @@ impl<'k> Planner<'k> {
             let conversation = conversations
                 .entry(message.conversation_id.as_str())
                 .or_default();
-            // The summary's last message changed status.
-            if let Some(summary) = summary
-                && summary.last_message_id == message.message_id
-            {
-                let rank = status_rank(target).unwrap_or(0);
-                if rank > summary.last_status_rank {
-                    conversation.last_status = Some((target.to_owned(), rank));
-                }
-            }
             if working.stored.is_some() && settled == Some(target) {
                 // Settled already; drop what a crash may have left in journals.
                 self.cleanup_leftovers(message, &key, summary);
@@ -385,6 +385,11 @@ impl<'k> Planner<'k> {
                 .extend(announce(message, working.stored.and(settled)));
             if working.stored.is_none() || settled.is_none() {
                 conversation.candidates.push(message);
+            }
+            if working.stored.is_some() {
+                // Its status moved since it was settled (maybe by a change
+                // set that stopped before the summary caught up).
+                conversation.moved.push(message);
             }
             conversation.members.push(message);
 
@@ -529,14 +534,14 @@ fn announce(message: &Message, since: Option<&str>) -> Vec<Event> {
     events
 }
 
-/// A conversation's summary change: counters, and a newer last message or
-/// name. `None` when nothing changes.
+/// A conversation's summary change: counters, and a newer last message,
+/// last status or name. `None` when nothing changes.
 fn summarise(
     id: &str,
     plan: ConversationPlan<'_>,
     stored: Option<&Summary>,
 ) -> Option<ConversationChange> {
-    let newest_of = |messages: &[&Message]| -> Option<Last> {
+    let newest = |messages: &[&'_ Message]| -> Option<Last> {
         messages
             .iter()
             .max_by_key(|m| summary::sort_key(m.timestamp, &m.message_id))
@@ -547,30 +552,37 @@ fn summarise(
         .iter()
         .filter_map(|m| Name::of(m))
         .max_by(|a, b| a.key.cmp(&b.key));
-    let last = match stored {
-        Some(s) => newest_of(&plan.candidates).filter(|last| last.key > s.last_key),
-        // A new summary shows its newest message, whatever brought it here.
-        None => newest_of(&plan.candidates).or_else(|| newest_of(&plan.members)),
-    };
-    let mut name =
-        named.filter(|n| stored.is_none_or(|s| s.name_key.as_ref().is_none_or(|k| n.key > *k)));
-    let last_status = plan.last_status.filter(|_| last.is_none());
-    let expected = match stored {
+    let (last, name) = match stored {
+        Some(s) => (
+            newest(&plan.candidates).filter(|last| last.key > s.last_key),
+            named.filter(|n| n.key > s.name_key),
+        ),
         None => {
-            // A new summary needs a last message and a name to show.
-            let last = last.as_ref()?;
-            name.get_or_insert_with(|| Name {
+            // A new summary shows its newest message, whatever brought it
+            // here, and a name.
+            let last = newest(&plan.candidates).or_else(|| newest(&plan.members))?;
+            let name = named.unwrap_or_else(|| Name {
                 name: Name::fallback(&last.wa_id),
                 key: String::new(),
             });
-            None
+            (Some(last), Some(name))
         }
-        Some(s) => Some(SummaryGuard {
-            last: (last.is_some() || last_status.is_some())
-                .then(|| (s.last_key.clone(), s.last_status_rank)),
-            name_key: name.is_some().then(|| s.name_key.clone()),
-        }),
     };
+    // Whether it is the last message is for the store to see (another
+    // writer may just have made it so); only the newest can be.
+    let last_status = newest(&plan.moved)
+        .filter(|moved| {
+            last.is_none()
+                && stored.is_none_or(|s| {
+                    moved.key > s.last_key
+                        || moved.key == s.last_key && moved.status_rank > s.last_status_rank
+                })
+        })
+        .map(|moved| LastStatus {
+            message_id: moved.message_id,
+            status: moved.status,
+            rank: moved.status_rank,
+        });
     let unchanged = stored.is_some()
         && plan.counts.is_zero()
         && plan.journal.is_empty()
@@ -579,7 +591,7 @@ fn summarise(
         && name.is_none();
     (!unchanged).then(|| ConversationChange {
         conversation_id: id.to_owned(),
-        expected,
+        create: stored.is_none(),
         counts: plan.counts,
         journal: plan.journal,
         last,

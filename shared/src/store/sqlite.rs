@@ -2,9 +2,9 @@
 //!
 //! Messages keep the API-shaped object as JSON next to the columns that
 //! queries filter and sort on; summaries and counters are plain rows. A
-//! change set is applied in one transaction (so nothing is ever half
-//! applied here: messages are always settled, journals always empty), with
-//! its guards checked inside it.
+//! change set is applied in one transaction, with its guards checked
+//! inside it, so nothing is ever half applied here: messages are always
+//! settled and journals always empty.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::plan::counts::Counts;
-use crate::plan::summary::{Last, Name};
+use crate::plan::summary::Last;
 use crate::plan::{
     ChangeSet, ConversationChange, Known, Lookup, PARKED_STATUS_TTL, Stored, Summary,
 };
@@ -103,7 +103,7 @@ struct SummaryRow {
     sort_key: String,
     last_message_id: String,
     last_status_rank: i32,
-    name_key: Option<String>,
+    name_key: String,
     user_name: String,
     last_body: String,
     last_ts: i64,
@@ -175,7 +175,7 @@ impl SummaryRow {
             sort_key: String::new(),
             last_message_id: String::new(),
             last_status_rank: 0,
-            name_key: None,
+            name_key: String::new(),
             user_name: String::new(),
             last_body: String::new(),
             last_ts: 0,
@@ -187,7 +187,7 @@ impl SummaryRow {
         }
     }
 
-    fn guard(&self) -> Summary {
+    fn summary(&self) -> Summary {
         Summary {
             last_key: self.sort_key.clone(),
             last_message_id: self.last_message_id.clone(),
@@ -229,42 +229,45 @@ impl SummaryRow {
     }
 }
 
-/// Applies a summary change whose guard still holds.
+/// Applies a summary change: counters always, the rest only if newer.
 fn apply_summary(t: &Transaction<'_>, change: &ConversationChange) -> Result<(), Error> {
     let stored = SummaryRow::load(t, &change.conversation_id)?;
-    let refused = || Error::conflict(format!("summary of {} changed", change.conversation_id));
-    let mut row = match (stored, &change.expected) {
-        (None, None) => {
+    let mut row = match (stored, change.create) {
+        (None, true) => {
             add_counter(t, CONVERSATIONS_COUNTER, 1)?;
             SummaryRow::empty(&change.conversation_id)
         }
-        (Some(row), Some(guard)) => {
-            let held =
-                guard.last.as_ref().is_none_or(|(key, rank)| {
-                    *key == row.sort_key && *rank == row.last_status_rank
-                }) && guard
-                    .name_key
-                    .as_ref()
-                    .is_none_or(|key| *key == row.name_key);
-            if !held {
-                return Err(refused());
-            }
-            row
+        (Some(row), false) => row,
+        (Some(_), true) => {
+            return Err(Error::conflict(format!(
+                "summary of {} created meanwhile",
+                change.conversation_id
+            )));
         }
-        _ => return Err(refused()),
+        (None, false) => {
+            return Err(Error::conflict(format!(
+                "summary of {} is gone",
+                change.conversation_id
+            )));
+        }
     };
     row.message_count += change.counts.messages;
     row.unread_count += change.counts.unread;
-    if let Some(last) = &change.last {
+    if let Some(last) = change.last.as_ref().filter(|l| l.key > row.sort_key) {
         row.set_last(last)?;
     }
-    if let Some((status, rank)) = &change.last_status {
-        row.last_status.clone_from(status);
-        row.last_status_rank = *rank;
+    if let Some(moved) = &change.last_status
+        && moved.message_id == row.last_message_id
+        && moved.rank > row.last_status_rank
+    {
+        row.last_status.clone_from(&moved.status);
+        row.last_status_rank = moved.rank;
     }
-    if let Some(Name { name, key }) = &change.name {
-        row.user_name.clone_from(name);
-        row.name_key = Some(key.clone()).filter(|k| !k.is_empty());
+    if let Some(name) = &change.name
+        && (change.create || name.key > row.name_key)
+    {
+        row.user_name.clone_from(&name.name);
+        row.name_key.clone_from(&name.key);
     }
     row.save(t)?;
     Ok(())
@@ -405,7 +408,7 @@ fn load_in(t: &Transaction<'_>, lookup: &Lookup) -> Result<Known, Error> {
     conversation_ids.dedup();
     for id in &conversation_ids {
         if let Some(row) = SummaryRow::load(t, id)? {
-            known.summaries.insert(id.clone(), row.guard());
+            known.summaries.insert(id.clone(), row.summary());
         }
     }
     // Applied in one transaction: every stored message is settled.
@@ -446,7 +449,7 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             sort_key TEXT NOT NULL,
             last_message_id TEXT NOT NULL,
             last_status_rank INTEGER NOT NULL,
-            name_key TEXT,
+            name_key TEXT NOT NULL,
             user_name TEXT NOT NULL,
             last_body TEXT NOT NULL,
             last_ts INTEGER NOT NULL,
@@ -519,7 +522,11 @@ fn migrate_from_v1(t: &Transaction<'_>) -> Result<(), Error> {
         SummaryRow {
             id: c.conversation_id.clone(),
             // A name shown came from the last message or an earlier one.
-            name_key: (!c.user_name.starts_with('+')).then(|| sort_key.clone()),
+            name_key: if c.user_name.starts_with('+') {
+                String::new()
+            } else {
+                sort_key.clone()
+            },
             sort_key,
             last_message_id: c.last_message_id,
             last_status_rank: status_rank(&c.last_message_status).unwrap_or(0),

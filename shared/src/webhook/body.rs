@@ -2,6 +2,9 @@
 
 use serde_json::Value;
 
+/// A reaction without an emoji: the customer took theirs back.
+pub const REACTION_REMOVED: &str = "[Reaction removed]";
+
 /// Text shown for a message in a chat list or bubble.
 pub fn readable_body(kind: &str, message: &Value) -> String {
     let content = message.get(kind).unwrap_or(&Value::Null);
@@ -28,7 +31,7 @@ pub fn readable_body(kind: &str, message: &Value) -> String {
             .or_else(|| text("payload"))
             .unwrap_or("[Button]")
             .to_owned(),
-        "reaction" => text("emoji").unwrap_or_default().to_owned(),
+        "reaction" => text("emoji").unwrap_or(REACTION_REMOVED).to_owned(),
         "order" => order_body(content),
         "system" => text("body").unwrap_or("[System message]").to_owned(),
         _ => "[Unsupported]".to_owned(),
@@ -154,7 +157,10 @@ mod tests {
                 "Stop",
             ),
             (json!({"type":"reaction","reaction":{"emoji":"👍"}}), "👍"),
-            (json!({"type":"reaction","reaction":{}}), ""),
+            (
+                json!({"type":"reaction","reaction":{}}),
+                "[Reaction removed]",
+            ),
             (
                 json!({"type":"order","order":{"product_items":[{},{}]}}),
                 "🛒 Order (2 items)",

@@ -359,6 +359,26 @@ impl SocketClient {
         )
     }
 
+    /// Whether a `newMessage` whose body starts with `prefix` arrives within
+    /// `timeout` (other events are skipped).
+    pub async fn saw_message_within(&mut self, prefix: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Ok(line) = tokio::time::timeout_at(deadline, self.lines.recv()).await else {
+                return false;
+            };
+            let line = line.expect("the Socket.IO client exited");
+            if line["type"] == "event"
+                && line["event"] == "newMessage"
+                && line["data"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with(prefix))
+            {
+                return true;
+            }
+        }
+    }
+
     /// Events until a `newMessage` whose body is `marker` (not included):
     /// send a marker message last to know everything before it arrived.
     pub async fn events_until_marker(&mut self, marker: &str) -> Vec<(String, serde_json::Value)> {

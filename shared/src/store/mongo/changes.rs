@@ -37,6 +37,8 @@ const DUPLICATE_KEY: i32 = 11000;
 /// Documents per insert command are cut at this size (a command must stay
 /// under MongoDB's 16 MB).
 const INSERT_BYTES: usize = 8 * 1024 * 1024;
+/// Documents a lookup reads in its first answer.
+const FIND_BATCH: u32 = 100_000;
 
 impl MongoStore {
     pub(super) async fn load_known(&self, lookup: &Lookup) -> StoreResult<Known> {
@@ -49,11 +51,13 @@ impl MongoStore {
                 (!message_ids.is_empty()).then(|| doc! {"messageId": {"$in": message_ids}}),
                 conversation_ids.clone(),
             ),
+            // Counted as unread: not read yet, or read by a change set that
+            // stopped before settling them.
             Lookup::Unread { conversation_id } => (
                 Some(doc! {
                     "conversationId": conversation_id,
+                    SETTLED: RECEIVED,
                     "direction": "inbound",
-                    "status": RECEIVED,
                 }),
                 None,
                 vec![conversation_id.clone()],
@@ -127,14 +131,18 @@ impl MongoStore {
     }
 
     pub(super) async fn apply_changes(&self, changes: &ChangeSet) -> StoreResult<()> {
-        let steps = steps(changes)?;
+        let mut steps = steps(changes)?;
+        let stop = self.take_stop();
+        let stopped = stop < steps.len();
+        steps.truncate(stop);
+        let crash = || Err(Error::transient("stopped half-way (simulated crash)"));
         if !self.transactions().await? {
             for step in &steps {
                 let results =
                     futures::future::join_all(step.iter().map(|w| self.write(w, None))).await;
                 first_failure(results)?;
             }
-            return Ok(());
+            return if stopped { crash() } else { Ok(()) };
         }
         let mut session = self
             .database()
@@ -156,10 +164,10 @@ impl MongoStore {
                 }
             }
         }
-        if outcome.is_err() {
+        if outcome.is_err() || stopped {
             // Nothing of it is kept; a failed abort changes nothing more.
             let _ = session.abort_transaction().await;
-            return outcome;
+            return if stopped { crash() } else { outcome };
         }
         commit(&mut session).await
     }
@@ -222,6 +230,8 @@ async fn find(
     collection
         .find(filter)
         .optional(projection, |find, p| find.projection(p))
+        // All in the first answer (up to 16 MB): one round trip.
+        .batch_size(FIND_BATCH)
         .await
         .map_err(store_error)?
         .try_collect()
@@ -347,14 +357,16 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
     }
 
     let mut second = Vec::new();
-    if !changes.conversations.is_empty() {
-        let statements = changes
-            .conversations
-            .iter()
-            .map(conversation_statement)
-            .collect::<Vec<_>>();
-        let n = statements.len() as i64;
-        second.push(update(CONVERSATIONS, statements, Expect::All(n)));
+    let (mut must, mut forward) = (Vec::new(), Vec::new());
+    for change in &changes.conversations {
+        conversation_statements(change, &mut must, &mut forward);
+    }
+    if !must.is_empty() {
+        let n = must.len() as i64;
+        second.push(update(CONVERSATIONS, must, Expect::All(n)));
+    }
+    if !forward.is_empty() {
+        second.push(update(CONVERSATIONS, forward, Expect::Anything));
     }
     if !changes.stats.is_empty() {
         let statements: Vec<Document> = changes.stats.iter().map(stats_statement).collect();
@@ -530,44 +542,55 @@ fn journal_parts(journal: &[Entry], filter: &mut Document, set: &mut Document) {
     }
 }
 
-fn conversation_statement(change: &ConversationChange) -> Document {
-    let mut filter = doc! {"_id": &change.conversation_id};
+/// A conversation's statements: counters and journal, or the whole new
+/// summary (must apply), and what only moves forward (applies if newer).
+fn conversation_statements(
+    change: &ConversationChange,
+    must: &mut Vec<Document>,
+    forward: &mut Vec<Document>,
+) {
+    let id = &change.conversation_id;
+    let mut filter = doc! {"_id": id};
     let mut set = doc! {"updatedAt": bson::DateTime::now()};
     journal_parts(&change.journal, &mut filter, &mut set);
-    match &change.expected {
-        // Created by this statement; refused (duplicate key) if another
-        // writer created it first.
-        None => {
-            filter.insert("sortKey", doc! {"$exists": false});
-            set.insert("conversationId", &change.conversation_id);
-        }
-        Some(guard) => {
-            if let Some((key, rank)) = &guard.last {
-                filter.insert("sortKey", key);
-                filter.insert("lastStatusRank", rank);
-            }
-            if let Some(name_key) = &guard.name_key {
-                filter.insert("nameKey", name_key.as_deref());
-            }
-        }
-    }
-    if let Some(last) = &change.last {
-        set.extend(last_fields(last));
-    }
-    if let Some((status, rank)) = &change.last_status {
-        set.insert("lastMessageStatus", status);
-        set.insert("lastStatusRank", rank);
-    }
-    if let Some(name) = &change.name {
-        set.extend(name_fields(name));
-    }
-    let mut update = doc! {"$set": set};
-    let counts = doc! {
+    let inc = doc! {
         "messageCount": change.counts.messages,
         "unreadCount": change.counts.unread,
     };
-    update.insert("$inc", counts);
-    doc! {"q": filter, "u": update, "upsert": change.expected.is_none()}
+    if change.create {
+        // Refused (duplicate key) if another writer created it first.
+        filter.insert("sortKey", doc! {"$exists": false});
+        set.insert("conversationId", id);
+        if let Some(last) = &change.last {
+            set.extend(last_fields(last));
+        }
+        if let Some(name) = &change.name {
+            set.extend(name_fields(name));
+        }
+        must.push(doc! {"q": filter, "u": {"$set": set, "$inc": inc}, "upsert": true});
+        return;
+    }
+    if !change.counts.is_zero() || !change.journal.is_empty() {
+        must.push(doc! {"q": filter, "u": {"$set": set, "$inc": inc}});
+    }
+    if let Some(last) = &change.last {
+        forward.push(doc! {
+            "q": {"_id": id, "sortKey": {"$lt": &last.key}},
+            "u": {"$set": last_fields(last)},
+        });
+    }
+    if let Some(name) = &change.name {
+        forward.push(doc! {
+            "q": {"_id": id, "nameKey": {"$lt": &name.key}},
+            "u": {"$set": name_fields(name)},
+        });
+    }
+    if let Some(moved) = &change.last_status {
+        forward.push(doc! {
+            "q": {"_id": id, "lastMessageId": &moved.message_id, "lastStatusRank": {"$lt": moved.rank}},
+            "u": {"$set": {"lastMessageStatus": &moved.status, "lastStatusRank": moved.rank}},
+        });
+    }
 }
 
 fn stats_statement(change: &StatsChange) -> Document {

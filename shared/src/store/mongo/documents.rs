@@ -70,8 +70,7 @@ pub fn last_fields(last: &Last) -> Document {
 
 /// The summary fields showing the customer's name.
 pub fn name_fields(name: &Name) -> Document {
-    let key = Some(name.key.as_str()).filter(|k| !k.is_empty());
-    doc! {"userName": &name.name, "nameKey": key}
+    doc! {"userName": &name.name, "nameKey": &name.key}
 }
 
 pub fn conversation_from_document(d: &Document) -> Conversation {
@@ -105,7 +104,7 @@ pub fn conversation_from_document(d: &Document) -> Conversation {
     }
 }
 
-/// What a summary's changes are guarded on.
+/// What a plan needs of a stored summary.
 pub fn summary_from_document(d: &Document) -> Summary {
     Summary {
         last_key: d.get_str("sortKey").unwrap_or_default().to_owned(),
@@ -115,7 +114,7 @@ pub fn summary_from_document(d: &Document) -> Summary {
             .and_then(integer)
             .and_then(|r| i32::try_from(r).ok())
             .unwrap_or(0),
-        name_key: d.get_str("nameKey").ok().map(str::to_owned),
+        name_key: d.get_str("nameKey").unwrap_or_default().to_owned(),
         journal: journal_from_document(d),
     }
 }

@@ -61,6 +61,8 @@ pub async fn to_current(db: &Database) -> StoreResult<()> {
         recount_conversations(db).await?;
         recount_stats(db).await?;
     }
+    // Version 1 found unread messages by status; now by what was counted.
+    let _ = messages.drop_index("conversationId_1_status_1").await;
     db.collection::<Document>(META)
         .update_one(doc! {"_id": SCHEMA}, doc! {"$set": {"version": CURRENT}})
         .upsert(true)
@@ -139,7 +141,7 @@ async fn recount_conversations(db: &Database) -> StoreResult<()> {
                         "messageCount": totals.get(id).copied().unwrap_or(0),
                         "unreadCount": unread.get(id).copied().unwrap_or(0),
                         "lastStatusRank": rank,
-                        "nameKey": named.then_some(sort_key),
+                        "nameKey": if named { sort_key } else { "" },
                     },
                     "$unset": {"rev": ""},
                 },

@@ -52,6 +52,9 @@ pub struct MongoStore {
     transactions: std::sync::Arc<OnceCell<bool>>,
     /// Set once the data is known to be in the current schema.
     current: std::sync::Arc<OnceCell<()>>,
+    /// Tests: the next change set stops after this many steps, as if the
+    /// process died there.
+    stop_after: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl MongoStore {
@@ -73,11 +76,30 @@ impl MongoStore {
             .clone()
             .unwrap_or_else(|| "whatsapp_clone".to_owned());
         let client = Client::with_options(options).map_err(store_error)?;
-        Ok(Self {
-            db: client.database(&database),
+        Ok(Self::from_client(&client, &database))
+    }
+
+    /// A store on a client configured elsewhere (tests watch its commands).
+    pub fn from_client(client: &Client, database: &str) -> Self {
+        Self {
+            db: client.database(database),
             transactions: Default::default(),
             current: Default::default(),
-        })
+            stop_after: std::sync::Arc::new(usize::MAX.into()),
+        }
+    }
+
+    /// Makes the next change set stop after `steps` of its write steps and
+    /// fail, as a crash there would (for tests of what a retry finishes).
+    #[doc(hidden)]
+    pub fn stop_next_change_set_after(&self, steps: usize) {
+        self.stop_after
+            .store(steps, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn take_stop(&self) -> usize {
+        self.stop_after
+            .swap(usize::MAX, std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn database(&self) -> &Database {
@@ -145,9 +167,9 @@ impl MongoStore {
                 IndexModel::builder()
                     .keys(doc! {"conversationId": 1, "timestamp": -1, "messageId": -1})
                     .build(),
-                // Its unread messages, when it is marked read.
+                // Its messages counted as unread, when it is marked read.
                 IndexModel::builder()
-                    .keys(doc! {"conversationId": 1, "status": 1})
+                    .keys(doc! {"conversationId": 1, documents::SETTLED: 1})
                     .build(),
             ])
             .await
