@@ -86,7 +86,10 @@ impl Worker {
         if pending.is_empty() {
             return;
         }
-        match self.processor.process(items).await {
+        let processed = self
+            .keeping_alive(&pending, self.processor.process(items))
+            .await;
+        match processed {
             Ok(events) => self.finish(&pending, &events).await,
             Err(e) if e.kind == ErrorKind::Rejected && pending.len() > 1 => {
                 tracing::warn!(error = %e, "batch refused; retrying its payloads one by one");
@@ -105,6 +108,30 @@ impl Worker {
                 tracing::warn!(error = %e, payloads = pending.len(), "batch failed; will be redelivered");
                 for delivery in &pending {
                     self.retry_later(delivery, &e).await;
+                }
+            }
+        }
+    }
+
+    /// Runs `work`, telling the queue now and then that `deliveries` are
+    /// still being worked on, so a slow batch is not handed to another
+    /// replica meanwhile (which would then process the same payloads).
+    async fn keeping_alive<T>(
+        &self,
+        deliveries: &[Delivery],
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let every = (self.queue.redelivered_after() / 3).max(Duration::from_millis(100));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = ticks.tick() => {
+                    let told = futures::future::join_all(deliveries.iter().map(|d| d.in_progress())).await;
+                    if let Some(e) = told.into_iter().find_map(Result::err) {
+                        tracing::warn!(error = %e, "could not extend the payloads' deadline");
+                    }
                 }
             }
         }

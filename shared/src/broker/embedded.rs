@@ -196,6 +196,10 @@ impl Queue for EmbeddedQueue {
             .await
             .map_err(|e| e.message)
     }
+
+    fn redelivered_after(&self) -> Duration {
+        LEASE
+    }
 }
 
 struct EmbeddedSettle {
@@ -212,6 +216,21 @@ impl Settle for EmbeddedSettle {
             .transaction(move |t| -> rusqlite::Result<_> {
                 t.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
                     .execute([seq])
+                    .map(drop)
+            })
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.message))
+    }
+
+    async fn in_progress(&self) -> Result<(), BrokerError> {
+        let (seq, until) = (
+            self.seq,
+            Utc::now().timestamp_millis() + LEASE.as_millis() as i64,
+        );
+        self.db
+            .transaction(move |t| -> rusqlite::Result<_> {
+                t.prepare_cached("UPDATE queue SET leased_until = ?2 WHERE seq = ?1")?
+                    .execute(params![seq, until])
                     .map(drop)
             })
             .await

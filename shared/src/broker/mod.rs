@@ -62,6 +62,10 @@ pub trait Queue: Send + Sync + 'static {
 
     /// `Err` says why payloads can't flow now.
     async fn ready(&self) -> Result<(), String>;
+
+    /// How long a delivered payload may go unsettled before it is handed
+    /// out again (a consumer still working on it says so sooner).
+    fn redelivered_after(&self) -> Duration;
 }
 
 #[async_trait]
@@ -97,6 +101,7 @@ pub struct Delivery {
 #[async_trait]
 pub(crate) trait Settle: Send + Sync {
     async fn ack(&self) -> Result<(), BrokerError>;
+    async fn in_progress(&self) -> Result<(), BrokerError>;
     async fn retry_after(&self, delay: Duration) -> Result<(), BrokerError>;
     async fn dead_letter(&self, body: &Bytes, reason: &str) -> Result<(), BrokerError>;
 }
@@ -105,6 +110,11 @@ impl Delivery {
     /// Done: never delivered again.
     pub async fn ack(&self) -> Result<(), BrokerError> {
         self.handle.ack().await
+    }
+
+    /// Still being worked on: not to be handed out again yet.
+    pub async fn in_progress(&self) -> Result<(), BrokerError> {
+        self.handle.in_progress().await
     }
 
     /// Deliver again after `delay`.

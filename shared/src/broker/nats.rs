@@ -334,6 +334,10 @@ impl Queue for NatsBroker {
             other => Err(format!("NATS is {other}")),
         }
     }
+
+    fn redelivered_after(&self) -> Duration {
+        self.ack_wait
+    }
 }
 
 #[async_trait]
@@ -382,6 +386,13 @@ impl Settle for NatsSettle {
     async fn ack(&self) -> Result<(), BrokerError> {
         self.message
             .ack()
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+    }
+
+    async fn in_progress(&self) -> Result<(), BrokerError> {
+        self.message
+            .ack_with(AckKind::Progress)
             .await
             .map_err(|e| BrokerError::Unavailable(e.to_string()))
     }

@@ -87,6 +87,11 @@ pub struct Known {
     pub parked: Vec<StatusChange>,
     pub summaries: HashMap<String, Summary>,
     pub stats_journals: BTreeMap<u32, Journal>,
+    /// The store applies a change set at once (one transaction): its
+    /// stats can go to one document. Otherwise each message is counted in
+    /// a document of its own choosing, so that two writers counting the
+    /// same message meet on the same journal.
+    pub atomic: bool,
 }
 
 /// A stored message and the status its counters and events were settled
@@ -240,7 +245,7 @@ pub fn plan_batch(batch: &Batch, known: &Known) -> ChangeSet {
         planner.apply_status(change, was_parked);
     }
     let seed = batch.payloads.first().map_or("", |p| p.id.as_str());
-    planner.finish(batch.payloads.clone(), stats_shard(seed))
+    planner.finish(batch.payloads.clone(), seed)
 }
 
 /// Plans the business reading a conversation: its unread inbound messages
@@ -254,7 +259,7 @@ pub fn plan_mark_read(conversation_id: &str, at: DateTime<Utc>, known: &Known) -
             working.new_times.insert("read".to_owned());
         }
     }
-    planner.finish(Vec::new(), stats_shard(conversation_id))
+    planner.finish(Vec::new(), conversation_id)
 }
 
 /// A message as the plan goes: stored or new, and what changed.
@@ -347,7 +352,8 @@ impl<'k> Planner<'k> {
         }
     }
 
-    fn finish(mut self, payloads: Vec<RawPayload>, shard: u32) -> ChangeSet {
+    /// `seed` picks the stats document of an atomic change set.
+    fn finish(mut self, payloads: Vec<RawPayload>, seed: &str) -> ChangeSet {
         self.changes.payloads = payloads;
         let known = self.known;
         let work = std::mem::take(&mut self.work);
@@ -410,11 +416,16 @@ impl<'k> Planner<'k> {
             );
 
             // The deployment's counters: wherever a crash left this message.
+            let fresh = stats_shard(if known.atomic {
+                seed
+            } else {
+                &message.message_id
+            });
             let (shard, entry) = known
                 .stats_journals
                 .iter()
                 .find_map(|(shard, journal)| journal.get(&key).map(|e| (*shard, Some(e))))
-                .unwrap_or((shard, None));
+                .unwrap_or((fresh, None));
             let from = entry.map(String::as_str).or(settled);
             let change = Counts::change(message.direction, from, target);
             let (counts, journal) = stats.entry(shard).or_default();

@@ -426,3 +426,41 @@ fn a_counted_but_unsettled_message_that_moves_on_is_counted_from_where_its_journ
     assert_eq!(stats_total(&changes).by_status["read"], 1);
     assert_eq!(statuses_announced(&changes), [("a".into(), "read".into())]);
 }
+
+#[test]
+fn stats_go_to_one_document_only_when_the_change_set_is_applied_at_once() {
+    let messages: Vec<Message> = (0..20)
+        .map(|n| inbound(&format!("m{n}"), "4477", n, None))
+        .collect();
+    let shard_of: BTreeMap<String, u32> = messages
+        .iter()
+        .map(|m| {
+            (
+                counts::journal_key(&m.message_id),
+                stats_shard(&m.message_id),
+            )
+        })
+        .collect();
+    let b = batch(messages, vec![]);
+    // In steps: each message in its own document, so two writers counting
+    // the same message meet on the same journal.
+    let in_steps = plan_batch(&b, &Known::default());
+    assert!(in_steps.stats.len() > 1);
+    for change in &in_steps.stats {
+        assert!(
+            change
+                .journal
+                .iter()
+                .all(|e| shard_of[&e.key] == change.shard)
+        );
+    }
+    let at_once = plan_batch(
+        &b,
+        &Known {
+            atomic: true,
+            ..Known::default()
+        },
+    );
+    assert_eq!(at_once.stats.len(), 1);
+    assert_eq!(at_once.stats[0].counts.messages, 20);
+}

@@ -372,7 +372,10 @@ fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
 }
 
 fn load_in(t: &Transaction<'_>, lookup: &Lookup) -> Result<Known, Error> {
-    let mut known = Known::default();
+    let mut known = Known {
+        atomic: true,
+        ..Known::default()
+    };
     let (messages, mut conversation_ids): (Vec<Message>, Vec<String>) = match lookup {
         Lookup::Items {
             message_ids,

@@ -4,11 +4,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use mongodb::bson::doc;
 
+use shared::store::Store;
+use shared::store::mongo::MongoStore;
+
 use crate::helpers::{Pipeline, spawn_gateway_only};
 
-const CUSTOMERS: usize = 30;
-const PAYLOADS: usize = 300;
-const MESSAGES_PER_PAYLOAD: usize = 10;
+// 10,000 messages in 200 conversations, 25 per webhook.
+const CUSTOMERS: usize = 200;
+const PAYLOADS: usize = 400;
+const MESSAGES_PER_PAYLOAD: usize = 25;
 
 /// A processor replica in its own OS process, so it can be SIGKILLed.
 struct Replica(test_support::KillOnDrop);
@@ -57,10 +61,10 @@ fn payload(n: usize) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilling_a_replica_mid_ingest_loses_and_duplicates_nothing() {
+async fn sigkilling_processors_mid_ingest_loses_duplicates_and_miscounts_nothing() {
     let p = spawn_gateway_only().await;
     let a = Replica::start(&p);
-    let _b = Replica::start(&p);
+    let b = Replica::start(&p);
 
     let ingest = {
         let (http, gateway) = (p.http.clone(), p.gateway.clone());
@@ -94,35 +98,56 @@ async fn sigkilling_a_replica_mid_ingest_loses_and_duplicates_nothing() {
         })
     };
 
+    // Each replica is killed once while it works, and replaced.
     let total = (PAYLOADS * MESSAGES_PER_PAYLOAD) as u64;
-    test_support::wait_until(
-        "some messages to be stored",
-        Duration::from_secs(120),
-        || async { test_support::count(&p.db, "processed_messages", doc! {}).await >= total / 5 },
-    )
-    .await;
+    let stored = || test_support::count(&p.db, "processed_messages", doc! {});
+    let at_least = |n: u64| async move {
+        test_support::wait_until(
+            "messages to be stored",
+            Duration::from_secs(120),
+            || async { stored().await >= n },
+        )
+        .await;
+    };
+    at_least(total / 5).await;
     a.kill();
-    ingest.await.unwrap();
     let _a = Replica::start(&p);
+    at_least(total / 2).await;
+    b.kill();
+    let _b = Replica::start(&p);
+    ingest.await.unwrap();
     p.drained().await;
 
-    assert_eq!(
-        test_support::count(&p.db, "processed_messages", doc! {}).await,
-        total
-    );
+    assert_eq!(stored().await, total, "every message stored once");
     let per_customer = (PAYLOADS / CUSTOMERS * MESSAGES_PER_PAYLOAD) as i64;
     for k in 0..CUSTOMERS {
         let c = p.conversation(&format!("conv_7000000{k:05}")).await;
         assert_eq!(
-            test_support::int(&c, "messageCount"),
-            per_customer,
-            "conversation {k}"
-        );
-        assert_eq!(
-            test_support::int(&c, "unreadCount"),
-            per_customer,
+            (
+                test_support::int(&c, "messageCount"),
+                test_support::int(&c, "unreadCount")
+            ),
+            (per_customer, per_customer),
             "conversation {k}"
         );
         assert_eq!(c.get_str("userName").unwrap(), format!("Customer {k}"));
     }
+    let store = MongoStore::connect(&test_support::mongodb_uri(&p.database), "tests")
+        .await
+        .unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (
+            stats.total_messages,
+            stats.inbound,
+            stats.status_breakdown["received"],
+            stats.total_conversations
+        ),
+        (total as i64, total as i64, total as i64, CUSTOMERS as i64)
+    );
+    assert_eq!(
+        test_support::count(&p.db, "processed_messages", doc! {"settled": "received"}).await,
+        total,
+        "every message settled"
+    );
 }

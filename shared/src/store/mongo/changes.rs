@@ -73,7 +73,10 @@ impl MongoStore {
                 Some(doc! {JOURNAL: 1})
             ),
         )?;
-        let mut known = Known::default();
+        let mut known = Known {
+            atomic: self.transactions().await?,
+            ..Known::default()
+        };
         for document in messages {
             let settled = document.get_str(SETTLED).ok().map(str::to_owned);
             let message = message_from_document(document)?;
