@@ -10,6 +10,7 @@
 
 # Pinned so that a new release cannot change test behaviour unannounced.
 NX27017_SPEC="nx-27017==0.8.1"
+PYMONGO_SPEC="pymongo==4.20.1"
 VENV="$ROOT/.test-env/venv"   # .test-env is gitignored
 
 log() { echo "==> $*"; }
@@ -35,6 +36,19 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" || rc=$?
     [ -n "$had_policy" ] || rm -f "$policy"
     return "$rc"
+}
+
+# The private Python environment (.test-env/venv) for the MongoDB tools.
+make_venv() {
+    [ -x "$VENV/bin/pip" ] && return 0
+    if ! python3 -m venv "$VENV" >"$TMP/venv.log" 2>&1; then
+        # Debian's python3 lacks ensurepip unless python3-venv is installed.
+        rm -rf "$VENV"
+        is_root || { cat "$TMP/venv.log" >&2; die "python3 -m venv failed; install python3-venv"; }
+        log "installing python3-venv (apt)"
+        apt_install python3-venv || die "apt-get install python3-venv failed"
+        python3 -m venv "$VENV" || die "python3 -m venv failed even with python3-venv"
+    fi
 }
 
 # --- cleanup: stop whatever this script started -----------------------------
@@ -142,27 +156,51 @@ if [ -n "${TEST_MONGODB_URI:-}" ]; then
 elif command -v mongod >/dev/null 2>&1; then
     MONGO_PORT="$(free_port)"
     mkdir -p "$TMP/mongo"
-    log "starting mongod on port $MONGO_PORT"
+    log "starting mongod (single-node replica set rs0) on port $MONGO_PORT"
+    # A replica set, not a standalone: the processor writes each batch in a
+    # transaction, which MongoDB allows only on a replica set member.
     # Kept in the foreground of its own background job (no --fork) so that
     # we know its pid and can stop it.
-    mongod --dbpath "$TMP/mongo" --port "$MONGO_PORT" --bind_ip 127.0.0.1 \
+    mongod --replSet rs0 --dbpath "$TMP/mongo" --port "$MONGO_PORT" --bind_ip 127.0.0.1 \
         --logpath "$TMP/mongo.log" </dev/null >/dev/null 2>&1 &
     PIDS+=("$!")
     MONGO_PID=$!
     MONGO_LOGS=("$TMP/mongo.log")
+    wait_port "mongod" "$MONGO_PORT" "$MONGO_PID" "${MONGO_LOGS[@]}"
+    # Initiate the set, with this member named 127.0.0.1:<port>: the very
+    # address of TEST_MONGODB_URI (below), so the driver, which discovers the
+    # set from that host alone, keeps using it. Then wait until it is PRIMARY.
+    # With pymongo (PyPI) in the private virtualenv: not every MongoDB
+    # install has mongosh.
+    make_venv
+    "$VENV/bin/python" -c 'import pymongo' 2>/dev/null \
+        || "$VENV/bin/pip" install -q --disable-pip-version-check "$PYMONGO_SPEC" \
+        || die "pip install $PYMONGO_SPEC failed"
+    "$VENV/bin/python" - "$MONGO_PORT" <<'PY' || { tail -n 30 "${MONGO_LOGS[@]}" >&2 || true; die "could not make mongod on port $MONGO_PORT a replica set PRIMARY (see above)"; }
+import sys, time
+import pymongo
+from pymongo.errors import OperationFailure
+
+port = sys.argv[1]
+client = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true")
+try:
+    client.admin.command("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]})
+except OperationFailure as e:
+    if e.code != 23:  # AlreadyInitialized
+        raise
+deadline = time.monotonic() + 30
+while not client.admin.command("hello").get("isWritablePrimary"):
+    if time.monotonic() > deadline:
+        sys.exit("mongod did not become PRIMARY within 30 s")
+    time.sleep(0.2)
+print(f"==> mongod is the PRIMARY of replica set rs0 (member 127.0.0.1:{port})")
+PY
 else
     # No mongod (Debian does not package it): use nx-27017, a MongoDB wire
     # protocol server on SQLite, from PyPI in a private virtualenv.
     if [ ! -x "$VENV/bin/nx-27017" ]; then
         log "installing $NX27017_SPEC into .test-env/venv"
-        if ! python3 -m venv "$VENV" >"$TMP/venv.log" 2>&1; then
-            # Debian's python3 lacks ensurepip unless python3-venv is installed.
-            rm -rf "$VENV"
-            is_root || { cat "$TMP/venv.log" >&2; die "python3 -m venv failed; install python3-venv"; }
-            log "installing python3-venv (apt)"
-            apt_install python3-venv || die "apt-get install python3-venv failed"
-            python3 -m venv "$VENV" || die "python3 -m venv failed even with python3-venv"
-        fi
+        make_venv
         "$VENV/bin/pip" install -q --disable-pip-version-check "$NX27017_SPEC" \
             || die "pip install $NX27017_SPEC failed"
     fi
