@@ -90,26 +90,10 @@ async fn settle_all(db: &Database) -> StoreResult<()> {
 /// summary changes on.
 async fn recount_conversations(db: &Database) -> StoreResult<()> {
     let per_conversation = |filter: Document| async move {
-        let groups: Vec<Document> = db
-            .collection::<Document>(MESSAGES)
-            .aggregate([
-                doc! {"$match": filter},
-                doc! {"$group": {"_id": "$conversationId", "n": {"$sum": 1}}},
-            ])
-            .await
-            .map_err(store_error)?
-            .try_collect()
-            .await
-            .map_err(store_error)?;
+        let groups = count_messages(db, filter, "$conversationId").await?;
         StoreResult::Ok(
             groups
                 .into_iter()
-                .filter_map(|g| {
-                    Some((
-                        g.get_str("_id").ok()?.to_owned(),
-                        g.get("n").and_then(integer)?,
-                    ))
-                })
                 .collect::<std::collections::HashMap<_, _>>(),
         )
     };
@@ -157,23 +141,8 @@ async fn recount_stats(db: &Database) -> StoreResult<()> {
     let mut totals = Counts::default();
     for direction in [Direction::Inbound, Direction::Outbound] {
         let name = super::documents::direction_name(direction);
-        let groups: Vec<Document> = db
-            .collection::<Document>(MESSAGES)
-            .aggregate([
-                doc! {"$match": {"direction": name}},
-                doc! {"$group": {"_id": "$status", "n": {"$sum": 1}}},
-            ])
-            .await
-            .map_err(store_error)?
-            .try_collect()
-            .await
-            .map_err(store_error)?;
-        for group in groups {
-            let (Ok(status), Some(n)) = (group.get_str("_id"), group.get("n").and_then(integer))
-            else {
-                continue;
-            };
-            for (field, one) in Counts::of(direction, status).fields() {
+        for (status, n) in count_messages(db, doc! {"direction": name}, "$status").await? {
+            for (field, one) in Counts::of(direction, &status).fields() {
                 totals.add_field(&field, one * n);
             }
         }
@@ -191,4 +160,32 @@ async fn recount_stats(db: &Database) -> StoreResult<()> {
         .await
         .map_err(store_error)?;
     Ok(())
+}
+
+/// Messages matching `filter`, counted by the value of `key` (a `$field`).
+async fn count_messages(
+    db: &Database,
+    filter: Document,
+    key: &str,
+) -> StoreResult<Vec<(String, i64)>> {
+    let groups: Vec<Document> = db
+        .collection::<Document>(MESSAGES)
+        .aggregate([
+            doc! {"$match": filter},
+            doc! {"$group": {"_id": key, "n": {"$sum": 1}}},
+        ])
+        .await
+        .map_err(store_error)?
+        .try_collect()
+        .await
+        .map_err(store_error)?;
+    Ok(groups
+        .iter()
+        .filter_map(|g| {
+            Some((
+                g.get_str("_id").ok()?.to_owned(),
+                g.get("n").and_then(integer)?,
+            ))
+        })
+        .collect())
 }
