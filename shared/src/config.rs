@@ -55,7 +55,7 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerConfig {
     /// Most payloads stored in one round of writes.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 256)]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 1024)]
     pub batch_size: usize,
     /// Most bytes of payloads held and stored in one round of writes.
     #[arg(long, env = "BATCH_BYTES", default_value_t = 16 * 1024 * 1024)]

@@ -88,9 +88,10 @@ pub struct Known {
     pub summaries: HashMap<String, Summary>,
     pub stats_journals: BTreeMap<u32, Journal>,
     /// The store applies a change set at once (one transaction): its
-    /// stats can go to one document. Otherwise each message is counted in
-    /// a document of its own choosing, so that two writers counting the
-    /// same message meet on the same journal.
+    /// stats go to one of the stats documents, picked per change set so
+    /// that concurrent transactions rarely write the same one. Otherwise
+    /// each message is counted in a document picked by its id, so that
+    /// two writers counting the same message meet on its journal.
     pub atomic: bool,
 }
 
@@ -194,6 +195,8 @@ pub struct Entry {
     pub key: String,
     pub expected: Option<String>,
     pub status: String,
+    /// The counter change it comes with (part of the document's `counts`).
+    pub counts: Counts,
 }
 
 /// Which counter document a journal entry is in.
@@ -409,9 +412,9 @@ impl<'k> Planner<'k> {
                 entry,
                 change,
                 target,
-                |counts, journal_entry| {
-                    conversation.counts.add(counts);
-                    conversation.journal.push(journal_entry);
+                |entry| {
+                    conversation.counts.add(&entry.counts);
+                    conversation.journal.push(entry);
                 },
             );
 
@@ -435,9 +438,9 @@ impl<'k> Planner<'k> {
                 entry,
                 change,
                 target,
-                |change, journal_entry| {
-                    counts.add(change);
-                    journal.push(journal_entry);
+                |entry| {
+                    counts.add(&entry.counts);
+                    journal.push(entry);
                 },
             );
 
@@ -472,7 +475,7 @@ impl<'k> Planner<'k> {
         entry: Option<&String>,
         change: Counts,
         target: &str,
-        add: impl FnOnce(&Counts, Entry),
+        add: impl FnOnce(Entry),
     ) {
         if entry.is_some_and(|e| e == target) {
             // Counted as `target` here already, by a change set that crashed.
@@ -482,14 +485,12 @@ impl<'k> Planner<'k> {
         if change.is_zero() && entry.is_none() {
             return;
         }
-        add(
-            &change,
-            Entry {
-                key: key.to_owned(),
-                expected: entry.cloned(),
-                status: target.to_owned(),
-            },
-        );
+        add(Entry {
+            key: key.to_owned(),
+            expected: entry.cloned(),
+            status: target.to_owned(),
+            counts: change,
+        });
         self.cleanup(counter, key, target);
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::domain::{Direction, Message, RECEIVED, StatusChange};
+use crate::domain::{Direction, Message, RECEIVED, RawPayload, StatusChange};
 
 fn at(seconds: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(seconds, 0).unwrap_or_default()
@@ -428,7 +428,7 @@ fn a_counted_but_unsettled_message_that_moves_on_is_counted_from_where_its_journ
 }
 
 #[test]
-fn stats_go_to_one_document_only_when_the_change_set_is_applied_at_once() {
+fn stats_documents_are_picked_per_message_unless_the_change_set_is_applied_at_once() {
     let messages: Vec<Message> = (0..20)
         .map(|n| inbound(&format!("m{n}"), "4477", n, None))
         .collect();
@@ -441,9 +441,14 @@ fn stats_go_to_one_document_only_when_the_change_set_is_applied_at_once() {
             )
         })
         .collect();
-    let b = batch(messages, vec![]);
-    // In steps: each message in its own document, so two writers counting
-    // the same message meet on the same journal.
+    let mut b = batch(messages, vec![]);
+    b.payloads.push(RawPayload {
+        id: "payload".into(),
+        body: Default::default(),
+        received_at: at(0),
+    });
+    // In steps: each message in a document picked by its id, so that two
+    // writers counting the same message meet on its journal.
     let in_steps = plan_batch(&b, &Known::default());
     assert!(in_steps.stats.len() > 1);
     for change in &in_steps.stats {
@@ -454,6 +459,7 @@ fn stats_go_to_one_document_only_when_the_change_set_is_applied_at_once() {
                 .all(|e| shard_of[&e.key] == change.shard)
         );
     }
+    // At once: one document for the change set.
     let at_once = plan_batch(
         &b,
         &Known {
@@ -462,5 +468,6 @@ fn stats_go_to_one_document_only_when_the_change_set_is_applied_at_once() {
         },
     );
     assert_eq!(at_once.stats.len(), 1);
+    assert_eq!(at_once.stats[0].shard, stats_shard("payload"));
     assert_eq!(at_once.stats[0].counts.messages, 20);
 }

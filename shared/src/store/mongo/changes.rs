@@ -27,6 +27,7 @@ use super::documents::{
 use super::{CONVERSATIONS, MESSAGES, MongoStore, PAYLOADS, PENDING_STATUSES, STATS, stats_id};
 use crate::domain::{RECEIVED, StatusChange};
 use crate::error::Error;
+use crate::plan::counts::Counts;
 use crate::plan::status::parked_key;
 use crate::plan::{
     ChangeSet, ConversationChange, Counter, Entry, Known, Lookup, StatsChange, Stored, Update,
@@ -145,7 +146,10 @@ impl MongoStore {
                     futures::future::join_all(step.iter().map(|w| self.write(w, None))).await;
                 first_failure(results)?;
             }
-            return if stopped { crash() } else { Ok(()) };
+            if stopped {
+                return crash();
+            }
+            return self.journaled().await;
         }
         let mut session = self
             .database()
@@ -179,8 +183,10 @@ impl MongoStore {
     async fn write(&self, write: &Write, session: Option<&mut ClientSession>) -> StoreResult<()> {
         let mut command = write.command.clone();
         if session.is_none() {
-            // Inside a transaction the commit carries the write concern.
-            command.insert("writeConcern", durable_document());
+            // A standalone server (no transactions): acknowledged by it;
+            // `journaled` follows. (Inside a transaction the commit
+            // carries the write concern.)
+            command.insert("writeConcern", doc! {"w": 1});
         }
         let run = self.database().run_command(command);
         let answer = match session {
@@ -201,8 +207,27 @@ pub fn durable() -> mongodb::options::WriteConcern {
         .build()
 }
 
-fn durable_document() -> Document {
-    doc! {"w": "majority", "j": true}
+impl MongoStore {
+    /// On a standalone server, waits until the journal holds every write
+    /// made so far: one journaled write, acknowledged only once the
+    /// journal (a single log) is on disk up to it. Cheaper than a journaled
+    /// acknowledgement of every command.
+    async fn journaled(&self) -> StoreResult<()> {
+        let answer = self
+            .database()
+            .run_command(doc! {
+                "update": super::META,
+                "updates": [{"q": {"_id": "journal"}, "u": {"$inc": {"writes": 1_i64}}, "upsert": true}],
+                "writeConcern": {"w": 1, "j": true},
+            })
+            .await
+            .map_err(store_error)?;
+        Write {
+            command: Document::new(),
+            expect: Expect::All(1),
+        }
+        .check(&answer)
+    }
 }
 
 /// Commits, retrying while the outcome is unknown (the driver's advice).
@@ -366,13 +391,17 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
     }
     if !must.is_empty() {
         let n = must.len() as i64;
-        second.push(update(CONVERSATIONS, must, Expect::All(n)));
+        // In order: a summary's creation before its further counters.
+        second.push(Write {
+            command: doc! {"update": CONVERSATIONS, "updates": must, "ordered": true},
+            expect: Expect::All(n),
+        });
     }
     if !forward.is_empty() {
         second.push(update(CONVERSATIONS, forward, Expect::Anything));
     }
     if !changes.stats.is_empty() {
-        let statements: Vec<Document> = changes.stats.iter().map(stats_statement).collect();
+        let statements: Vec<Document> = changes.stats.iter().flat_map(stats_statements).collect();
         let n = statements.len() as i64;
         second.push(update(STATS, statements, Expect::All(n)));
     }
@@ -411,21 +440,18 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
     }
     let (mut conversations, mut stats) = (Vec::new(), Vec::new());
     for (counter, entries) in cleanups {
-        let mut filter = Document::new();
-        let mut unset = Document::new();
-        for (key, status) in entries {
-            filter.insert(format!("{JOURNAL}.{key}"), status);
-            unset.insert(format!("{JOURNAL}.{key}"), "");
-        }
-        match counter {
-            Counter::Conversation(id) => {
-                filter.insert("_id", id);
-                conversations.push(doc! {"q": filter, "u": {"$unset": unset}});
+        let (id, statements) = match counter {
+            Counter::Conversation(id) => (Bson::String(id.clone()), &mut conversations),
+            Counter::Stats(shard) => (Bson::String(stats_id(*shard)), &mut stats),
+        };
+        for chunk in entries.chunks(ENTRIES_PER_STATEMENT) {
+            let mut filter = doc! {"_id": id.clone()};
+            let mut unset = Document::new();
+            for (key, status) in chunk {
+                filter.insert(format!("{JOURNAL}.{key}"), *status);
+                unset.insert(format!("{JOURNAL}.{key}"), "");
             }
-            Counter::Stats(shard) => {
-                filter.insert("_id", stats_id(*shard));
-                stats.push(doc! {"q": filter, "u": {"$unset": unset}});
-            }
+            statements.push(doc! {"q": filter, "u": {"$unset": unset}});
         }
     }
     for (collection, statements) in [(CONVERSATIONS, conversations), (STATS, stats)] {
@@ -533,16 +559,60 @@ fn parked_document(change: &StatusChange) -> StoreResult<Document> {
     Ok(parked)
 }
 
-/// Journal guards (filter) and new entries (`$set`) of a counter change.
-fn journal_parts(journal: &[Entry], filter: &mut Document, set: &mut Document) {
-    for entry in journal {
-        let field = format!("{JOURNAL}.{}", entry.key);
-        match &entry.expected {
-            Some(expected) => filter.insert(field.clone(), expected),
-            None => filter.insert(field.clone(), doc! {"$exists": false}),
-        };
-        set.insert(field, &entry.status);
+/// Journal entries per statement at the most: a filter with thousands of
+/// conditions is refused by some MongoDB-wire servers.
+const ENTRIES_PER_STATEMENT: usize = 200;
+
+/// Counter statements for one document: its journal entries in chunks,
+/// each guarded by what its entries replace and adding their counts; the
+/// first also carries `first` (filter and `$set` additions).
+fn counter_statements(
+    id: &Bson,
+    journal: &[Entry],
+    fields: impl Fn(&Counts) -> Document,
+    first: (Document, Document),
+    upsert: bool,
+) -> Vec<Document> {
+    let mut chunks: Vec<&[Entry]> = journal.chunks(ENTRIES_PER_STATEMENT).collect();
+    if chunks.is_empty() {
+        chunks.push(&[]);
     }
+    let mut extra = Some(first);
+    chunks
+        .into_iter()
+        .map(|entries| {
+            let mut filter = doc! {"_id": id.clone()};
+            let mut set = doc! {"updatedAt": bson::DateTime::now()};
+            let mut counts = Counts::default();
+            for entry in entries {
+                let field = format!("{JOURNAL}.{}", entry.key);
+                match &entry.expected {
+                    Some(expected) => filter.insert(field.clone(), expected),
+                    None => filter.insert(field.clone(), doc! {"$exists": false}),
+                };
+                set.insert(field, &entry.status);
+                counts.add(&entry.counts);
+            }
+            let mut statement = doc! {};
+            if let Some((more_filter, more_set)) = extra.take() {
+                filter.extend(more_filter);
+                set.extend(more_set);
+                statement.insert("upsert", upsert);
+            }
+            let mut update = doc! {"$set": set};
+            let inc = fields(&counts);
+            if !inc.is_empty() {
+                update.insert("$inc", inc);
+            }
+            statement.insert("q", filter);
+            statement.insert("u", update);
+            statement
+        })
+        .collect()
+}
+
+fn conversation_counts(counts: &Counts) -> Document {
+    doc! {"messageCount": counts.messages, "unreadCount": counts.unread}
 }
 
 /// A conversation's statements: counters and journal, or the whole new
@@ -552,66 +622,75 @@ fn conversation_statements(
     must: &mut Vec<Document>,
     forward: &mut Vec<Document>,
 ) {
-    let id = &change.conversation_id;
-    let mut filter = doc! {"_id": id};
-    let mut set = doc! {"updatedAt": bson::DateTime::now()};
-    journal_parts(&change.journal, &mut filter, &mut set);
-    let inc = doc! {
-        "messageCount": change.counts.messages,
-        "unreadCount": change.counts.unread,
-    };
+    let id = Bson::String(change.conversation_id.clone());
     if change.create {
         // Refused (duplicate key) if another writer created it first.
-        filter.insert("sortKey", doc! {"$exists": false});
-        set.insert("conversationId", id);
+        let mut set = doc! {"conversationId": &change.conversation_id};
         if let Some(last) = &change.last {
             set.extend(last_fields(last));
         }
         if let Some(name) = &change.name {
             set.extend(name_fields(name));
         }
-        must.push(doc! {"q": filter, "u": {"$set": set, "$inc": inc}, "upsert": true});
+        let filter = doc! {"sortKey": {"$exists": false}};
+        must.extend(counter_statements(
+            &id,
+            &change.journal,
+            conversation_counts,
+            (filter, set),
+            true,
+        ));
         return;
     }
-    if !change.counts.is_zero() || !change.journal.is_empty() {
-        must.push(doc! {"q": filter, "u": {"$set": set, "$inc": inc}});
+    if !change.journal.is_empty() {
+        must.extend(counter_statements(
+            &id,
+            &change.journal,
+            conversation_counts,
+            Default::default(),
+            false,
+        ));
     }
-    if let Some(last) = &change.last {
-        forward.push(doc! {
-            "q": {"_id": id, "sortKey": {"$lt": &last.key}},
-            "u": {"$set": last_fields(last)},
-        });
-    }
-    if let Some(name) = &change.name {
-        forward.push(doc! {
-            "q": {"_id": id, "nameKey": {"$lt": &name.key}},
-            "u": {"$set": name_fields(name)},
-        });
+    match (&change.last, &change.name) {
+        // The usual case: the newest message brings the name too (a name
+        // is never newer than the last message, so one guard does).
+        (Some(last), Some(name)) if name.key == last.key => {
+            let mut set = last_fields(last);
+            set.extend(name_fields(name));
+            forward
+                .push(doc! {"q": {"_id": &id, "sortKey": {"$lt": &last.key}}, "u": {"$set": set}});
+        }
+        (last, name) => {
+            if let Some(last) = last {
+                forward.push(doc! {
+                    "q": {"_id": &id, "sortKey": {"$lt": &last.key}},
+                    "u": {"$set": last_fields(last)},
+                });
+            }
+            if let Some(name) = name {
+                forward.push(doc! {
+                    "q": {"_id": &id, "nameKey": {"$lt": &name.key}},
+                    "u": {"$set": name_fields(name)},
+                });
+            }
+        }
     }
     if let Some(moved) = &change.last_status {
         forward.push(doc! {
-            "q": {"_id": id, "lastMessageId": &moved.message_id, "lastStatusRank": {"$lt": moved.rank}},
+            "q": {"_id": &id, "lastMessageId": &moved.message_id, "lastStatusRank": {"$lt": moved.rank}},
             "u": {"$set": {"lastMessageStatus": &moved.status, "lastStatusRank": moved.rank}},
         });
     }
 }
 
-fn stats_statement(change: &StatsChange) -> Document {
-    let mut filter = doc! {"_id": stats_id(change.shard)};
-    let mut set = Document::new();
-    journal_parts(&change.journal, &mut filter, &mut set);
-    let mut update = Document::new();
-    let inc: Document = change
-        .counts
-        .fields()
-        .into_iter()
-        .map(|(name, n)| (name, Bson::Int64(n)))
-        .collect();
-    if !inc.is_empty() {
-        update.insert("$inc", inc);
-    }
-    if !set.is_empty() {
-        update.insert("$set", set);
-    }
-    doc! {"q": filter, "u": update}
+fn stats_statements(change: &StatsChange) -> Vec<Document> {
+    let fields = |counts: &Counts| -> Document {
+        counts
+            .fields()
+            .into_iter()
+            .map(|(name, n)| (name, Bson::Int64(n)))
+            .collect()
+    };
+    let id = Bson::String(stats_id(change.shard));
+    counter_statements(&id, &change.journal, fields, Default::default(), false)
 }
