@@ -628,14 +628,16 @@ async fn mongodb_round_trips_do_not_grow_with_the_data() {
     };
     let mut costs = Vec::new();
     for stored in [50, 3_000] {
-        let store = MongoStore::from_client(&client, &test_support::unique_name("trips"));
+        let database = test_support::unique_name("trips");
+        let store = MongoStore::from_client(&client, &database);
         store.prepare().await.unwrap();
         let store: Arc<dyn Store> = Arc::new(store);
         let processor = Processor::new(store.clone());
         let messages: Vec<Message> = (0..stored)
             .map(|n| inbound(format!("old.{n}"), n % 10, n))
             .collect();
-        for chunk in messages.chunks(500) {
+        // Large batches: journals far longer than one statement takes.
+        for chunk in messages.chunks(1500) {
             let batch = Batch {
                 messages: chunk.to_vec(),
                 ..Batch::default()
@@ -668,6 +670,27 @@ async fn mongodb_round_trips_do_not_grow_with_the_data() {
         );
         let for_stats = commands.load(Ordering::SeqCst) - before;
         costs.push((for_batch, for_mark_read, for_stats));
+        assert_counters_match_messages(&store).await;
+        let db = client.database(&database);
+        for collection in ["conversations", "stats"] {
+            for document in documents(&db, collection).await {
+                let journal = document
+                    .get_document("journal")
+                    .ok()
+                    .cloned()
+                    .unwrap_or_default();
+                assert!(
+                    journal.is_empty(),
+                    "{collection}: {} journal entries left",
+                    journal.len()
+                );
+                let keys: Vec<&String> = document.keys().collect();
+                assert!(
+                    keys.iter().all(|k| !k.contains('.')),
+                    "nested counters: {keys:?}"
+                );
+            }
+        }
     }
     assert_eq!(
         costs[0], costs[1],
