@@ -12,9 +12,10 @@ pub struct Config {
     /// Port of the health and metrics endpoints (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 3002)]
     pub port: u16,
-    /// Seconds a payload may stay unacknowledged before it is redelivered
-    /// (to this or another replica). Applies when the consumer is created.
-    #[arg(long, env = "ACK_WAIT_SECS", default_value_t = 30)]
+    /// Seconds a payload may go unacknowledged, its processor silent (a
+    /// working processor extends it), before it is redelivered to this or
+    /// another replica. Applies when the consumer is created.
+    #[arg(long, env = "ACK_WAIT_SECS", default_value_t = 10)]
     pub ack_wait_secs: u64,
     #[command(flatten)]
     pub worker: WorkerConfig,
