@@ -7,6 +7,21 @@
 # package, which prints a Markdown table (see BENCHMARKS.md).
 # `--quick` takes about two minutes; without it, about fifteen.
 # `scripts/bench.sh --help` lists the options (e.g. --only e2e,fanout).
+#
+# The stored-rate scenario (`--only stored`: messages/s the stack stores
+# under webhook load, empty and preloaded database, all-in-one, crash
+# recovery) can put another revision's build next to the working tree's:
+#   scripts/bench.sh --only stored --baseline-rev fa7cf9c
+# `--baseline-rev REV` builds REV's webhook-gateway, processor and
+# whatsapp-clone (release) in a git worktree `target/baseline/<commit>`
+# (`git worktree add --detach`; reused when present) with its own target
+# directory `target/baseline-target`, and passes `--baseline-rev REV
+# --baseline-bin-dir target/baseline-target/release` to the bench. The
+# working tree itself is not touched. `--stored-preload N` sets the
+# preloaded data size (default 100000; 20000 with --quick). While the stack
+# cannot keep up, each of its rows waits up to 60 s (full: 120 s) for the
+# backlog and a preload gives up after 5 min (full: 20 min): `--only stored`
+# takes 4-10 minutes in quick mode; the first baseline build about 10.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,7 +47,36 @@ if [ ! -d "$ROOT/bench/socketio/node_modules/socket.io-client" ]; then
         || die "npm ci failed in bench/socketio"
 fi
 
+# --baseline-rev REV (or --baseline-rev=REV): build that revision too.
+BASELINE_REV=""
+prev=""
+for arg in "$@"; do
+    [ "$prev" = --baseline-rev ] && BASELINE_REV="$arg"
+    case "$arg" in --baseline-rev=*) BASELINE_REV="${arg#*=}" ;; esac
+    prev="$arg"
+done
+extra=()
+if [ -n "$BASELINE_REV" ]; then
+    commit="$(git rev-parse --verify --quiet "$BASELINE_REV^{commit}")" \
+        || die "--baseline-rev $BASELINE_REV: not a commit of this repository"
+    worktree="$ROOT/target/baseline/$(git rev-parse --short "$commit")"
+    if [ "$(git -C "$worktree" rev-parse HEAD 2>/dev/null || true)" = "$commit" ]; then
+        log "reusing the baseline worktree $worktree"
+    else
+        # A leftover of an interrupted run, or another commit: replace it.
+        git worktree remove --force "$worktree" 2>/dev/null || rm -rf "$worktree"
+        mkdir -p "$ROOT/target/baseline"
+        log "git worktree add --detach $worktree $commit"
+        # --force: the path may still be registered if its directory was deleted.
+        git worktree add --force --detach --quiet "$worktree" "$commit"
+    fi
+    log "cargo build --release (baseline $BASELINE_REV: webhook-gateway, processor, whatsapp-clone)"
+    (cd "$worktree" && CARGO_TARGET_DIR="$ROOT/target/baseline-target" \
+        cargo build --release --bin webhook-gateway --bin processor --bin whatsapp-clone)
+    extra=(--baseline-bin-dir "$ROOT/target/baseline-target/release")
+fi
+
 log "cargo build --release --workspace --bins"
 cargo build --release --workspace --bins
-log "bench $*"
-"$ROOT/target/release/bench" "$@"
+log "bench $* ${extra[*]}"
+"$ROOT/target/release/bench" "$@" "${extra[@]+"${extra[@]}"}"

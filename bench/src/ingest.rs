@@ -38,30 +38,49 @@ pub fn envelope(contact: &str, messages: Vec<Value>) -> Vec<u8> {
 }
 
 /// One load run's outcome.
-struct Load {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    failed: u64,
-    tool: &'static str,
+pub struct Load {
+    pub rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Requests answered with an error status, or not answered.
+    pub failed: u64,
+    /// Requests answered, whatever the status.
+    pub requests: u64,
+    pub tool: &'static str,
 }
 
-fn has_wrk() -> bool {
+pub fn has_wrk() -> bool {
     Command::new("wrk").arg("--version").output().is_ok()
 }
 
-/// `wrk` with `bench/wrk/webhook.lua`; parses its summary.
+/// `wrk` with `bench/wrk/webhook.lua`.
 fn wrk(url: &str, options: &Options, messages: usize, run: &str) -> anyhow::Result<Load> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("wrk/webhook.lua");
+    let messages = messages.to_string();
+    run_wrk(
+        url,
+        "webhook.lua",
+        &format!(
+            "-t2 -c{} -d{}s",
+            options.connections,
+            options.duration().as_secs()
+        ),
+        &[("MESSAGES", messages.as_str()), ("RUN", run)],
+    )
+}
+
+/// `wrk <shape> --latency -s bench/wrk/<script> <url>` with `env`; parses
+/// its summary. `shape` is the threads/connections/duration flags.
+pub fn run_wrk(url: &str, script: &str, shape: &str, env: &[(&str, &str)]) -> anyhow::Result<Load> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("wrk")
+        .join(script);
     let output = Command::new("wrk")
-        .args(["-t2", &format!("-c{}", options.connections)])
-        .arg(format!("-d{}s", options.duration().as_secs()))
+        .args(shape.split_whitespace())
         .arg("--latency")
         .arg("-s")
         .arg(&script)
         .arg(url)
-        .env("MESSAGES", messages.to_string())
-        .env("RUN", run)
+        .envs(env.iter().copied())
         .output()
         .context("cannot run wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -97,6 +116,12 @@ fn wrk(url: &str, options: &Options, messages: usize, run: &str) -> anyhow::Resu
                 .filter_map(|n| n.parse::<u64>().ok())
                 .sum()
         });
+    // "  123456 requests in 5.00s, 20.00MB read"
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0);
     Ok(Load {
         rate: field("Requests/sec:")
             .and_then(|r| r.parse().ok())
@@ -104,6 +129,7 @@ fn wrk(url: &str, options: &Options, messages: usize, run: &str) -> anyhow::Resu
         p50_ms: millis(field("50%")),
         p99_ms: millis(field("99%")),
         failed,
+        requests,
         tool: "wrk",
     })
 }
@@ -126,6 +152,7 @@ async fn reqwest_load(url: &str, options: &Options, messages: usize) -> Load {
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         failed: measured.failed,
+        requests: measured.completed + measured.failed,
         tool: "reqwest",
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! Scenarios: webhook-gateway ingest against the bare JetStream publish rate
 //! (a private nats-server), the processor's rate into SQLite, REST reads
-//! with a large embedded store, and idle memory of each binary. Numbers,
-//! never pass/fail: speed targets live here, not in tests.
+//! with a large embedded store, and idle memory of each binary; the rate at
+//! which the stack stores under webhook load (against a baseline revision's
+//! build, too) and crash recovery. Numbers, never pass/fail: speed targets
+//! live here, not in tests.
 
 mod e2e;
 mod fanout;
@@ -15,6 +17,7 @@ mod processor;
 mod reads;
 mod services;
 mod socketio;
+mod stored;
 
 use clap::Parser;
 
@@ -27,17 +30,36 @@ pub struct Options {
     /// Concurrent HTTP connections / publishers for the ingest scenarios.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
-    /// Only these scenarios (ingest, processor, reads, e2e, fanout, footprint).
+    /// Only these scenarios (ingest, processor, reads, e2e, fanout, stored,
+    /// crash, footprint). `stored` includes `crash` (crash recovery).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Payloads per batch in the processor scenario.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 64, 256, 1024])]
     pub batch_sizes: Vec<usize>,
+    /// Stored-rate scenario: the git revision the baseline binaries were
+    /// built from (a label; `scripts/bench.sh --baseline-rev REV` builds them
+    /// and passes --baseline-bin-dir).
+    #[arg(long, value_name = "REV")]
+    pub baseline_rev: Option<String>,
+    /// Stored-rate scenario: directory with the baseline's release
+    /// `webhook-gateway`, `processor` and `whatsapp-clone`. Without it the
+    /// baseline rows are "not run".
+    #[arg(long, value_name = "DIR")]
+    pub baseline_bin_dir: Option<std::path::PathBuf>,
+    /// Stored-rate scenario: messages already in the database for its
+    /// second data size (default 100000; 20000 with --quick).
+    #[arg(long, value_name = "N")]
+    pub stored_preload: Option<usize>,
 }
 
 impl Options {
     fn wants(&self, scenario: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+        self.only.is_empty()
+            || self
+                .only
+                .iter()
+                .any(|s| s == scenario || (s == "stored" && scenario == "crash"))
     }
 
     pub fn duration(&self) -> std::time::Duration {
@@ -61,7 +83,16 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         os_summary()
     );
-    for scenario in ["ingest", "processor", "reads", "e2e", "fanout", "footprint"] {
+    for scenario in [
+        "ingest",
+        "processor",
+        "reads",
+        "e2e",
+        "fanout",
+        "stored",
+        "crash",
+        "footprint",
+    ] {
         if !options.wants(scenario) {
             continue;
         }
@@ -73,6 +104,8 @@ async fn main() -> anyhow::Result<()> {
             "reads" => reads::run(&options).await,
             "e2e" => e2e::run(&options).await,
             "fanout" => fanout::run(&options).await,
+            "stored" => stored::run(&options).await,
+            "crash" => stored::crash(&options).await,
             _ => footprint::run(&options).await,
         };
         // A scenario that cannot run is reported; the others still run.

@@ -1,7 +1,7 @@
 //! The service binaries (release builds next to the bench's own) run as
 //! child processes, so their CPU and memory are their own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -15,10 +15,15 @@ pub struct Service {
 
 /// The binaries are the release builds next to this one.
 pub fn binary(name: &str) -> PathBuf {
+    own_dir().join(name)
+}
+
+/// The directory of this binary (where the release builds are).
+pub fn own_dir() -> PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join(name)))
-        .unwrap_or_else(|| name.into())
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
 }
 
 impl Service {
@@ -28,12 +33,32 @@ impl Service {
         if !path.exists() {
             bail!("{name} is not built: cargo build --release --workspace --bins");
         }
+        Self::spawn_path(name, &path, env)
+    }
+
+    /// Starts the `name` binary of `dir` (e.g. another revision's build)
+    /// and waits until `/readyz` answers 200.
+    pub async fn start_from(
+        dir: &Path,
+        name: &'static str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let path = dir.join(name);
+        if !path.exists() {
+            bail!("{} not found", path.display());
+        }
+        Self::spawn_path(name, &path, env)?
+            .wait_for("/readyz")
+            .await
+    }
+
+    fn spawn_path(name: &'static str, path: &Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let port = test_support::free_port();
         // Many sockets need many file descriptors.
         let child = Command::new("sh")
             .arg("-c")
             .arg("ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\"")
-            .arg(&path)
+            .arg(path)
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
             .env("RUST_LOG", "error")
@@ -83,6 +108,11 @@ impl Service {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL now, as a crash would: nothing gets finished.
+    pub fn kill(self) {
+        self.child.kill();
     }
 
     /// Resident memory, MB.
