@@ -86,9 +86,11 @@ impl Worker {
         if pending.is_empty() {
             return;
         }
+        let started = std::time::Instant::now();
         let processed = self
             .keeping_alive(&pending, self.processor.process(items))
             .await;
+        tracing::debug!(payloads = pending.len(), elapsed = ?started.elapsed(), "batch stored");
         match processed {
             Ok(events) => self.finish(&pending, &events).await,
             Err(e) if e.kind == ErrorKind::Rejected && pending.len() > 1 => {

@@ -15,8 +15,9 @@ use async_nats::{Client, ConnectOptions};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use futures::StreamExt;
-use futures::stream::{BoxStream, ReadyChunks};
+use futures::stream::BoxStream;
 
 use super::{
     BatchLimits, BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, Settle, payload_id,
@@ -171,7 +172,7 @@ pub struct NatsBroker {
     names: Names,
     ack_wait: Duration,
     /// The processor's pull subscription, made on first use.
-    pulling: tokio::sync::Mutex<Option<ReadyChunks<consumer::pull::Stream>>>,
+    pulling: tokio::sync::Mutex<Option<consumer::pull::Stream>>,
 }
 
 impl NatsBroker {
@@ -287,11 +288,10 @@ impl Queue for NatsBroker {
     }
 
     async fn next_batch(&self, limits: BatchLimits) -> Result<Vec<Delivery>, BrokerError> {
-        let max = limits.count;
         let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let mut pulling = self.pulling.lock().await;
-        let batches = match pulling.as_mut() {
-            Some(batches) => batches,
+        let messages = match pulling.as_mut() {
+            Some(messages) => messages,
             None => {
                 let stream = ensure_streams(&self.js, &self.names)
                     .await
@@ -301,7 +301,7 @@ impl Queue for NatsBroker {
                     .map_err(|e| unavailable(&e))?;
                 let messages = consumer
                     .stream()
-                    .max_messages_per_batch(max)
+                    .max_messages_per_batch(limits.count)
                     // Bounds what is fetched ahead, not only the count.
                     .max_bytes_per_batch(limits.bytes)
                     .heartbeat(Duration::from_secs(5))
@@ -309,23 +309,38 @@ impl Queue for NatsBroker {
                     .messages()
                     .await
                     .map_err(|e| unavailable(&e))?;
-                // Whatever has arrived, up to `max`, is handled in one go.
-                pulling.insert(messages.ready_chunks(max))
+                pulling.insert(messages)
             }
         };
-        match batches.next().await {
-            Some(batch) => Ok(batch
-                .into_iter()
-                .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "pull error")).ok())
-                .map(|m| self.delivery(m))
-                .collect()),
-            None => {
-                *pulling = None;
-                Err(BrokerError::Unavailable(
-                    "the pull subscription ended".to_owned(),
-                ))
+        let Some(first) = messages.next().await else {
+            *pulling = None;
+            return Err(BrokerError::Unavailable(
+                "the pull subscription ended".to_owned(),
+            ));
+        };
+        // Then whatever else has arrived, up to the limits, in one go.
+        // Unconstrained: tokio's per-task budget would otherwise make the
+        // channel look empty after ~128 messages (batches never grew
+        // beyond 126 payloads).
+        let mut batch = vec![first];
+        let mut bytes = 0;
+        tokio::task::unconstrained(async {
+            while batch.len() < limits.count && bytes < limits.bytes {
+                match messages.next().now_or_never() {
+                    Some(Some(message)) => {
+                        bytes += message.as_ref().map_or(0, |m| m.payload.len());
+                        batch.push(message);
+                    }
+                    _ => break,
+                }
             }
-        }
+        })
+        .await;
+        Ok(batch
+            .into_iter()
+            .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "pull error")).ok())
+            .map(|m| self.delivery(m))
+            .collect())
     }
 
     async fn ready(&self) -> Result<(), String> {
