@@ -219,6 +219,49 @@ impl Event {
             Event::StatusUpdate(s) => &s.conversation_id,
         }
     }
+
+    /// The change the event announces, as an id: a message stored, or a
+    /// message reaching a status (each happens once, statuses only move
+    /// forward). Outboxes and event logs keep one event per id.
+    pub fn id(&self) -> String {
+        match self {
+            Event::NewMessage(m) => format!("m:{}", m.message_id),
+            Event::StatusUpdate(s) => format!("s:{}:{}", s.message_id, s.status),
+        }
+    }
+
+    /// Socket.IO's event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::NewMessage(_) => "newMessage",
+            Event::StatusUpdate(_) => "statusUpdate",
+        }
+    }
+}
+
+/// An event in the deployment's event log: `seq` orders every event of
+/// every conversation, the same on every api-gateway replica. Serialised
+/// as `{"seq", "event", "data"}` (`GET /api/events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sequenced {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl Sequenced {
+    /// What a Socket.IO client receives: the event's data with `seq` in it.
+    pub fn payload(&self) -> Value {
+        let mut data = match &self.event {
+            Event::NewMessage(m) => serde_json::to_value(m.as_ref()),
+            Event::StatusUpdate(s) => serde_json::to_value(s),
+        }
+        .unwrap_or(Value::Null);
+        if let Value::Object(fields) = &mut data {
+            fields.insert("seq".to_owned(), self.seq.into());
+        }
+        data
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //!   and SQLite), with [`error`] its one error type;
 //! - [`broker`]: the queue and event bus between the services (NATS, or
 //!   in-process for the all-in-one binary);
-//! - [`worker`]: the processor's consume-store-publish-ack loop;
+//! - [`relay`]: events from the store's outbox to the event log;
+//! - [`worker`]: the processor's consume-store-relay-ack loop;
 //! - [`config`] and [`http`]: configuration, logging, errors, health and metrics.
 
 pub mod broker;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod http;
 pub mod plan;
 pub mod processing;
+pub mod relay;
 pub mod sqlite;
 pub mod store;
 pub mod webhook;

@@ -1,20 +1,24 @@
-//! The processor's loop: take a batch from the queue, store it, publish
-//! its events, acknowledge it. Used by the processor service (NATS,
-//! MongoDB) and the all-in-one binary (embedded) alike.
+//! The processor's loop: take a batch from the queue, store it (its events
+//! in the store's outbox), relay its events to the event log, acknowledge
+//! it; and sweep what crashed writers left in the outbox. Used by the
+//! processor service (NATS, MongoDB) and the all-in-one binary (embedded)
+//! alike.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::{BatchLimits, Delivery, EventBus, Queue};
+use crate::broker::{BatchLimits, Delivery, Queue};
 use crate::domain::{Event, RawPayload};
 use crate::processing::{Processor, decode};
+use crate::relay::Relay;
 use crate::store::{ErrorKind, StoreError};
 use crate::webhook::{Parsed, PayloadError};
 
 pub struct Worker {
     pub processor: Processor,
     pub queue: Arc<dyn Queue>,
-    pub events: Arc<dyn EventBus>,
+    /// Takes the events of stored payloads to the event log.
+    pub relay: Relay,
     /// Most payloads stored in one round of writes.
     pub batch_size: usize,
     /// Most bytes of payloads held and stored in one round of writes (a
@@ -41,6 +45,8 @@ impl Worker {
             batch_bytes = self.batch_bytes,
             "processing payloads"
         );
+        // Events that a crashed writer left in the outbox.
+        let sweeper = tokio::spawn(self.relay.clone().sweep_until(cancel.clone()));
         let limits = BatchLimits {
             count: self.batch_size.max(1),
             bytes: self.batch_bytes.max(1),
@@ -65,6 +71,7 @@ impl Worker {
                 }
             }
         }
+        sweeper.await.ok();
         tracing::info!("processor worker stopped");
     }
 
@@ -91,6 +98,7 @@ impl Worker {
             .keeping_alive(&pending, self.processor.process(items))
             .await;
         tracing::debug!(payloads = pending.len(), elapsed = ?started.elapsed(), "batch stored");
+        metrics::counter!("batches_total").increment(1);
         match processed {
             Ok(events) => self.finish(&pending, &events).await,
             Err(e) if e.kind == ErrorKind::Rejected && pending.len() > 1 => {
@@ -139,11 +147,11 @@ impl Worker {
         }
     }
 
-    /// Publishes the events of stored payloads, then acknowledges them (a
-    /// crash in between redelivers them: harmless, they are stored).
+    /// Takes the events of stored payloads to the event log, then
+    /// acknowledges the payloads (a crash in between redelivers them:
+    /// harmless, they are stored and their events are in the outbox).
     async fn finish(&self, deliveries: &[Delivery], events: &[Event]) {
-        self.events.publish(events).await;
-        metrics::counter!("events_published_total").increment(events.len() as u64);
+        self.relay.relay(events).await;
         // All at once: the embedded queue commits concurrent acks together.
         let acks = futures::future::join_all(deliveries.iter().map(|d| d.ack())).await;
         for e in acks.into_iter().filter_map(Result::err) {

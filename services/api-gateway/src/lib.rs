@@ -4,8 +4,10 @@
 //! conversation's messages). Messages sent through the API are handed to
 //! the processor over JetStream, so the processor stays the only writer of
 //! new messages; marking a conversation read is a guarded status update
-//! done here, with the same processing rules. Every replica subscribes to
-//! the events on core NATS and pushes them to its own Socket.IO clients.
+//! done here, with the same processing rules (its events relayed to the
+//! event log like the processor's). Every replica reads the event log
+//! (JetStream) and pushes it to its own Socket.IO clients, who can resume
+//! from the last `seq` they saw.
 
 mod config;
 mod openapi;
@@ -20,6 +22,7 @@ use shared::broker::nats::NatsBroker;
 use shared::broker::{EventBus, Queue};
 use shared::http::{ops_routes, readiness};
 use shared::processing::Processor;
+use shared::relay::Relay;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
 use tokio::net::TcpListener;
@@ -28,7 +31,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::Config;
 pub use openapi::ApiDoc;
-pub use realtime::PendingSends;
+pub use realtime::{PendingSends, Realtime};
 pub use socketioxide::SocketIo;
 
 /// What every request handler needs.
@@ -37,7 +40,9 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub processor: Processor,
     pub queue: Arc<dyn Queue>,
-    pub events: Arc<dyn EventBus>,
+    /// The event log, and the way events get there from the outbox.
+    pub relay: Relay,
+    pub realtime: Realtime,
     pub pending_sends: PendingSends,
     pub send_timeout: Duration,
 }
@@ -51,9 +56,10 @@ impl ApiState {
     ) -> Self {
         Self {
             processor: Processor::new(store.clone()),
+            relay: Relay::new(store.clone(), events.clone()),
+            realtime: Realtime::new(events),
             store,
             queue,
-            events,
             pending_sends: PendingSends::default(),
             send_timeout,
         }
@@ -65,7 +71,7 @@ impl ApiState {
 /// the shared layers, Socket.IO on the same port, and CORS. Also returns
 /// the handle to emit to this process's sockets.
 pub fn api_router(state: ApiState, others: Router, cors_origins: &str) -> (Router, SocketIo) {
-    let (socket_layer, io) = realtime::socket_io();
+    let (socket_layer, io) = realtime::socket_io(state.realtime.clone());
     let inner = shared::http::service(routes::router(state).merge(others));
     // Socket.IO wraps the whole router as one service: each `layer()` call
     // makes its own engine (sessions), and `Router::layer` would call it
@@ -145,7 +151,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let fan_out = tokio::spawn(realtime::fan_out(
-        state.events.clone(),
+        state.realtime.clone(),
         io.clone(),
         state.pending_sends.clone(),
         shutdown.clone(),

@@ -10,7 +10,7 @@ use crate::routes;
 #[openapi(
     info(
         title = "WhatsApp Web clone API",
-        description = "Conversations, messages, sending and stats. Live events: Socket.IO `newMessage` and `statusUpdate` on the same port."
+        description = "Conversations, messages, sending, stats and the event log. Live events: Socket.IO `newMessage` and `statusUpdate` (with `seq`; resume with `auth: {lastSeq}`) on the same port."
     ),
     paths(
         routes::conversations::list,
@@ -18,10 +18,22 @@ use crate::routes;
         routes::conversations::mark_read,
         routes::messages::send,
         routes::stats::stats,
+        routes::events::list,
     ),
     components(schemas(ErrorBody, shared::domain::StatusUpdate))
 )]
 pub struct ApiDoc;
+
+/// An event of the log: `{seq, event: "newMessage" | "statusUpdate", data}`
+/// (`data` is the message, or `{messageId, status, conversationId,
+/// timestamp}`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documents the shape; responses serialise `shared::domain::Sequenced`
+pub struct SequencedEvent {
+    seq: u64,
+    event: String,
+    data: serde_json::Value,
+}
 
 /// Every error: `{"error": "<what is wrong>"}`.
 #[derive(Serialize, utoipa::ToSchema)]

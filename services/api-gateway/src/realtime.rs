@@ -1,42 +1,119 @@
-//! Socket.IO: pushing the processor's events to connected browsers.
+//! Socket.IO: pushing the event log to connected browsers.
 //!
-//! Every replica subscribes to the events with a plain core-NATS
-//! subscription (not a queue group), so every replica sees every event and
-//! emits it to its own sockets only. A socket starts in the room [`ALL`]
-//! (every event); `subscribe` narrows it to rooms `conv:<id>`. A socket is
-//! in `ALL` or in conversation rooms, never both, so it never gets an
-//! event twice.
+//! Every replica reads the whole event log (not a share of it) and emits
+//! each event, with its `seq`, to its own sockets. A live socket is in the
+//! room [`ALL`] (every event) or, once it narrows its stream with
+//! `subscribe`, in rooms `conv:<id>`, never both, so it never gets an event
+//! twice.
 //!
-//! socketioxide has no connection-state recovery: events that happen while
-//! a client is disconnected are not replayed. Clients re-read state over
-//! REST when they (re)connect.
+//! A client that connects with `auth: {lastSeq: N}` first catches up: it
+//! gets the events after `N` it is entitled to, read from the log, and
+//! joins its rooms (goes live) exactly when it has caught up with what the
+//! replica emitted live, under the same lock, so it misses nothing and
+//! gets nothing twice. If events after `N` are no longer kept it gets
+//! `resync` and should reload over REST.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use futures::StreamExt;
-use serde_json::Value;
-use shared::broker::EventBus;
-use shared::domain::{Event, is_conversation_id};
+use serde_json::{Value, json};
+use shared::broker::{EventBus, ReadError};
+use shared::domain::{Event, Sequenced, is_conversation_id};
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::extract::{AckSender, Data, SocketRef, State};
 use socketioxide::layer::SocketIoLayer;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// Room of sockets that get every event.
 const ALL: &str = "*";
+/// Events read from the log per round while a socket catches up.
+const CATCH_UP_PAGE: usize = 500;
 
 fn room(conversation_id: &str) -> String {
     format!("conv:{conversation_id}")
 }
 
-pub fn socket_io() -> (SocketIoLayer, SocketIo) {
+/// What the Socket.IO handlers share: the event log, and the last `seq`
+/// this replica emitted live (its lock orders going live with emitting).
+#[derive(Clone)]
+pub struct Realtime {
+    bus: Arc<dyn EventBus>,
+    head: Arc<tokio::sync::Mutex<u64>>,
+}
+
+impl Realtime {
+    pub fn new(bus: Arc<dyn EventBus>) -> Self {
+        Self {
+            bus,
+            head: Default::default(),
+        }
+    }
+}
+
+/// A socket's stream: which conversations, and whether it is live yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subscription {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl Subscription {
+    fn wants(&self, conversation_id: &str) -> bool {
+        match self {
+            Subscription::All => true,
+            Subscription::Only(ids) => ids.contains(conversation_id),
+        }
+    }
+
+    fn rooms(&self) -> Vec<String> {
+        match self {
+            Subscription::All => vec![ALL.to_owned()],
+            Subscription::Only(ids) => ids.iter().map(|id| room(id)).collect(),
+        }
+    }
+
+    /// What a client is told it receives: `["*"]` or its conversation ids.
+    fn listed(&self) -> Vec<String> {
+        match self {
+            Subscription::All => vec![ALL.to_owned()],
+            Subscription::Only(ids) => ids.iter().cloned().collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SocketState {
+    subscription: Subscription,
+    /// In its rooms: gets events as they are emitted.
+    live: bool,
+}
+
+/// Kept in the socket's extensions.
+#[derive(Clone)]
+struct Shared(Arc<Mutex<SocketState>>);
+
+impl Shared {
+    fn of(socket: &SocketRef) -> Option<Self> {
+        socket.extensions.get::<Shared>()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut SocketState) -> T) -> Option<T> {
+        self.0.lock().ok().map(|mut state| f(&mut state))
+    }
+}
+
+pub fn socket_io(realtime: Realtime) -> (SocketIoLayer, SocketIo) {
     // Clients only send small `subscribe` packets: a 1 KiB WebSocket read
     // buffer (4 KiB by default; it grows for a larger frame) saves 3 KiB
     // per connection.
-    let (layer, io) = SocketIo::builder().ws_read_buffer_size(1024).build_layer();
+    let (layer, io) = SocketIo::builder()
+        .ws_read_buffer_size(1024)
+        .with_state(realtime)
+        .build_layer();
     io.ns("/", on_connect);
     (layer, io)
 }
@@ -70,37 +147,153 @@ pub fn detach_from_read_buffer<B>(mut request: Request<B>) -> Request<B> {
     request
 }
 
-async fn on_connect(socket: SocketRef) {
-    socket.join(ALL);
+/// `auth: {lastSeq?, subscribe?}`: resume after `lastSeq`; start narrowed
+/// to `subscribe` (ids, or `"*"`).
+async fn on_connect(socket: SocketRef, Data(auth): Data<Value>, State(realtime): State<Realtime>) {
+    let subscription = match auth.get("subscribe").map(conversation_ids) {
+        Some(ids) if !ids.contains(&ALL.to_owned()) && !ids.is_empty() => {
+            Subscription::Only(ids.into_iter().collect())
+        }
+        _ => Subscription::All,
+    };
+    let shared = Shared(Arc::new(Mutex::new(SocketState {
+        subscription,
+        live: false,
+    })));
+    socket.extensions.insert(shared.clone());
     socket.on("subscribe", subscribe);
     socket.on("unsubscribe", unsubscribe);
+    match auth.get("lastSeq").and_then(Value::as_u64) {
+        Some(after) => {
+            tokio::spawn(catch_up(socket, shared, realtime, after));
+        }
+        None => {
+            // Live from now on.
+            let _head = realtime.head.lock().await;
+            go_live(&socket, &shared);
+        }
+    }
+}
+
+/// Joins the socket's rooms: from now on it gets events as emitted.
+fn go_live(socket: &SocketRef, shared: &Shared) {
+    let rooms = shared.with(|state| {
+        state.live = true;
+        state.subscription.rooms()
+    });
+    if let Some(rooms) = rooms {
+        socket.join(rooms);
+    }
+}
+
+/// Sends what the socket missed after `after`, then makes it live.
+async fn catch_up(socket: SocketRef, shared: Shared, realtime: Realtime, after: u64) {
+    let mut cursor = after;
+    while socket.connected() {
+        let events = match realtime.bus.read(cursor, CATCH_UP_PAGE).await {
+            Ok(events) => events,
+            Err(ReadError::Gone { first, .. }) => {
+                let reason = format!(
+                    "events after {after} are no longer kept (the oldest is {first}); reload over REST"
+                );
+                socket.emit("resync", &json!({"reason": reason})).ok();
+                let head = realtime.head.lock().await;
+                // Resumable again from what it gets live.
+                tracing::debug!(head = *head, "socket resynced");
+                go_live(&socket, &shared);
+                return;
+            }
+            Err(ReadError::Broker(e)) => {
+                tracing::warn!(error = %e, "cannot read the event log for a resuming socket; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for event in &events {
+            let wanted = shared
+                .with(|state| state.subscription.wants(event.event.conversation_id()))
+                .unwrap_or(false);
+            if wanted {
+                socket.emit(event.event.name(), &event.payload()).ok();
+            }
+            cursor = event.seq;
+        }
+        if events.len() == CATCH_UP_PAGE {
+            continue;
+        }
+        let head = realtime.head.lock().await;
+        if *head == cursor {
+            go_live(&socket, &shared);
+            return;
+        }
+        let behind = *head < cursor;
+        drop(head);
+        if behind {
+            // This replica has not emitted what the log already holds: wait.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// `subscribe(["conv_1", ...])` or `subscribe("conv_1")`: only these
 /// conversations from now on (adding to earlier subscriptions);
-/// `subscribe("*")`: every conversation again. Acks the current list.
+/// `subscribe("*")`: every conversation again. Ids that are not
+/// conversation ids are ignored (only such ids: nothing changes). Acks the
+/// current list.
 async fn subscribe(socket: SocketRef, Data(ids): Data<Value>, ack: AckSender) {
     let ids = conversation_ids(&ids);
-    if ids.iter().any(|id| id == ALL) {
-        socket.leave_all();
-        socket.join(ALL);
-    } else if !ids.is_empty() {
-        socket.leave(ALL);
-        socket.join(
-            ids.iter()
-                .filter(|id| is_conversation_id(id))
-                .map(|id| room(id))
-                .collect::<Vec<_>>(),
-        );
-    }
-    ack.send(&subscriptions(&socket)).ok();
+    change(&socket, |subscription| {
+        if ids.iter().any(|id| id == ALL) {
+            *subscription = Subscription::All;
+            return;
+        }
+        let valid: BTreeSet<String> = ids
+            .iter()
+            .filter(|id| is_conversation_id(id))
+            .cloned()
+            .collect();
+        if valid.is_empty() {
+            return;
+        }
+        match subscription {
+            Subscription::Only(current) => current.extend(valid),
+            Subscription::All => *subscription = Subscription::Only(valid),
+        }
+    });
+    ack.send(&listed(&socket)).ok();
 }
 
 /// `unsubscribe([...])`: stop getting these conversations. Acks the list.
 async fn unsubscribe(socket: SocketRef, Data(ids): Data<Value>, ack: AckSender) {
-    let rooms: Vec<String> = conversation_ids(&ids).iter().map(|id| room(id)).collect();
-    socket.leave(rooms);
-    ack.send(&subscriptions(&socket)).ok();
+    let ids = conversation_ids(&ids);
+    change(&socket, |subscription| {
+        if let Subscription::Only(current) = subscription {
+            current.retain(|id| !ids.contains(id));
+        }
+    });
+    ack.send(&listed(&socket)).ok();
+}
+
+/// Changes a socket's subscription, and its rooms if it is live.
+fn change(socket: &SocketRef, f: impl FnOnce(&mut Subscription)) {
+    let Some(shared) = Shared::of(socket) else {
+        return;
+    };
+    let rooms = shared.with(|state| {
+        let before = state.subscription.clone();
+        f(&mut state.subscription);
+        (state.live && state.subscription != before).then(|| state.subscription.rooms())
+    });
+    if let Some(Some(rooms)) = rooms {
+        socket.leave_all();
+        socket.join(rooms);
+    }
+}
+
+fn listed(socket: &SocketRef) -> Vec<String> {
+    Shared::of(socket)
+        .and_then(|shared| shared.with(|state| state.subscription.listed()))
+        .unwrap_or_default()
 }
 
 fn conversation_ids(value: &Value) -> Vec<String> {
@@ -112,15 +305,6 @@ fn conversation_ids(value: &Value) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-/// What the socket receives now: `["*"]` or its conversation ids.
-fn subscriptions(socket: &SocketRef) -> Vec<String> {
-    socket
-        .rooms()
-        .iter()
-        .map(|r| r.strip_prefix("conv:").unwrap_or(r).to_owned())
-        .collect()
 }
 
 /// Messages sent through the API, waiting to be stored by the processor.
@@ -154,36 +338,6 @@ impl PendingSends {
     }
 }
 
-/// Emits every event of the bus to this process's sockets, until
-/// cancelled; re-subscribes if the subscription ends.
-pub async fn fan_out(
-    events: Arc<dyn EventBus>,
-    io: SocketIo,
-    pending: PendingSends,
-    cancel: CancellationToken,
-) {
-    while !cancel.is_cancelled() {
-        let mut stream = match events.subscribe().await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe to events; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            let event = tokio::select! {
-                _ = cancel.cancelled() => return,
-                event = stream.next() => event,
-            };
-            let Some(event) = event else { break };
-            emit(&io, &pending, &event).await;
-        }
-    }
-}
-
 /// One registered send; waits for its message to be stored.
 pub struct PendingSend {
     sends: PendingSends,
@@ -193,7 +347,7 @@ pub struct PendingSend {
 
 impl PendingSend {
     /// True once the processor has stored the message, false on timeout.
-    pub async fn stored(mut self, timeout: std::time::Duration) -> bool {
+    pub async fn stored(mut self, timeout: Duration) -> bool {
         match self.stored.take() {
             Some(stored) => tokio::time::timeout(timeout, stored)
                 .await
@@ -211,19 +365,91 @@ impl Drop for PendingSend {
     }
 }
 
-/// Emits one event to the sockets entitled to it.
-pub async fn emit(io: &SocketIo, pending: &PendingSends, event: &Event) {
-    let rooms = vec![ALL.to_owned(), room(event.conversation_id())];
-    let sent = match event {
-        Event::NewMessage(message) => {
-            pending.stored(&message.message_id);
-            io.to(rooms).emit("newMessage", message.as_ref()).await
+/// Emits the event log, as it grows, to this replica's live sockets, until
+/// cancelled. Each event once and in order: a live stream that ends (it
+/// fell behind, or the log was unreachable) is replaced, and what it
+/// missed is read from the log first.
+pub async fn fan_out(
+    realtime: Realtime,
+    io: SocketIo,
+    pending: PendingSends,
+    cancel: CancellationToken,
+) {
+    let mut emitted: Option<u64> = None;
+    while !cancel.is_cancelled() {
+        let (head, mut stream) = match realtime.bus.live().await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the event log; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let last = match emitted {
+            // First start: live from the log's head.
+            None => {
+                *realtime.head.lock().await = head;
+                head
+            }
+            Some(last) => last,
+        };
+        // What the previous stream missed.
+        let mut cursor = last;
+        while cursor < head && !cancel.is_cancelled() {
+            match realtime.bus.read(cursor, CATCH_UP_PAGE).await {
+                Ok(events) if !events.is_empty() => {
+                    for event in events.into_iter().filter(|e| e.seq <= head) {
+                        cursor = event.seq;
+                        emit(&realtime, &io, &pending, &event).await;
+                    }
+                }
+                Ok(_) => break,
+                Err(ReadError::Gone { first, .. }) => {
+                    tracing::warn!(
+                        first,
+                        "events were forgotten before this replica emitted them"
+                    );
+                    cursor = first.saturating_sub(1);
+                }
+                Err(ReadError::Broker(e)) => {
+                    tracing::warn!(error = %e, "cannot read the event log; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
-        Event::StatusUpdate(update) => io.to(rooms).emit("statusUpdate", update).await,
-    };
-    match sent {
+        emitted = Some(cursor.max(last));
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => return,
+                event = stream.next() => event,
+            };
+            let Some(event) = event else { break };
+            if emitted.is_some_and(|e| event.seq <= e) {
+                continue;
+            }
+            emitted = Some(event.seq);
+            emit(&realtime, &io, &pending, &event).await;
+        }
+    }
+}
+
+/// Emits one event to the live sockets entitled to it.
+async fn emit(realtime: &Realtime, io: &SocketIo, pending: &PendingSends, event: &Sequenced) {
+    let mut head = realtime.head.lock().await;
+    let rooms = vec![ALL.to_owned(), room(event.event.conversation_id())];
+    if let Event::NewMessage(message) = &event.event {
+        pending.stored(&message.message_id);
+    }
+    match io
+        .to(rooms)
+        .emit(event.event.name(), &event.payload())
+        .await
+    {
         Ok(()) => metrics::counter!("socketio_events_emitted_total").increment(1),
-        // A slow client with a full buffer misses the event; it re-reads over REST.
+        // A slow client with a full buffer misses the event; it resumes.
         Err(e) => tracing::debug!(error = %e, "event not delivered to every socket"),
     }
+    *head = (*head).max(event.seq);
 }

@@ -1,6 +1,7 @@
 //! processor: consumes webhook payloads (and messages sent through the
-//! API) from JetStream, applies the processing rules against MongoDB, and
-//! publishes events for the api-gateways. Run as many replicas as you like:
+//! API) from JetStream, applies the processing rules against MongoDB (the
+//! events of each batch committed in its outbox), and relays the events to
+//! the event log the api-gateways read. Run as many replicas as you like:
 //! they share one durable consumer, so each payload is handled by one of
 //! them at a time.
 
@@ -13,6 +14,7 @@ use shared::broker::nats::NatsBroker;
 use shared::broker::{EventBus, Queue};
 use shared::http::{ops_routes, readiness};
 use shared::processing::Processor;
+use shared::relay::Relay;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
 use shared::worker::Worker;
@@ -68,7 +70,7 @@ impl Application {
         let worker = Worker {
             processor: Processor::new(self.store.clone()),
             queue: self.broker.clone(),
-            events,
+            relay: Relay::new(self.store.clone(), events),
             batch_size: self.config.worker.batch_size,
             batch_bytes: self.config.worker.batch_bytes,
             max_deliveries: self.config.worker.max_deliveries.max(1),

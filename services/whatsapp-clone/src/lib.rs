@@ -2,7 +2,7 @@
 //! process on one port, for a newcomer who has nothing but Rust.
 //!
 //! Without `MONGODB_URI` the store is SQLite and without `NATS_URL` the
-//! broker is in-process (a SQLite queue and a broadcast channel), both under
+//! broker is in-process (a SQLite queue and a SQLite event log), all under
 //! `--data-dir`. The routes, processing rules and events are the services'
 //! own code; only the store and broker behind their traits differ.
 
@@ -62,7 +62,7 @@ impl Application {
             }
             None => (
                 Arc::new(EmbeddedQueue::open(&config.data_dir.join("queue.sqlite3")).await?),
-                Arc::new(EmbeddedEvents::default()),
+                Arc::new(EmbeddedEvents::open(&config.data_dir.join("events.sqlite3")).await?),
             ),
         };
         // Tables first: the API serves as soon as `run_until_stopped` starts.
@@ -89,7 +89,7 @@ impl Application {
         let worker = Worker {
             processor: Processor::new(store),
             queue,
-            events,
+            relay: state.relay.clone(),
             batch_size: config.worker.batch_size,
             batch_bytes: config.worker.batch_bytes,
             max_deliveries: config.worker.max_deliveries.max(1),

@@ -2,11 +2,12 @@
 //!
 //! - [`Queue`]: durable hand-off of payloads to the processor (webhook
 //!   bodies, and messages sent through the API), delivered at least once;
-//! - [`EventBus`]: the processor's events, fanned out to every api-gateway.
+//! - [`EventBus`]: the deployment's event log: every event once, numbered
+//!   (`seq`), replayable, read live by every api-gateway.
 //!
-//! [`nats::NatsBroker`] implements both on NATS (JetStream for the queue,
-//! core NATS for events) for the microservices; [`embedded`] implements
-//! them in-process for the all-in-one binary.
+//! [`nats::NatsBroker`] implements both on NATS JetStream for the
+//! microservices; [`embedded`] implements them on SQLite files for the
+//! all-in-one binary.
 
 pub mod embedded;
 pub mod nats;
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
-use crate::domain::Event;
+use crate::domain::{Event, Sequenced};
 
 pub use nats::Names;
 
@@ -70,13 +71,31 @@ pub trait Queue: Send + Sync + 'static {
 
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
-    /// Best effort: events are for live screens, which re-read over REST
-    /// when they reconnect.
-    async fn publish(&self, events: &[Event]);
+    /// Appends events to the log, in order, each once: an event whose id
+    /// ([`Event::id`]) the log already holds is not appended again.
+    async fn append(&self, events: &[Event]) -> Result<(), BrokerError>;
 
-    /// Every event published from now on, by any process.
-    async fn subscribe(&self) -> Result<BoxStream<'static, Event>, BrokerError>;
+    /// The last `seq` so far, and every event after it as it is appended.
+    /// The stream ends if it cannot keep up (read what it missed with
+    /// [`EventBus::read`], then ask again).
+    async fn live(&self) -> Result<(u64, BoxStream<'static, Sequenced>), BrokerError>;
+
+    /// Up to `limit` events after `after`, oldest first (none: nothing
+    /// newer yet).
+    async fn read(&self, after: u64, limit: usize) -> Result<Vec<Sequenced>, ReadError>;
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Events after the one asked for are no longer kept.
+    #[error("events after {after} are no longer kept (the oldest kept is {first})")]
+    Gone { after: u64, first: u64 },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// How long the event log keeps events at least.
+pub const EVENT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// How much one batch may hold: payloads, and bytes of their bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,8 +3,9 @@
 //! Webhook bodies, and messages sent through the API, travel through the
 //! `<NS>_WEBHOOKS` stream (Limits retention, so they stay replayable and
 //! other consumers can be added);
-//! payloads that can never be processed go to `<NS>_DLQ`; events for the
-//! api-gateways are plain core-NATS messages on `<ns>.events`.
+//! payloads that can never be processed go to `<NS>_DLQ`; the event log is
+//! the `<NS>_EVENTS` stream (subject `<ns>.events`): its sequence numbers
+//! are the events' `seq`, the same for every api-gateway reading it.
 
 use std::time::Duration;
 
@@ -20,14 +21,22 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
-    BatchLimits, BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, Settle, payload_id,
+    BatchLimits, BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, ReadError, Settle,
+    payload_id,
 };
-use crate::domain::Event;
+use crate::domain::{Event, Sequenced};
 
 /// How long raw webhook bodies stay in the stream (Meta retries for 7 days).
 const WEBHOOK_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Same body published again within this window is stored once.
+/// Same body (or event) published again within this window is stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Dead letters are kept this long, for people to look at.
+const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// And up to this many (the oldest go first). A count, not bytes:
+/// JetStream reserves a stream's byte limit from the server's storage.
+const DEAD_LETTER_MESSAGES: i64 = 100_000;
+/// Events a reader of the log waits for before it ends a read.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Name of the durable consumer all processor replicas share.
 pub const PROCESSOR_CONSUMER: &str = "processor";
 
@@ -64,9 +73,13 @@ impl Names {
         format!("{}.dlq.webhooks", self.namespace)
     }
 
-    /// Subject of the processor's events (core NATS, not persisted).
+    /// Subject of the event log.
     pub fn events(&self) -> String {
         format!("{}.events", self.namespace)
+    }
+
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.stream_prefix())
     }
 
     pub fn webhook_stream(&self) -> String {
@@ -123,6 +136,19 @@ pub async fn ensure_streams(
         subjects: vec![names.dead_letters()],
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age: DEAD_LETTER_RETENTION,
+        max_messages: DEAD_LETTER_MESSAGES,
+        ..Default::default()
+    })
+    .await?;
+    js.create_or_update_stream(stream::Config {
+        name: names.events_stream(),
+        subjects: vec![names.events()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: super::EVENT_RETENTION,
+        // An event relayed again (after a crash) is kept once.
         duplicate_window: DUPLICATE_WINDOW,
         ..Default::default()
     })
@@ -320,8 +346,7 @@ impl Queue for NatsBroker {
         };
         // Then whatever else has arrived, up to the limits, in one go.
         // Unconstrained: tokio's per-task budget would otherwise make the
-        // channel look empty after ~128 messages (batches never grew
-        // beyond 126 payloads).
+        // channel look empty after ~128 messages.
         let mut batch = vec![first];
         let mut bytes = 0;
         tokio::task::unconstrained(async {
@@ -355,36 +380,138 @@ impl Queue for NatsBroker {
     }
 }
 
-#[async_trait]
-impl EventBus for NatsBroker {
-    async fn publish(&self, events: &[Event]) {
-        for event in events {
-            match serde_json::to_vec(event) {
-                Ok(bytes) => {
-                    if let Err(e) = self.client.publish(self.names.events(), bytes.into()).await {
-                        tracing::warn!(error = %e, "event not published");
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "event not serialisable"),
+impl NatsBroker {
+    /// The event log's stream, created if NATS lost it.
+    async fn events_stream(&self) -> Result<stream::Stream, BrokerError> {
+        match self.js.get_stream(self.names.events_stream()).await {
+            Ok(stream) => Ok(stream),
+            Err(_) => {
+                ensure_streams(&self.js, &self.names)
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                self.js
+                    .get_stream(self.names.events_stream())
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(e.to_string()))
             }
         }
     }
 
-    async fn subscribe(&self) -> Result<BoxStream<'static, Event>, BrokerError> {
-        let subscription = self
-            .client
-            .subscribe(self.names.events())
+    /// The log's events from `first` on, as they come.
+    async fn events_from(
+        &self,
+        stream: &stream::Stream,
+        first: u64,
+    ) -> Result<BoxStream<'static, Sequenced>, BrokerError> {
+        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+        let messages = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.names.events(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: first.max(1),
+                },
+                ..Default::default()
+            })
             .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        Ok(subscription
+            .map_err(|e| unavailable(&e))?
+            .messages()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(messages
             .filter_map(|message| async move {
-                serde_json::from_slice(&message.payload)
-                    .map_err(
-                        |e| tracing::warn!(error = %e, "ignoring an event that is not understood"),
-                    )
-                    .ok()
+                let message = message
+                    .map_err(|e| tracing::warn!(error = %e, "event log read error"))
+                    .ok()?;
+                let seq = message.info().ok()?.stream_sequence;
+                let event = serde_json::from_slice(&message.payload)
+                    .map_err(|e| tracing::warn!(error = %e, seq, "ignoring an event that is not understood"))
+                    .ok()?;
+                Some(Sequenced { seq, event })
             })
             .boxed())
+    }
+}
+
+#[async_trait]
+impl EventBus for NatsBroker {
+    async fn append(&self, events: &[Event]) -> Result<(), BrokerError> {
+        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+        // Sent in order on one connection, acknowledged together.
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let body = serde_json::to_vec(event).map_err(|e| unavailable(&e))?;
+            let message = PublishMessage::build()
+                .payload(body.into())
+                .message_id(event.id());
+            let ack = match self
+                .js
+                .send_publish(self.names.events(), message.clone())
+                .await
+            {
+                Ok(ack) => ack,
+                Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                    self.events_stream().await?;
+                    self.js
+                        .send_publish(self.names.events(), message)
+                        .await
+                        .map_err(|e| unavailable(&e))?
+                }
+                Err(e) => return Err(unavailable(&e)),
+            };
+            acks.push(ack);
+        }
+        let acks = acks.into_iter().map(std::future::IntoFuture::into_future);
+        for ack in futures::future::join_all(acks).await {
+            ack.map_err(|e| unavailable(&e))?;
+        }
+        Ok(())
+    }
+
+    async fn live(&self) -> Result<(u64, BoxStream<'static, Sequenced>), BrokerError> {
+        let mut stream = self.events_stream().await?;
+        let head = stream
+            .info()
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?
+            .state
+            .last_sequence;
+        Ok((head, self.events_from(&stream, head + 1).await?))
+    }
+
+    async fn read(&self, after: u64, limit: usize) -> Result<Vec<Sequenced>, ReadError> {
+        let mut stream = self.events_stream().await?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?
+            .state
+            .clone();
+        let first = if state.messages == 0 {
+            state.last_sequence + 1
+        } else {
+            state.first_sequence
+        };
+        if after + 1 < first {
+            return Err(ReadError::Gone { after, first });
+        }
+        if after >= state.last_sequence || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let last = state.last_sequence;
+        let wanted = usize::try_from(last - after)
+            .unwrap_or(usize::MAX)
+            .min(limit);
+        let events = self.events_from(&stream, after + 1).await?;
+        let read: Vec<Sequenced> = tokio::time::timeout(
+            READ_TIMEOUT,
+            events
+                .take_while(move |e| futures::future::ready(e.seq <= last))
+                .take(wanted)
+                .collect(),
+        )
+        .await
+        .map_err(|_| BrokerError::Unavailable("the event log did not answer in time".into()))?;
+        Ok(read)
     }
 }
 

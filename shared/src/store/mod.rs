@@ -3,15 +3,19 @@
 //! ([`Store::load`]) and applies the resulting change set
 //! ([`Store::apply`]), refusing any change whose guard no longer holds with
 //! a [`ErrorKind::Conflict`](crate::error::ErrorKind::Conflict). Besides,
-//! it answers the API's queries. The same rules thus run on MongoDB
-//! ([`mongo`], the services) and on SQLite ([`sqlite`], the all-in-one).
+//! it answers the API's queries, and keeps the events of each change set in
+//! an outbox, committed with the changes, until they are in the event log
+//! (see [`crate::relay`]). The same rules thus run on MongoDB ([`mongo`],
+//! the services) and on SQLite ([`sqlite`], the all-in-one).
 
 pub mod mongo;
 pub mod sqlite;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
-use crate::domain::{Conversation, Message, Page, Stats};
+use crate::domain::{Conversation, Event, Message, Page, Stats};
 use crate::plan::{ChangeSet, Known, Lookup};
 
 pub use crate::error::{Error as StoreError, ErrorKind, Result as StoreResult};
@@ -45,6 +49,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Totals, from counters (no scan of the messages).
     async fn stats(&self) -> StoreResult<Stats>;
+
+    /// Events committed with their changes (the outbox) and not yet in the
+    /// event log, oldest first, written at least `age` ago.
+    async fn outbox(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>>;
+
+    /// Forgets outbox events now in the event log (by [`Event::id`]).
+    async fn relayed(&self, ids: &[String]) -> StoreResult<()>;
 }
 
 /// The lower bound of a newest-first page of conversations: keys of

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,7 +16,8 @@ use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 
 use super::{Store, StoreError, StoreResult, conversations_before};
 use crate::domain::{
-    Conversation, Direction, Message, Page, RECEIVED, RawPayload, Stats, StatusChange, status_rank,
+    Conversation, Direction, Event, Message, Page, RECEIVED, RawPayload, Stats, StatusChange,
+    status_rank,
 };
 use crate::error::Error;
 use crate::plan::counts::Counts;
@@ -367,6 +369,12 @@ fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
             add_counter(t, &name, n)?;
         }
     }
+    let mut outbox = t.prepare_cached(
+        "INSERT OR IGNORE INTO outbox (id, n, event, at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (n, event) in changes.events.iter().enumerate() {
+        outbox.execute(params![event.id(), n as i64, to_json(event)?, now])?;
+    }
     // Settling and journals are for stores that apply in several steps.
     Ok(())
 }
@@ -478,7 +486,15 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             id TEXT PRIMARY KEY,
             body BLOB NOT NULL,
             received_at INTEGER NOT NULL
-         );",
+         );
+         -- Events committed with their changes, until relayed to the log.
+         CREATE TABLE IF NOT EXISTS outbox (
+            id TEXT PRIMARY KEY,
+            n INTEGER NOT NULL,
+            event TEXT NOT NULL,
+            at INTEGER NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS outbox_by_time ON outbox (at, n);",
     )?;
     let version: i64 = t.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < SCHEMA_VERSION {
@@ -648,6 +664,32 @@ impl Store for SqliteStore {
                 }
             }
             Ok(counts.to_stats(conversations))
+        })
+        .await
+    }
+
+    async fn outbox(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
+        let before =
+            Utc::now().timestamp_millis() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |t| {
+            let docs: Vec<String> = t
+                .prepare_cached("SELECT event FROM outbox WHERE at < ?1 ORDER BY at, n LIMIT ?2")?
+                .query_map(params![before, limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(docs.iter().filter_map(|d| from_json(d).ok()).collect())
+        })
+        .await
+    }
+
+    async fn relayed(&self, ids: &[String]) -> StoreResult<()> {
+        let ids = ids.to_vec();
+        self.run(move |t| {
+            let mut delete = t.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+            for id in &ids {
+                delete.execute([id])?;
+            }
+            Ok(())
         })
         .await
     }

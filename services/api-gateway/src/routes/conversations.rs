@@ -74,8 +74,8 @@ pub async fn mark_read(
         .mark_read(&conversation_id, chrono::Utc::now())
         .await
         .map_err(store_failure)?;
-    // Through the bus, so every replica's sockets hear about it.
-    state.events.publish(&events).await;
+    // Into the event log, so every replica's sockets hear about it.
+    state.relay.relay(&events).await;
     Ok(Json(MarkedRead {
         conversation_id,
         updated: events.len(),

@@ -1,4 +1,5 @@
 pub mod conversations;
+pub mod events;
 pub mod messages;
 pub mod stats;
 
@@ -26,6 +27,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/messages", post(messages::send))
         .route("/api/stats", get(stats::stats))
+        .route("/api/events", get(events::list))
         .route("/api/openapi.json", get(crate::openapi::document))
         .with_state(state)
 }

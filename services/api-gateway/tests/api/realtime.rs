@@ -57,13 +57,24 @@ async fn clients_on_either_replica_get_every_event_exactly_once() {
         );
         assert_eq!(ids.len(), 5);
         assert!(ids.contains(sent["messageId"].as_str().unwrap()));
-        let sent_event = new_messages
+        let mut sent_event = (*new_messages
             .iter()
             .find(|m| m["messageId"] == sent["messageId"])
-            .unwrap();
+            .unwrap())
+        .clone();
+        let seq = sent_event.as_object_mut().unwrap().remove("seq");
+        assert!(seq.is_some_and(|s| s.is_u64()), "events carry their seq");
         assert_eq!(
-            **sent_event, sent,
-            "the event carries the same object as REST"
+            sent_event, sent,
+            "the event carries the same object as REST, plus its seq"
+        );
+        let seqs: Vec<u64> = events
+            .iter()
+            .map(|(_, d)| d["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "seq increases: {seqs:?}"
         );
 
         let mut updates: Vec<(String, String)> = events

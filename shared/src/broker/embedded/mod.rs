@@ -3,7 +3,11 @@
 //! The queue is a table in its own SQLite file: `enqueue` returns once the
 //! payload is committed (fsync'd), so a webhook's 200 means durable here
 //! too, and whatever was not acknowledged is delivered again after a crash.
-//! Events go through a tokio broadcast channel.
+//! Events go to a log in another SQLite file ([`events`]).
+
+mod events;
+
+pub use events::EmbeddedEvents;
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,13 +15,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use futures::stream::BoxStream;
 use rusqlite::{OptionalExtension, params};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 
-use super::{BatchLimits, BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, Settle};
-use crate::domain::Event;
+use super::{BatchLimits, BrokerError, Delivery, Enqueued, Ingest, Queue, Settle};
 use crate::sqlite::Database;
 
 /// While a batch is being handled its payloads are leased, so they are not
@@ -271,46 +272,5 @@ impl Settle for EmbeddedSettle {
             })
             .await
             .map_err(|e| BrokerError::Unavailable(e.message))
-    }
-}
-
-/// Events within the process.
-pub struct EmbeddedEvents {
-    sender: broadcast::Sender<Event>,
-}
-
-impl Default for EmbeddedEvents {
-    fn default() -> Self {
-        Self {
-            sender: broadcast::channel(4096).0,
-        }
-    }
-}
-
-#[async_trait]
-impl EventBus for EmbeddedEvents {
-    async fn publish(&self, events: &[Event]) {
-        for event in events {
-            // No subscriber is fine: nobody is watching.
-            let _ = self.sender.send(event.clone());
-        }
-    }
-
-    async fn subscribe(&self) -> Result<BoxStream<'static, Event>, BrokerError> {
-        let receiver = self.sender.subscribe();
-        Ok(
-            futures::stream::unfold(receiver, |mut receiver| async move {
-                loop {
-                    match receiver.recv().await {
-                        Ok(event) => return Some((event, receiver)),
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            tracing::warn!(missed, "a slow subscriber missed events");
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            })
-            .boxed(),
-        )
     }
 }

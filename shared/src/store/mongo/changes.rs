@@ -24,7 +24,9 @@ use super::documents::{
     JOURNAL, SETTLED, journal_from_document, last_fields, message_from_document,
     message_to_document, name_fields, store_error, summary_from_document, to_bson_date,
 };
-use super::{CONVERSATIONS, MESSAGES, MongoStore, PAYLOADS, PENDING_STATUSES, STATS, stats_id};
+use super::{
+    CONVERSATIONS, MESSAGES, MongoStore, OUTBOX, PAYLOADS, PENDING_STATUSES, STATS, stats_id,
+};
 use crate::domain::{RECEIVED, StatusChange};
 use crate::error::Error;
 use crate::plan::counts::Counts;
@@ -405,6 +407,23 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
         let n = statements.len() as i64;
         second.push(update(STATS, statements, Expect::All(n)));
     }
+    // The events, committed with what they announce (before settling: a
+    // retry announces again what was not settled, once per event id).
+    let now = bson::DateTime::now();
+    let events = changes
+        .events
+        .iter()
+        .enumerate()
+        .map(|(n, event)| {
+            Ok(doc! {
+                "_id": event.id(),
+                "event": bson::to_bson(event).map_err(store_error)?,
+                "at": now,
+                "n": n as i64,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    second.extend(inserts(OUTBOX, events, Expect::DuplicatesAllowed));
     if !changes.unpark.is_empty() {
         second.push(Write {
             command: doc! {

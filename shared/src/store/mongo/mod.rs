@@ -4,7 +4,9 @@
 //! `_id` = `messageId`), `conversations` (summaries with their counters),
 //! `stats` (the deployment's counters, in [`STATS_SHARDS`] documents),
 //! `pending_statuses` (statuses that arrived before their message),
-//! `webhook_payloads` (raw bodies) and `meta` (the schema version). Only
+//! `webhook_payloads` (raw bodies), `outbox` (events committed with their
+//! changes, until relayed to the event log) and `meta` (the schema
+//! version). Only
 //! plain CRUD operators are used; a batch costs a handful of round trips
 //! whatever the size of the data (see [`changes`]).
 
@@ -22,7 +24,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
 use super::{Store, StoreError, StoreResult, conversations_before};
-use crate::domain::{Conversation, Message, Page, Stats};
+use crate::domain::{Conversation, Event, Message, Page, Stats};
 use crate::plan::counts::Counts;
 use crate::plan::{ChangeSet, Known, Lookup, PARKED_STATUS_TTL, STATS_SHARDS};
 use documents::{
@@ -38,6 +40,7 @@ pub const STATS: &str = "stats";
 pub const PENDING_STATUSES: &str = "pending_statuses";
 pub const PAYLOADS: &str = "webhook_payloads";
 pub const META: &str = "meta";
+pub const OUTBOX: &str = "outbox";
 
 /// `_id` of a stats counter document.
 pub fn stats_id(shard: u32) -> String {
@@ -191,6 +194,10 @@ impl MongoStore {
             ])
             .await
             .map_err(store_error)?;
+        self.collection(OUTBOX)
+            .create_index(IndexModel::builder().keys(doc! {"at": 1, "n": 1}).build())
+            .await
+            .map_err(store_error)?;
         // The stats documents exist from the start: counter changes are
         // guarded updates, never upserts.
         let shards: Vec<Document> = (0..STATS_SHARDS)
@@ -313,6 +320,49 @@ impl Store for MongoStore {
             add_counter_fields(&mut counts, shard, "");
         }
         Ok(counts.to_stats(i64::try_from(conversations).unwrap_or(i64::MAX)))
+    }
+
+    async fn outbox(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
+        self.outbox_events(age, limit).await
+    }
+
+    async fn relayed(&self, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.collection(OUTBOX)
+            .delete_many(doc! {"_id": {"$in": ids}})
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+}
+
+impl MongoStore {
+    async fn outbox_events(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
+        let before = mongodb::bson::DateTime::from_millis(
+            (chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or_default())
+                .timestamp_millis(),
+        );
+        let docs: Vec<Document> = self
+            .collection(OUTBOX)
+            .find(doc! {"at": {"$lt": before}})
+            .sort(doc! {"at": 1, "n": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|mut d| {
+                let event = d.remove("event")?;
+                mongodb::bson::from_bson(event)
+                    .map_err(|e| tracing::error!(error = %e, "outbox event not understood"))
+                    .ok()
+            })
+            .collect())
     }
 }
 

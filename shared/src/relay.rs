@@ -1,0 +1,86 @@
+//! Events travel from the store's outbox, where each change set commits
+//! them with its changes, to the event log (JetStream, or the all-in-one's
+//! SQLite file) that clients read. The writer relays its own events right
+//! after committing; a sweeper relays what a writer that crashed in
+//! between left behind. The log keeps one event per id, so an event
+//! relayed twice (the writer and the sweeper, or a retry) is there once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::EventBus;
+use crate::domain::Event;
+use crate::store::Store;
+
+/// Outbox events the sweeper leaves to their writer for this long.
+const SWEEP_AGE: Duration = Duration::from_secs(5);
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+const SWEEP_LIMIT: usize = 1_000;
+
+#[derive(Clone)]
+pub struct Relay {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn EventBus>,
+}
+
+impl Relay {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn EventBus>) -> Self {
+        Self { store, bus }
+    }
+
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.bus
+    }
+
+    /// Appends events just committed to the log and forgets them in the
+    /// outbox. On failure they stay there for the sweeper: the change is
+    /// stored and its events will follow.
+    pub async fn relay(&self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = self.bus.append(events).await {
+            tracing::warn!(error = %e, "events wait in the outbox for the next sweep");
+            return;
+        }
+        metrics::counter!("events_published_total").increment(events.len() as u64);
+        let ids: Vec<String> = events.iter().map(Event::id).collect();
+        if let Err(e) = self.store.relayed(&ids).await {
+            // Relayed again by a sweep: harmless, the log keeps one.
+            tracing::debug!(error = %e, "outbox not cleared; the sweeper will");
+        }
+    }
+
+    /// Relays what writers left in the outbox; returns how many.
+    pub async fn sweep(&self) -> usize {
+        match self.store.outbox(SWEEP_AGE, SWEEP_LIMIT).await {
+            Ok(events) if !events.is_empty() => {
+                tracing::info!(
+                    events = events.len(),
+                    "relaying events a writer left behind"
+                );
+                metrics::counter!("events_swept_total").increment(events.len() as u64);
+                self.relay(&events).await;
+                events.len()
+            }
+            Ok(_) => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox");
+                0
+            }
+        }
+    }
+
+    /// Sweeps now and then until cancelled.
+    pub async fn sweep_until(self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+            while self.sweep().await == SWEEP_LIMIT && !cancel.is_cancelled() {}
+        }
+    }
+}
