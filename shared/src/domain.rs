@@ -178,6 +178,8 @@ pub struct Stats {
     pub outbound: i64,
     /// Messages per status; every known status is listed, zero or not.
     pub status_breakdown: BTreeMap<String, i64>,
+    /// Malformed webhook items refused (each kept with its reason).
+    pub rejected_items: i64,
 }
 
 /// Statuses every stats breakdown lists.

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::broker::Ingest;
 use crate::domain::{Event, Message, RawPayload};
-use crate::plan::{self, Batch, ChangeSet, Known, Lookup};
+use crate::plan::{self, Batch, ChangeSet, Known, Lookup, RejectedItem};
 use crate::store::{ErrorKind, Store, StoreError, StoreResult};
 use crate::webhook::{self, Parsed, PayloadError};
 
@@ -57,6 +57,17 @@ impl Processor {
         for (raw, parsed) in items {
             for error in &parsed.whatsapp_errors {
                 tracing::warn!(payload = %raw.id, %error, "WhatsApp reports an error");
+            }
+            for item in parsed.rejected {
+                tracing::warn!(payload = %raw.id, path = %item.path, reason = %item.reason, "webhook item refused");
+                metrics::counter!("webhook_items_rejected_total").increment(1);
+                batch.rejected.push(RejectedItem {
+                    id: format!("{}:{}", raw.id, item.path),
+                    payload_id: raw.id.clone(),
+                    path: item.path,
+                    reason: item.reason,
+                    item: item.item,
+                });
             }
             batch.payloads.push(raw);
             batch.messages.extend(parsed.messages);

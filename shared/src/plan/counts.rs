@@ -129,6 +129,7 @@ impl Counts {
             inbound: self.inbound,
             outbound: self.outbound,
             status_breakdown: breakdown,
+            rejected_items: 0,
         }
     }
 }

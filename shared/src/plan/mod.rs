@@ -41,6 +41,19 @@ pub struct Batch {
     pub payloads: Vec<RawPayload>,
     pub messages: Vec<Message>,
     pub statuses: Vec<StatusChange>,
+    pub rejected: Vec<RejectedItem>,
+}
+
+/// A malformed webhook item, kept with the reason it was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedItem {
+    /// The payload's id and the item's path in it: the same item refused
+    /// again (a redelivery) is kept once.
+    pub id: String,
+    pub payload_id: String,
+    pub path: String,
+    pub reason: String,
+    pub item: serde_json::Value,
 }
 
 impl Batch {
@@ -124,6 +137,8 @@ pub type Journal = BTreeMap<String, String>;
 pub struct ChangeSet {
     /// Raw bodies to keep (a body kept before is skipped).
     pub payloads: Vec<RawPayload>,
+    /// Malformed items to keep (one kept before is skipped).
+    pub rejected: Vec<RejectedItem>,
     /// New messages, in their final state; refused if already stored.
     pub inserts: Vec<Message>,
     /// Stored messages whose status, status times or errors change.
@@ -217,7 +232,8 @@ pub struct Cleanup {
 impl ChangeSet {
     /// True when applying it would change nothing but keep payloads.
     pub fn changes_nothing(&self) -> bool {
-        self.inserts.is_empty()
+        self.rejected.is_empty()
+            && self.inserts.is_empty()
             && self.updates.is_empty()
             && self.park.is_empty()
             && self.unpark.is_empty()
@@ -248,7 +264,9 @@ pub fn plan_batch(batch: &Batch, known: &Known) -> ChangeSet {
         planner.apply_status(change, was_parked);
     }
     let seed = batch.payloads.first().map_or("", |p| p.id.as_str());
-    planner.finish(batch.payloads.clone(), seed)
+    let mut changes = planner.finish(batch.payloads.clone(), seed);
+    changes.rejected.clone_from(&batch.rejected);
+    changes
 }
 
 /// Plans the business reading a conversation: its unread inbound messages

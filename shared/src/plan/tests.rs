@@ -50,9 +50,9 @@ fn status(id: &str, status: &str, seconds: i64) -> StatusChange {
 
 fn batch(messages: Vec<Message>, statuses: Vec<StatusChange>) -> Batch {
     Batch {
-        payloads: Vec::new(),
         messages,
         statuses,
+        ..Batch::default()
     }
 }
 

@@ -277,6 +277,8 @@ fn apply_summary(t: &Transaction<'_>, change: &ConversationChange) -> Result<(),
 
 /// Counter of summaries, next to the stats counters.
 const CONVERSATIONS_COUNTER: &str = "conversations";
+/// Counter of rejected webhook items.
+const REJECTED_COUNTER: &str = "rejected";
 
 fn add_counter(t: &Transaction<'_>, name: &str, n: i64) -> rusqlite::Result<()> {
     t.prepare_cached(
@@ -303,6 +305,21 @@ fn archive(t: &Transaction<'_>, payloads: &[RawPayload]) -> rusqlite::Result<()>
 
 fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
     archive(t, &changes.payloads)?;
+    let mut reject = t.prepare_cached(
+        "INSERT OR IGNORE INTO rejected_items (id, payload_id, path, reason, item, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for r in &changes.rejected {
+        let kept = reject.execute(params![
+            r.id,
+            r.payload_id,
+            r.path,
+            r.reason,
+            to_json(&r.item)?,
+            Utc::now().timestamp_millis()
+        ])?;
+        add_counter(t, REJECTED_COUNTER, i64::try_from(kept).unwrap_or(0))?;
+    }
     let mut insert = t.prepare_cached(
         "INSERT OR IGNORE INTO messages
             (id, conversation_id, ts, direction, status, status_rank, doc)
@@ -487,6 +504,15 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             body BLOB NOT NULL,
             received_at INTEGER NOT NULL
          );
+         -- Malformed webhook items, kept with the reason they were refused.
+         CREATE TABLE IF NOT EXISTS rejected_items (
+            id TEXT PRIMARY KEY,
+            payload_id TEXT NOT NULL,
+            path TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            item TEXT NOT NULL,
+            at INTEGER NOT NULL
+         );
          -- Events committed with their changes, until relayed to the log.
          CREATE TABLE IF NOT EXISTS outbox (
             id TEXT PRIMARY KEY,
@@ -651,19 +677,21 @@ impl Store for SqliteStore {
     async fn stats(&self) -> StoreResult<Stats> {
         self.run(|t| {
             let mut counts = Counts::default();
-            let mut conversations = 0;
+            let (mut conversations, mut rejected) = (0, 0);
             let rows = t
                 .prepare_cached("SELECT name, n FROM counters")?
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             for (name, n) in rows {
-                if name == CONVERSATIONS_COUNTER {
-                    conversations = n;
-                } else {
-                    counts.add_field(&name, n);
+                match name.as_str() {
+                    CONVERSATIONS_COUNTER => conversations = n,
+                    REJECTED_COUNTER => rejected = n,
+                    _ => counts.add_field(&name, n),
                 }
             }
-            Ok(counts.to_stats(conversations))
+            let mut stats = counts.to_stats(conversations);
+            stats.rejected_items = rejected;
+            Ok(stats)
         })
         .await
     }

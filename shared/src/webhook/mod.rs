@@ -15,7 +15,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 pub use body::readable_body;
-use model::{Contact, InboundMessage, MessagesValue, Payload, UnixTime};
+use model::{Contact, InboundMessage, MessagesValue, Payload, Status, UnixTime};
 
 use crate::domain::{self, BUSINESS_USER_NAME, Direction, Message, RECEIVED, StatusChange};
 
@@ -29,12 +29,28 @@ pub struct PayloadError(pub String);
 pub struct Parsed {
     pub messages: Vec<Message>,
     pub statuses: Vec<StatusChange>,
+    /// Malformed items (a message or status without its id, parties or
+    /// timestamp, ...): refused alone, with the reason; the others stand.
+    pub rejected: Vec<Rejected>,
     /// Changes of other fields (`account_update`, ...): acknowledged, not stored.
     pub ignored: usize,
     /// `value.errors`: system-, app- or account-level errors from WhatsApp,
     /// for the logs.
     pub whatsapp_errors: Vec<Value>,
 }
+
+/// A malformed item of a webhook, as it came, and why it was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Where in the envelope: `entry[0].changes[0].value.messages[2]`.
+    pub path: String,
+    pub reason: String,
+    pub item: Value,
+}
+
+/// Longest message id kept: an id must fit where the API takes it back
+/// (`beforeId` of a page).
+pub const MAX_ID_LEN: usize = 256;
 
 const NOT_A_WEBHOOK: &str = "body is not a WhatsApp webhook: expected {\"object\": ..., \"entry\": [...]} or {\"metaData\": {...}}";
 
@@ -58,50 +74,99 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
                 parsed.ignored += 1;
                 continue;
             }
-            let value = change.value.as_deref().map_or("null", RawValue::get);
-            let value = serde_json::from_str::<MessagesValue>(value)
-                .map_err(|err| PayloadError(format!("{path}: {err}")))?;
-            parse_messages_value(&value, &path, &mut parsed)?;
+            let raw = change.value.as_deref().map_or("null", RawValue::get);
+            match serde_json::from_str::<MessagesValue>(raw) {
+                Ok(value) => parse_messages_value(&value, &path, &mut parsed),
+                Err(err) => parsed.rejected.push(Rejected {
+                    reason: format!("not a messages value: {err}"),
+                    item: serde_json::from_str(raw)
+                        .map(storable)
+                        .unwrap_or(Value::Null),
+                    path,
+                }),
+            }
         }
     }
     Ok(parsed)
 }
 
-fn parse_messages_value(
-    value: &MessagesValue,
-    path: &str,
-    out: &mut Parsed,
-) -> Result<(), PayloadError> {
+fn parse_messages_value(value: &MessagesValue, path: &str, out: &mut Parsed) {
     let metadata = value.metadata.clone().unwrap_or_default();
     let business_number = metadata
         .display_phone_number
         .as_deref()
         .map(digits)
         .unwrap_or_default();
+    let mut reject = |path: String, reason: String, item: &Value| {
+        out.rejected.push(Rejected {
+            path,
+            reason,
+            item: storable(item.clone()),
+        });
+    };
+    let mut messages = Vec::new();
     for (i, raw) in value.messages.iter().enumerate() {
         let path = format!("{path}.messages[{i}]");
-        let message = InboundMessage::deserialize(raw)
-            .map_err(|err| PayloadError(format!("{path}: {err}")))?;
-        out.messages.push(build_message(
-            message,
-            raw,
-            &value.contacts,
-            &business_number,
-            &metadata,
-            &path,
-        )?);
+        let built = InboundMessage::deserialize(raw)
+            .map_err(|err| err.to_string())
+            .and_then(|message| {
+                build_message(message, raw, &value.contacts, &business_number, &metadata)
+            });
+        match built {
+            Ok(message) => messages.push(message),
+            Err(reason) => reject(path, reason, raw),
+        }
     }
-    for status in &value.statuses {
-        let recipient = digits(&status.recipient_id);
-        out.statuses.push(StatusChange {
-            message_id: status.id.clone(),
-            status: status.status.clone(),
-            timestamp: to_datetime(status.timestamp),
-            conversation_id: domain::conversation_id(&recipient),
-            errors: status.errors.clone(),
-        });
+    let mut statuses = Vec::new();
+    for (i, raw) in value.statuses.iter().enumerate() {
+        let path = format!("{path}.statuses[{i}]");
+        match Status::deserialize(raw)
+            .map_err(|err| err.to_string())
+            .and_then(status_change)
+        {
+            Ok(change) => statuses.push(change),
+            Err(reason) => reject(path, reason, raw),
+        }
     }
+    out.messages.extend(messages);
+    out.statuses.extend(statuses);
     out.whatsapp_errors.extend(value.errors.iter().cloned());
+}
+
+/// A status item, checked: its id reachable, its value a status name, its
+/// recipient a customer.
+fn status_change(status: Status) -> Result<StatusChange, String> {
+    check_id(&status.id)?;
+    if !domain::is_safe_status_name(&status.status) {
+        return Err(format!(
+            "status {:?} is not a status name (lowercase letters and _, at most 32)",
+            status.status
+        ));
+    }
+    let conversation_id = domain::conversation_id(&digits(&status.recipient_id));
+    if !domain::is_conversation_id(&conversation_id) {
+        return Err(format!(
+            "recipient_id {:?} is not a WhatsApp id (1 to 32 digits)",
+            status.recipient_id
+        ));
+    }
+    Ok(StatusChange {
+        message_id: status.id,
+        status: status.status,
+        timestamp: to_datetime(status.timestamp),
+        conversation_id,
+        errors: status.errors.map(storable),
+    })
+}
+
+/// A message id is kept only if the API can take it back.
+fn check_id(id: &str) -> Result<(), String> {
+    if id.trim().is_empty() {
+        return Err("id is empty".to_owned());
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("id is longer than {MAX_ID_LEN} bytes"));
+    }
     Ok(())
 }
 
@@ -111,8 +176,8 @@ fn build_message(
     contacts: &[Contact],
     business_number: &str,
     metadata: &model::Metadata,
-    path: &str,
-) -> Result<Message, PayloadError> {
+) -> Result<Message, String> {
+    check_id(&message.id)?;
     let from = message.from.as_deref().map(digits).unwrap_or_default();
     let first_contact = contacts
         .first()
@@ -128,10 +193,13 @@ fn build_message(
     }
     .filter(|c| !c.is_empty())
     .ok_or_else(|| {
-        PayloadError(format!(
-            "{path}: cannot tell the customer's WhatsApp id (no `from`, contact or `to`)"
-        ))
+        "cannot tell the customer's WhatsApp id (no `from`, contact or `to`)".to_owned()
     })?;
+    if !domain::is_conversation_id(&domain::conversation_id(&customer)) {
+        return Err(format!(
+            "the customer's WhatsApp id {customer:?} is longer than 32 digits"
+        ));
+    }
 
     let contact_name = contacts
         .iter()
@@ -330,6 +398,63 @@ mod tests {
     }
 
     #[test]
+    fn one_malformed_item_is_refused_alone_and_kept_with_its_reason() {
+        let long_id = "w".repeat(MAX_ID_LEN + 1);
+        let body = envelope(json!({
+            "metadata": {"display_phone_number": "1555"},
+            "messages": [
+                {"from": "4477", "id": "good.1", "timestamp": "1", "type": "text", "text": {"body": "a"}},
+                {"from": "4477", "timestamp": "2", "type": "text"},
+                {"from": "4477", "id": "good.2", "timestamp": "3", "type": "text", "text": {"body": "b"}},
+                {"from": "4477", "id": "", "timestamp": "4", "type": "text"},
+                {"from": "4477", "id": long_id, "timestamp": "5", "type": "text"},
+                {"from": "1".repeat(33), "id": "w.6", "timestamp": "6", "type": "text"}
+            ],
+            "statuses": [
+                {"id": "good.1", "status": "read", "timestamp": "7", "recipient_id": "4477"},
+                {"id": "good.1", "status": "Read!", "timestamp": "8", "recipient_id": "4477"},
+                {"id": "good.1", "status": "read", "timestamp": "9"},
+                {"id": "good.1", "status": "read", "timestamp": "10", "recipient_id": ""}
+            ]
+        }));
+        let parsed = parse(&body).unwrap();
+        let ids: Vec<&str> = parsed
+            .messages
+            .iter()
+            .map(|m| m.message_id.as_str())
+            .collect();
+        assert_eq!(ids, ["good.1", "good.2"]);
+        assert_eq!(parsed.statuses.len(), 1);
+        let rejected: Vec<&str> = parsed.rejected.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(
+            rejected
+                .iter()
+                .map(|p| p.rsplit('.').next().unwrap_or_default())
+                .collect::<Vec<_>>(),
+            [
+                "messages[1]",
+                "messages[3]",
+                "messages[4]",
+                "messages[5]",
+                "statuses[1]",
+                "statuses[2]",
+                "statuses[3]"
+            ]
+        );
+        assert!(
+            parsed
+                .rejected
+                .iter()
+                .all(|r| !r.reason.is_empty() && r.item.is_object())
+        );
+        // A change whose value is not a messages value at all is one item.
+        let broken = envelope(json!({"messages": "not a list"}));
+        let parsed = parse(&broken).unwrap();
+        assert_eq!(parsed.rejected.len(), 1);
+        assert!(parsed.rejected[0].path.ends_with(".value"));
+    }
+
+    #[test]
     fn malformed_bodies_are_refused_with_a_reason() {
         assert!(parse(b"not json").unwrap_err().0.contains("not valid JSON"));
         assert!(
@@ -340,12 +465,20 @@ mod tests {
         );
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(parse(deep.as_bytes()).is_err());
+        // Items are refused alone, with their reason.
         let no_id =
             envelope(json!({"messages": [{"from": "1", "timestamp": "1", "type": "text"}]}));
-        assert!(parse(&no_id).unwrap_err().0.contains("messages[0]"));
+        let parsed = parse(&no_id).unwrap();
+        assert!(parsed.messages.is_empty());
+        assert!(parsed.rejected[0].path.ends_with("messages[0]"));
+        assert!(parsed.rejected[0].reason.contains("id"));
         let bad_time = envelope(
             json!({"messages": [{"from": "1", "id": "w", "timestamp": "yesterday", "type": "text"}]}),
         );
-        assert!(parse(&bad_time).unwrap_err().0.contains("timestamp"));
+        assert!(
+            parse(&bad_time).unwrap().rejected[0]
+                .reason
+                .contains("timestamp")
+        );
     }
 }

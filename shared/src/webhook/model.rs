@@ -78,8 +78,10 @@ pub struct MessagesValue {
     pub contacts: Vec<Contact>,
     #[serde(default)]
     pub messages: Vec<Value>,
+    /// Each read on its own ([`Status`]): one malformed status is rejected
+    /// alone.
     #[serde(default)]
-    pub statuses: Vec<Status>,
+    pub statuses: Vec<Value>,
     #[serde(default)]
     pub errors: Vec<Value>,
 }

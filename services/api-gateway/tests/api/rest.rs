@@ -179,7 +179,8 @@ async fn stats_count_messages_per_status() {
         stats,
         json!({
             "totalMessages": 4, "totalConversations": 2, "inbound": 2, "outbound": 2,
-            "statusBreakdown": {"received": 2, "sent": 0, "delivered": 1, "read": 1, "played": 0, "failed": 0}
+            "statusBreakdown": {"received": 2, "sent": 0, "delivered": 1, "read": 1, "played": 0, "failed": 0},
+            "rejectedItems": 0
         })
     );
 }

@@ -25,7 +25,8 @@ use super::documents::{
     message_to_document, name_fields, store_error, summary_from_document, to_bson_date,
 };
 use super::{
-    CONVERSATIONS, MESSAGES, MongoStore, OUTBOX, PAYLOADS, PENDING_STATUSES, STATS, stats_id,
+    CONVERSATIONS, MESSAGES, MongoStore, OUTBOX, PAYLOADS, PENDING_STATUSES, REJECTED, STATS,
+    stats_id,
 };
 use crate::domain::{RECEIVED, StatusChange};
 use crate::error::Error;
@@ -364,6 +365,21 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
         archived.collect(),
         Expect::DuplicatesAllowed,
     ));
+    let rejected = changes
+        .rejected
+        .iter()
+        .map(|r| {
+            Ok(doc! {
+                "_id": &r.id,
+                "payloadId": &r.payload_id,
+                "path": &r.path,
+                "reason": &r.reason,
+                "item": bson::to_bson(&r.item).map_err(store_error)?,
+                "at": bson::DateTime::now(),
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    first.extend(inserts(REJECTED, rejected, Expect::DuplicatesAllowed));
     let messages = changes
         .inserts
         .iter()

@@ -4,7 +4,8 @@
 //! `_id` = `messageId`), `conversations` (summaries with their counters),
 //! `stats` (the deployment's counters, in [`STATS_SHARDS`] documents),
 //! `pending_statuses` (statuses that arrived before their message),
-//! `webhook_payloads` (raw bodies), `outbox` (events committed with their
+//! `webhook_payloads` (raw bodies), `rejected_items` (malformed webhook
+//! items, with the reason), `outbox` (events committed with their
 //! changes, until relayed to the event log) and `meta` (the schema
 //! version). Only
 //! plain CRUD operators are used; a batch costs a handful of round trips
@@ -41,6 +42,7 @@ pub const PENDING_STATUSES: &str = "pending_statuses";
 pub const PAYLOADS: &str = "webhook_payloads";
 pub const META: &str = "meta";
 pub const OUTBOX: &str = "outbox";
+pub const REJECTED: &str = "rejected_items";
 
 /// `_id` of a stats counter document.
 pub fn stats_id(shard: u32) -> String {
@@ -294,10 +296,10 @@ impl Store for MongoStore {
         found.map(message_from_document).transpose()
     }
 
-    /// The stats documents summed, and the number of summaries from the
-    /// collection's metadata: no scan.
+    /// The stats documents summed, and the numbers of summaries and
+    /// rejected items from their collections' metadata: no scan.
     async fn stats(&self) -> StoreResult<Stats> {
-        let (shards, conversations) = futures::try_join!(
+        let (shards, conversations, rejected) = futures::try_join!(
             async {
                 self.collection(STATS)
                     .find(doc! {})
@@ -314,12 +316,20 @@ impl Store for MongoStore {
                     .await
                     .map_err(store_error)
             },
+            async {
+                self.collection(REJECTED)
+                    .estimated_document_count()
+                    .await
+                    .map_err(store_error)
+            },
         )?;
         let mut counts = Counts::default();
         for shard in &shards {
             add_counter_fields(&mut counts, shard, "");
         }
-        Ok(counts.to_stats(i64::try_from(conversations).unwrap_or(i64::MAX)))
+        let mut stats = counts.to_stats(i64::try_from(conversations).unwrap_or(i64::MAX));
+        stats.rejected_items = i64::try_from(rejected).unwrap_or(i64::MAX);
+        Ok(stats)
     }
 
     async fn outbox(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
