@@ -176,16 +176,29 @@ pub struct NatsServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Whether the config sets `max_payload: 8MB` (else NATS's 1 MB default).
+    large_payloads: bool,
 }
 
 impl NatsServer {
     pub async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// A private nats-server with NATS's default `max_payload` (1 MB), as
+    /// an operator who changed nothing would run it.
+    pub async fn start_with_default_max_payload() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(large_payloads: bool) -> Self {
         let dir = std::env::temp_dir().join(unique_name("nats"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = Self {
             port: free_port(),
             dir,
             child: None,
+            large_payloads,
         };
         server.restart().await;
         server
@@ -213,8 +226,13 @@ impl NatsServer {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\" }}\n",
+                "listen: 127.0.0.1:{}\n{}jetstream {{ store_dir: \"{}\" }}\n",
                 self.port,
+                if self.large_payloads {
+                    "max_payload: 8MB\n"
+                } else {
+                    ""
+                },
                 self.dir.join("store").display()
             ),
         )
@@ -291,6 +309,21 @@ impl SocketClient {
     /// browser default; `"websocket"` skips long-polling) and waits for the
     /// connection.
     pub async fn connect(url: &str, transports: &str) -> Self {
+        Self::connect_with(url, transports, serde_json::json!({})).await
+    }
+
+    /// Connects with options (see `client.js`): `{"auth": {...}}` sent with
+    /// every connection, `{"resume": true}` to keep `auth.lastSeq` at the
+    /// last event's `seq`.
+    pub async fn connect_with(url: &str, transports: &str, options: serde_json::Value) -> Self {
+        let mut client = Self::start(url, transports, options);
+        client.next_of("connect", Duration::from_secs(20)).await;
+        client
+    }
+
+    /// Starts the client without waiting for its connection (which may be
+    /// refused: see `next_of("connect_error")`).
+    pub fn start(url: &str, transports: &str, options: serde_json::Value) -> Self {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("socketio-client");
         assert!(
             dir.join("node_modules/socket.io-client").exists(),
@@ -301,6 +334,7 @@ impl SocketClient {
             .arg(dir.join("client.js"))
             .arg(url)
             .arg(transports)
+            .arg(options.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -320,15 +354,13 @@ impl SocketClient {
                 }
             }
         });
-        let mut client = Self {
+        Self {
             child,
             stdin,
             lines,
             next_id: 0,
             upgraded_to: None,
-        };
-        client.next_of("connect", Duration::from_secs(20)).await;
-        client
+        }
     }
 
     /// The next line of the given type, skipping others.
@@ -398,9 +430,27 @@ impl SocketClient {
         event: &str,
         args: serde_json::Value,
     ) -> serde_json::Value {
+        self.command(serde_json::json!({"emit": event, "args": [args]}))
+            .await
+    }
+
+    /// Disconnects (the client does not reconnect by itself after this).
+    /// socket.io-client is disconnected once it acknowledges.
+    pub async fn disconnect(&mut self) {
+        self.command(serde_json::json!({"disconnect": true})).await;
+    }
+
+    /// Connects again after [`SocketClient::disconnect`] and waits for it.
+    pub async fn reconnect(&mut self) {
+        self.command(serde_json::json!({"connect": true})).await;
+        self.next_of("connect", Duration::from_secs(20)).await;
+    }
+
+    /// Sends a command to the client and waits for its acknowledgement.
+    async fn command(&mut self, mut command: serde_json::Value) -> serde_json::Value {
         use tokio::io::AsyncWriteExt;
         self.next_id += 1;
-        let command = serde_json::json!({"id": self.next_id, "emit": event, "args": [args]});
+        command["id"] = self.next_id.into();
         let stdin = self.stdin.as_mut().unwrap();
         stdin
             .write_all(format!("{command}\n").as_bytes())

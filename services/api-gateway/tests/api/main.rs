@@ -7,4 +7,5 @@ mod helpers;
 mod openapi;
 mod realtime;
 mod rest;
+mod resume;
 mod send;

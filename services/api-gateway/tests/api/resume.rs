@@ -1,0 +1,204 @@
+//! Events are never lost: `seq`, resuming with `auth: {lastSeq}`, `resync`
+//! and `GET /api/events`, with a real socket.io-client.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use test_support::SocketClient;
+
+use crate::helpers::{RAVI, Stack, spawn_stack};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `(seq, event, id)` of events, to compare streams.
+fn keys(events: &[(String, Value)]) -> Vec<(u64, String, String)> {
+    events
+        .iter()
+        .map(|(name, data)| {
+            (
+                data["seq"].as_u64().unwrap(),
+                name.clone(),
+                format!("{}:{}", data["messageId"], data["status"]),
+            )
+        })
+        .collect()
+}
+
+fn text_webhook(customer: &str, id: &str) -> Vec<u8> {
+    json!({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {
+        "metadata": {"display_phone_number": "15550000000"},
+        "contacts": [{"wa_id": customer, "profile": {"name": "Load"}}],
+        "messages": [{"from": customer, "id": id, "timestamp": "1754500000", "type": "text", "text": {"body": id}}]
+    }}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+async fn send(stack: &Stack, replica: usize, conversation: &str, text: &str) {
+    let (status, sent) = stack
+        .post(
+            replica,
+            "/api/messages",
+            json!({"conversationId": conversation, "message": text}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() {
+    let stack = spawn_stack(2).await;
+    // One client stays connected throughout: the reference stream.
+    let mut steady = SocketClient::connect(&stack.api[1], "websocket").await;
+    let mut resuming =
+        SocketClient::connect_with(&stack.api[0], "websocket", json!({"resume": true})).await;
+    stack.load_samples().await;
+    send(&stack, 0, "conv_1", "before").await;
+    let seen = resuming.events_until_marker("before").await;
+    assert!(!seen.is_empty());
+
+    // Away for 5 s while webhooks keep coming.
+    resuming.disconnect().await;
+    let load = {
+        let (http, webhook) = (reqwest::Client::new(), stack.webhook.clone());
+        tokio::spawn(async move {
+            for n in 0..50 {
+                let body = text_webhook("4470000000", &format!("wamid.away.{n}"));
+                let response = http
+                    .post(format!("{webhook}/webhook"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    stack
+        .post(1, &format!("/api/conversations/{RAVI}/read"), json!({}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    resuming.reconnect().await;
+    load.await.unwrap();
+    stack.drained().await;
+    send(&stack, 1, "conv_1", "after").await;
+
+    let reference = steady.events_until_marker("after").await;
+    let resumed = resuming.events_until_marker("after").await;
+    // The last event it got before leaving: the "before" marker.
+    let (_, log) = stack.get(0, "/api/events?limit=1000").await;
+    let last_seen = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["data"]["body"] == "before")
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let missed: Vec<_> = keys(&reference)
+        .into_iter()
+        .filter(|(seq, _, _)| *seq > last_seen)
+        .collect();
+    assert!(missed.len() > 50, "the load happened while it was away");
+    assert_eq!(
+        keys(&resumed),
+        missed,
+        "exactly the events it missed, in order, then the live ones"
+    );
+}
+
+#[tokio::test]
+async fn resuming_keeps_the_narrowed_stream_and_a_forgotten_seq_means_resync() {
+    let stack = spawn_stack(1).await;
+    stack.load_samples().await;
+    send(&stack, 0, "conv_1", "marker").await;
+    // From the start of the log, only Ravi's conversation.
+    let mut narrowed = SocketClient::connect_with(
+        &stack.api[0],
+        "websocket",
+        json!({"auth": {"lastSeq": 0, "subscribe": [RAVI, "conv_1"]}}),
+    )
+    .await;
+    let events = narrowed.events_until_marker("marker").await;
+    assert_eq!(
+        events.len(),
+        3,
+        "Ravi's two messages and his status: {events:?}"
+    );
+    assert!(events.iter().all(|(_, d)| d["conversationId"] == RAVI));
+
+    // Events the log no longer keeps: resync, then live events.
+    let (status, all) = stack.get(0, "/api/events?after=0&limit=1000").await;
+    assert_eq!(status, 200);
+    let last = all.as_array().unwrap().last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    stack
+        .js
+        .get_stream(stack.names.events_stream())
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let (status, gone) = stack.get(0, "/api/events?after=1").await;
+    assert_eq!(status, 410, "{gone}");
+    assert!(gone["error"].as_str().unwrap().contains("no longer kept"));
+    let mut late =
+        SocketClient::connect_with(&stack.api[0], "websocket", json!({"auth": {"lastSeq": 1}}))
+            .await;
+    let (name, data) = late.next_event(WAIT).await;
+    assert_eq!(name, "resync");
+    assert!(data["reason"].is_string());
+    send(&stack, 0, "conv_1", "live").await;
+    let (name, data) = late.next_event(WAIT).await;
+    assert_eq!(
+        (name.as_str(), data["body"].as_str()),
+        ("newMessage", Some("live"))
+    );
+    assert!(data["seq"].as_u64().unwrap() > last);
+}
+
+#[tokio::test]
+async fn the_event_log_is_served_over_rest() {
+    let stack = spawn_stack(1).await;
+    stack.load_samples().await;
+    let (status, all) = stack.get(0, "/api/events").await;
+    assert_eq!(status, 200);
+    let all = all.as_array().unwrap().clone();
+    assert_eq!(all.len(), 6, "4 messages and 2 status updates: {all:?}");
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    assert!(
+        all.iter()
+            .all(|e| e["event"] == "newMessage" || e["event"] == "statusUpdate")
+    );
+    assert!(all[0]["data"]["messageId"].is_string());
+
+    let (_, page) = stack
+        .get(0, &format!("/api/events?after={}&limit=2", seqs[1]))
+        .await;
+    assert_eq!(page, json!(all[2..4]));
+    let (_, none) = stack
+        .get(0, &format!("/api/events?after={}", seqs[5]))
+        .await;
+    assert_eq!(none, json!([]));
+    for bad in ["after=-1", "after=x", "limit=0", "limit=1001"] {
+        let (status, body) = stack.get(0, &format!("/api/events?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn subscribing_with_only_invalid_ids_changes_nothing() {
+    let stack = spawn_stack(1).await;
+    let mut client = SocketClient::connect(&stack.api[0], "websocket").await;
+    let subscribed = client
+        .emit_with_ack("subscribe", json!(["not-a-conversation", "conv_x"]))
+        .await;
+    assert_eq!(subscribed, json!(["*"]), "still everything");
+    send(&stack, 0, "conv_1", "still here").await;
+    let (_, data) = client.next_event(WAIT).await;
+    assert_eq!(data["body"], "still here");
+}
