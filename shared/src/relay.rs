@@ -23,11 +23,22 @@ const SWEEP_LIMIT: usize = 1_000;
 pub struct Relay {
     store: Arc<dyn Store>,
     bus: Arc<dyn EventBus>,
+    sweep_age: Duration,
 }
 
 impl Relay {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn EventBus>) -> Self {
-        Self { store, bus }
+        Self {
+            store,
+            bus,
+            sweep_age: SWEEP_AGE,
+        }
+    }
+
+    /// Sweeps outbox events as soon as they are `age` old (tests).
+    pub fn with_sweep_age(mut self, age: Duration) -> Self {
+        self.sweep_age = age;
+        self
     }
 
     pub fn bus(&self) -> &Arc<dyn EventBus> {
@@ -55,7 +66,7 @@ impl Relay {
 
     /// Relays what writers left in the outbox; returns how many.
     pub async fn sweep(&self) -> usize {
-        match self.store.outbox(SWEEP_AGE, SWEEP_LIMIT).await {
+        match self.store.outbox(self.sweep_age, SWEEP_LIMIT).await {
             Ok(events) if !events.is_empty() => {
                 tracing::info!(
                     events = events.len(),

@@ -425,7 +425,8 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
     }
     // The events, committed with what they announce (before settling: a
     // retry announces again what was not settled, once per event id).
-    let now = bson::DateTime::now();
+    // Milliseconds: plain integers sort and compare the same everywhere.
+    let now = chrono::Utc::now().timestamp_millis();
     let events = changes
         .events
         .iter()

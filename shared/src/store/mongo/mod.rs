@@ -350,10 +350,8 @@ impl Store for MongoStore {
 
 impl MongoStore {
     async fn outbox_events(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
-        let before = mongodb::bson::DateTime::from_millis(
-            (chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or_default())
-                .timestamp_millis(),
-        );
+        let before = chrono::Utc::now().timestamp_millis()
+            - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let docs: Vec<Document> = self
             .collection(OUTBOX)
             .find(doc! {"at": {"$lt": before}})

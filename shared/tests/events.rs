@@ -1,0 +1,155 @@
+//! Every stored change has its event, once: committed with the change in
+//! the store's outbox, relayed to the event log, whatever fails in between
+//! (fault injection on the real stores and logs).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use shared::broker::EventBus;
+use shared::broker::embedded::EmbeddedEvents;
+use shared::broker::nats::NatsBroker;
+use shared::broker::payload_id;
+use shared::domain::{Event, RawPayload};
+use shared::processing::Processor;
+use shared::relay::Relay;
+use shared::store::Store;
+use shared::store::mongo::MongoStore;
+use shared::store::sqlite::SqliteStore;
+use shared::webhook;
+
+async fn mongo_and_nats() -> (Arc<MongoStore>, Arc<dyn EventBus>) {
+    let name = test_support::unique_name("events");
+    let store = MongoStore::connect(&test_support::mongodb_uri(&name), "tests")
+        .await
+        .unwrap();
+    store.prepare().await.unwrap();
+    let bus = NatsBroker::connect(
+        &test_support::nats_url(),
+        &name,
+        "tests",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    bus.ensure_streams().await.unwrap();
+    (Arc::new(store), Arc::new(bus))
+}
+
+async fn sqlite_and_embedded() -> (Arc<dyn Store>, Arc<dyn EventBus>) {
+    let dir = std::env::temp_dir().join(test_support::unique_name("events"));
+    let store = SqliteStore::open(&dir.join("store.sqlite3")).unwrap();
+    store.prepare().await.unwrap();
+    let bus = EmbeddedEvents::open(&dir.join("events.sqlite3"))
+        .await
+        .unwrap();
+    (Arc::new(store), Arc::new(bus))
+}
+
+fn items(bodies: &[Vec<u8>]) -> Vec<(RawPayload, webhook::Parsed)> {
+    bodies
+        .iter()
+        .map(|body| {
+            let raw = RawPayload {
+                id: payload_id(body),
+                body: Bytes::from(body.clone()),
+                received_at: Utc::now(),
+            };
+            (raw, webhook::parse(body).unwrap())
+        })
+        .collect()
+}
+
+fn bodies() -> Vec<Vec<u8>> {
+    test_support::all_webhook_files()
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect()
+}
+
+/// The ids of the events in the log, each once, in `seq` order.
+async fn logged(bus: &Arc<dyn EventBus>) -> Vec<String> {
+    let events = bus.read(0, 10_000).await.unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq increases");
+    let ids: Vec<String> = events.iter().map(|e| e.event.id()).collect();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no event twice: {ids:?}");
+    ids
+}
+
+/// A writer that died after its commit, before relaying: the sweeper
+/// relays its events, and the writer relaying them late adds nothing.
+async fn committed_but_not_relayed(store: Arc<dyn Store>, bus: Arc<dyn EventBus>) {
+    let processor = Processor::new(store.clone());
+    let events = processor.process(items(&bodies())).await.unwrap();
+    assert!(!events.is_empty());
+    assert!(logged(&bus).await.is_empty(), "nothing relayed yet");
+
+    let relay = Relay::new(store.clone(), bus.clone()).with_sweep_age(Duration::ZERO);
+    assert_eq!(
+        relay.sweep().await,
+        events.len(),
+        "the sweeper finds them all"
+    );
+    let expected: Vec<String> = events.iter().map(Event::id).collect();
+    assert_eq!(
+        logged(&bus).await,
+        expected,
+        "all of them, in the order planned"
+    );
+    relay.relay(&events).await;
+    assert_eq!(logged(&bus).await, expected, "the late relay adds nothing");
+    assert_eq!(relay.sweep().await, 0, "the outbox is empty");
+
+    // Redelivered: nothing new to announce.
+    let again = processor.process(items(&bodies())).await.unwrap();
+    assert!(again.is_empty());
+}
+
+#[tokio::test]
+async fn mongodb_and_jetstream_committed_but_not_relayed() {
+    let (store, bus) = mongo_and_nats().await;
+    committed_but_not_relayed(store, bus).await;
+}
+
+#[tokio::test]
+async fn sqlite_and_embedded_log_committed_but_not_relayed() {
+    let (store, bus) = sqlite_and_embedded().await;
+    committed_but_not_relayed(store, bus).await;
+}
+
+/// A batch stopped after each step of its change set (MongoDB without
+/// transactions), then redelivered and relayed, with the sweeper running
+/// too: every change announced once.
+#[tokio::test]
+async fn a_batch_stopped_midway_announces_every_change_once() {
+    for steps in 1..=3 {
+        let (mongo, bus) = mongo_and_nats().await;
+        let store: Arc<dyn Store> = mongo.clone();
+        let processor = Processor::new(store.clone());
+        let relay = Relay::new(store.clone(), bus.clone()).with_sweep_age(Duration::ZERO);
+        mongo.stop_next_change_set_after(steps);
+        assert!(processor.process(items(&bodies())).await.is_err());
+        relay.sweep().await;
+        let events = processor.process(items(&bodies())).await.unwrap();
+        relay.relay(&events).await;
+        relay.sweep().await;
+
+        let logged: BTreeSet<String> = logged(&bus).await.into_iter().collect();
+        // What an uninterrupted run announces.
+        let (clean_store, _) = mongo_and_nats().await;
+        let clean: Arc<dyn Store> = clean_store;
+        let expected: BTreeSet<String> = Processor::new(clean)
+            .process(items(&bodies()))
+            .await
+            .unwrap()
+            .iter()
+            .map(Event::id)
+            .collect();
+        assert_eq!(logged, expected, "stopped after {steps} steps");
+    }
+}
