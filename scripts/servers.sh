@@ -223,7 +223,8 @@ if [ -n "${TEST_NATS_URL:-}" ]; then
 else
     NATS_PORT="$(free_port)"
     log "starting nats-server on port $NATS_PORT"
-    # Webhooks may be 3 MB: NATS's 1 MB default max_payload is too small.
+    # Webhooks may be 3 MB: 8 MB keeps each in one message (the large-body
+    # tests start their own server with the 1 MB default).
     cat >"$TMP/nats.conf" <<EOF
 listen: 127.0.0.1:$NATS_PORT
 max_payload: 8MB

@@ -51,8 +51,10 @@ pub struct Enqueued {
 
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
-    /// Returns once the payload is durable. Payloads with the same `id`
-    /// enqueued close together are stored once.
+    /// Returns once the payload is durable. A payload whose `id` was
+    /// enqueued less than 10 minutes before (counted from its first
+    /// enqueue, processed meanwhile or not) is stored once: `duplicate`.
+    /// Any body size is taken (NATS: past `max_payload` by reference).
     async fn enqueue(&self, kind: Ingest, id: &str, body: Bytes) -> Result<Enqueued, BrokerError>;
 
     /// Waits for payloads and returns some, within `limits` (a payload

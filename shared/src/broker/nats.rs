@@ -6,19 +6,31 @@
 //! payloads that can never be processed go to `<NS>_DLQ`; the event log is
 //! the `<NS>_EVENTS` stream (subject `<ns>.events`): its sequence numbers
 //! are the events' `seq`, the same for every api-gateway reading it.
+//!
+//! A body larger than the server's `max_payload` (1 MB on a default
+//! server, while WhatsApp posts up to 3 MB) goes into the object store
+//! bucket `<NS>_BODIES` under its SHA-256, and the stream gets a small
+//! reference message instead (headers [`BODY_REF`], [`BODY_BUCKET`],
+//! [`BODY_SIZE`], same subject and `Nats-Msg-Id`); deliveries carry the
+//! fetched body, so callers never see the difference. Objects are not
+//! deleted on ack: they expire with the bucket's `max_age`, the stream's
+//! 7 days, so a reference stays readable as long as the stream keeps it
+//! (replays, other consumers, the same body referenced twice).
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::object_store::{self, GetErrorKind};
 use async_nats::jetstream::{self, AckKind, consumer, stream};
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectOptions, HeaderMap};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use tokio::io::AsyncReadExt;
 
 use super::{
     BatchLimits, BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, ReadError, Settle,
@@ -39,6 +51,22 @@ const DEAD_LETTER_MESSAGES: i64 = 100_000;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Name of the durable consumer all processor replicas share.
 pub const PROCESSOR_CONSUMER: &str = "processor";
+/// Header of a message whose body is in an object store: the object's name
+/// (the body's SHA-256, hex).
+pub const BODY_REF: &str = "Body-Ref";
+/// Header of such a message: the bucket holding the body.
+pub const BODY_BUCKET: &str = "Body-Bucket";
+/// Header of such a message: the body's size in bytes, so batches are
+/// bounded by real sizes before the bodies are fetched.
+pub const BODY_SIZE: &str = "Body-Size";
+/// Room left for headers when deciding whether a body fits in one message
+/// (the server counts headers and payload together).
+const HEADER_ROOM: usize = 8 * 1024;
+/// Longest wait for a referenced body; then the delivery is retried later.
+const BODY_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// Deliveries of a reference whose body is gone (the server says so: not a
+/// NATS outage) before it is dead-lettered instead of retried for days.
+const MISSING_BODY_DELIVERIES: i64 = 10;
 
 /// Every NATS name, derived from one namespace so that several deployments
 /// (or tests) can share a server.
@@ -88,6 +116,17 @@ impl Names {
 
     pub fn dead_letter_stream(&self) -> String {
         format!("{}_DLQ", self.stream_prefix())
+    }
+
+    /// Object store bucket of queued bodies too large for one message.
+    pub fn bodies_bucket(&self) -> String {
+        format!("{}_BODIES", self.stream_prefix())
+    }
+
+    /// Object store bucket of dead-lettered bodies too large for one
+    /// message (kept as long as the dead letters).
+    pub fn dead_letter_bodies_bucket(&self) -> String {
+        format!("{}_DLQ_BODIES", self.stream_prefix())
     }
 
     /// Stream names may not contain `.`, `*`, `>` or spaces.
@@ -199,6 +238,7 @@ pub struct NatsBroker {
     ack_wait: Duration,
     /// The processor's pull subscription, made on first use.
     pulling: tokio::sync::Mutex<Option<consumer::pull::Stream>>,
+    events: EventLog,
 }
 
 impl NatsBroker {
@@ -211,10 +251,16 @@ impl NatsBroker {
         timeout: Duration,
     ) -> Result<Self, async_nats::ConnectError> {
         let client = connect(url, client_name).await?;
+        let js = jetstream(client.clone(), timeout);
+        let names = Names::new(namespace);
         Ok(Self {
-            js: jetstream(client.clone(), timeout),
+            events: EventLog {
+                js: js.clone(),
+                names: names.clone(),
+            },
+            js,
             client,
-            names: Names::new(namespace),
+            names,
             ack_wait: Duration::from_secs(30),
             pulling: tokio::sync::Mutex::new(None),
         })
@@ -240,28 +286,34 @@ impl NatsBroker {
         ensure_streams(&self.js, &self.names).await.map(drop)
     }
 
-    async fn publish(
-        &self,
-        subject: String,
-        id: &str,
-        body: Bytes,
-    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
-        let message = PublishMessage::build().payload(body).message_id(id);
-        self.js.send_publish(subject, message).await?.await
+    /// Publishes a queued payload, by reference when it is too large.
+    async fn send(&self, subject: String, id: &str, body: &Bytes) -> Result<PublishAck, SendError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        let bucket = Bucket {
+            name: self.names.bodies_bucket(),
+            max_age: WEBHOOK_RETENTION,
+        };
+        publish_body(&self.js, subject, headers, body, &bucket).await
     }
 
-    fn delivery(&self, message: jetstream::Message) -> Delivery {
+    /// Turns a message into a delivery; a referenced body is fetched first.
+    /// `None`: the body could not be had now; the message was handed back
+    /// to be delivered again later (or dead-lettered if its body is gone).
+    async fn delivery(&self, message: jetstream::Message) -> Option<Delivery> {
         let kind = if message.subject.as_str() == self.names.sends() {
             Ingest::Send
         } else {
             Ingest::Webhook
         };
-        let id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_else(|| payload_id(&message.payload));
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let (msg_id, body_ref) = (header("Nats-Msg-Id"), header(BODY_REF));
         let info = message.info().ok();
         let enqueued_at = info
             .as_ref()
@@ -269,51 +321,45 @@ impl NatsBroker {
             .map_or_else(Utc::now, DateTime::from_timestamp_nanos);
         let attempt = info.as_ref().map_or(1, |i| i.delivered);
         let sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
-        Delivery {
+        let settle = NatsSettle {
+            message,
+            js: self.js.clone(),
+            dead_letters: self.names.dead_letters(),
+            dead_bodies: Bucket {
+                name: self.names.dead_letter_bodies_bucket(),
+                max_age: DEAD_LETTER_RETENTION,
+            },
+            sequence,
+        };
+        let body = match body_ref {
+            None => settle.message.payload.clone(),
+            Some(name) => {
+                let bucket = self.names.bodies_bucket();
+                let fetched =
+                    tokio::time::timeout(BODY_FETCH_TIMEOUT, fetch_body(&self.js, &bucket, &name))
+                        .await
+                        .unwrap_or_else(|_| Err(Fetch::Failed("timed out".to_owned())));
+                match fetched {
+                    Ok(body) => body,
+                    Err(error) => {
+                        body_unavailable(&settle, &bucket, &name, attempt, error).await;
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Delivery {
             kind,
-            id,
-            body: message.payload.clone(),
+            id: msg_id.unwrap_or_else(|| payload_id(&body)),
+            body,
             enqueued_at,
             attempt,
-            handle: Box::new(NatsSettle {
-                message,
-                js: self.js.clone(),
-                dead_letters: self.names.dead_letters(),
-                sequence,
-            }),
-        }
-    }
-}
-
-#[async_trait]
-impl Queue for NatsBroker {
-    async fn enqueue(&self, kind: Ingest, id: &str, body: Bytes) -> Result<Enqueued, BrokerError> {
-        let subject = match kind {
-            Ingest::Webhook => self.names.webhooks(),
-            Ingest::Send => self.names.sends(),
-        };
-        let result = match self.publish(subject.clone(), id, body.clone()).await {
-            // NATS lost its streams (e.g. restarted without storage): recreate them once.
-            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                self.ensure_streams()
-                    .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                self.publish(subject, id, body).await
-            }
-            other => other,
-        };
-        match result {
-            Ok(ack) => Ok(Enqueued {
-                duplicate: ack.duplicate,
-            }),
-            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                Err(BrokerError::TooLarge(e.to_string()))
-            }
-            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
-        }
+            handle: Box::new(settle),
+        })
     }
 
-    async fn next_batch(&self, limits: BatchLimits) -> Result<Vec<Delivery>, BrokerError> {
+    /// Messages that have arrived, within `limits` (waits for the first).
+    async fn pull(&self, limits: BatchLimits) -> Result<Vec<jetstream::Message>, BrokerError> {
         let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let mut pulling = self.pulling.lock().await;
         let messages = match pulling.as_mut() {
@@ -347,13 +393,14 @@ impl Queue for NatsBroker {
         // Then whatever else has arrived, up to the limits, in one go.
         // Unconstrained: tokio's per-task budget would otherwise make the
         // channel look empty after ~128 messages.
+        let mut bytes = first.as_ref().map_or(0, body_size);
         let mut batch = vec![first];
-        let mut bytes = 0;
         tokio::task::unconstrained(async {
             while batch.len() < limits.count && bytes < limits.bytes {
                 match messages.next().now_or_never() {
                     Some(Some(message)) => {
-                        bytes += message.as_ref().map_or(0, |m| m.payload.len());
+                        // A reference counts as the body it stands for.
+                        bytes += message.as_ref().map_or(0, body_size);
                         batch.push(message);
                     }
                     _ => break,
@@ -364,8 +411,54 @@ impl Queue for NatsBroker {
         Ok(batch
             .into_iter()
             .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "pull error")).ok())
-            .map(|m| self.delivery(m))
             .collect())
+    }
+}
+
+#[async_trait]
+impl Queue for NatsBroker {
+    async fn enqueue(&self, kind: Ingest, id: &str, body: Bytes) -> Result<Enqueued, BrokerError> {
+        let subject = match kind {
+            Ingest::Webhook => self.names.webhooks(),
+            Ingest::Send => self.names.sends(),
+        };
+        let result = match self.send(subject.clone(), id, &body).await {
+            // NATS lost its streams (e.g. restarted without storage): recreate them once.
+            Err(SendError::Publish(e)) if e.kind() == PublishErrorKind::StreamNotFound => {
+                self.ensure_streams()
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                self.send(subject, id, &body).await
+            }
+            other => other,
+        };
+        match result {
+            Ok(ack) => Ok(Enqueued {
+                duplicate: ack.duplicate,
+            }),
+            // Only if even a reference does not fit: a server with a tiny limit.
+            Err(SendError::Publish(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                Err(BrokerError::TooLarge(e.to_string()))
+            }
+            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn next_batch(&self, limits: BatchLimits) -> Result<Vec<Delivery>, BrokerError> {
+        loop {
+            let messages = self.pull(limits).await?;
+            // Referenced bodies are fetched side by side.
+            let deliveries: Vec<Delivery> =
+                futures::future::join_all(messages.into_iter().map(|m| self.delivery(m)))
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            // All of them handed back for later: wait for others.
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+        }
     }
 
     async fn ready(&self) -> Result<(), String> {
@@ -380,9 +473,191 @@ impl Queue for NatsBroker {
     }
 }
 
-impl NatsBroker {
-    /// The event log's stream, created if NATS lost it.
-    async fn events_stream(&self) -> Result<stream::Stream, BrokerError> {
+/// An object store bucket for bodies, created on first use.
+struct Bucket {
+    name: String,
+    max_age: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Publish(#[from] jetstream::context::PublishError),
+    #[error("cannot store the body in the object store: {0}")]
+    Bucket(String),
+}
+
+type PublishAck = jetstream::publish::PublishAck;
+
+/// Publishes `body` as one message when it fits the server's `max_payload`;
+/// otherwise stores it in `bucket` and publishes a reference to it with the
+/// same headers, so the message id still de-duplicates it.
+async fn publish_body(
+    js: &jetstream::Context,
+    subject: String,
+    mut headers: HeaderMap,
+    body: &Bytes,
+    bucket: &Bucket,
+) -> Result<PublishAck, SendError> {
+    // The limit the client checks: the server's, from its INFO (NATS's
+    // 1 MB default until the first connection tells).
+    let max_payload = js.client().max_payload();
+    if body.len().saturating_add(HEADER_ROOM) <= max_payload {
+        match publish(js, subject.clone(), headers.clone(), body.clone()).await {
+            // The server takes less than it said (e.g. a reconnection to
+            // another one): by reference then.
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {}
+            other => return other.map_err(SendError::Publish),
+        }
+    }
+    let name = stash(js, bucket, body).await.map_err(SendError::Bucket)?;
+    headers.insert(BODY_REF, name);
+    headers.insert(BODY_BUCKET, bucket.name.as_str());
+    headers.insert(BODY_SIZE, body.len().to_string());
+    Ok(publish(js, subject, headers, Bytes::new()).await?)
+}
+
+async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<PublishAck, jetstream::context::PublishError> {
+    let message = PublishMessage::build().headers(headers).payload(payload);
+    js.send_publish(subject, message).await?.await
+}
+
+/// Puts `body` into `bucket` under its SHA-256 (hex) and returns that name.
+async fn stash(js: &jetstream::Context, bucket: &Bucket, body: &Bytes) -> Result<String, String> {
+    let name = payload_id(body);
+    let store = match js.get_object_store(&bucket.name).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: bucket.name.clone(),
+                description: Some("bodies larger than the server's max_payload".to_owned()),
+                max_age: bucket.max_age,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    // The name is the content's hash: a copy written within the duplicate
+    // window is the same body, kept (a retry by Meta then uploads nothing,
+    // and no chunks a processor may be reading are replaced). An older copy
+    // is written again, so it lives as long as the newest reference to it.
+    if let Ok(info) = store.info(&name).await {
+        let age = info
+            .modified
+            .map(|m| Utc::now().timestamp().saturating_sub(m.unix_timestamp()));
+        let recent =
+            age.is_some_and(|age| u64::try_from(age).unwrap_or(0) < DUPLICATE_WINDOW.as_secs());
+        if !info.deleted && info.size == body.len() && recent {
+            return Ok(name);
+        }
+    }
+    store
+        .put(name.as_str(), &mut body.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(name)
+}
+
+/// Why a referenced body could not be fetched.
+enum Fetch {
+    /// The server says it is not there (expired, deleted).
+    Gone(String),
+    /// NATS trouble: try again later.
+    Failed(String),
+}
+
+/// The body stored as `name` in `bucket`, checked against its name.
+async fn fetch_body(js: &jetstream::Context, bucket: &str, name: &str) -> Result<Bytes, Fetch> {
+    let store = js.get_object_store(bucket).await.map_err(|e| {
+        let missing = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<GetStreamError>())
+            .is_some_and(|e| {
+                matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+            });
+        if missing {
+            Fetch::Gone(format!("no bucket {bucket}"))
+        } else {
+            Fetch::Failed(e.to_string())
+        }
+    })?;
+    let mut object = store.get(name).await.map_err(|e| match e.kind() {
+        GetErrorKind::NotFound => Fetch::Gone(e.to_string()),
+        _ => Fetch::Failed(e.to_string()),
+    })?;
+    // Sized from the object's info, bounded in case that is wrong.
+    let mut body = Vec::with_capacity(object.info().size.min(64 << 20));
+    object
+        .read_to_end(&mut body)
+        .await
+        .map_err(|e| Fetch::Failed(e.to_string()))?;
+    // Content-addressed: anything else is a copy being rewritten; read again later.
+    if payload_id(&body) != name {
+        return Err(Fetch::Failed(format!("{name} read back different bytes")));
+    }
+    Ok(body.into())
+}
+
+/// A referenced body could not be fetched: the message is delivered again
+/// later (NATS trouble is waited out, never dead-lettered); a body the
+/// server keeps saying is gone is dead-lettered after a while.
+async fn body_unavailable(
+    settle: &NatsSettle,
+    bucket: &str,
+    name: &str,
+    attempt: i64,
+    error: Fetch,
+) {
+    let (gone, error) = match error {
+        Fetch::Gone(e) => (true, e),
+        Fetch::Failed(e) => (false, e),
+    };
+    if gone && attempt >= MISSING_BODY_DELIVERIES {
+        let reason = format!("body {name} is no longer in bucket {bucket}: {error}");
+        tracing::error!(%reason, sequence = settle.sequence, "payload dead-lettered");
+        if settle.dead_letter(&Bytes::new(), &reason).await.is_ok() {
+            return;
+        }
+    }
+    let delay = Duration::from_secs(1 << attempt.clamp(1, 6).saturating_sub(1))
+        .min(Duration::from_secs(30));
+    tracing::warn!(%error, name, attempt, ?delay, "cannot fetch a payload's body; retrying later");
+    if let Err(e) = settle.retry_after(delay).await {
+        // Then it comes back after the ack wait.
+        tracing::warn!(error = %e, "retry not scheduled");
+    }
+}
+
+/// The size of the body a message carries or refers to.
+fn body_size(message: &jetstream::Message) -> usize {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(BODY_SIZE))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(message.payload.len())
+}
+
+/// Reads the event log (the `<NS>_EVENTS` stream) by sequence number:
+/// each read is a short-lived consumer from a given `seq`, whose messages
+/// are taken only while their sequence numbers follow on, so a reader never
+/// skips an event, whatever the server did in between (a restart, a
+/// consumer lost).
+#[derive(Clone)]
+struct EventLog {
+    js: jetstream::Context,
+    names: Names,
+}
+
+impl EventLog {
+    /// The stream, created if NATS lost it.
+    async fn stream(&self) -> Result<stream::Stream, BrokerError> {
         match self.js.get_stream(self.names.events_stream()).await {
             Ok(stream) => Ok(stream),
             Err(_) => {
@@ -397,40 +672,146 @@ impl NatsBroker {
         }
     }
 
-    /// The log's events from `first` on, as they come.
-    async fn events_from(
-        &self,
-        stream: &stream::Stream,
-        first: u64,
-    ) -> Result<BoxStream<'static, Sequenced>, BrokerError> {
+    /// The oldest kept and the last `seq`.
+    async fn bounds(&self) -> Result<(stream::Stream, u64, u64), BrokerError> {
+        let mut stream = self.stream().await?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?
+            .state
+            .clone();
+        let first = if state.messages == 0 {
+            state.last_sequence + 1
+        } else {
+            state.first_sequence
+        };
+        Ok((stream, first, state.last_sequence))
+    }
+
+    async fn read(&self, after: u64, limit: usize) -> Result<Vec<Sequenced>, ReadError> {
         let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
-        let messages = stream
-            .create_consumer(consumer::pull::OrderedConfig {
+        let (stream, first, last) = self.bounds().await?;
+        if after + 1 < first {
+            return Err(ReadError::Gone { after, first });
+        }
+        if after >= last || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
                 filter_subject: self.names.events(),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: first.max(1),
+                    start_sequence: after + 1,
                 },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
                 ..Default::default()
             })
             .await
-            .map_err(|e| unavailable(&e))?
+            .map_err(|e| unavailable(&e))?;
+        let wanted = usize::try_from(last - after)
+            .unwrap_or(usize::MAX)
+            .min(limit);
+        let mut messages = consumer
+            .fetch()
+            .max_messages(wanted)
             .messages()
             .await
             .map_err(|e| unavailable(&e))?;
-        Ok(messages
-            .filter_map(|message| async move {
-                let message = message
-                    .map_err(|e| tracing::warn!(error = %e, "event log read error"))
-                    .ok()?;
-                let seq = message.info().ok()?.stream_sequence;
-                let event = serde_json::from_slice(&message.payload)
-                    .map_err(|e| tracing::warn!(error = %e, seq, "ignoring an event that is not understood"))
-                    .ok()?;
-                Some(Sequenced { seq, event })
-            })
-            .boxed())
+        let mut events = Vec::with_capacity(wanted);
+        let mut next = after + 1;
+        let read = tokio::time::timeout(READ_TIMEOUT, async {
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| unavailable(&e))?;
+                let seq = message.info().map_err(|e| unavailable(&e))?.stream_sequence;
+                if seq != next {
+                    break; // not the one that follows: read again from `next`
+                }
+                next += 1;
+                match serde_json::from_slice(&message.payload) {
+                    Ok(event) => events.push(Sequenced { seq, event }),
+                    Err(e) => tracing::error!(error = %e, seq, "an event that is not understood is skipped"),
+                }
+            }
+            Ok::<(), BrokerError>(())
+        })
+        .await;
+        // The consumer is not needed any more (it would expire anyway).
+        let (js, stream_name, name) = (
+            self.js.clone(),
+            self.names.events_stream(),
+            consumer.cached_info().name.clone(),
+        );
+        tokio::spawn(async move {
+            if let Ok(stream) = js.get_stream(stream_name).await {
+                stream.delete_consumer(&name).await.ok();
+            }
+        });
+        match read {
+            Ok(Ok(())) => Ok(events),
+            // What was read in order stands.
+            Ok(Err(_)) | Err(_) if !events.is_empty() => Ok(events),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                Err(BrokerError::Unavailable("the event log did not answer in time".into()).into())
+            }
+        }
+    }
+
+    /// Events after `head` as they are appended: reads on, and waits for
+    /// the next append (every publish on the subject rings) when caught up.
+    async fn follow(&self, head: u64) -> Result<BoxStream<'static, Sequenced>, BrokerError> {
+        let doorbell = self
+            .js_client()
+            .subscribe(self.names.events())
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let state = (
+            self.clone(),
+            doorbell,
+            head,
+            std::collections::VecDeque::new(),
+        );
+        Ok(futures::stream::unfold(
+            state,
+            |(log, mut doorbell, mut cursor, mut ready)| async move {
+                loop {
+                    if let Some(event) = ready.pop_front() {
+                        return Some((event, (log, doorbell, cursor, ready)));
+                    }
+                    match log.read(cursor, FOLLOW_PAGE).await {
+                        Ok(events) if !events.is_empty() => {
+                            cursor = events.last().map_or(cursor, |e: &Sequenced| e.seq);
+                            ready.extend(events);
+                        }
+                        Ok(_) => {
+                            // Caught up: until something is appended (or a
+                            // while, in case a ring was missed).
+                            let _ = tokio::time::timeout(FOLLOW_IDLE, doorbell.next()).await;
+                        // One read answers every ring so far.
+                        while let Some(Some(_)) = doorbell.next().now_or_never() {}
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "event log interrupted");
+                            return None;
+                        }
+                    }
+                }
+            },
+        )
+        .boxed())
+    }
+
+    fn js_client(&self) -> Client {
+        self.js.client()
     }
 }
+
+/// Events read per round while following the log.
+const FOLLOW_PAGE: usize = 1_000;
+/// Longest wait for an append's ring before reading again anyway.
+const FOLLOW_IDLE: Duration = Duration::from_secs(1);
 
 #[async_trait]
 impl EventBus for NatsBroker {
@@ -450,7 +831,7 @@ impl EventBus for NatsBroker {
             {
                 Ok(ack) => ack,
                 Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                    self.events_stream().await?;
+                    self.events.stream().await?;
                     self.js
                         .send_publish(self.names.events(), message)
                         .await
@@ -468,50 +849,12 @@ impl EventBus for NatsBroker {
     }
 
     async fn live(&self) -> Result<(u64, BoxStream<'static, Sequenced>), BrokerError> {
-        let mut stream = self.events_stream().await?;
-        let head = stream
-            .info()
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?
-            .state
-            .last_sequence;
-        Ok((head, self.events_from(&stream, head + 1).await?))
+        let (_, _, head) = self.events.bounds().await?;
+        Ok((head, self.events.follow(head).await?))
     }
 
     async fn read(&self, after: u64, limit: usize) -> Result<Vec<Sequenced>, ReadError> {
-        let mut stream = self.events_stream().await?;
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?
-            .state
-            .clone();
-        let first = if state.messages == 0 {
-            state.last_sequence + 1
-        } else {
-            state.first_sequence
-        };
-        if after + 1 < first {
-            return Err(ReadError::Gone { after, first });
-        }
-        if after >= state.last_sequence || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let last = state.last_sequence;
-        let wanted = usize::try_from(last - after)
-            .unwrap_or(usize::MAX)
-            .min(limit);
-        let events = self.events_from(&stream, after + 1).await?;
-        let read: Vec<Sequenced> = tokio::time::timeout(
-            READ_TIMEOUT,
-            events
-                .take_while(move |e| futures::future::ready(e.seq <= last))
-                .take(wanted)
-                .collect(),
-        )
-        .await
-        .map_err(|_| BrokerError::Unavailable("the event log did not answer in time".into()))?;
-        Ok(read)
+        self.events.read(after, limit).await
     }
 }
 
@@ -520,6 +863,8 @@ struct NatsSettle {
     message: jetstream::Message,
     js: jetstream::Context,
     dead_letters: String,
+    /// Where a dead letter's body goes when it is too large for a message.
+    dead_bodies: Bucket,
     sequence: u64,
 }
 
@@ -559,12 +904,18 @@ impl Settle for NatsSettle {
         headers.insert("Dlq-Stream-Sequence", self.sequence.to_string());
         headers.insert("Nats-Msg-Id", format!("dlq-{}", self.sequence));
         let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
-        self.js
-            .publish_with_headers(self.dead_letters.clone(), headers, body.clone())
-            .await
-            .map_err(|e| unavailable(&e))?
-            .await
-            .map_err(|e| unavailable(&e))?;
+        // The full body, as for any payload; one too large for a message
+        // is copied to a bucket kept as long as the dead letters (the
+        // queue's bucket expires sooner) and the dead letter refers to it.
+        publish_body(
+            &self.js,
+            self.dead_letters.clone(),
+            headers,
+            body,
+            &self.dead_bodies,
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
         // Term: never redelivered (the stream keeps it, Limits retention).
         self.message
             .ack_with(AckKind::Term)

@@ -50,7 +50,8 @@ pub async fn verify(
 }
 
 /// Checks the signature and the envelope, then publishes the raw body to
-/// JetStream and answers 200 once it is stored there.
+/// JetStream and answers 200 once it is stored there (a body over NATS's
+/// `max_payload` goes through its object store: the broker does that).
 pub async fn receive(
     State(state): State<WebhookState>,
     headers: HeaderMap,
@@ -93,6 +94,9 @@ pub async fn receive(
         "status": "accepted",
         "messages": parsed.messages.len(),
         "statuses": parsed.statuses.len(),
+        // Malformed items: kept with the reason by the processor, counted
+        // in /api/stats; the rest of the envelope is stored.
+        "rejected": parsed.rejected.len(),
         "duplicate": ack.duplicate,
     })))
 }

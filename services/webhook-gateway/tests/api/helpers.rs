@@ -9,6 +9,7 @@ pub const APP_SECRET: &str = "test-app-secret";
 
 pub struct TestApp {
     pub address: String,
+    pub namespace: String,
     pub names: Names,
     pub js: jetstream::Context,
     pub http: reqwest::Client,
@@ -58,6 +59,7 @@ pub async fn spawn_app_on(nats_url: &str, app_secret: Option<&str>) -> TestApp {
     TestApp {
         address,
         names: Names::new(&namespace),
+        namespace,
         js,
         http: reqwest::Client::new(),
         shutdown,

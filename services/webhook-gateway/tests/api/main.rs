@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+mod large_bodies;
 mod receive;
 mod resilience;
 mod verification;

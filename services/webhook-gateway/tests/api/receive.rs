@@ -90,25 +90,30 @@ async fn signatures_are_checked_on_the_raw_bytes_when_a_secret_is_set() {
 #[tokio::test]
 async fn bad_input_gets_a_json_4xx_and_nothing_is_stored() {
     let app = spawn_app(None).await;
-    // Deep nesting where the parser keeps JSON verbatim (a message's body).
-    let deep = format!(
-        r#"{{"entry":[{{"changes":[{{"value":{{"messages":[{}{}]}}}}]}}]}}"#,
-        "[".repeat(5000),
-        "]".repeat(5000)
-    );
+    // Deep nesting outside the items (a bad item alone is kept aside, below).
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("not JSON", b"hello".to_vec(), 400, "not valid JSON"),
         ("empty", Vec::new(), 400, "not valid JSON"),
-        ("not an envelope", br#"{"hello":"world"}"#.to_vec(), 400, "not a WhatsApp webhook"),
-        ("entry not an array", br#"{"object":"whatsapp_business_account","entry":5}"#.to_vec(), 400, "not a WhatsApp webhook"),
         (
-            "message without an id",
-            br#"{"entry":[{"changes":[{"field":"messages","value":{"messages":[{"from":"1","timestamp":"1","type":"text"}]}}]}]}"#.to_vec(),
+            "not an envelope",
+            br#"{"hello":"world"}"#.to_vec(),
             400,
-            "messages[0]",
+            "not a WhatsApp webhook",
         ),
-        ("deep nesting", deep.into_bytes(), 400, "recursion limit"),
-        ("over the body limit", vec![b' '; 5 * 1024 * 1024], 413, "larger"),
+        (
+            "entry not an array",
+            br#"{"object":"whatsapp_business_account","entry":5}"#.to_vec(),
+            400,
+            "not a WhatsApp webhook",
+        ),
+        ("deep nesting", deep.into_bytes(), 400, "body is not"),
+        (
+            "over the body limit",
+            vec![b' '; 5 * 1024 * 1024],
+            413,
+            "larger",
+        ),
     ];
     for (what, body, status, message) in cases {
         let response = app.post_webhook(body).await;
@@ -117,6 +122,24 @@ async fn bad_input_gets_a_json_4xx_and_nothing_is_stored() {
         assert!(error.contains(message), "{what}: {error}");
     }
     assert_eq!(app.stored_payloads().await, 0);
+    // One malformed item does not refuse its envelope (the processor keeps
+    // it aside with the reason and stores the rest), even nested deep.
+    let without_id = br#"{"entry":[{"changes":[{"field":"messages","value":{"messages":[{"from":"1","timestamp":"1","type":"text"}]}}]}]}"#;
+    let deep_item = format!(
+        r#"{{"entry":[{{"changes":[{{"value":{{"messages":[{}{}]}}}}]}}]}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    for body in [without_id.to_vec(), deep_item.into_bytes()] {
+        let response = app.post_webhook(body).await;
+        assert_eq!(response.status(), 200);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            (&answer["messages"], &answer["rejected"]),
+            (&serde_json::json!(0), &serde_json::json!(1)),
+            "the bad item is counted as rejected: {answer}"
+        );
+    }
     let health = app
         .http
         .get(format!("{}/healthz", app.address))

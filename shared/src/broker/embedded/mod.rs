@@ -24,6 +24,10 @@ use crate::sqlite::Database;
 /// While a batch is being handled its payloads are leased, so they are not
 /// handed out again; after a crash the lease is cleared at startup.
 const LEASE: Duration = Duration::from_secs(60);
+/// A payload enqueued again within this time of its first enqueue is a
+/// duplicate, even once processed and gone from the queue: the same window
+/// as JetStream's de-duplication in the microservices.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 pub struct EmbeddedQueue {
     db: Database,
@@ -48,6 +52,12 @@ impl EmbeddedQueue {
                     leased_until INTEGER NOT NULL DEFAULT 0
                  );
                  CREATE INDEX IF NOT EXISTS queue_ready ON queue (available_at, seq);
+                 -- Ids enqueued in the last DUPLICATE_WINDOW, with when they first were.
+                 CREATE TABLE IF NOT EXISTS recent_ids (
+                    id TEXT PRIMARY KEY,
+                    enqueued_at INTEGER NOT NULL
+                 ) WITHOUT ROWID;
+                 CREATE INDEX IF NOT EXISTS recent_ids_age ON recent_ids (enqueued_at);
                  CREATE TABLE IF NOT EXISTS dead_letters (
                     seq INTEGER PRIMARY KEY,
                     id TEXT NOT NULL,
@@ -157,9 +167,24 @@ impl Queue for EmbeddedQueue {
             Ingest::Send => "send",
         };
         let (id, now) = (id.to_owned(), Utc::now().timestamp_millis());
+        let window_start = now - DUPLICATE_WINDOW.as_millis() as i64;
         let inserted = self
             .db
             .transaction(move |t| -> rusqlite::Result<_> {
+                // Forget what left the window: through the index, only the
+                // expired rows are visited, however busy the window is.
+                t.prepare_cached("DELETE FROM recent_ids WHERE enqueued_at < ?1")?
+                    .execute([window_start])?;
+                // Seen in the window (processed or not): stored once.
+                let first = t
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO recent_ids (id, enqueued_at) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![id, now])?;
+                if first == 0 {
+                    return Ok(0);
+                }
+                // Still queued from before the window (retried for long): once too.
                 t.prepare_cached(
                     "INSERT OR IGNORE INTO queue (id, kind, body, enqueued_at, available_at)
                      VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -168,7 +193,9 @@ impl Queue for EmbeddedQueue {
             })
             .await
             .map_err(|e| BrokerError::Unavailable(e.message))?;
-        self.arrived.notify_one();
+        if inserted > 0 {
+            self.arrived.notify_one();
+        }
         Ok(Enqueued {
             duplicate: inserted == 0,
         })
