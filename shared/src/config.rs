@@ -49,6 +49,10 @@ pub struct ApiConfig {
     /// message before answering 202 instead of 201.
     #[arg(long, env = "SEND_TIMEOUT_MS", default_value_t = 10_000)]
     pub send_timeout_ms: u64,
+    /// Events queued per Socket.IO connection; a client slower than that
+    /// is caught up from the event log instead, so it misses nothing.
+    #[arg(long, env = "SOCKET_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub socket_buffer: u32,
 }
 
 /// The processing loop's settings (processor, whatsapp-clone).

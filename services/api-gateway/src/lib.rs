@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use shared::broker::nats::NatsBroker;
 use shared::broker::{EventBus, Queue};
+use shared::config::ApiConfig;
 use shared::http::{ops_routes, readiness};
 use shared::processing::Processor;
 use shared::relay::Relay;
@@ -70,8 +71,11 @@ impl ApiState {
 /// metrics; the webhook routes in the all-in-one binary), finished with
 /// the shared layers, Socket.IO on the same port, and CORS. Also returns
 /// the handle to emit to this process's sockets.
-pub fn api_router(state: ApiState, others: Router, cors_origins: &str) -> (Router, SocketIo) {
-    let (socket_layer, io) = realtime::socket_io(state.realtime.clone());
+pub fn api_router(state: ApiState, others: Router, config: &ApiConfig) -> (Router, SocketIo) {
+    let (socket_layer, io) = realtime::socket_io(
+        state.realtime.clone(),
+        usize::try_from(config.socket_buffer).unwrap_or(usize::MAX),
+    );
     let inner = shared::http::service(routes::router(state).merge(others));
     // Socket.IO wraps the whole router as one service: each `layer()` call
     // makes its own engine (sessions), and `Router::layer` would call it
@@ -81,7 +85,7 @@ pub fn api_router(state: ApiState, others: Router, cors_origins: &str) -> (Route
         .layer(tower::util::MapRequestLayer::new(
             realtime::detach_from_read_buffer::<axum::body::Body>,
         ))
-        .layer(cors(cors_origins));
+        .layer(cors(&config.cors_origins));
     (router, io)
 }
 
@@ -115,7 +119,7 @@ impl Application {
         );
         let queue: Arc<dyn Queue> = broker.clone();
         let ready = readiness(queue, Some(store));
-        let (router, io) = api_router(state.clone(), ops_routes(ready), &config.api.cors_origins);
+        let (router, io) = api_router(state.clone(), ops_routes(ready), &config.api);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
             listener,

@@ -19,9 +19,12 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use futures::StreamExt;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use shared::broker::{EventBus, ReadError};
 use shared::domain::{Event, Sequenced, is_conversation_id};
+use socketioxide::SendError;
+use socketioxide::SocketError;
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef, State};
 use socketioxide::layer::SocketIoLayer;
@@ -32,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 const ALL: &str = "*";
 /// Events read from the log per round while a socket catches up.
 const CATCH_UP_PAGE: usize = 500;
+/// How long a catch-up waits for a full buffer to drain before retrying.
+const FULL_BUFFER_WAIT: Duration = Duration::from_millis(20);
 
 fn room(conversation_id: &str) -> String {
     format!("conv:{conversation_id}")
@@ -106,12 +111,15 @@ impl Shared {
     }
 }
 
-pub fn socket_io(realtime: Realtime) -> (SocketIoLayer, SocketIo) {
+/// `buffer`: packets a socket may have waiting to be sent (socketioxide's
+/// default is 128); a socket with a full buffer falls behind.
+pub fn socket_io(realtime: Realtime, buffer: usize) -> (SocketIoLayer, SocketIo) {
     // Clients only send small `subscribe` packets: a 1 KiB WebSocket read
     // buffer (4 KiB by default; it grows for a larger frame) saves 3 KiB
     // per connection.
     let (layer, io) = SocketIo::builder()
         .ws_read_buffer_size(1024)
+        .max_buffer_size(buffer)
         .with_state(realtime)
         .build_layer();
     io.ns("/", on_connect);
@@ -177,12 +185,45 @@ async fn on_connect(socket: SocketRef, Data(auth): Data<Value>, State(realtime):
 
 /// Joins the socket's rooms: from now on it gets events as emitted.
 fn go_live(socket: &SocketRef, shared: &Shared) {
-    let rooms = shared.with(|state| {
+    // Rooms change under the state's lock, so that a concurrent
+    // `subscribe` or falling behind cannot leave stale rooms behind.
+    shared.with(|state| {
         state.live = true;
-        state.subscription.rooms()
+        socket.join(state.subscription.rooms());
     });
-    if let Some(rooms) = rooms {
-        socket.join(rooms);
+}
+
+/// A live socket whose buffer is full (a client slower than the events)
+/// leaves its rooms and catches up from the log after `after`, the last
+/// event it was sent; it goes live again once it has caught up.
+fn fall_behind(socket: SocketRef, realtime: &Realtime, after: u64) {
+    let Some(shared) = Shared::of(&socket) else {
+        return;
+    };
+    let was_live = shared
+        .with(|state| {
+            socket.leave_all();
+            std::mem::replace(&mut state.live, false)
+        })
+        .unwrap_or(false);
+    if was_live {
+        tracing::debug!(socket = %socket.id, after, "slow socket catches up from the log");
+        metrics::counter!("socketio_catch_ups_total").increment(1);
+        tokio::spawn(catch_up(socket, shared, realtime.clone(), after));
+    }
+}
+
+/// Sends one event to one socket, waiting while its buffer is full;
+/// `false` once the socket is gone.
+async fn send(socket: &SocketRef, name: &str, payload: &RawValue) -> bool {
+    loop {
+        match socket.emit(name, payload) {
+            Ok(()) => return true,
+            Err(SendError::Socket(SocketError::InternalChannelFull)) if socket.connected() => {
+                tokio::time::sleep(FULL_BUFFER_WAIT).await;
+            }
+            Err(_) => return false,
+        }
     }
 }
 
@@ -196,7 +237,9 @@ async fn catch_up(socket: SocketRef, shared: Shared, realtime: Realtime, after: 
                 let reason = format!(
                     "events after {after} are no longer kept (the oldest is {first}); reload over REST"
                 );
-                socket.emit("resync", &json!({"reason": reason})).ok();
+                if let Ok(payload) = serde_json::value::to_raw_value(&json!({"reason": reason})) {
+                    send(&socket, "resync", &payload).await;
+                }
                 let head = realtime.head.lock().await;
                 // Resumable again from what it gets live.
                 tracing::debug!(head = *head, "socket resynced");
@@ -214,7 +257,12 @@ async fn catch_up(socket: SocketRef, shared: Shared, realtime: Realtime, after: 
                 .with(|state| state.subscription.wants(event.event.conversation_id()))
                 .unwrap_or(false);
             if wanted {
-                socket.emit(event.event.name(), &event.payload()).ok();
+                let Ok(payload) = serde_json::value::to_raw_value(&event.payload()) else {
+                    continue;
+                };
+                if !send(&socket, event.event.name(), &payload).await {
+                    return;
+                }
             }
             cursor = event.seq;
         }
@@ -279,15 +327,14 @@ fn change(socket: &SocketRef, f: impl FnOnce(&mut Subscription)) {
     let Some(shared) = Shared::of(socket) else {
         return;
     };
-    let rooms = shared.with(|state| {
+    shared.with(|state| {
         let before = state.subscription.clone();
         f(&mut state.subscription);
-        (state.live && state.subscription != before).then(|| state.subscription.rooms())
+        if state.live && state.subscription != before {
+            socket.leave_all();
+            socket.join(state.subscription.rooms());
+        }
     });
-    if let Some(Some(rooms)) = rooms {
-        socket.leave_all();
-        socket.join(rooms);
-    }
 }
 
 fn listed(socket: &SocketRef) -> Vec<String> {
@@ -397,6 +444,7 @@ pub async fn fan_out(
         };
         // What the previous stream missed.
         let mut cursor = last;
+        tracing::debug!(head, last, "event log: live stream (re)started");
         while cursor < head && !cancel.is_cancelled() {
             match realtime.bus.read(cursor, CATCH_UP_PAGE).await {
                 Ok(events) if !events.is_empty() => {
@@ -442,14 +490,19 @@ async fn emit(realtime: &Realtime, io: &SocketIo, pending: &PendingSends, event:
     if let Event::NewMessage(message) = &event.event {
         pending.stored(&message.message_id);
     }
-    match io
-        .to(rooms)
-        .emit(event.event.name(), &event.payload())
-        .await
-    {
-        Ok(()) => metrics::counter!("socketio_events_emitted_total").increment(1),
-        // A slow client with a full buffer misses the event; it resumes.
-        Err(e) => tracing::debug!(error = %e, "event not delivered to every socket"),
+    // Serialized once; sent socket by socket, so that a socket whose
+    // buffer is full is known, and catches up rather than miss the event.
+    if let Ok(payload) = serde_json::value::to_raw_value(&event.payload()) {
+        for socket in io.to(rooms).sockets() {
+            match socket.emit(event.event.name(), &payload) {
+                Ok(()) => {}
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                    fall_behind(socket, realtime, event.seq.saturating_sub(1));
+                }
+                Err(_) => {} // gone
+            }
+        }
+        metrics::counter!("socketio_events_emitted_total").increment(1);
     }
     *head = (*head).max(event.seq);
 }

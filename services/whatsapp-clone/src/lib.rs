@@ -85,7 +85,7 @@ impl Application {
         let (ready_queue, ready_store) = (queue.clone(), store.clone());
         let ready = readiness(ready_queue, Some(ready_store));
         let others = webhook_routes(webhook).merge(ops_routes(ready));
-        let (router, io) = api_router(state.clone(), others, &config.api.cors_origins);
+        let (router, io) = api_router(state.clone(), others, &config.api);
         let worker = Worker {
             processor: Processor::new(store),
             queue,

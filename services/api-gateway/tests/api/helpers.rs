@@ -39,6 +39,11 @@ fn args(binary: &str, namespace: &str, mongo: Option<&str>) -> Vec<String> {
 }
 
 pub async fn spawn_stack(replicas: usize) -> Stack {
+    spawn_stack_with(replicas, &[]).await
+}
+
+/// [`spawn_stack`] with extra arguments for the api-gateways.
+pub async fn spawn_stack_with(replicas: usize, api_args: &[&str]) -> Stack {
     let namespace = test_support::unique_name("api");
     let uri = test_support::mongodb_uri(&namespace);
     let shutdown = CancellationToken::new();
@@ -64,13 +69,11 @@ pub async fn spawn_stack(replicas: usize) -> Stack {
 
     let mut api = Vec::new();
     for _ in 0..replicas {
-        let app = api_gateway::Application::build(api_gateway::Config::parse_from(args(
-            "api-gateway",
-            &namespace,
-            Some(&uri),
-        )))
-        .await
-        .unwrap();
+        let mut args = args("api-gateway", &namespace, Some(&uri));
+        args.extend(api_args.iter().map(|&arg| arg.to_owned()));
+        let app = api_gateway::Application::build(api_gateway::Config::parse_from(args))
+            .await
+            .unwrap();
         api.push(format!("http://127.0.0.1:{}", app.port()));
         tokio::spawn(app.run_until_stopped(shutdown.clone()));
     }
@@ -129,6 +132,17 @@ impl Stack {
             .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap())
+    }
+
+    pub async fn get_text(&self, replica: usize, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.api[replica]))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
     }
 
     pub async fn post(&self, replica: usize, path: &str, body: Value) -> (u16, Value) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_support::SocketClient;
 
-use crate::helpers::{RAVI, Stack, spawn_stack};
+use crate::helpers::{RAVI, Stack, spawn_stack, spawn_stack_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -201,4 +201,56 @@ async fn subscribing_with_only_invalid_ids_changes_nothing() {
     send(&stack, 0, "conv_1", "still here").await;
     let (_, data) = client.next_event(WAIT).await;
     assert_eq!(data["body"], "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_slower_than_the_events_catches_up_and_misses_none() {
+    // Room for one packet per socket: a burst of events overflows every
+    // client's buffer, which must then be caught up from the log.
+    let stack = spawn_stack_with(1, &["--socket-buffer=1"]).await;
+    let mut clients = vec![
+        SocketClient::connect(&stack.api[0], "polling").await,
+        SocketClient::connect(&stack.api[0], "websocket").await,
+    ];
+    let customer = "4470000001";
+    let messages: Vec<Value> = (0..300)
+        .map(|n| {
+            json!({"from": customer, "id": format!("wamid.burst.{n}"), "timestamp": "1754500000",
+                   "type": "text", "text": {"body": n.to_string()}})
+        })
+        .collect();
+    let burst = json!({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {
+        "metadata": {"display_phone_number": "15550000000"},
+        "contacts": [{"wa_id": customer, "profile": {"name": "Burst"}}],
+        "messages": messages
+    }}]}]});
+    stack.post_webhook(burst.to_string().as_bytes()).await;
+    send(&stack, 0, &format!("conv_{customer}"), "after the burst").await;
+
+    for client in &mut clients {
+        let events = client.events_until_marker("after the burst").await;
+        let mut ids: Vec<String> = events
+            .iter()
+            .map(|(_, data)| data["messageId"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        let mut expected: Vec<String> = (0..300).map(|n| format!("wamid.burst.{n}")).collect();
+        expected.sort();
+        assert_eq!(ids, expected, "every event once");
+        let seqs: Vec<u64> = events
+            .iter()
+            .map(|(_, d)| d["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "in order, none skipped"
+        );
+    }
+    let (_, metrics) = stack.get_text(0, "/metrics").await;
+    let catch_ups = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("socketio_catch_ups_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(catch_ups > 0, "the clients did fall behind:\n{metrics}");
 }
