@@ -28,7 +28,7 @@ use super::{
     CONVERSATIONS, MESSAGES, MongoStore, OUTBOX, PAYLOADS, PENDING_STATUSES, REJECTED, STATS,
     stats_id,
 };
-use crate::domain::{RECEIVED, StatusChange};
+use crate::domain::{Event, RECEIVED, StatusChange};
 use crate::error::Error;
 use crate::plan::counts::Counts;
 use crate::plan::status::parked_key;
@@ -425,22 +425,11 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
     }
     // The events, committed with what they announce (before settling: a
     // retry announces again what was not settled, once per event id).
-    // Milliseconds: plain integers sort and compare the same everywhere.
-    let now = chrono::Utc::now().timestamp_millis();
-    let events = changes
-        .events
-        .iter()
-        .enumerate()
-        .map(|(n, event)| {
-            Ok(doc! {
-                "_id": event.id(),
-                "event": bson::to_bson(event).map_err(store_error)?,
-                "at": now,
-                "n": n as i64,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-    second.extend(inserts(OUTBOX, events, Expect::DuplicatesAllowed));
+    second.extend(inserts(
+        OUTBOX,
+        outbox_documents(&changes.events)?,
+        Expect::DuplicatesAllowed,
+    ));
     if !changes.unpark.is_empty() {
         second.push(Write {
             command: doc! {
@@ -509,6 +498,44 @@ fn update(collection: &str, statements: Vec<Document>, expect: Expect) -> Write 
 }
 
 /// Insert commands for `documents`, each under the size MongoDB accepts.
+/// Events per outbox document at most, and their bytes.
+const OUTBOX_EVENTS: usize = 256;
+const OUTBOX_BYTES: usize = 1024 * 1024;
+
+/// A change set's events as outbox documents: a few documents of many
+/// events in order (one document per event made the outbox the largest
+/// write of a batch). A document's `_id` is its first event's id, so
+/// forgetting relayed events by their ids finds their documents.
+/// `at` in milliseconds: plain integers sort the same everywhere.
+pub(super) fn outbox_documents(events: &[Event]) -> StoreResult<Vec<Document>> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut documents = Vec::new();
+    let mut chunk: Vec<Bson> = Vec::new();
+    let mut first = String::new();
+    let mut bytes = 0;
+    let flush = |chunk: &mut Vec<Bson>, first: &str, documents: &mut Vec<Document>| {
+        if !chunk.is_empty() {
+            let n = documents.len() as i64;
+            documents.push(doc! {"_id": first, "events": std::mem::take(chunk), "at": now, "n": n});
+        }
+    };
+    for event in events {
+        let document = bson::to_document(event).map_err(store_error)?;
+        let len = bson::to_vec(&document).map_or(0, |b| b.len());
+        if chunk.len() == OUTBOX_EVENTS || (bytes + len > OUTBOX_BYTES && !chunk.is_empty()) {
+            flush(&mut chunk, &first, &mut documents);
+            bytes = 0;
+        }
+        if chunk.is_empty() {
+            first = event.id();
+        }
+        bytes += len;
+        chunk.push(Bson::Document(document));
+    }
+    flush(&mut chunk, &first, &mut documents);
+    Ok(documents)
+}
+
 fn inserts(collection: &str, documents: Vec<Document>, expect: Expect) -> Vec<Write> {
     let mut commands = Vec::new();
     let mut chunk: Vec<Document> = Vec::new();
@@ -730,4 +757,44 @@ fn stats_statements(change: &StatsChange) -> Vec<Document> {
     };
     let id = Bson::String(stats_id(change.shard));
     counter_statements(&id, &change.journal, fields, Default::default(), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::StatusUpdate;
+
+    #[test]
+    fn outbox_documents_hold_the_events_in_order_named_by_their_first() {
+        let events: Vec<Event> = (0..600)
+            .map(|n| {
+                Event::StatusUpdate(StatusUpdate {
+                    message_id: format!("wamid.{n}"),
+                    status: "read".to_owned(),
+                    conversation_id: "conv_1".to_owned(),
+                    timestamp: chrono::DateTime::UNIX_EPOCH,
+                })
+            })
+            .collect();
+        let documents = outbox_documents(&events).unwrap_or_default();
+        let ids: Vec<&str> = documents
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok())
+            .collect();
+        assert_eq!(
+            ids,
+            ["s:wamid.0:read", "s:wamid.256:read", "s:wamid.512:read"]
+        );
+        let back: Vec<Event> = documents
+            .iter()
+            .flat_map(|d| d.get_array("events").cloned().unwrap_or_default())
+            .filter_map(|e| bson::from_bson(e).ok())
+            .collect();
+        assert_eq!(back, events);
+        let order: Vec<i64> = documents
+            .iter()
+            .filter_map(|d| d.get_i64("n").ok())
+            .collect();
+        assert_eq!(order, [0, 1, 2]);
+    }
 }

@@ -349,28 +349,32 @@ impl Store for MongoStore {
 }
 
 impl MongoStore {
+    /// Whole outbox documents, oldest first, until `limit` events.
     async fn outbox_events(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
         let before = chrono::Utc::now().timestamp_millis()
             - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-        let docs: Vec<Document> = self
+        let mut documents = self
             .collection(OUTBOX)
             .find(doc! {"at": {"$lt": before}})
             .sort(doc! {"at": 1, "n": 1})
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(store_error)?
-            .try_collect()
+            .batch_size(16)
             .await
             .map_err(store_error)?;
-        Ok(docs
-            .into_iter()
-            .filter_map(|mut d| {
-                let event = d.remove("event")?;
-                mongodb::bson::from_bson(event)
+        let mut events = Vec::new();
+        while events.len() < limit {
+            let Some(document) = documents.try_next().await.map_err(store_error)? else {
+                break;
+            };
+            let Ok(list) = document.get_array("events") else {
+                continue;
+            };
+            events.extend(list.iter().filter_map(|event| {
+                mongodb::bson::from_bson(event.clone())
                     .map_err(|e| tracing::error!(error = %e, "outbox event not understood"))
                     .ok()
-            })
-            .collect())
+            }));
+        }
+        Ok(events)
     }
 }
 
