@@ -49,6 +49,21 @@ pub struct Load {
     pub tool: &'static str,
 }
 
+impl Load {
+    /// The outcome of a closed loop of reqwest requests.
+    pub fn reqwest(measured: &crate::load::Measured) -> Self {
+        let ms = |q: f64| measured.latency.value_at_quantile(q) as f64 / 1000.0;
+        Load {
+            rate: measured.rate(),
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            failed: measured.failed,
+            requests: measured.completed + measured.failed,
+            tool: "reqwest",
+        }
+    }
+}
+
 pub fn has_wrk() -> bool {
     Command::new("wrk").arg("--version").output().is_ok()
 }
@@ -146,15 +161,7 @@ async fn reqwest_load(url: &str, options: &Options, messages: usize) -> Load {
         async move { request.send().await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
-    let ms = |q: f64| measured.latency.value_at_quantile(q) as f64 / 1000.0;
-    Load {
-        rate: measured.rate(),
-        p50_ms: ms(0.5),
-        p99_ms: ms(0.99),
-        failed: measured.failed,
-        requests: measured.completed + measured.failed,
-        tool: "reqwest",
-    }
+    Load::reqwest(&measured)
 }
 
 pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {

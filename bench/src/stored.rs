@@ -453,15 +453,7 @@ async fn offer(running: &Running, options: &Options, run: &str) -> anyhow::Resul
         },
     )
     .await;
-    let ms = |q: f64| measured.latency.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Load {
-        rate: measured.rate(),
-        p50_ms: ms(0.5),
-        p99_ms: ms(0.99),
-        failed: measured.failed,
-        requests: measured.completed + measured.failed,
-        tool: "reqwest",
-    })
+    Ok(Load::reqwest(&measured))
 }
 
 /// What one load run showed.

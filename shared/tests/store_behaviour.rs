@@ -6,16 +6,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use shared::broker::payload_id;
-use shared::domain::{Conversation, Direction, Event, Page, RawPayload};
+use shared::domain::{Conversation, Direction, Event, Page};
 use shared::plan::counts::journal_key;
 use shared::processing::Processor;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
 use shared::store::sqlite::SqliteStore;
 use shared::webhook;
+
+mod common;
+use common::{documents, items, journals_left};
 
 const RAVI: &str = "conv_919937320320";
 const NEHA: &str = "conv_929967673820";
@@ -46,13 +47,12 @@ async fn sqlite() -> Arc<dyn Store> {
 async fn feed(processor: &Processor, bodies: &[Vec<u8>]) -> Vec<Event> {
     let mut events = Vec::new();
     for body in bodies {
-        let raw = RawPayload {
-            id: payload_id(body),
-            body: Bytes::from(body.clone()),
-            received_at: Utc::now(),
-        };
-        let parsed = webhook::parse(body).unwrap();
-        events.extend(processor.process(vec![(raw, parsed)]).await.unwrap());
+        events.extend(
+            processor
+                .process(items(std::slice::from_ref(body)))
+                .await
+                .unwrap(),
+        );
     }
     events
 }
@@ -480,17 +480,6 @@ on_both_stores!(
     one_bad_item_of_three_is_kept_aside_and_the_others_stored,
 );
 
-async fn documents(db: &mongodb::Database, collection: &str) -> Vec<mongodb::bson::Document> {
-    use futures::TryStreamExt;
-    db.collection(collection)
-        .find(mongodb::bson::doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap()
-}
-
 /// A MongoDB store (no transactions on the test server) stopped after
 /// each step of a change set, as a crash there would: the redelivered
 /// batch finishes it, counting nothing twice and announcing what the
@@ -514,36 +503,15 @@ async fn mongodb_a_change_set_stopped_at_any_step_is_finished_by_a_retry() {
         feed(&processor, &first).await;
 
         // The second half as one batch, stopped, then redelivered.
-        let items = |bodies: &[Vec<u8>]| {
-            bodies
-                .iter()
-                .map(|body| {
-                    let raw = RawPayload {
-                        id: payload_id(body),
-                        body: Bytes::from(body.clone()),
-                        received_at: Utc::now(),
-                    };
-                    (raw, webhook::parse(body).unwrap())
-                })
-                .collect::<Vec<_>>()
-        };
         mongo.stop_next_change_set_after(steps);
         assert!(processor.process(items(&second)).await.is_err());
         let events = processor.process(items(&second)).await.unwrap();
         let db = test_support::mongo_database(&database).await;
-        for collection in ["conversations", "stats"] {
-            for document in documents(&db, collection).await {
-                let journal = document
-                    .get_document("journal")
-                    .ok()
-                    .cloned()
-                    .unwrap_or_default();
-                assert!(
-                    journal.is_empty(),
-                    "redelivery finished the journal: {journal}"
-                );
-            }
-        }
+        assert_eq!(
+            journals_left(&db).await,
+            vec![],
+            "redelivery finished the journals"
+        );
         let announced: Vec<String> = events
             .iter()
             .filter_map(|e| match e {
@@ -697,18 +665,9 @@ async fn mongodb_round_trips_do_not_grow_with_the_data() {
         costs.push((for_batch, for_mark_read, for_stats));
         assert_counters_match_messages(&store).await;
         let db = client.database(&database);
+        assert_eq!(journals_left(&db).await, vec![], "journal entries left");
         for collection in ["conversations", "stats"] {
             for document in documents(&db, collection).await {
-                let journal = document
-                    .get_document("journal")
-                    .ok()
-                    .cloned()
-                    .unwrap_or_default();
-                assert!(
-                    journal.is_empty(),
-                    "{collection}: {} journal entries left",
-                    journal.len()
-                );
                 let keys: Vec<&String> = document.keys().collect();
                 assert!(
                     keys.iter().all(|k| !k.contains('.')),

@@ -181,14 +181,7 @@ async fn every_stored_message_reaches_every_client_once_through_crashes() {
         .collect();
     for client in &mut clients {
         let events = client.events_until_marker("marker").await;
-        let seqs: Vec<u64> = events
-            .iter()
-            .map(|(_, d)| d["seq"].as_u64().unwrap())
-            .collect();
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "seq strictly increasing"
-        );
+        test_support::increasing_seqs(&events);
         let ids: Vec<&str> = events
             .iter()
             .filter(|(name, _)| name == "newMessage")

@@ -304,6 +304,23 @@ pub struct SocketClient {
     upgraded_to: Option<String>,
 }
 
+/// The `seq` of each received event, checked to increase strictly.
+pub fn increasing_seqs(events: &[(String, serde_json::Value)]) -> Vec<u64> {
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|(name, data)| {
+            data["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name} without a seq: {data}"))
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq must increase: {seqs:?}"
+    );
+    seqs
+}
+
 impl SocketClient {
     /// Connects with these transports (`"polling,websocket"` is the
     /// browser default; `"websocket"` skips long-polling) and waits for the

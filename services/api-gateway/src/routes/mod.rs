@@ -44,24 +44,30 @@ pub struct PageQuery {
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
+/// `?limit=`: a whole number from 1 to `max`; `default` when absent.
+pub(crate) fn parse_limit<T>(text: Option<&str>, default: T, max: T) -> Result<T, ApiError>
+where
+    T: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display,
+{
+    match text {
+        None | Some("") => Ok(default),
+        Some(text) => text
+            .parse::<T>()
+            .ok()
+            .filter(|n| *n >= T::from(1) && *n <= max)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be a whole number from 1 to {max}"))
+            }),
+    }
+}
+
 impl PageQuery {
     pub fn parse(
         query: Result<axum::extract::Query<PageQuery>, QueryRejection>,
     ) -> Result<Page, ApiError> {
         let axum::extract::Query(query) =
             query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let limit = match query.limit.as_deref() {
-            None | Some("") => DEFAULT_LIMIT,
-            Some(text) => text
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "limit must be a whole number from 1 to {MAX_LIMIT}"
-                    ))
-                })?,
-        };
+        let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
         let before = match query.before.as_deref() {
             None | Some("") => None,
             Some(text) => Some(parse_time(text).ok_or_else(|| {

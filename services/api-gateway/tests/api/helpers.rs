@@ -124,14 +124,8 @@ impl Stack {
     }
 
     pub async fn get(&self, replica: usize, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.api[replica]))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
+        let (status, text) = self.get_text(replica, path).await;
+        (status, serde_json::from_str(&text).unwrap())
     }
 
     pub async fn get_text(&self, replica: usize, path: &str) -> (u16, String) {
@@ -143,6 +137,19 @@ impl Stack {
             .unwrap();
         let status = response.status().as_u16();
         (status, response.text().await.unwrap())
+    }
+
+    /// `POST /api/messages` on `replica`, stored (201); the message.
+    pub async fn send(&self, replica: usize, conversation: &str, text: &str) -> Value {
+        let (status, sent) = self
+            .post(
+                replica,
+                "/api/messages",
+                serde_json::json!({"conversationId": conversation, "message": text}),
+            )
+            .await;
+        assert_eq!(status, 201, "{sent}");
+        sent
     }
 
     pub async fn post(&self, replica: usize, path: &str, body: Value) -> (u16, Value) {

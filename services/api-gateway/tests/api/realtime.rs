@@ -4,21 +4,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_support::SocketClient;
 
-use crate::helpers::{NEHA, RAVI, Stack, spawn_stack};
+use crate::helpers::{NEHA, RAVI, spawn_stack};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn send(stack: &Stack, replica: usize, conversation: &str, text: &str) -> Value {
-    let (status, sent) = stack
-        .post(
-            replica,
-            "/api/messages",
-            json!({"conversationId": conversation, "message": text}),
-        )
-        .await;
-    assert_eq!(status, 201, "{sent}");
-    sent
-}
 
 #[tokio::test]
 async fn clients_on_either_replica_get_every_event_exactly_once() {
@@ -32,12 +20,12 @@ async fn clients_on_either_replica_get_every_event_exactly_once() {
     );
 
     stack.load_samples().await;
-    let sent = send(&stack, 1, NEHA, "Sent from the API").await;
+    let sent = stack.send(1, NEHA, "Sent from the API").await;
     let (_, read) = stack
         .post(0, &format!("/api/conversations/{RAVI}/read"), json!({}))
         .await;
     assert_eq!(read["updated"], 1);
-    send(&stack, 0, "conv_1", "marker").await;
+    stack.send(0, "conv_1", "marker").await;
 
     for client in [&mut polling, &mut websocket] {
         let events = client.events_until_marker("marker").await;
@@ -68,14 +56,7 @@ async fn clients_on_either_replica_get_every_event_exactly_once() {
             sent_event, sent,
             "the event carries the same object as REST, plus its seq"
         );
-        let seqs: Vec<u64> = events
-            .iter()
-            .map(|(_, d)| d["seq"].as_u64().unwrap())
-            .collect();
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "seq increases: {seqs:?}"
-        );
+        test_support::increasing_seqs(&events);
 
         let mut updates: Vec<(String, String)> = events
             .iter()
@@ -111,8 +92,8 @@ async fn a_client_can_narrow_its_stream_to_some_conversations() {
     assert_eq!(subscribed.as_array().map(Vec::len), Some(2), "{subscribed}");
 
     stack.load_samples().await;
-    send(&stack, 0, NEHA, "not for this client").await;
-    send(&stack, 0, "conv_1", "marker").await;
+    stack.send(0, NEHA, "not for this client").await;
+    stack.send(0, "conv_1", "marker").await;
     let events = client.events_until_marker("marker").await;
     assert!(
         events.iter().all(|(_, d)| d["conversationId"] == RAVI),
@@ -126,15 +107,15 @@ async fn a_client_can_narrow_its_stream_to_some_conversations() {
 
     let remaining = client.emit_with_ack("unsubscribe", json!([RAVI])).await;
     assert_eq!(remaining, json!(["conv_1"]));
-    send(&stack, 0, RAVI, "after unsubscribing").await;
-    send(&stack, 0, "conv_1", "second marker").await;
+    stack.send(0, RAVI, "after unsubscribing").await;
+    stack.send(0, "conv_1", "second marker").await;
     assert!(client.events_until_marker("second marker").await.is_empty());
 
     assert_eq!(
         client.emit_with_ack("subscribe", json!("*")).await,
         json!(["*"])
     );
-    send(&stack, 0, NEHA, "everything again").await;
+    stack.send(0, NEHA, "everything again").await;
     let (_, data) = client.next_event(WAIT).await;
     assert_eq!(data["body"], "everything again");
 }
