@@ -46,15 +46,15 @@ impl Relay {
     }
 
     /// Appends events just committed to the log and forgets them in the
-    /// outbox. On failure they stay there for the sweeper: the change is
-    /// stored and its events will follow.
-    pub async fn relay(&self, events: &[Event]) {
+    /// outbox. On failure (`false`) they stay there for the sweeper: the
+    /// change is stored and its events will follow.
+    pub async fn relay(&self, events: &[Event]) -> bool {
         if events.is_empty() {
-            return;
+            return true;
         }
         if let Err(e) = self.bus.append(events).await {
             tracing::warn!(error = %e, "events wait in the outbox for the next sweep");
-            return;
+            return false;
         }
         metrics::counter!("events_published_total").increment(events.len() as u64);
         let ids: Vec<String> = events.iter().map(Event::id).collect();
@@ -62,9 +62,11 @@ impl Relay {
             // Relayed again by a sweep: harmless, the log keeps one.
             tracing::debug!(error = %e, "outbox not cleared; the sweeper will");
         }
+        true
     }
 
-    /// Relays what writers left in the outbox; returns how many.
+    /// Relays what writers left in the outbox; returns how many (0 when
+    /// they could not be relayed now).
     pub async fn sweep(&self) -> usize {
         match self.store.outbox(self.sweep_age, SWEEP_LIMIT).await {
             Ok(events) if !events.is_empty() => {
@@ -73,8 +75,11 @@ impl Relay {
                     "relaying events a writer left behind"
                 );
                 metrics::counter!("events_swept_total").increment(events.len() as u64);
-                self.relay(&events).await;
-                events.len()
+                if self.relay(&events).await {
+                    events.len()
+                } else {
+                    0
+                }
             }
             Ok(_) => 0,
             Err(e) => {

@@ -7,19 +7,19 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::Utc;
 use shared::broker::EventBus;
 use shared::broker::embedded::EmbeddedEvents;
 use shared::broker::nats::NatsBroker;
-use shared::broker::payload_id;
-use shared::domain::{Event, RawPayload};
+use shared::domain::{Event, Message};
 use shared::processing::Processor;
 use shared::relay::Relay;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
 use shared::store::sqlite::SqliteStore;
-use shared::webhook;
+
+mod common;
+use common::items;
 
 async fn mongo_and_nats() -> (Arc<MongoStore>, Arc<dyn EventBus>) {
     let name = test_support::unique_name("events");
@@ -47,20 +47,6 @@ async fn sqlite_and_embedded() -> (Arc<dyn Store>, Arc<dyn EventBus>) {
         .await
         .unwrap();
     (Arc::new(store), Arc::new(bus))
-}
-
-fn items(bodies: &[Vec<u8>]) -> Vec<(RawPayload, webhook::Parsed)> {
-    bodies
-        .iter()
-        .map(|body| {
-            let raw = RawPayload {
-                id: payload_id(body),
-                body: Bytes::from(body.clone()),
-                received_at: Utc::now(),
-            };
-            (raw, webhook::parse(body).unwrap())
-        })
-        .collect()
 }
 
 fn bodies() -> Vec<Vec<u8>> {
@@ -152,4 +138,47 @@ async fn a_batch_stopped_midway_announces_every_change_once() {
             .collect();
         assert_eq!(logged, expected, "stopped after {steps} steps");
     }
+}
+
+/// A message too large for a NATS message (a default server takes 1 MB) is
+/// still announced, without its WhatsApp objects and with its body cut:
+/// the log never sticks at an event it can't take.
+#[tokio::test]
+async fn a_message_too_large_for_nats_is_announced_slimmed() {
+    let nats = test_support::NatsServer::start_with_default_max_payload().await;
+    let bus = NatsBroker::connect(
+        &nats.url(),
+        &test_support::unique_name("large"),
+        "tests",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    bus.ensure_streams().await.unwrap();
+    let huge = Message::outbound_text(
+        "wamid.huge".to_owned(),
+        "447700000000",
+        "15550000000".to_owned(),
+        "x".repeat(2 * 1024 * 1024),
+        Utc::now(),
+    );
+    let small = Message::outbound_text(
+        "wamid.small".to_owned(),
+        "447700000000",
+        "15550000000".to_owned(),
+        "hello".to_owned(),
+        Utc::now(),
+    );
+    let events = [huge, small.clone()].map(|m| Event::NewMessage(Box::new(m)));
+    bus.append(&events).await.unwrap();
+
+    let logged = bus.read(0, 10).await.unwrap();
+    assert_eq!(logged.len(), 2, "both announced, in order");
+    let Event::NewMessage(slim) = &logged[0].event else {
+        panic!("{:?}", logged[0].event);
+    };
+    assert_eq!(slim.message_id, "wamid.huge");
+    assert!(slim.body.starts_with("xxxx") && slim.body.chars().count() <= 4097);
+    assert_eq!(slim.content, None);
+    assert_eq!(logged[1].event, Event::NewMessage(Box::new(small)));
 }

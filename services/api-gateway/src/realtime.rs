@@ -37,6 +37,8 @@ const ALL: &str = "*";
 const CATCH_UP_PAGE: usize = 500;
 /// How long a catch-up waits for a full buffer to drain before retrying.
 const FULL_BUFFER_WAIT: Duration = Duration::from_millis(20);
+/// How long a catch-up waits for this replica to emit what the log holds.
+const BEHIND_WAIT: Duration = Duration::from_millis(50);
 
 fn room(conversation_id: &str) -> String {
     format!("conv:{conversation_id}")
@@ -227,24 +229,79 @@ async fn send(socket: &SocketRef, name: &str, payload: &RawValue) -> bool {
     }
 }
 
-/// Sends what the socket missed after `after`, then makes it live.
+/// What a catch-up did with a page of events.
+enum Sent {
+    /// Every event wanted was sent; the cursor is at the page's end.
+    All,
+    /// The socket's buffer is full (or the socket is gone): stopped.
+    Stopped,
+}
+
+/// Sends the events the socket wants, up to `until`, moving `cursor`.
+/// `wait`: wait while the socket's buffer is full (else stop there).
+async fn send_page(
+    socket: &SocketRef,
+    shared: &Shared,
+    events: &[Sequenced],
+    until: u64,
+    cursor: &mut u64,
+    wait: bool,
+) -> Sent {
+    let from = *cursor;
+    for event in events.iter().filter(|e| e.seq > from && e.seq <= until) {
+        let wanted = shared
+            .with(|state| state.subscription.wants(event.event.conversation_id()))
+            .unwrap_or(false);
+        if wanted && let Ok(payload) = serde_json::value::to_raw_value(&event.payload()) {
+            let sent = if wait {
+                send(socket, event.event.name(), &payload).await
+            } else {
+                socket.emit(event.event.name(), &payload).is_ok()
+            };
+            if !sent {
+                return Sent::Stopped;
+            }
+        }
+        *cursor = event.seq;
+    }
+    Sent::All
+}
+
+/// Tells the socket it missed more than can be sent, and makes it live.
+async fn resync(socket: &SocketRef, shared: &Shared, realtime: &Realtime, reason: String) {
+    if let Ok(payload) = serde_json::value::to_raw_value(&json!({"reason": reason})) {
+        send(socket, "resync", &payload).await;
+    }
+    let _head = realtime.head.lock().await;
+    go_live(socket, shared);
+}
+
+/// Sends what the socket missed after `after`, then makes it live: reads
+/// the log up to what this replica has emitted (its head); the last few
+/// events are sent under the head lock, and the socket joins its rooms
+/// before the lock is released, so nothing falls in between.
 async fn catch_up(socket: SocketRef, shared: Shared, realtime: Realtime, after: u64) {
     let mut cursor = after;
     while socket.connected() {
-        let events = match realtime.bus.read(cursor, CATCH_UP_PAGE).await {
+        let target = *realtime.head.lock().await;
+        let limit = if cursor < target {
+            usize::try_from(target - cursor).map_or(CATCH_UP_PAGE, |n| n.min(CATCH_UP_PAGE))
+        } else {
+            0 // only checks that `cursor` is in the log
+        };
+        let events = match realtime.bus.read(cursor, limit).await {
             Ok(events) => events,
             Err(ReadError::Gone { first, .. }) => {
                 let reason = format!(
                     "events after {after} are no longer kept (the oldest is {first}); reload over REST"
                 );
-                if let Ok(payload) = serde_json::value::to_raw_value(&json!({"reason": reason})) {
-                    send(&socket, "resync", &payload).await;
-                }
-                let head = realtime.head.lock().await;
-                // Resumable again from what it gets live.
-                tracing::debug!(head = *head, "socket resynced");
-                go_live(&socket, &shared);
-                return;
+                return resync(&socket, &shared, &realtime, reason).await;
+            }
+            Err(ReadError::Ahead { last, .. }) => {
+                let reason = format!(
+                    "there is no event {cursor} (the last is {last}): the event log was reset; reload over REST"
+                );
+                return resync(&socket, &shared, &realtime, reason).await;
             }
             Err(ReadError::Broker(e)) => {
                 tracing::warn!(error = %e, "cannot read the event log for a resuming socket; retrying");
@@ -252,34 +309,45 @@ async fn catch_up(socket: SocketRef, shared: Shared, realtime: Realtime, after: 
                 continue;
             }
         };
-        for event in &events {
-            let wanted = shared
-                .with(|state| state.subscription.wants(event.event.conversation_id()))
-                .unwrap_or(false);
-            if wanted {
-                let Ok(payload) = serde_json::value::to_raw_value(&event.payload()) else {
-                    continue;
-                };
-                if !send(&socket, event.event.name(), &payload).await {
-                    return;
-                }
+        if cursor < target {
+            if events.is_empty() {
+                cursor = target; // nothing kept in between
             }
-            cursor = event.seq;
-        }
-        if events.len() == CATCH_UP_PAGE {
+            if let Sent::Stopped =
+                send_page(&socket, &shared, &events, target, &mut cursor, true).await
+            {
+                return;
+            }
             continue;
         }
+        if cursor > target {
+            // This replica has not emitted what the log already holds: wait.
+            tokio::time::sleep(BEHIND_WAIT).await;
+            continue;
+        }
+        // Caught up with `target`; whatever was emitted since is sent
+        // under the lock, then the socket goes live.
         let head = realtime.head.lock().await;
-        if *head == cursor {
+        while cursor < *head {
+            let Ok(events) = realtime.bus.read(cursor, CATCH_UP_PAGE).await else {
+                break;
+            };
+            if events.is_empty() {
+                cursor = *head;
+                break;
+            }
+            if let Sent::Stopped =
+                send_page(&socket, &shared, &events, *head, &mut cursor, false).await
+            {
+                break; // a full buffer is waited for without the lock
+            }
+        }
+        if cursor == *head {
             go_live(&socket, &shared);
             return;
         }
-        let behind = *head < cursor;
         drop(head);
-        if behind {
-            // This replica has not emitted what the log already holds: wait.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        tokio::time::sleep(FULL_BUFFER_WAIT).await;
     }
 }
 
@@ -288,9 +356,14 @@ async fn catch_up(socket: SocketRef, shared: Shared, realtime: Realtime, after: 
 /// `subscribe("*")`: every conversation again. Ids that are not
 /// conversation ids are ignored (only such ids: nothing changes). Acks the
 /// current list.
-async fn subscribe(socket: SocketRef, Data(ids): Data<Value>, ack: AckSender) {
+async fn subscribe(
+    socket: SocketRef,
+    Data(ids): Data<Value>,
+    ack: AckSender,
+    State(realtime): State<Realtime>,
+) {
     let ids = conversation_ids(&ids);
-    change(&socket, |subscription| {
+    change(&socket, &realtime, |subscription| {
         if ids.iter().any(|id| id == ALL) {
             *subscription = Subscription::All;
             return;
@@ -307,26 +380,35 @@ async fn subscribe(socket: SocketRef, Data(ids): Data<Value>, ack: AckSender) {
             Subscription::Only(current) => current.extend(valid),
             Subscription::All => *subscription = Subscription::Only(valid),
         }
-    });
+    })
+    .await;
     ack.send(&listed(&socket)).ok();
 }
 
 /// `unsubscribe([...])`: stop getting these conversations. Acks the list.
-async fn unsubscribe(socket: SocketRef, Data(ids): Data<Value>, ack: AckSender) {
+async fn unsubscribe(
+    socket: SocketRef,
+    Data(ids): Data<Value>,
+    ack: AckSender,
+    State(realtime): State<Realtime>,
+) {
     let ids = conversation_ids(&ids);
-    change(&socket, |subscription| {
+    change(&socket, &realtime, |subscription| {
         if let Subscription::Only(current) = subscription {
             current.retain(|id| !ids.contains(id));
         }
-    });
+    })
+    .await;
     ack.send(&listed(&socket)).ok();
 }
 
-/// Changes a socket's subscription, and its rooms if it is live.
-fn change(socket: &SocketRef, f: impl FnOnce(&mut Subscription)) {
+/// Changes a socket's subscription, and its rooms if it is live: under
+/// the head lock, so that no event is emitted while the rooms change.
+async fn change(socket: &SocketRef, realtime: &Realtime, f: impl FnOnce(&mut Subscription)) {
     let Some(shared) = Shared::of(socket) else {
         return;
     };
+    let _head = realtime.head.lock().await;
     shared.with(|state| {
         let before = state.subscription.clone();
         f(&mut state.subscription);
@@ -435,32 +517,45 @@ pub async fn fan_out(
             }
         };
         let last = match emitted {
-            // First start: live from the log's head.
-            None => {
+            Some(last) if last <= head => last,
+            // First start, or the log restarted below what was emitted
+            // (NATS lost its storage): live from its head. Resuming
+            // clients from before are told to resync.
+            other => {
+                if let Some(last) = other {
+                    tracing::error!(last, head, "the event log restarted below what was emitted");
+                }
                 *realtime.head.lock().await = head;
                 head
             }
-            Some(last) => last,
         };
         // What the previous stream missed.
         let mut cursor = last;
         tracing::debug!(head, last, "event log: live stream (re)started");
-        while cursor < head && !cancel.is_cancelled() {
+        'fill: while cursor < head && !cancel.is_cancelled() {
             match realtime.bus.read(cursor, CATCH_UP_PAGE).await {
-                Ok(events) if !events.is_empty() => {
-                    for event in events.into_iter().filter(|e| e.seq <= head) {
+                // Nothing kept in between.
+                Ok(events) if events.is_empty() => cursor = head,
+                Ok(events) => {
+                    for event in events {
+                        if event.seq > head {
+                            // The live stream has it.
+                            cursor = head;
+                            continue 'fill;
+                        }
                         cursor = event.seq;
                         emit(&realtime, &io, &pending, &event).await;
                     }
                 }
-                Ok(_) => break,
                 Err(ReadError::Gone { first, .. }) => {
                     tracing::warn!(
                         first,
                         "events were forgotten before this replica emitted them"
                     );
-                    cursor = first.saturating_sub(1);
+                    cursor = first.saturating_sub(1).min(head);
                 }
+                // Reset again meanwhile: start over.
+                Err(ReadError::Ahead { .. }) => cursor = head,
                 Err(ReadError::Broker(e)) => {
                     tracing::warn!(error = %e, "cannot read the event log; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -83,7 +83,7 @@ pub trait EventBus: Send + Sync + 'static {
     async fn live(&self) -> Result<(u64, BoxStream<'static, Sequenced>), BrokerError>;
 
     /// Up to `limit` events after `after`, oldest first (none: nothing
-    /// newer yet).
+    /// newer yet). `after` must be a `seq` the log gave (or 0).
     async fn read(&self, after: u64, limit: usize) -> Result<Vec<Sequenced>, ReadError>;
 }
 
@@ -92,6 +92,10 @@ pub enum ReadError {
     /// Events after the one asked for are no longer kept.
     #[error("events after {after} are no longer kept (the oldest kept is {first})")]
     Gone { after: u64, first: u64 },
+    /// The log never gave `after`: it was reset (its storage lost), or the
+    /// number is made up.
+    #[error("there is no event {after}: the log's last is {last}")]
+    Ahead { after: u64, last: u64 },
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }

@@ -106,6 +106,12 @@ impl Names {
         format!("{}.events", self.namespace)
     }
 
+    /// Rung (core NATS, empty) after each append, so that readers of
+    /// the log need not poll; outside the stream's subject.
+    pub fn events_ring(&self) -> String {
+        format!("{}.events_ring", self.namespace)
+    }
+
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.stream_prefix())
     }
@@ -170,39 +176,85 @@ pub async fn ensure_streams(
     js: &jetstream::Context,
     names: &Names,
 ) -> anyhow::Result<stream::Stream> {
-    js.create_or_update_stream(stream::Config {
-        name: names.dead_letter_stream(),
-        subjects: vec![names.dead_letters()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        duplicate_window: DUPLICATE_WINDOW,
-        max_age: DEAD_LETTER_RETENTION,
-        max_messages: DEAD_LETTER_MESSAGES,
-        ..Default::default()
-    })
+    ensure_stream(
+        js,
+        stream::Config {
+            name: names.dead_letter_stream(),
+            subjects: vec![names.dead_letters()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            max_age: DEAD_LETTER_RETENTION,
+            max_messages: DEAD_LETTER_MESSAGES,
+            ..Default::default()
+        },
+    )
     .await?;
-    js.create_or_update_stream(stream::Config {
-        name: names.events_stream(),
-        subjects: vec![names.events()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: super::EVENT_RETENTION,
-        // An event relayed again (after a crash) is kept once.
-        duplicate_window: DUPLICATE_WINDOW,
-        ..Default::default()
-    })
+    ensure_stream(
+        js,
+        stream::Config {
+            name: names.events_stream(),
+            subjects: vec![names.events()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: super::EVENT_RETENTION,
+            // An event relayed again (after a crash) is kept once.
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+    )
     .await?;
-    js.create_or_update_stream(stream::Config {
-        name: names.webhook_stream(),
-        subjects: vec![names.ingest()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: WEBHOOK_RETENTION,
-        duplicate_window: DUPLICATE_WINDOW,
-        ..Default::default()
-    })
+    ensure_stream(
+        js,
+        stream::Config {
+            name: names.webhook_stream(),
+            subjects: vec![names.ingest()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: WEBHOOK_RETENTION,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+    )
     .await?;
     Ok(js.get_stream(names.webhook_stream()).await?)
+}
+
+/// Creates one stream, or updates it when its configuration differs.
+///
+/// An update is only sent on a real difference: every service replica runs
+/// this at startup, and nats-server 2.9 has crashed (a nil dereference in
+/// `updateWithAdvisory`) under a stream update racing other requests on it.
+async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config) -> anyhow::Result<()> {
+    if let Ok(mut existing) = js.get_stream(&wanted.name).await {
+        if !same_settings(&existing.info().await?.config, &wanted) {
+            tracing::info!(stream = %wanted.name, "updating the stream's configuration");
+            js.update_stream(wanted).await?;
+        }
+        return Ok(());
+    }
+    match js.create_stream(wanted.clone()).await {
+        Ok(_) => Ok(()),
+        // Another replica created it in between: it has these settings.
+        Err(e) if js.get_stream(&wanted.name).await.is_ok() => {
+            tracing::debug!(error = %e, stream = %wanted.name, "stream created concurrently");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a stream already has the settings this code sets (the server
+/// answers "unlimited" as -1 where the request said 0).
+fn same_settings(current: &stream::Config, wanted: &stream::Config) -> bool {
+    let limit = |n: i64| if n <= 0 { -1 } else { n };
+    current.subjects == wanted.subjects
+        && current.retention == wanted.retention
+        && current.storage == wanted.storage
+        && current.max_age == wanted.max_age
+        && current.duplicate_window == wanted.duplicate_window
+        && limit(current.max_messages) == limit(wanted.max_messages)
+        && limit(current.max_bytes) == limit(wanted.max_bytes)
 }
 
 /// The durable pull consumer shared by every processor replica: each
@@ -645,10 +697,8 @@ fn body_size(message: &jetstream::Message) -> usize {
 }
 
 /// Reads the event log (the `<NS>_EVENTS` stream) by sequence number:
-/// each read is a short-lived consumer from a given `seq`, whose messages
-/// are taken only while their sequence numbers follow on, so a reader never
-/// skips an event, whatever the server did in between (a restart, a
-/// consumer lost).
+/// each read is a short-lived consumer from a given `seq`, so a reader
+/// never depends on a long-lived consumer surviving a NATS restart.
 #[derive(Clone)]
 struct EventLog {
     js: jetstream::Context,
@@ -672,7 +722,7 @@ impl EventLog {
         }
     }
 
-    /// The oldest kept and the last `seq`.
+    /// The stream, the oldest kept and the last `seq`.
     async fn bounds(&self) -> Result<(stream::Stream, u64, u64), BrokerError> {
         let mut stream = self.stream().await?;
         let state = stream
@@ -690,14 +740,41 @@ impl EventLog {
     }
 
     async fn read(&self, after: u64, limit: usize) -> Result<Vec<Sequenced>, ReadError> {
-        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let (stream, first, last) = self.bounds().await?;
-        if after + 1 < first {
+        if after.saturating_add(1) < first {
             return Err(ReadError::Gone { after, first });
         }
-        if after >= last || limit == 0 {
-            return Ok(Vec::new());
+        if after > last {
+            return Err(ReadError::Ahead { after, last });
         }
+        let mut events = Vec::new();
+        let mut cursor = after;
+        // Events that are not understood are skipped: read on past them.
+        while events.is_empty() && cursor < last && limit > 0 {
+            let (page, read_to) = match self.page(&stream, cursor, last, limit).await {
+                Ok(page) => page,
+                // What was read in order stands.
+                Err(_) if !events.is_empty() => break,
+                Err(e) => return Err(e.into()),
+            };
+            events.extend(page);
+            if read_to == cursor {
+                break;
+            }
+            cursor = read_to;
+        }
+        Ok(events)
+    }
+
+    /// One consumer's worth: events after `after`, and the last `seq` read.
+    async fn page(
+        &self,
+        stream: &stream::Stream,
+        after: u64,
+        last: u64,
+        limit: usize,
+    ) -> Result<(Vec<Sequenced>, u64), BrokerError> {
+        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let consumer = stream
             .create_consumer(consumer::pull::Config {
                 filter_subject: self.names.events(),
@@ -710,25 +787,28 @@ impl EventLog {
             })
             .await
             .map_err(|e| unavailable(&e))?;
+        let name = consumer.cached_info().name.clone();
         let wanted = usize::try_from(last - after)
             .unwrap_or(usize::MAX)
             .min(limit);
-        let mut messages = consumer
-            .fetch()
-            .max_messages(wanted)
-            .messages()
-            .await
-            .map_err(|e| unavailable(&e))?;
         let mut events = Vec::with_capacity(wanted);
-        let mut next = after + 1;
+        let mut read_to = after;
         let read = tokio::time::timeout(READ_TIMEOUT, async {
+            let mut messages = consumer
+                .fetch()
+                .max_messages(wanted)
+                .messages()
+                .await
+                .map_err(|e| unavailable(&e))?;
             while let Some(message) = messages.next().await {
                 let message = message.map_err(|e| unavailable(&e))?;
                 let seq = message.info().map_err(|e| unavailable(&e))?.stream_sequence;
-                if seq != next {
-                    break; // not the one that follows: read again from `next`
+                if seq <= read_to {
+                    continue; // never backwards
                 }
-                next += 1;
+                // A fresh consumer skips only sequence numbers the stream
+                // no longer holds (deleted by hand).
+                read_to = seq;
                 match serde_json::from_slice(&message.payload) {
                     Ok(event) => events.push(Sequenced { seq, event }),
                     Err(e) => tracing::error!(error = %e, seq, "an event that is not understood is skipped"),
@@ -737,34 +817,30 @@ impl EventLog {
             Ok::<(), BrokerError>(())
         })
         .await;
-        // The consumer is not needed any more (it would expire anyway).
-        let (js, stream_name, name) = (
-            self.js.clone(),
-            self.names.events_stream(),
-            consumer.cached_info().name.clone(),
-        );
-        tokio::spawn(async move {
-            if let Ok(stream) = js.get_stream(stream_name).await {
-                stream.delete_consumer(&name).await.ok();
-            }
-        });
+        // Not needed any more (it would expire anyway).
+        let stream = stream.clone();
+        tokio::spawn(async move { stream.delete_consumer(&name).await.ok() });
         match read {
-            Ok(Ok(())) => Ok(events),
-            // What was read in order stands.
-            Ok(Err(_)) | Err(_) if !events.is_empty() => Ok(events),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => {
-                Err(BrokerError::Unavailable("the event log did not answer in time".into()).into())
-            }
+            Ok(Ok(())) => Ok((events, read_to)),
+            Ok(Err(_)) | Err(_) if read_to > after => Ok((events, read_to)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BrokerError::Unavailable(
+                "the event log did not answer in time".into(),
+            )),
         }
     }
 
     /// Events after `head` as they are appended: reads on, and waits for
-    /// the next append (every publish on the subject rings) when caught up.
-    async fn follow(&self, head: u64) -> Result<BoxStream<'static, Sequenced>, BrokerError> {
-        let doorbell = self
-            .js_client()
-            .subscribe(self.names.events())
+    /// a ring (every append rings `<ns>.events.ring`) when caught up. Ends
+    /// when the log can't be read; the reader reads what it missed and
+    /// follows again.
+    async fn follow(
+        &self,
+        client: &Client,
+        head: u64,
+    ) -> Result<BoxStream<'static, Sequenced>, BrokerError> {
+        let doorbell = client
+            .subscribe(self.names.events_ring())
             .await
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let state = (
@@ -780,6 +856,8 @@ impl EventLog {
                     if let Some(event) = ready.pop_front() {
                         return Some((event, (log, doorbell, cursor, ready)));
                     }
+                    // Rings so far are answered by the read that follows.
+                    while let Some(Some(_)) = doorbell.next().now_or_never() {}
                     match log.read(cursor, FOLLOW_PAGE).await {
                         Ok(events) if !events.is_empty() => {
                             cursor = events.last().map_or(cursor, |e: &Sequenced| e.seq);
@@ -787,10 +865,12 @@ impl EventLog {
                         }
                         Ok(_) => {
                             // Caught up: until something is appended (or a
-                            // while, in case a ring was missed).
-                            let _ = tokio::time::timeout(FOLLOW_IDLE, doorbell.next()).await;
-                        // One read answers every ring so far.
-                        while let Some(Some(_)) = doorbell.next().now_or_never() {}
+                            // while, in case a ring was lost).
+                            if let Ok(None) =
+                                tokio::time::timeout(FOLLOW_IDLE, doorbell.next()).await
+                            {
+                                return None;
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "event log interrupted");
@@ -802,25 +882,53 @@ impl EventLog {
         )
         .boxed())
     }
-
-    fn js_client(&self) -> Client {
-        self.js.client()
-    }
 }
 
 /// Events read per round while following the log.
 const FOLLOW_PAGE: usize = 1_000;
 /// Longest wait for an append's ring before reading again anyway.
 const FOLLOW_IDLE: Duration = Duration::from_secs(1);
+/// Room kept in a message for its headers.
+const HEADROOM: usize = 4 * 1024;
+/// A too-large event's body is cut to this many characters.
+const SLIM_BODY_CHARS: usize = 4 * 1024;
+
+/// An event as a message body: within `max_payload`, a message too large
+/// (a huge text, a large WhatsApp object) is announced without its
+/// WhatsApp objects and with its body cut; REST has it whole.
+fn event_body(event: &Event, max_payload: usize) -> Result<Vec<u8>, serde_json::Error> {
+    let body = serde_json::to_vec(event)?;
+    let limit = max_payload.saturating_sub(HEADROOM);
+    match event {
+        Event::NewMessage(message) if body.len() > limit => {
+            let mut slim = message.as_ref().clone();
+            slim.content = None;
+            slim.context = None;
+            slim.referral = None;
+            slim.errors = None;
+            if slim.body.chars().count() > SLIM_BODY_CHARS {
+                slim.body = slim.body.chars().take(SLIM_BODY_CHARS).collect::<String>() + "…";
+            }
+            tracing::warn!(
+                message_id = %message.message_id,
+                bytes = body.len(),
+                "event too large for a NATS message: announced without its WhatsApp objects"
+            );
+            serde_json::to_vec(&Event::NewMessage(Box::new(slim)))
+        }
+        _ => Ok(body),
+    }
+}
 
 #[async_trait]
 impl EventBus for NatsBroker {
     async fn append(&self, events: &[Event]) -> Result<(), BrokerError> {
         let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+        let max_payload = self.client.server_info().max_payload;
         // Sent in order on one connection, acknowledged together.
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
-            let body = serde_json::to_vec(event).map_err(|e| unavailable(&e))?;
+            let body = event_body(event, max_payload).map_err(|e| unavailable(&e))?;
             let message = PublishMessage::build()
                 .payload(body.into())
                 .message_id(event.id());
@@ -845,12 +953,19 @@ impl EventBus for NatsBroker {
         for ack in futures::future::join_all(acks).await {
             ack.map_err(|e| unavailable(&e))?;
         }
+        if !events.is_empty() {
+            // Followers wake up (a lost ring only delays them a little).
+            self.client
+                .publish(self.names.events_ring(), Bytes::new())
+                .await
+                .ok();
+        }
         Ok(())
     }
 
     async fn live(&self) -> Result<(u64, BoxStream<'static, Sequenced>), BrokerError> {
         let (_, _, head) = self.events.bounds().await?;
-        Ok((head, self.events.follow(head).await?))
+        Ok((head, self.events.follow(&self.client, head).await?))
     }
 
     async fn read(&self, after: u64, limit: usize) -> Result<Vec<Sequenced>, ReadError> {
@@ -921,5 +1036,37 @@ impl Settle for NatsSettle {
             .ack_with(AckKind::Term)
             .await
             .map_err(|e| unavailable(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_as_the_server_describes_it_has_the_settings_asked_for() {
+        let wanted = stream::Config {
+            name: "S".to_owned(),
+            subjects: vec!["s".to_owned()],
+            max_age: Duration::from_secs(60),
+            ..Default::default()
+        };
+        // The server answers unlimited as -1.
+        let described = stream::Config {
+            max_messages: -1,
+            max_bytes: -1,
+            ..wanted.clone()
+        };
+        assert!(same_settings(&described, &wanted));
+        let older = stream::Config {
+            max_age: Duration::from_secs(30),
+            ..described.clone()
+        };
+        assert!(!same_settings(&older, &wanted));
+        let limited = stream::Config {
+            max_messages: 10,
+            ..described
+        };
+        assert!(!same_settings(&limited, &wanted));
     }
 }

@@ -42,21 +42,10 @@ pub async fn list(
             .parse::<u64>()
             .map_err(|_| ApiError::bad_request("after must be a whole number (a seq)"))?,
     };
-    let limit = match query.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}"
-                ))
-            })?,
-    };
+    let limit = super::parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     match state.relay.bus().read(after, limit).await {
         Ok(events) => Ok(Json(events)),
-        Err(e @ ReadError::Gone { .. }) => Err(ApiError::new(
+        Err(e @ (ReadError::Gone { .. } | ReadError::Ahead { .. })) => Err(ApiError::new(
             StatusCode::GONE,
             format!("{e}: reload over REST, then follow from the newest seq"),
         )),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_support::SocketClient;
 
-use crate::helpers::{RAVI, Stack, spawn_stack, spawn_stack_with};
+use crate::helpers::{RAVI, spawn_stack, spawn_stack_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -34,17 +34,6 @@ fn text_webhook(customer: &str, id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn send(stack: &Stack, replica: usize, conversation: &str, text: &str) {
-    let (status, sent) = stack
-        .post(
-            replica,
-            "/api/messages",
-            json!({"conversationId": conversation, "message": text}),
-        )
-        .await;
-    assert_eq!(status, 201, "{sent}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() {
     let stack = spawn_stack(2).await;
@@ -53,7 +42,7 @@ async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() 
     let mut resuming =
         SocketClient::connect_with(&stack.api[0], "websocket", json!({"resume": true})).await;
     stack.load_samples().await;
-    send(&stack, 0, "conv_1", "before").await;
+    stack.send(0, "conv_1", "before").await;
     let seen = resuming.events_until_marker("before").await;
     assert!(!seen.is_empty());
 
@@ -82,7 +71,7 @@ async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() 
     resuming.reconnect().await;
     load.await.unwrap();
     stack.drained().await;
-    send(&stack, 1, "conv_1", "after").await;
+    stack.send(1, "conv_1", "after").await;
 
     let reference = steady.events_until_marker("after").await;
     let resumed = resuming.events_until_marker("after").await;
@@ -112,7 +101,7 @@ async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() 
 async fn resuming_keeps_the_narrowed_stream_and_a_forgotten_seq_means_resync() {
     let stack = spawn_stack(1).await;
     stack.load_samples().await;
-    send(&stack, 0, "conv_1", "marker").await;
+    stack.send(0, "conv_1", "marker").await;
     // From the start of the log, only Ravi's conversation.
     let mut narrowed = SocketClient::connect_with(
         &stack.api[0],
@@ -151,13 +140,38 @@ async fn resuming_keeps_the_narrowed_stream_and_a_forgotten_seq_means_resync() {
     let (name, data) = late.next_event(WAIT).await;
     assert_eq!(name, "resync");
     assert!(data["reason"].is_string());
-    send(&stack, 0, "conv_1", "live").await;
+    stack.send(0, "conv_1", "live").await;
     let (name, data) = late.next_event(WAIT).await;
     assert_eq!(
         (name.as_str(), data["body"].as_str()),
         ("newMessage", Some("live"))
     );
     assert!(data["seq"].as_u64().unwrap() > last);
+
+    // A seq the log never gave (a reset log, or made up): 410 and resync too.
+    let ahead = last + 1_000_000;
+    let (status, error) = stack.get(0, &format!("/api/events?after={ahead}")).await;
+    assert_eq!(status, 410, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("there is no event")
+    );
+    let mut made_up = SocketClient::connect_with(
+        &stack.api[0],
+        "websocket",
+        json!({"auth": {"lastSeq": ahead}}),
+    )
+    .await;
+    let (name, _) = made_up.next_event(WAIT).await;
+    assert_eq!(name, "resync");
+    stack.send(0, "conv_1", "after resync").await;
+    let (name, data) = made_up.next_event(WAIT).await;
+    assert_eq!(
+        (name.as_str(), data["body"].as_str()),
+        ("newMessage", Some("after resync"))
+    );
 }
 
 #[tokio::test]
@@ -198,7 +212,7 @@ async fn subscribing_with_only_invalid_ids_changes_nothing() {
         .emit_with_ack("subscribe", json!(["not-a-conversation", "conv_x"]))
         .await;
     assert_eq!(subscribed, json!(["*"]), "still everything");
-    send(&stack, 0, "conv_1", "still here").await;
+    stack.send(0, "conv_1", "still here").await;
     let (_, data) = client.next_event(WAIT).await;
     assert_eq!(data["body"], "still here");
 }
@@ -225,7 +239,9 @@ async fn a_client_slower_than_the_events_catches_up_and_misses_none() {
         "messages": messages
     }}]}]});
     stack.post_webhook(burst.to_string().as_bytes()).await;
-    send(&stack, 0, &format!("conv_{customer}"), "after the burst").await;
+    stack
+        .send(0, &format!("conv_{customer}"), "after the burst")
+        .await;
 
     for client in &mut clients {
         let events = client.events_until_marker("after the burst").await;
@@ -237,14 +253,8 @@ async fn a_client_slower_than_the_events_catches_up_and_misses_none() {
         let mut expected: Vec<String> = (0..300).map(|n| format!("wamid.burst.{n}")).collect();
         expected.sort();
         assert_eq!(ids, expected, "every event once");
-        let seqs: Vec<u64> = events
-            .iter()
-            .map(|(_, d)| d["seq"].as_u64().unwrap())
-            .collect();
-        assert!(
-            seqs.windows(2).all(|w| w[1] == w[0] + 1),
-            "in order, none skipped"
-        );
+        let seqs = test_support::increasing_seqs(&events);
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "none skipped");
     }
     let (_, metrics) = stack.get_text(0, "/metrics").await;
     let catch_ups = metrics

@@ -25,7 +25,12 @@ pub struct EmbeddedEvents {
     /// them; appends hold it from commit to broadcast, so live readers get
     /// every event in order.
     live: Arc<Mutex<(u64, broadcast::Sender<Sequenced>)>>,
+    /// When events past the retention were last dropped.
+    pruned: std::sync::Mutex<std::time::Instant>,
 }
+
+/// How often appends drop the events past the retention.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl EmbeddedEvents {
     pub async fn open(path: &Path) -> Result<Self, BrokerError> {
@@ -51,6 +56,7 @@ impl EmbeddedEvents {
         let events = Self {
             db,
             live: Arc::new(Mutex::new((head, broadcast::channel(LIVE_BUFFER).0))),
+            pruned: std::sync::Mutex::new(std::time::Instant::now()),
         };
         events.forget_old().await?;
         Ok(events)
@@ -92,6 +98,17 @@ impl EventBus for EmbeddedEvents {
     async fn append(&self, events: &[Event]) -> Result<(), BrokerError> {
         if events.is_empty() {
             return Ok(());
+        }
+        let prune = self.pruned.lock().is_ok_and(|mut pruned| {
+            let due = pruned.elapsed() >= PRUNE_EVERY;
+            if due {
+                *pruned = std::time::Instant::now();
+            }
+            due
+        });
+        if prune {
+            // The log stays a day long however long the process runs.
+            self.forget_old().await?;
         }
         let rows: Vec<(String, String)> = events
             .iter()
@@ -171,8 +188,11 @@ impl EventBus for EmbeddedEvents {
         let first = first
             .and_then(|f| u64::try_from(f).ok())
             .unwrap_or(last + 1);
-        if after + 1 < first {
+        if after.saturating_add(1) < first {
             return Err(ReadError::Gone { after, first });
+        }
+        if after > last {
+            return Err(ReadError::Ahead { after, last });
         }
         Ok(rows
             .iter()
