@@ -289,7 +289,7 @@ pub struct NatsBroker {
     names: Names,
     ack_wait: Duration,
     /// The processor's pull subscription, made on first use.
-    pulling: tokio::sync::Mutex<Option<consumer::pull::Stream>>,
+    consumer: tokio::sync::Mutex<Option<consumer::PullConsumer>>,
     events: EventLog,
 }
 
@@ -314,7 +314,7 @@ impl NatsBroker {
             client,
             names,
             ack_wait: Duration::from_secs(30),
-            pulling: tokio::sync::Mutex::new(None),
+            consumer: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -411,60 +411,94 @@ impl NatsBroker {
     }
 
     /// Messages that have arrived, within `limits` (waits for the first).
+    ///
+    /// Only what is asked for is delivered: no messages wait in a client
+    /// buffer while a batch is stored (their ack deadline would run out and
+    /// they would be delivered again, doubling the work on a slow store).
     async fn pull(&self, limits: BatchLimits) -> Result<Vec<jetstream::Message>, BrokerError> {
-        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
-        let mut pulling = self.pulling.lock().await;
-        let messages = match pulling.as_mut() {
-            Some(messages) => messages,
-            None => {
-                let stream = ensure_streams(&self.js, &self.names)
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                let consumer = processor_consumer(&stream, &self.names, self.ack_wait)
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                let messages = consumer
-                    .stream()
-                    .max_messages_per_batch(limits.count)
-                    // Bounds what is fetched ahead, not only the count.
-                    .max_bytes_per_batch(limits.bytes)
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
-                    .messages()
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                pulling.insert(messages)
-            }
-        };
-        let Some(first) = messages.next().await else {
-            *pulling = None;
-            return Err(BrokerError::Unavailable(
-                "the pull subscription ended".to_owned(),
-            ));
-        };
-        // Then whatever else has arrived, up to the limits, in one go.
-        // Unconstrained: tokio's per-task budget would otherwise make the
-        // channel look empty after ~128 messages.
-        let mut bytes = first.as_ref().map_or(0, body_size);
-        let mut batch = vec![first];
-        tokio::task::unconstrained(async {
-            while batch.len() < limits.count && bytes < limits.bytes {
-                match messages.next().now_or_never() {
-                    Some(Some(message)) => {
-                        // A reference counts as the body it stands for.
-                        bytes += message.as_ref().map_or(0, body_size);
-                        batch.push(message);
-                    }
-                    _ => break,
-                }
-            }
-        })
-        .await;
-        Ok(batch
-            .into_iter()
-            .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "pull error")).ok())
-            .collect())
+        let consumer = self.consumer().await?;
+        let result = take(&consumer, limits).await;
+        if result.is_err() {
+            // The consumer may be gone (a NATS restarted without storage).
+            *self.consumer.lock().await = None;
+        }
+        result
     }
+
+    /// The processors' consumer, created with its stream on first use.
+    async fn consumer(&self) -> Result<consumer::PullConsumer, BrokerError> {
+        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+        let mut cached = self.consumer.lock().await;
+        if let Some(consumer) = cached.as_ref() {
+            return Ok(consumer.clone());
+        }
+        let stream = ensure_streams(&self.js, &self.names)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let consumer = processor_consumer(&stream, &self.names, self.ack_wait)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(cached.insert(consumer).clone())
+    }
+}
+
+/// How long one wait for the first message of a batch lasts on the server;
+/// a request lost with a restarted server is given up 5 s after that.
+const PULL_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits for one message, then takes whatever else is there, within
+/// `limits`, without waiting.
+async fn take(
+    consumer: &consumer::PullConsumer,
+    limits: BatchLimits,
+) -> Result<Vec<jetstream::Message>, BrokerError> {
+    let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
+    let first = loop {
+        let mut one = consumer
+            .batch()
+            .max_messages(1)
+            .expires(PULL_WAIT)
+            .messages()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        match one.next().await {
+            Some(message) => break message.map_err(|e| unavailable(&e))?,
+            // Nothing came: ask again.
+            None => continue,
+        }
+    };
+    let mut bytes = body_size(&first);
+    let mut batch = vec![first];
+    if limits.count > 1 && bytes < limits.bytes {
+        let mut rest = consumer
+            .fetch()
+            .max_messages(limits.count - 1)
+            .max_bytes(limits.bytes - bytes)
+            .messages()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        while let Some(message) = rest.next().await {
+            let message = match message {
+                Ok(message) => message,
+                // What came is taken; the rest stays for the next batch.
+                Err(e) => {
+                    tracing::warn!(error = %e, "pull error");
+                    break;
+                }
+            };
+            // A reference counts as the body it stands for: past the
+            // limit, a message goes back at once for the next batch.
+            if bytes >= limits.bytes {
+                if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                    tracing::debug!(error = %e, "nak failed; redelivered after the ack wait");
+                }
+                continue;
+            }
+            bytes += body_size(&message);
+            batch.push(message);
+        }
+    }
+    Ok(batch)
 }
 
 #[async_trait]
