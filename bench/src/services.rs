@@ -54,6 +54,17 @@ impl Service {
 
     fn spawn_path(name: &'static str, path: &Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let port = test_support::free_port();
+        // BENCH_LOG_DIR=<dir> keeps each service's log (at info) there.
+        let (log_level, log) = match std::env::var_os("BENCH_LOG_DIR") {
+            Some(dir) => {
+                let file =
+                    std::fs::File::create(Path::new(&dir).join(format!("{name}-{port}.log")))
+                        .context("cannot create the service's log in BENCH_LOG_DIR")?;
+                let out = file.try_clone()?;
+                ("info", (Stdio::from(out), Stdio::from(file)))
+            }
+            None => ("error", (Stdio::null(), Stdio::null())),
+        };
         // Many sockets need many file descriptors.
         let child = Command::new("sh")
             .arg("-c")
@@ -61,10 +72,10 @@ impl Service {
             .arg(path)
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", log_level)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.0)
+            .stderr(log.1)
             .spawn()
             .with_context(|| format!("cannot start {}", path.display()))?;
         Ok(Self {
