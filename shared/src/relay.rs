@@ -5,8 +5,8 @@
 //! between left behind. The log keeps one event per id, so an event
 //! relayed twice (the writer and the sweeper, or a retry) is there once.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,19 @@ pub struct Relay {
     store: Arc<dyn Store>,
     bus: Arc<dyn EventBus>,
     sweep_age: Duration,
+    /// When this process's batch in progress started, if one is.
+    writing_since: Arc<Mutex<Option<Instant>>>,
+}
+
+/// A batch being written; see [`Relay::writing`].
+pub struct Writing(Arc<Mutex<Option<Instant>>>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if let Ok(mut since) = self.0.lock() {
+            *since = None;
+        }
+    }
 }
 
 impl Relay {
@@ -32,7 +45,30 @@ impl Relay {
             store,
             bus,
             sweep_age: SWEEP_AGE,
+            writing_since: Arc::default(),
         }
+    }
+
+    /// Marks a batch this process is writing: until it is relayed, the
+    /// sweeper leaves alone the outbox events committed since it started
+    /// (they are probably its own, about to be relayed; a batch can take
+    /// longer than the sweep age on a slow store).
+    pub fn writing(&self) -> Writing {
+        if let Ok(mut since) = self.writing_since.lock() {
+            *since = Some(Instant::now());
+        }
+        Writing(self.writing_since.clone())
+    }
+
+    /// How old outbox events must be to be swept now.
+    fn sweepable_age(&self) -> Duration {
+        let busy = self
+            .writing_since
+            .lock()
+            .ok()
+            .and_then(|since| *since)
+            .map_or(Duration::ZERO, |since| since.elapsed());
+        self.sweep_age + busy
     }
 
     /// Sweeps outbox events as soon as they are `age` old (tests).
@@ -68,7 +104,7 @@ impl Relay {
     /// Relays what writers left in the outbox; returns how many (0 when
     /// they could not be relayed now).
     pub async fn sweep(&self) -> usize {
-        match self.store.outbox(self.sweep_age, SWEEP_LIMIT).await {
+        match self.store.outbox(self.sweepable_age(), SWEEP_LIMIT).await {
             Ok(events) if !events.is_empty() => {
                 tracing::info!(
                     events = events.len(),

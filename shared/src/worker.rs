@@ -94,13 +94,17 @@ impl Worker {
             return;
         }
         let started = std::time::Instant::now();
+        let writing = self.relay.writing();
         let processed = self
             .keeping_alive(&pending, self.processor.process(items))
             .await;
         tracing::debug!(payloads = pending.len(), elapsed = ?started.elapsed(), "batch stored");
         metrics::counter!("batches_total").increment(1);
         match processed {
-            Ok(events) => self.finish(&pending, &events).await,
+            Ok(events) => {
+                self.finish(&pending, &events).await;
+                drop(writing);
+            }
             Err(e) if e.kind == ErrorKind::Rejected && pending.len() > 1 => {
                 tracing::warn!(error = %e, "batch refused; retrying its payloads one by one");
                 for delivery in &pending {
