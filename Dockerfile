@@ -86,7 +86,10 @@ USER root
 RUN mkdir -p /data && chown 10001:10001 /data
 USER 10001:10001
 COPY --from=builder /app/target/release/whatsapp-clone /usr/local/bin/whatsapp-clone
+# A container is reached from outside it: every address (which needs
+# API_TOKENS, or ALLOW_ANONYMOUS=true, at run time).
 ENV PORT=3000 \
+    HOST=0.0.0.0 \
     DATA_DIR=/data
 WORKDIR /data
 VOLUME /data

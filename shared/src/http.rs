@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Queue;
+use crate::config::LimitsConfig;
 use crate::store::Store;
 
 /// Every error a service answers with: a status and `{"error": "..."}`.
@@ -38,6 +40,13 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
+
+    /// A `503` saying in words what is unavailable; the `cause` (a driver's
+    /// text, which can name hosts or users) goes to the log only.
+    pub fn unavailable_because(message: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "{message}");
+        Self::unavailable(message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -52,21 +61,35 @@ impl IntoResponse for ApiError {
 /// Finishes a service's router with what every request gets: an
 /// `x-request-id` (kept from the caller or generated), echoed in the
 /// response and recorded in the request's log span; a JSON 404 for unknown
-/// paths; and a 500 instead of a dropped connection if a handler panics.
-pub fn service(router: Router) -> Router {
+/// paths; a 500 instead of a dropped connection if a handler panics; a
+/// time limit (408) and a bound on requests in flight (503); and JSON
+/// bodies for every error (see [`crate::access::json_errors`]).
+pub fn service(router: Router, limits: &LimitsConfig) -> Router {
+    use crate::access::{InFlight, json_errors, limit_in_flight};
     use tower_http::catch_panic::CatchPanicLayer;
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::timeout::TimeoutLayer;
     use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
     let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &axum::http::Request<_>| {
             let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+            // The path only: a query can carry a secret (`hub.verify_token`).
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(limits.request_timeout_secs.max(1)),
+        ))
         .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn_with_state(
+            InFlight::new(limits.max_requests_in_flight),
+            limit_in_flight,
+        ))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -82,11 +105,18 @@ pub fn readiness(queue: Arc<dyn Queue>, store: Option<Arc<dyn Store>>) -> Readin
     Arc::new(move || {
         let (queue, store) = (queue.clone(), store.clone());
         Box::pin(async move {
-            queue.ready().await?;
-            match store {
-                Some(store) => store.ping().await.map_err(|e| e.to_string()),
-                None => Ok(()),
+            // Which dependency, in words; its error text only in the log.
+            if let Err(e) = queue.ready().await {
+                tracing::warn!(error = %e, "not ready: the message queue");
+                return Err("the message queue is not reachable".to_owned());
             }
+            if let Some(store) = store
+                && let Err(e) = store.ping().await
+            {
+                tracing::warn!(error = %e, "not ready: the database");
+                return Err("the database is not reachable".to_owned());
+            }
+            Ok(())
         })
     })
 }

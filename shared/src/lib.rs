@@ -13,6 +13,7 @@
 //! - [`worker`]: the processor's consume-store-relay-ack loop;
 //! - [`config`] and [`http`]: configuration, logging, errors, health and metrics.
 
+pub mod access;
 pub mod broker;
 pub mod config;
 pub mod domain;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod plan;
 pub mod processing;
 pub mod relay;
+pub mod server;
 pub mod sqlite;
 pub mod store;
 pub mod webhook;

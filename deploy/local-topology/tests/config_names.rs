@@ -43,7 +43,8 @@ fn accepted(service: &str) -> (BTreeSet<String>, Option<String>) {
     let mut port = None;
     for line in help.lines() {
         if let Some(rest) = line.split("[env: ").nth(1) {
-            let name = rest.split('=').next().unwrap().to_owned();
+            // `[env: NAME=value]`, or `[env: NAME]` for a hidden value.
+            let name = rest.split(['=', ']']).next().unwrap().to_owned();
             if name == "PORT" {
                 port = line
                     .split("[default: ")
@@ -221,5 +222,44 @@ fn env_example_only_holds_what_the_compose_file_uses() {
             compose.contains(&format!("${{{key}")) || compose.contains(&format!("{key}:\n")),
             ".env.example has {key}, which docker-compose.yml does not use"
         );
+    }
+}
+
+/// No binary's `--help` shows a secret it was given in the environment.
+#[test]
+fn help_shows_no_secret_from_the_environment() {
+    let secrets = [
+        ("API_TOKENS", "token-in-the-environment-4f1e9d"),
+        ("WHATSAPP_APP_SECRET", "app-secret-in-the-environment-7a2c"),
+        (
+            "WEBHOOK_VERIFY_TOKEN",
+            "verify-token-in-the-environment-9b3d",
+        ),
+        ("MONGODB_URI", "mongodb://user:db-password-3c1a@db:27017/x"),
+        ("NATS_URL", "nats://user:nats-password-8e5f@nats:4222"),
+    ];
+    for service in SERVICES {
+        let mut invocations = vec![vec!["--help"]];
+        if service == "whatsapp-clone" {
+            invocations.push(vec!["serve", "--help"]);
+        }
+        for args in invocations {
+            let output = Command::new(binary(service))
+                .args(&args)
+                .envs(secrets)
+                .output()
+                .expect("binaries are built");
+            let help = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "{service} {args:?}: {help}");
+            for secret in [
+                "token-in-the",
+                "app-secret-in",
+                "verify-token-in",
+                "db-password",
+                "nats-password",
+            ] {
+                assert!(!help.contains(secret), "{service} {args:?} shows {secret}");
+            }
+        }
     }
 }

@@ -1,5 +1,5 @@
 use clap::Parser;
-use shared::config::{ApiConfig, LogConfig, MongoConfig, NatsConfig};
+use shared::config::{ApiConfig, LimitsConfig, LogConfig, MongoConfig, NatsConfig};
 
 /// REST API and Socket.IO for WhatsApp Web frontends.
 #[derive(Debug, Clone, Parser)]
@@ -13,6 +13,8 @@ pub struct Config {
     pub port: u16,
     #[command(flatten)]
     pub api: ApiConfig,
+    #[command(flatten)]
+    pub limits: LimitsConfig,
     #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use shared::access::Tokens;
 use shared::broker::nats::NatsBroker;
 use shared::broker::{EventBus, Queue};
-use shared::config::ApiConfig;
+use shared::config::{ApiConfig, LimitsConfig};
 use shared::http::{ops_routes, readiness};
 use shared::processing::Processor;
 use shared::relay::Relay;
@@ -67,16 +68,53 @@ impl ApiState {
     }
 }
 
+/// Who may use the API and how much (from [`ApiConfig`] and [`LimitsConfig`]).
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub tokens: Tokens,
+    pub limits: LimitsConfig,
+}
+
+impl Access {
+    /// The tokens and limits of `config`, after refusing to serve anyone
+    /// on a public `host` by accident.
+    pub fn new(config: &ApiConfig, limits: &LimitsConfig, host: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            tokens: config.tokens(host)?,
+            limits: limits.clone(),
+        })
+    }
+}
+
 /// The whole HTTP surface of the API: REST routes plus `others` (health,
 /// metrics; the webhook routes in the all-in-one binary), finished with
 /// the shared layers, Socket.IO on the same port, and CORS. Also returns
 /// the handle to emit to this process's sockets.
-pub fn api_router(state: ApiState, others: Router, config: &ApiConfig) -> (Router, SocketIo) {
+pub fn api_router(
+    state: ApiState,
+    others: Router,
+    config: &ApiConfig,
+    access: &Access,
+) -> anyhow::Result<(Router, SocketIo)> {
     let (socket_layer, io) = realtime::socket_io(
         state.realtime.clone(),
-        usize::try_from(config.socket_buffer).unwrap_or(usize::MAX),
+        realtime::SocketRules {
+            buffer: usize::try_from(config.socket_buffer).unwrap_or(usize::MAX),
+            tokens: access.tokens.clone(),
+            origins: origins(&config.cors_origins),
+            max_subscriptions: config.max_subscriptions.max(1),
+        },
     );
-    let inner = shared::http::service(routes::router(state).merge(others));
+    // Rate limits on the REST API only: health checks and Meta's webhook
+    // deliveries are not a client's traffic.
+    let rest = shared::access::rate_limited(routes::router(state), config.rate_limit())?;
+    let guarded = rest
+        .merge(others)
+        .layer(axum::middleware::from_fn_with_state(
+            access.tokens.clone(),
+            shared::access::require_token,
+        ));
+    let inner = shared::http::service(guarded, &access.limits);
     // Socket.IO wraps the whole router as one service: each `layer()` call
     // makes its own engine (sessions), and `Router::layer` would call it
     // once per route, so polling requests would land on different engines.
@@ -86,7 +124,7 @@ pub fn api_router(state: ApiState, others: Router, config: &ApiConfig) -> (Route
             realtime::detach_from_read_buffer::<axum::body::Body>,
         ))
         .layer(cors(&config.cors_origins));
-    (router, io)
+    Ok((router, io))
 }
 
 pub struct Application {
@@ -95,11 +133,13 @@ pub struct Application {
     io: SocketIo,
     state: ApiState,
     broker: Arc<NatsBroker>,
+    header_read_timeout: Duration,
 }
 
 impl Application {
     /// Binds the port and prepares clients; NATS and MongoDB may come up later.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let access = Access::new(&config.api, &config.limits, &config.host)?;
         let store: Arc<dyn Store> =
             Arc::new(MongoStore::connect(&config.mongo.mongodb_uri, "api-gateway").await?);
         let broker = Arc::new(
@@ -119,7 +159,7 @@ impl Application {
         );
         let queue: Arc<dyn Queue> = broker.clone();
         let ready = readiness(queue, Some(store));
-        let (router, io) = api_router(state.clone(), ops_routes(ready), &config.api);
+        let (router, io) = api_router(state.clone(), ops_routes(ready), &config.api, &access)?;
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
             listener,
@@ -127,6 +167,7 @@ impl Application {
             io,
             state,
             broker,
+            header_read_timeout: access.limits.header_read_timeout(),
         })
     }
 
@@ -138,7 +179,16 @@ impl Application {
     /// "transport close", so they reconnect to another replica.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "api-gateway listening");
-        serve(self.listener, self.router, self.io, &self.state, shutdown).await?;
+        let timeout = self.header_read_timeout;
+        serve(
+            self.listener,
+            self.router,
+            self.io,
+            &self.state,
+            timeout,
+            shutdown,
+        )
+        .await?;
         self.broker.client().flush().await.ok();
         Ok(())
     }
@@ -152,6 +202,7 @@ pub async fn serve(
     router: Router,
     io: SocketIo,
     state: &ApiState,
+    header_read_timeout: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let fan_out = tokio::spawn(realtime::fan_out(
@@ -160,28 +211,38 @@ pub async fn serve(
         state.pending_sends.clone(),
         shutdown.clone(),
     ));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.cancelled().await;
-            io.close().await;
-        })
-        .await?;
+    shared::server::serve(listener, router, header_read_timeout, async move {
+        shutdown.cancelled().await;
+        io.close().await;
+    })
+    .await?;
     fan_out.await.ok();
     Ok(())
 }
 
-fn cors(origins: &str) -> CorsLayer {
+/// `CORS_ORIGINS` as a list; `None`: any origin.
+fn origins(setting: &str) -> Option<Vec<String>> {
+    let origins: Vec<String> = setting
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.is_empty() || origins.iter().any(|o| o == "*") {
+        None
+    } else {
+        Some(origins)
+    }
+}
+
+fn cors(setting: &str) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods(tower_http::cors::Any)
         .allow_headers(tower_http::cors::Any);
-    let origins: Vec<&str> = origins
-        .split(',')
-        .map(str::trim)
-        .filter(|o| !o.is_empty())
-        .collect();
-    if origins.is_empty() || origins.contains(&"*") {
-        return layer.allow_origin(tower_http::cors::Any);
+    match origins(setting) {
+        None => layer.allow_origin(tower_http::cors::Any),
+        Some(origins) => {
+            let list: Vec<_> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+            layer.allow_origin(AllowOrigin::list(list))
+        }
     }
-    let list: Vec<_> = origins.iter().filter_map(|o| o.parse().ok()).collect();
-    layer.allow_origin(AllowOrigin::list(list))
 }

@@ -21,12 +21,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use futures::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use shared::access::Tokens;
 use shared::broker::{EventBus, ReadError};
 use shared::domain::{Event, Sequenced, is_conversation_id};
 use socketioxide::SendError;
 use socketioxide::SocketError;
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, Data, SocketRef, State};
+use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -113,19 +115,66 @@ impl Shared {
     }
 }
 
-/// `buffer`: packets a socket may have waiting to be sent (socketioxide's
-/// default is 128); a socket with a full buffer falls behind.
-pub fn socket_io(realtime: Realtime, buffer: usize) -> (SocketIoLayer, SocketIo) {
+/// Who may connect, and what a connection may hold.
+#[derive(Debug, Clone)]
+pub struct SocketRules {
+    /// Packets a socket may have waiting to be sent (socketioxide's default
+    /// is 128); a socket with a full buffer falls behind.
+    pub buffer: usize,
+    /// `auth: {token}` must be one of these (when any are configured).
+    pub tokens: Tokens,
+    /// Browser origins allowed to connect; `None`: any.
+    pub origins: Option<Vec<String>>,
+    /// Conversations one socket may subscribe to.
+    pub max_subscriptions: usize,
+}
+
+pub fn socket_io(realtime: Realtime, rules: SocketRules) -> (SocketIoLayer, SocketIo) {
     // Clients only send small `subscribe` packets: a 1 KiB WebSocket read
     // buffer (4 KiB by default; it grows for a larger frame) saves 3 KiB
     // per connection.
     let (layer, io) = SocketIo::builder()
         .ws_read_buffer_size(1024)
-        .max_buffer_size(buffer)
+        .max_buffer_size(rules.buffer)
         .with_state(realtime)
+        .with_state(Arc::new(rules))
         .build_layer();
-    io.ns("/", on_connect);
+    io.ns("/", on_connect.with(admit));
     (layer, io)
+}
+
+/// Why a connection is refused (the client's `connect_error` message).
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("unauthorized: auth.token is missing or unknown")]
+    Token,
+    #[error("origin not allowed")]
+    Origin,
+}
+
+/// Refuses a connection without an admitted `auth: {token}` (when tokens
+/// are configured) or from a browser origin outside `CORS_ORIGINS`.
+async fn admit(
+    socket: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(rules): State<Arc<SocketRules>>,
+) -> Result<(), Refused> {
+    if let Some(allowed) = &rules.origins
+        && let Some(origin) = socket.req_parts().headers.get(axum::http::header::ORIGIN)
+        && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes())
+    {
+        return Err(Refused::Origin);
+    }
+    if rules.tokens.is_open() {
+        return Ok(());
+    }
+    let token = auth
+        .ok()
+        .and_then(|auth| auth.get("token")?.as_str().map(str::to_owned));
+    match token {
+        Some(token) if rules.tokens.admits(&token) => Ok(()),
+        _ => Err(Refused::Token),
+    }
 }
 
 /// hyper parses a request's URI and header values as slices of the
@@ -159,11 +208,19 @@ pub fn detach_from_read_buffer<B>(mut request: Request<B>) -> Request<B> {
 
 /// `auth: {lastSeq?, subscribe?}`: resume after `lastSeq`; start narrowed
 /// to `subscribe` (ids, or `"*"`).
-async fn on_connect(socket: SocketRef, Data(auth): Data<Value>, State(realtime): State<Realtime>) {
+async fn on_connect(
+    socket: SocketRef,
+    Data(auth): Data<Value>,
+    State(realtime): State<Realtime>,
+    State(rules): State<Arc<SocketRules>>,
+) {
     let subscription = match auth.get("subscribe").map(conversation_ids) {
-        Some(ids) if !ids.contains(&ALL.to_owned()) && !ids.is_empty() => {
-            Subscription::Only(ids.into_iter().collect())
-        }
+        Some(ids) if !ids.contains(&ALL.to_owned()) && !ids.is_empty() => Subscription::Only(
+            ids.into_iter()
+                .filter(|id| is_conversation_id(id))
+                .take(rules.max_subscriptions)
+                .collect(),
+        ),
         _ => Subscription::All,
     };
     let shared = Shared(Arc::new(Mutex::new(SocketState {
@@ -361,8 +418,10 @@ async fn subscribe(
     Data(ids): Data<Value>,
     ack: AckSender,
     State(realtime): State<Realtime>,
+    State(rules): State<Arc<SocketRules>>,
 ) {
     let ids = conversation_ids(&ids);
+    let cap = rules.max_subscriptions;
     change(&socket, &realtime, |subscription| {
         if ids.iter().any(|id| id == ALL) {
             *subscription = Subscription::All;
@@ -376,9 +435,15 @@ async fn subscribe(
         if valid.is_empty() {
             return;
         }
+        // Past the cap, further ids are ignored (the ack lists what holds).
         match subscription {
-            Subscription::Only(current) => current.extend(valid),
-            Subscription::All => *subscription = Subscription::Only(valid),
+            Subscription::Only(current) => {
+                let room = cap.saturating_sub(current.len());
+                current.extend(valid.into_iter().take(room));
+            }
+            Subscription::All => {
+                *subscription = Subscription::Only(valid.into_iter().take(cap).collect());
+            }
         }
     })
     .await;

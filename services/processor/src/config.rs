@@ -1,5 +1,5 @@
 use clap::Parser;
-use shared::config::{LogConfig, MongoConfig, NatsConfig, WorkerConfig};
+use shared::config::{LimitsConfig, LogConfig, MongoConfig, NatsConfig, WorkerConfig};
 
 /// Consumes webhooks from NATS JetStream, stores them in MongoDB and
 /// publishes `newMessage` / `statusUpdate` events.
@@ -19,6 +19,8 @@ pub struct Config {
     pub ack_wait_secs: u64,
     #[command(flatten)]
     pub worker: WorkerConfig,
+    #[command(flatten)]
+    pub limits: LimitsConfig,
     #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]

@@ -62,10 +62,14 @@ impl Application {
         let (queue, store): (Arc<dyn Queue>, Arc<dyn Store>) =
             (self.broker.clone(), self.store.clone());
         let ready = readiness(queue, Some(store));
-        let router = shared::http::service(ops_routes(ready));
+        let router = shared::http::service(ops_routes(ready), &self.config.limits);
         tracing::info!(port = self.port(), "processor health endpoints listening");
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = shared::server::serve(
+            self.listener,
+            router,
+            self.config.limits.header_read_timeout(),
+            shutdown.clone().cancelled_owned(),
+        );
         let events: Arc<dyn EventBus> = self.broker.clone();
         let worker = Worker {
             processor: Processor::new(self.store.clone()),

@@ -1,5 +1,5 @@
 use clap::Parser;
-use shared::config::{LogConfig, NatsConfig, WebhookConfig};
+use shared::config::{LimitsConfig, LogConfig, NatsConfig, WebhookConfig};
 
 /// Receives WhatsApp webhooks and publishes them to NATS JetStream.
 #[derive(Debug, Clone, Parser)]
@@ -16,6 +16,8 @@ pub struct Config {
     pub publish_timeout_ms: u64,
     #[command(flatten)]
     pub webhook: WebhookConfig,
+    #[command(flatten)]
+    pub limits: LimitsConfig,
     #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]

@@ -34,10 +34,7 @@ impl WebhookState {
     /// Empty strings count as unset (an empty secret would refuse every webhook).
     pub fn new(queue: Arc<dyn Queue>, config: &WebhookConfig) -> Self {
         let verify_token = config.verify_token.clone().filter(|t| !t.is_empty());
-        let app_secret = config.app_secret.clone().filter(|s| !s.is_empty());
-        if app_secret.is_none() {
-            tracing::warn!("WHATSAPP_APP_SECRET is not set: webhook signatures are NOT checked");
-        }
+        let app_secret = config.secret().map(str::to_owned);
         if verify_token.is_none() {
             tracing::warn!(
                 "WEBHOOK_VERIFY_TOKEN is not set: webhook verification requests will be refused"
@@ -57,12 +54,14 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     broker: Arc<NatsBroker>,
+    header_read_timeout: Duration,
 }
 
 impl Application {
     /// Binds the port (0 picks a free one) and connects to NATS. NATS need
     /// not be up yet: the gateway then answers 503 until it is.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.webhook.check_exposure(&config.host)?;
         let timeout = Duration::from_millis(config.publish_timeout_ms);
         let broker = Arc::new(
             NatsBroker::connect(
@@ -77,12 +76,13 @@ impl Application {
         let ready = readiness(queue, None);
         let router = webhook_routes(WebhookState::new(broker.clone(), &config.webhook))
             .merge(ops_routes(ready));
-        let router = shared::http::service(router);
+        let router = shared::http::service(router, &config.limits);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
             listener,
             router,
             broker,
+            header_read_timeout: config.limits.header_read_timeout(),
         })
     }
 
@@ -103,9 +103,13 @@ impl Application {
             .await;
         });
         tracing::info!(port = self.port(), "webhook-gateway listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        shared::server::serve(
+            self.listener,
+            self.router,
+            self.header_read_timeout,
+            shutdown.cancelled_owned(),
+        )
+        .await?;
         self.broker.client().flush().await.ok();
         Ok(())
     }

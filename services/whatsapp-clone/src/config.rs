@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use shared::config::{ApiConfig, LogConfig, WebhookConfig, WorkerConfig};
+use shared::config::{ApiConfig, LimitsConfig, LogConfig, WebhookConfig, WorkerConfig};
 
 /// The WhatsApp Web clone backend in one process: webhook gateway,
 /// processor, REST API and Socket.IO on one port, with an embedded store
@@ -31,8 +31,9 @@ impl Default for Command {
 
 #[derive(Debug, Clone, Parser)]
 pub struct ServeConfig {
-    /// Address to listen on.
-    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    /// Address to listen on (this machine only by default; another
+    /// address needs API_TOKENS or ALLOW_ANONYMOUS=true).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: String,
     /// Port of everything: webhook, REST, Socket.IO, health, metrics (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 3000)]
@@ -44,13 +45,13 @@ pub struct ServeConfig {
     #[arg(long, value_name = "DIR")]
     pub import: Option<PathBuf>,
     /// Use this NATS server instead of the in-process broker.
-    #[arg(long, env = "NATS_URL")]
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     /// Prefix of NATS subjects and streams (with NATS_URL).
     #[arg(long, env = "NATS_NAMESPACE", default_value = "whatsapp")]
     pub nats_namespace: String,
     /// Use this MongoDB instead of the embedded SQLite store.
-    #[arg(long, env = "MONGODB_URI")]
+    #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
     pub mongodb_uri: Option<String>,
     #[command(flatten)]
     pub webhook: WebhookConfig,
@@ -58,6 +59,8 @@ pub struct ServeConfig {
     pub api: ApiConfig,
     #[command(flatten)]
     pub worker: WorkerConfig,
+    #[command(flatten)]
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -12,7 +12,7 @@ pub mod import;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_gateway::{ApiState, SocketIo, api_router};
+use api_gateway::{Access, ApiState, SocketIo, api_router};
 use axum::Router;
 use shared::broker::embedded::{EmbeddedEvents, EmbeddedQueue};
 use shared::broker::nats::NatsBroker;
@@ -36,6 +36,7 @@ pub struct Application {
     state: ApiState,
     worker: Worker,
     import: Option<std::path::PathBuf>,
+    header_read_timeout: Duration,
 }
 
 impl Application {
@@ -43,6 +44,8 @@ impl Application {
         // `MONGODB_URI=` (empty) means "not set": embedded.
         config.mongodb_uri = config.mongodb_uri.filter(|u| !u.trim().is_empty());
         config.nats_url = config.nats_url.filter(|u| !u.trim().is_empty());
+        let access = Access::new(&config.api, &config.limits, &config.host)?;
+        config.webhook.check_exposure(&config.host)?;
         let store: Arc<dyn Store> = match &config.mongodb_uri {
             Some(uri) => Arc::new(MongoStore::connect(uri, "whatsapp-clone").await?),
             None => Arc::new(SqliteStore::open(&config.data_dir.join("store.sqlite3"))?),
@@ -85,7 +88,7 @@ impl Application {
         let (ready_queue, ready_store) = (queue.clone(), store.clone());
         let ready = readiness(ready_queue, Some(ready_store));
         let others = webhook_routes(webhook).merge(ops_routes(ready));
-        let (router, io) = api_router(state.clone(), others, &config.api);
+        let (router, io) = api_router(state.clone(), others, &config.api, &access)?;
         let worker = Worker {
             processor: Processor::new(store),
             queue,
@@ -102,6 +105,7 @@ impl Application {
             state,
             worker,
             import: config.import,
+            header_read_timeout: access.limits.header_read_timeout(),
         })
     }
 
@@ -126,7 +130,16 @@ impl Application {
                 }
             });
         }
-        api_gateway::serve(self.listener, self.router, self.io, &self.state, shutdown).await?;
+        let timeout = self.header_read_timeout;
+        api_gateway::serve(
+            self.listener,
+            self.router,
+            self.io,
+            &self.state,
+            timeout,
+            shutdown,
+        )
+        .await?;
         worker.await.ok();
         Ok(())
     }

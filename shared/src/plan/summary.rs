@@ -13,6 +13,19 @@ pub fn sort_key(timestamp: DateTime<Utc>, message_id: &str) -> String {
     format!("{:015}|{message_id}", timestamp.timestamp_millis().max(0))
 }
 
+/// Characters of the last message a conversation summary shows: a list of
+/// conversations stays small whatever the messages' size.
+pub const PREVIEW_CHARS: usize = 200;
+
+/// The start of `body`, at most [`PREVIEW_CHARS`] characters (an ellipsis
+/// says it was cut).
+pub fn preview(body: &str) -> String {
+    match body.char_indices().nth(PREVIEW_CHARS) {
+        None => body.to_owned(),
+        Some((end, _)) => format!("{}…", &body[..end]),
+    }
+}
+
 /// What a summary shows of its last message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Last {
@@ -38,7 +51,7 @@ impl Last {
         Self {
             key: sort_key(message.timestamp, &message.message_id),
             message_id: message.message_id.clone(),
-            body: message.body.clone(),
+            body: preview(&message.body),
             timestamp: message.timestamp,
             status: message.status.clone(),
             status_rank: status_rank(&message.status).unwrap_or(0),
@@ -78,6 +91,17 @@ impl Name {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_preview_keeps_short_bodies_and_cuts_long_ones_on_a_character() {
+        assert_eq!(preview("hello"), "hello");
+        let exact = "é".repeat(PREVIEW_CHARS);
+        assert_eq!(preview(&exact), exact);
+        let long = "é".repeat(PREVIEW_CHARS + 1);
+        let cut = preview(&long);
+        assert_eq!(cut.chars().count(), PREVIEW_CHARS + 1);
+        assert!(cut.ends_with('…') && cut.starts_with("éé"));
+    }
 
     #[test]
     fn sort_keys_order_by_time_then_id() {

@@ -216,7 +216,7 @@ impl SummaryRow {
             conversation_id: self.id.clone(),
             user_name: self.user_name.clone(),
             last_message_id: self.last_message_id.clone(),
-            last_message_body: self.last_body.clone(),
+            last_message_body: crate::plan::summary::preview(&self.last_body),
             last_timestamp: DateTime::from_timestamp_millis(self.last_ts).unwrap_or_default(),
             last_message_status: self.last_status.clone(),
             last_message_direction: if self.last_direction == "outbound" {

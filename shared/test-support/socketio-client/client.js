@@ -2,7 +2,8 @@
 //
 //   node client.js <url> <transports, e.g. "polling,websocket" or "websocket"> [options JSON]
 //
-// Options: {"auth": {...}} is sent with every (re)connection; with
+// Options: {"auth": {...}} is sent with every (re)connection;
+// {"extraHeaders": {...}} with every request; with
 // {"resume": true} the client keeps `auth.lastSeq` at the `seq` of the last
 // event it got, as the README tells clients to, so that reconnecting
 // resumes where it left off.
@@ -25,6 +26,8 @@ const socket = io(url, {
   transports: transports.split(","),
   reconnectionDelay: 100,
   auth: { ...(options.auth || {}) },
+  // E.g. {"Origin": "http://app.example"}, as a browser would send.
+  extraHeaders: options.extraHeaders || {},
 });
 socket.io.on("open", () => {
   const engine = socket.io.engine;

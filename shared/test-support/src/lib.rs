@@ -497,3 +497,12 @@ impl Drop for SocketClient {
         self.child.start_kill().ok();
     }
 }
+
+/// `X-Hub-Signature-256` for `body` under the app secret `secret`, as Meta
+/// computes it.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}

@@ -49,8 +49,9 @@ pub async fn list(
             StatusCode::GONE,
             format!("{e}: reload over REST, then follow from the newest seq"),
         )),
-        Err(ReadError::Broker(e)) => Err(ApiError::unavailable(format!(
-            "event log unavailable, retry later: {e}"
-        ))),
+        Err(ReadError::Broker(e)) => Err(ApiError::unavailable_because(
+            "the event log is unavailable, retry later",
+            &e,
+        )),
     }
 }

@@ -44,8 +44,13 @@ pub async fn send(
     State(state): State<ApiState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
-    let Json(body) =
-        body.map_err(|e| ApiError::bad_request(format!("body must be JSON: {}", e.body_text())))?;
+    let Json(body) = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {} bytes", crate::routes::BODY_LIMIT),
+        ),
+        _ => ApiError::bad_request(format!("body must be JSON: {}", e.body_text())),
+    })?;
     let Value::Object(fields) = body else {
         return Err(ApiError::bad_request("body must be a JSON object"));
     };
@@ -65,14 +70,15 @@ pub async fn send(
     );
 
     let pending = state.pending_sends.register(&message_id);
-    let bytes = serde_json::to_vec(&message).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let bytes = serde_json::to_vec(&message)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     state
         .queue
         .enqueue(Ingest::Send, &message_id, bytes.into())
         .await
         .map_err(|e| match e {
             BrokerError::TooLarge(e) | BrokerError::Unavailable(e) => {
-                ApiError::unavailable(format!("broker unavailable, retry later: {e}"))
+                ApiError::unavailable_because("the message queue is unavailable, retry later", &e)
             }
         })?;
     if pending.stored(state.send_timeout).await {

@@ -29,6 +29,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/stats", get(stats::stats))
         .route("/api/events", get(events::list))
         .route("/api/openapi.json", get(crate::openapi::document))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
@@ -40,6 +41,9 @@ pub struct PageQuery {
     #[serde(rename = "beforeId")]
     before_id: Option<String>,
 }
+
+/// Largest REST request body (a message's text is far smaller).
+pub const BODY_LIMIT: usize = 64 * 1024;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
@@ -114,5 +118,5 @@ pub fn check_conversation_id(id: &str) -> Result<(), ApiError> {
 
 /// Store failures are the server's problem, not the client's.
 pub fn store_failure(e: StoreError) -> ApiError {
-    ApiError::unavailable(format!("store unavailable: {e}"))
+    ApiError::unavailable_because("the database is unavailable, retry later", &e)
 }

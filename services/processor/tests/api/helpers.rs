@@ -38,6 +38,7 @@ pub fn processor_config(namespace: &str, database: &str) -> Config {
             max_deliveries: 3,
         },
         ack_wait_secs: 3,
+        limits: Default::default(),
         nats: NatsConfig {
             nats_url: test_support::nats_url(),
             nats_namespace: namespace.into(),
@@ -80,7 +81,9 @@ pub async fn spawn_gateway_only() -> Pipeline {
             verify_token: None,
             app_secret: None,
             body_limit: 4 * 1024 * 1024,
+            allow_unsigned_webhooks: false,
         },
+        limits: Default::default(),
         publish_timeout_ms: 5000,
         nats: NatsConfig {
             nats_url: test_support::nats_url(),

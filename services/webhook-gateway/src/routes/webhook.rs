@@ -111,6 +111,6 @@ fn unavailable(reason: &str) -> ApiError {
     tracing::warn!(reason, "the queue cannot take the webhook");
     reject(
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("broker unavailable, retry later: {reason}"),
+        "the message queue is unavailable, retry later".to_owned(),
     )
 }

@@ -30,7 +30,9 @@ pub fn config(nats_url: &str, namespace: &str, app_secret: Option<&str>) -> Conf
             verify_token: Some(VERIFY_TOKEN.into()),
             app_secret: app_secret.map(Into::into),
             body_limit: 4 * 1024 * 1024,
+            allow_unsigned_webhooks: false,
         },
+        limits: Default::default(),
         publish_timeout_ms: 2000,
         nats: NatsConfig {
             nats_url: nats_url.into(),

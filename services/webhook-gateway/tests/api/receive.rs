@@ -1,12 +1,7 @@
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-
 use crate::helpers::{APP_SECRET, error_message, spawn_app};
 
 fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    test_support::signature(APP_SECRET, body)
 }
 
 #[tokio::test]

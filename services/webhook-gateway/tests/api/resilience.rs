@@ -29,7 +29,11 @@ async fn with_nats_down_the_gateway_answers_503_and_recovers_by_itself() {
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
-    assert!(error_message(response).await.contains("broker unavailable"));
+    assert!(
+        error_message(response)
+            .await
+            .contains("message queue is unavailable")
+    );
     let ready = http
         .get(format!("{}/readyz", app.address))
         .send()

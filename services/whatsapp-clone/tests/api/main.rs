@@ -2,6 +2,7 @@
 //! API and events as the microservice stack; durable across SIGKILL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod binary;
 mod helpers;
 mod in_process;

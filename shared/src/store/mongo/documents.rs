@@ -80,7 +80,8 @@ pub fn conversation_from_document(d: &Document) -> Conversation {
         conversation_id: text("_id"),
         user_name: text("userName"),
         last_message_id: text("lastMessageId"),
-        last_message_body: text("lastMessageBody"),
+        // Summaries written before previews were bounded, too.
+        last_message_body: crate::plan::summary::preview(&text("lastMessageBody")),
         last_timestamp: d
             .get("lastTimestamp")
             .and_then(date_from_bson)

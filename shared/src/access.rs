@@ -1,0 +1,411 @@
+//! Who may use a service, and how much: bearer tokens, the refusal to
+//! serve anyone on a public address by accident, per-IP rate limits, a
+//! bound on requests in flight, and JSON bodies for every error.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+use crate::http::ApiError;
+
+/// The bearer tokens that open the API; none configured: open to anyone.
+///
+/// Kept as SHA-256 digests and compared in constant time, so neither the
+/// comparison's timing nor its length reveals a token.
+#[derive(Clone, Default)]
+pub struct Tokens(Arc<Vec<[u8; 32]>>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} configured)", self.0.len())
+    }
+}
+
+impl Tokens {
+    /// From `API_TOKENS` (comma-separated) and the lines of
+    /// `API_TOKENS_FILE` (blank lines and `#` comments skipped).
+    pub fn load(list: Option<&str>, file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut tokens: Vec<String> = list
+            .unwrap_or_default()
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .collect();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("API_TOKENS_FILE {} cannot be read: {e}", path.display())
+            })?;
+            tokens.extend(text.lines().map(|l| l.trim().to_owned()));
+        }
+        tokens.retain(|t| !t.is_empty() && !t.starts_with('#'));
+        if let Some(short) = tokens.iter().find(|t| t.len() < 16) {
+            anyhow::bail!(
+                "an API token has {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
+                short.len()
+            );
+        }
+        Ok(Self(Arc::new(tokens.iter().map(|t| digest(t)).collect())))
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `presented` is one of the tokens (every one is compared).
+    pub fn admits(&self, presented: &str) -> bool {
+        let presented = digest(presented);
+        self.0
+            .iter()
+            .fold(subtle::Choice::from(0), |found, t| {
+                found | t.ct_eq(&presented)
+            })
+            .into()
+    }
+
+    /// Whether a request's `Authorization: Bearer <token>` is admitted.
+    pub fn admits_request(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .is_some_and(|token| self.admits(token.trim()))
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `host` only accepts connections from this machine.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses to serve anyone on a public address by accident: without
+/// `guard` (tokens, a webhook secret), a non-loopback `host` needs the
+/// explicit `allowed` switch named `switch`.
+pub fn check_exposure(
+    host: &str,
+    guarded: bool,
+    allowed: bool,
+    what: &str,
+    switch: &str,
+) -> Result<(), String> {
+    match (guarded, is_loopback(host), allowed) {
+        (true, _, _) => Ok(()),
+        (false, true, _) => {
+            tracing::warn!("{what} is open to anyone on this machine ({host})");
+            Ok(())
+        }
+        (false, false, true) => {
+            tracing::warn!("{what} is open to anyone who reaches {host} ({switch}=true)");
+            Ok(())
+        }
+        (false, false, false) => Err(format!(
+            "refusing to listen on {host}: {what} would be open to anyone. \
+             Set {switch}=true to allow that, or listen on 127.0.0.1"
+        )),
+    }
+}
+
+/// Paths that need a token when tokens are set: the REST API (not the
+/// webhook, which its signature guards) and the metrics.
+fn needs_token(path: &str) -> bool {
+    (path == "/metrics" || path == "/api" || path.starts_with("/api/")) && path != "/api/webhook"
+}
+
+/// Middleware: `401` unless the request carries an admitted token.
+pub async fn require_token(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
+    if tokens.is_open()
+        || !needs_token(request.uri().path())
+        || tokens.admits_request(request.headers())
+    {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or unknown bearer token (Authorization: Bearer <token>)",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Per-IP request rate limits on the REST API.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Requests per second, sustained; 0 turns the limit off.
+    pub per_second: u32,
+    /// Requests allowed at once above the rate.
+    pub burst: u32,
+    /// Take the client's address from the last `X-Forwarded-For` entry
+    /// (the one the proxy in front of us added) instead of the peer's.
+    pub trust_forwarded: bool,
+}
+
+/// The client address a request is limited by.
+#[derive(Debug, Clone, Copy)]
+struct ClientIp {
+    trust_forwarded: bool,
+}
+
+impl tower_governor::key_extractor::KeyExtractor for ClientIp {
+    type Key = IpAddr;
+
+    fn extract<T>(
+        &self,
+        request: &axum::http::Request<T>,
+    ) -> Result<Self::Key, tower_governor::GovernorError> {
+        let forwarded = || {
+            request
+                .headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .next_back()
+                .and_then(|ip| ip.trim().parse().ok())
+        };
+        let peer = || {
+            request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip())
+        };
+        Ok(self
+            .trust_forwarded
+            .then(forwarded)
+            .flatten()
+            .or_else(peer)
+            // Without an address (a router called in-process): one bucket.
+            .unwrap_or(IpAddr::from([0, 0, 0, 0])))
+    }
+}
+
+/// A router limited per client IP (`429` with `Retry-After` past the
+/// limit); `None` when the limit is off.
+pub fn rate_limited(router: axum::Router, limit: RateLimit) -> anyhow::Result<axum::Router> {
+    if limit.per_second == 0 {
+        return Ok(router);
+    }
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .period(Duration::from_secs(1) / limit.per_second)
+        .burst_size(limit.burst.max(1))
+        .key_extractor(ClientIp {
+            trust_forwarded: limit.trust_forwarded,
+        })
+        .finish()
+        .ok_or_else(|| anyhow::anyhow!("invalid rate limit {limit:?}"))?;
+    let config = Arc::new(config);
+    // Forget idle clients now and then, so memory stays bounded by the
+    // clients of the last minute.
+    let limiter = config.limiter().clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            limiter.retain_recent();
+        }
+    });
+    let layer = tower_governor::GovernorLayer::new(config).error_handler(too_many_requests);
+    Ok(router.layer(layer))
+}
+
+fn too_many_requests(error: tower_governor::GovernorError) -> Response<Body> {
+    match error {
+        tower_governor::GovernorError::TooManyRequests { wait_time, .. } => {
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many requests; retry in {wait_time} s"),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait_time.max(1)));
+            response
+        }
+        other => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()).into_response()
+        }
+    }
+}
+
+/// Middleware state: requests a service works on at once; past that it
+/// answers `503` at once rather than queueing without bound.
+#[derive(Clone)]
+pub struct InFlight(Arc<Semaphore>);
+
+impl InFlight {
+    pub fn new(limit: usize) -> Self {
+        Self(Arc::new(Semaphore::new(limit.max(1))))
+    }
+}
+
+pub async fn limit_in_flight(
+    State(in_flight): State<InFlight>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // Health checks are answered whatever the load.
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    match in_flight.0.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            let mut response =
+                ApiError::unavailable("too many requests in progress; retry shortly")
+                    .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+/// Largest error body read to turn it into JSON.
+const ERROR_TEXT_LIMIT: usize = 4096;
+
+/// Middleware: every error answer is JSON `{"error": ...}` (axum, tower and
+/// the extractors answer some with plain text or nothing: `405`, `408`,
+/// `413`, `415`, `422`), and a `5xx` also carries the request id, so a
+/// report can be matched with the log.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json && !status.is_server_error() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, ERROR_TEXT_LIMIT)
+        .await
+        .unwrap_or_default();
+    let mut object = match serde_json::from_slice::<Value>(&text) {
+        Ok(Value::Object(object)) if is_json => object,
+        _ => {
+            let text = String::from_utf8_lossy(&text).trim().to_owned();
+            let message = if text.is_empty() {
+                status
+                    .canonical_reason()
+                    .unwrap_or("request failed")
+                    .to_lowercase()
+            } else {
+                text
+            };
+            let mut object = serde_json::Map::new();
+            object.insert("error".to_owned(), Value::String(message));
+            object
+        }
+    };
+    if status.is_server_error()
+        && let Some(id) = request_id
+    {
+        object.insert("requestId".to_owned(), Value::String(id));
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(json!(object).to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_configured_token_is_admitted() {
+        let tokens = Tokens::load(
+            Some("first-token-0123456789, second-token-0123456789"),
+            None,
+        )
+        .unwrap_or_default();
+        assert!(!tokens.is_open());
+        assert!(tokens.admits("first-token-0123456789"));
+        assert!(tokens.admits("second-token-0123456789"));
+        assert!(!tokens.admits("first-token-012345678"));
+        assert!(!tokens.admits(""));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer second-token-0123456789"),
+        );
+        assert!(tokens.admits_request(&headers));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic second-token-0123456789"),
+        );
+        assert!(!tokens.admits_request(&headers));
+        assert!(Tokens::load(Some(" , "), None).is_ok_and(|t| t.is_open()));
+        assert!(Tokens::load(Some("short"), None).is_err());
+    }
+
+    #[test]
+    fn a_public_address_needs_a_guard_or_the_switch() {
+        for host in ["127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2"] {
+            assert!(is_loopback(host), "{host}");
+            assert!(check_exposure(host, false, false, "the API", "ALLOW_ANONYMOUS").is_ok());
+        }
+        for host in ["0.0.0.0", "::", "10.0.0.5", "example.com"] {
+            assert!(!is_loopback(host), "{host}");
+            let refused = check_exposure(host, false, false, "the API", "ALLOW_ANONYMOUS");
+            assert!(refused.is_err_and(|e| e.contains("ALLOW_ANONYMOUS=true")));
+            assert!(check_exposure(host, true, false, "the API", "ALLOW_ANONYMOUS").is_ok());
+            assert!(check_exposure(host, false, true, "the API", "ALLOW_ANONYMOUS").is_ok());
+        }
+    }
+
+    #[test]
+    fn the_api_and_metrics_need_a_token_but_not_health_or_the_webhook() {
+        for path in [
+            "/api/conversations",
+            "/api/messages",
+            "/api/events",
+            "/metrics",
+            "/api",
+        ] {
+            assert!(needs_token(path), "{path}");
+        }
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/webhook",
+            "/api/webhook",
+            "/socket.io/",
+        ] {
+            assert!(!needs_token(path), "{path}");
+        }
+    }
+}
