@@ -957,9 +957,40 @@ fn event_body(event: &Event, max_payload: usize) -> Result<Vec<u8>, serde_json::
 #[async_trait]
 impl EventBus for NatsBroker {
     async fn append(&self, events: &[Event]) -> Result<(), BrokerError> {
-        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let max_payload = self.client.server_info().max_payload;
-        // Sent in order on one connection, acknowledged together.
+        // Sent in order on one connection, acknowledged a window at a time:
+        // async-nats holds at most 5,000 unacknowledged publishes and waits
+        // for a free one, so sending a whole large batch before awaiting
+        // any acknowledgement never finished.
+        for window in events.chunks(APPEND_WINDOW) {
+            self.append_window(window, max_payload).await?;
+        }
+        if !events.is_empty() {
+            // Followers wake up (a lost ring only delays them a little).
+            self.client
+                .publish(self.names.events_ring(), Bytes::new())
+                .await
+                .ok();
+        }
+        Ok(())
+    }
+
+    async fn live(&self) -> Result<(u64, BoxStream<'static, Sequenced>), BrokerError> {
+        let (_, _, head) = self.events.bounds().await?;
+        Ok((head, self.events.follow(&self.client, head).await?))
+    }
+
+    async fn read(&self, after: u64, limit: usize) -> Result<Vec<Sequenced>, ReadError> {
+        self.events.read(after, limit).await
+    }
+}
+
+/// Events published before their acknowledgements are awaited.
+const APPEND_WINDOW: usize = 1_000;
+
+impl NatsBroker {
+    async fn append_window(&self, events: &[Event], max_payload: usize) -> Result<(), BrokerError> {
+        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
             let body = event_body(event, max_payload).map_err(|e| unavailable(&e))?;
@@ -987,23 +1018,7 @@ impl EventBus for NatsBroker {
         for ack in futures::future::join_all(acks).await {
             ack.map_err(|e| unavailable(&e))?;
         }
-        if !events.is_empty() {
-            // Followers wake up (a lost ring only delays them a little).
-            self.client
-                .publish(self.names.events_ring(), Bytes::new())
-                .await
-                .ok();
-        }
         Ok(())
-    }
-
-    async fn live(&self) -> Result<(u64, BoxStream<'static, Sequenced>), BrokerError> {
-        let (_, _, head) = self.events.bounds().await?;
-        Ok((head, self.events.follow(&self.client, head).await?))
-    }
-
-    async fn read(&self, after: u64, limit: usize) -> Result<Vec<Sequenced>, ReadError> {
-        self.events.read(after, limit).await
     }
 }
 
