@@ -5,6 +5,7 @@
 //! between left behind. The log keeps one event per id, so an event
 //! relayed twice (the writer and the sweeper, or a retry) is there once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,18 +25,18 @@ pub struct Relay {
     store: Arc<dyn Store>,
     bus: Arc<dyn EventBus>,
     sweep_age: Duration,
-    /// When this process's batch in progress started, if one is.
-    writing_since: Arc<Mutex<Option<Instant>>>,
+    /// Whether this process is writing a batch now.
+    writing: Arc<AtomicBool>,
+    /// When the outbox was last swept.
+    swept: Arc<Mutex<Instant>>,
 }
 
 /// A batch being written; see [`Relay::writing`].
-pub struct Writing(Arc<Mutex<Option<Instant>>>);
+pub struct Writing(Arc<AtomicBool>);
 
 impl Drop for Writing {
     fn drop(&mut self) {
-        if let Ok(mut since) = self.0.lock() {
-            *since = None;
-        }
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -45,30 +46,34 @@ impl Relay {
             store,
             bus,
             sweep_age: SWEEP_AGE,
-            writing_since: Arc::default(),
+            writing: Arc::default(),
+            swept: Arc::new(Mutex::new(Instant::now())),
         }
     }
 
-    /// Marks a batch this process is writing: until it is relayed, the
-    /// sweeper leaves alone the outbox events committed since it started
-    /// (they are probably its own, about to be relayed; a batch can take
-    /// longer than the sweep age on a slow store).
+    /// Marks a batch this process is writing, until it is relayed: the
+    /// background sweeper stays quiet meanwhile (on a slow store a batch
+    /// outlasts the sweep age, so the sweeper would relay the batch's own
+    /// events a second time, and its outbox query competes with the
+    /// batch's writes). The writer sweeps between batches instead
+    /// ([`Relay::sweep_if_due`]).
     pub fn writing(&self) -> Writing {
-        if let Ok(mut since) = self.writing_since.lock() {
-            *since = Some(Instant::now());
-        }
-        Writing(self.writing_since.clone())
+        self.writing.store(true, Ordering::Release);
+        Writing(self.writing.clone())
     }
 
-    /// How old outbox events must be to be swept now.
-    fn sweepable_age(&self) -> Duration {
-        let busy = self
-            .writing_since
-            .lock()
-            .ok()
-            .and_then(|since| *since)
-            .map_or(Duration::ZERO, |since| since.elapsed());
-        self.sweep_age + busy
+    /// Sweeps if the last sweep is [`SWEEP_EVERY`] old.
+    pub async fn sweep_if_due(&self) {
+        {
+            let Ok(mut swept) = self.swept.lock() else {
+                return;
+            };
+            if swept.elapsed() < SWEEP_EVERY {
+                return;
+            }
+            *swept = Instant::now();
+        }
+        while self.sweep().await >= SWEEP_LIMIT {}
     }
 
     /// Sweeps outbox events as soon as they are `age` old (tests).
@@ -104,7 +109,7 @@ impl Relay {
     /// Relays what writers left in the outbox; returns how many (0 when
     /// they could not be relayed now).
     pub async fn sweep(&self) -> usize {
-        match self.store.outbox(self.sweepable_age(), SWEEP_LIMIT).await {
+        match self.store.outbox(self.sweep_age, SWEEP_LIMIT).await {
             Ok(events) if !events.is_empty() => {
                 tracing::info!(
                     events = events.len(),
@@ -132,7 +137,9 @@ impl Relay {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
             }
-            while self.sweep().await == SWEEP_LIMIT && !cancel.is_cancelled() {}
+            if !self.writing.load(Ordering::Acquire) {
+                self.sweep_if_due().await;
+            }
         }
     }
 }

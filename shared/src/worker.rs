@@ -104,6 +104,8 @@ impl Worker {
             Ok(events) => {
                 self.finish(&pending, &events).await;
                 drop(writing);
+                // Between batches: what writers that crashed left behind.
+                self.relay.sweep_if_due().await;
             }
             Err(e) if e.kind == ErrorKind::Rejected && pending.len() > 1 => {
                 tracing::warn!(error = %e, "batch refused; retrying its payloads one by one");
