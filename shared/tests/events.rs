@@ -182,3 +182,41 @@ async fn a_message_too_large_for_nats_is_announced_slimmed() {
     assert_eq!(slim.content, None);
     assert_eq!(logged[1].event, Event::NewMessage(Box::new(small)));
 }
+
+/// A batch of more events than async-nats lets wait for their
+/// acknowledgements (5,000) is appended whole, in order.
+#[tokio::test]
+async fn a_batch_of_many_thousand_events_is_appended_whole() {
+    let (_, bus) = mongo_and_nats().await;
+    let events: Vec<Event> = (0..12_000)
+        .map(|n| {
+            Event::StatusUpdate(shared::domain::StatusUpdate {
+                message_id: format!("wamid.many.{n}"),
+                status: "delivered".to_owned(),
+                conversation_id: "conv_447700000000".to_owned(),
+                timestamp: Utc::now(),
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(60), bus.append(&events))
+        .await
+        .expect("the append finishes")
+        .unwrap();
+    let mut logged = Vec::new();
+    while logged.len() < events.len() {
+        let after = logged
+            .last()
+            .map_or(0, |e: &shared::domain::Sequenced| e.seq);
+        let page = bus.read(after, 1_000).await.unwrap();
+        assert!(
+            !page.is_empty(),
+            "{} of {} read",
+            logged.len(),
+            events.len()
+        );
+        logged.extend(page);
+    }
+    let ids: Vec<String> = logged.iter().map(|e| e.event.id()).collect();
+    let sent: Vec<String> = events.iter().map(Event::id).collect();
+    assert_eq!(ids, sent);
+}
