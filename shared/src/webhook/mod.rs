@@ -233,7 +233,13 @@ fn build_message(
     Ok(Message {
         id: message.id.clone(),
         body: readable_body(&message.kind, raw),
-        content: raw.get(&message.kind).cloned().map(storable),
+        // `"text": null` is no content: kept as `Some(null)` it would read
+        // back as `None` from JSON and the store.
+        content: raw
+            .get(&message.kind)
+            .filter(|content| !content.is_null())
+            .cloned()
+            .map(storable),
         message_id: message.id,
         conversation_id: domain::conversation_id(&customer),
         wa_id: customer,
@@ -377,6 +383,18 @@ mod tests {
         let body = json!({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "account_update", "value": {"event": "X"}}]}]});
         let parsed = parse(body.to_string().as_bytes()).unwrap();
         assert_eq!((parsed.messages.len(), parsed.ignored), (0, 1));
+    }
+
+    #[test]
+    fn a_null_type_object_is_no_content() {
+        let body = envelope(json!({"messages": [
+            {"from": "4477", "id": "w", "timestamp": "1", "type": "text", "text": null}
+        ]}));
+        let message = &parse(&body).unwrap().messages[0];
+        assert_eq!(
+            (message.content.as_ref(), message.body.as_str()),
+            (None, "")
+        );
     }
 
     #[test]

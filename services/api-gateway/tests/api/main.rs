@@ -5,6 +5,7 @@
 
 mod helpers;
 mod openapi;
+mod properties;
 mod realtime;
 mod rest;
 mod resume;
