@@ -75,7 +75,7 @@ impl PageQuery {
         let before = match query.before.as_deref() {
             None | Some("") => None,
             Some(text) => Some(parse_time(text).ok_or_else(|| {
-                ApiError::bad_request("before must be an ISO-8601 time (e.g. 2025-08-06T12:00:00Z) or Unix milliseconds")
+                ApiError::bad_request("before must be an ISO-8601 time (e.g. 2025-08-06T12:00:00Z) or Unix milliseconds, in years 1 to 9999")
             })?),
         };
         let before_id = match query.before_id {
@@ -96,6 +96,7 @@ impl PageQuery {
 }
 
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .ok()
@@ -104,6 +105,8 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
                 .ok()
                 .and_then(DateTime::from_timestamp_millis)
         })
+        // What a BSON date (and every store) can hold.
+        .filter(|t| (1..=9999).contains(&t.year()))
 }
 
 pub fn check_conversation_id(id: &str) -> Result<(), ApiError> {
