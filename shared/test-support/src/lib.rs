@@ -506,3 +506,23 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
+
+/// A JSON leaf for property tests: null, a boolean, a number (any `i64`,
+/// `u64` or finite `f64`) or a string from `strings`.
+pub fn json_leaf(
+    strings: proptest::strategy::BoxedStrategy<String>,
+) -> proptest::strategy::BoxedStrategy<serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_filter_map("JSON has no NaN or infinity", |f| {
+            serde_json::Number::from_f64(f).map(Value::Number)
+        }),
+        strings.prop_map(Value::String),
+    ]
+    .boxed()
+}

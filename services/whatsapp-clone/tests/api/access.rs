@@ -12,42 +12,15 @@ use test_support::SocketClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::temp_dir;
+use crate::helpers::{Server, temp_dir};
 
 const TOKEN: &str = "token-for-tests-0123456789abcdef";
 const APP_SECRET: &str = "app-secret-for-tests-5f2b9c";
 const VERIFY_TOKEN: &str = "verify-token-for-tests-81d3";
 
-/// The binary with `env` (and nothing else but PATH), its output (stdout
-/// and stderr) in `log`.
-struct Binary {
-    url: String,
-    _child: test_support::KillOnDrop,
-}
-
-impl Binary {
-    async fn start(dir: &Path, env: &[(&str, &str)], log: &Path) -> Self {
-        let port = test_support::free_port();
-        let out = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_whatsapp-clone"))
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("PORT", port.to_string())
-            .envs(env.iter().copied())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let child = test_support::KillOnDrop::new(child);
-        let url = format!("http://127.0.0.1:{port}");
-        let health = format!("{url}/healthz");
-        test_support::wait_until("the binary to serve", Duration::from_secs(30), || async {
-            reqwest::get(&health).await.is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        Self { url, _child: child }
-    }
+/// The binary with `env` (and nothing else but PATH), its output in `log`.
+async fn start(dir: &Path, env: &[(&str, &str)], log: &Path) -> Server {
+    Server::start_with(dir, test_support::free_port(), env, Some(log)).await
 }
 
 /// Status and JSON body (a non-JSON body fails the test).
@@ -97,7 +70,7 @@ fn api_routes(url: &str, http: &reqwest::Client) -> Vec<(String, reqwest::Reques
 async fn with_tokens_only_a_good_token_opens_the_api_the_metrics_and_the_socket() {
     let dir = temp_dir();
     let log = dir.join("log.txt");
-    let app = Binary::start(&dir, &[("API_TOKENS", TOKEN)], &log).await;
+    let app = start(&dir, &[("API_TOKENS", TOKEN)], &log).await;
     let http = reqwest::Client::new();
     let url = &app.url;
 
@@ -186,7 +159,7 @@ async fn a_public_address_is_refused_without_tokens_or_the_explicit_switch() {
 
     // Explicitly allowed: it serves (on every address, so on loopback too).
     let log = dir.join("log.txt");
-    let app = Binary::start(
+    let app = start(
         &dir,
         &[
             ("HOST", "0.0.0.0"),
@@ -203,7 +176,7 @@ async fn a_public_address_is_refused_without_tokens_or_the_explicit_switch() {
 #[tokio::test]
 async fn one_client_past_its_rate_gets_429_while_health_answers() {
     let dir = temp_dir();
-    let app = Binary::start(&dir, &[("RATE_LIMIT_PER_IP", "20")], &dir.join("log.txt")).await;
+    let app = start(&dir, &[("RATE_LIMIT_PER_IP", "20")], &dir.join("log.txt")).await;
     let http = reqwest::Client::new();
     let stats = format!("{}/api/stats", app.url);
     let burst = futures::future::join_all((0..200).map(|_| call(http.get(&stats)))).await;
@@ -228,7 +201,7 @@ async fn one_client_past_its_rate_gets_429_while_health_answers() {
 #[tokio::test]
 async fn idle_and_half_sent_connections_do_not_hold_the_service() {
     let dir = temp_dir();
-    let app = Binary::start(
+    let app = start(
         &dir,
         &[
             ("HEADER_READ_TIMEOUT_SECS", "1"),
@@ -271,7 +244,7 @@ async fn idle_and_half_sent_connections_do_not_hold_the_service() {
 #[tokio::test]
 async fn every_error_is_json_and_a_large_rest_body_is_413() {
     let dir = temp_dir();
-    let app = Binary::start(&dir, &[], &dir.join("log.txt")).await;
+    let app = start(&dir, &[], &dir.join("log.txt")).await;
     let http = reqwest::Client::new();
     let url = &app.url;
     let large = json!({"conversationId": "conv_919937320320", "message": "x".repeat(70_000)});
@@ -326,7 +299,7 @@ async fn secrets_are_in_no_log_line_and_no_help() {
     let log = dir.join("log.txt");
     let mut env = secrets.to_vec();
     env.push(("RUST_LOG", "debug"));
-    let app = Binary::start(&dir, &env, &log).await;
+    let app = start(&dir, &env, &log).await;
     let http = reqwest::Client::new();
     let verify = format!(
         "{}/webhook?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=42",
@@ -363,7 +336,7 @@ async fn secrets_are_in_no_log_line_and_no_help() {
 #[tokio::test]
 async fn sockets_from_origins_outside_cors_origins_are_refused() {
     let dir = temp_dir();
-    let app = Binary::start(
+    let app = start(
         &dir,
         &[("CORS_ORIGINS", "http://app.example")],
         &dir.join("log.txt"),
@@ -389,7 +362,7 @@ async fn sockets_from_origins_outside_cors_origins_are_refused() {
 #[tokio::test]
 async fn a_socket_subscribes_to_at_most_max_subscriptions_conversations() {
     let dir = temp_dir();
-    let app = Binary::start(&dir, &[("MAX_SUBSCRIPTIONS", "2")], &dir.join("log.txt")).await;
+    let app = start(&dir, &[("MAX_SUBSCRIPTIONS", "2")], &dir.join("log.txt")).await;
     let mut socket = SocketClient::connect(&app.url, "websocket").await;
     let ids: Vec<String> = (1..=5).map(|n| format!("conv_91000000000{n}")).collect();
     let listed = socket.emit_with_ack("subscribe", json!(ids)).await;
@@ -402,4 +375,28 @@ async fn a_socket_subscribes_to_at_most_max_subscriptions_conversations() {
         .emit_with_ack("subscribe", json!(["conv_910000000009"]))
         .await;
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+}
+
+#[tokio::test]
+async fn a_5xx_says_what_failed_with_the_request_id_and_no_driver_text() {
+    let dir = temp_dir();
+    // A MongoDB that is not there (and answers nothing within 300 ms).
+    let mongo = "mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=300";
+    let app = start(&dir, &[("MONGODB_URI", mongo)], &dir.join("log.txt")).await;
+    let http = reqwest::Client::new();
+    let (status, body, headers) = call(http.get(format!("{}/api/stats", app.url))).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(is_error(&body), "{body}");
+    let id = headers["x-request-id"].to_str().unwrap();
+    assert_eq!(body["requestId"], id, "{body}");
+    let (status, ready, _) = call(http.get(format!("{}/readyz", app.url))).await;
+    assert_eq!(status, 503);
+    assert_eq!(ready["error"], "not ready: the database is not reachable");
+    for answer in [&body, &ready] {
+        let text = answer.to_string();
+        assert!(
+            !text.contains("127.0.0.1:1") && !text.contains("Kind"),
+            "{text}"
+        );
+    }
 }

@@ -48,13 +48,32 @@ pub struct Server {
 
 impl Server {
     pub async fn start(dir: &std::path::Path, port: u16) -> Self {
+        Self::start_with(dir, port, &[("RUST_LOG", "warn")], None).await
+    }
+
+    /// [`Server::start`] with `env` too, and its output (stdout and
+    /// stderr) in `log`.
+    pub async fn start_with(
+        dir: &std::path::Path,
+        port: u16,
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
+        let (stdout, stderr) = match log {
+            Some(log) => {
+                let file = std::fs::File::create(log).unwrap();
+                (Stdio::from(file.try_clone().unwrap()), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_whatsapp-clone"))
             .current_dir(dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", port.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .envs(env.iter().copied())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let child = test_support::KillOnDrop::new(child);
