@@ -40,14 +40,24 @@ impl Tokens {
             .unwrap_or_default()
             .split(',')
             .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
             .collect();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 anyhow::anyhow!("API_TOKENS_FILE {} cannot be read: {e}", path.display())
             })?;
-            tokens.extend(text.lines().map(|l| l.trim().to_owned()));
+            let lines = text.lines().map(str::trim);
+            let before = tokens.len();
+            tokens.extend(
+                lines
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+            // Asked for tokens and got none: never open the API by mistake.
+            if tokens.len() == before {
+                anyhow::bail!("API_TOKENS_FILE {} holds no token", path.display());
+            }
         }
-        tokens.retain(|t| !t.is_empty() && !t.starts_with('#'));
         if let Some(short) = tokens.iter().find(|t| t.len() < 16) {
             anyhow::bail!(
                 "an API token has {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
@@ -77,11 +87,10 @@ impl Tokens {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .is_some_and(|token| self.admits(token.trim()))
+            .and_then(|v| v.split_once(' '))
+            // The scheme is case-insensitive (RFC 9110).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .is_some_and(|(_, token)| self.admits(token.trim()))
     }
 }
 
@@ -233,7 +242,7 @@ fn too_many_requests(error: tower_governor::GovernorError) -> Response<Body> {
         tower_governor::GovernorError::TooManyRequests { wait_time, .. } => {
             let mut response = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!("too many requests; retry in {wait_time} s"),
+                format!("too many requests; retry in {} s", wait_time.max(1)),
             )
             .into_response();
             response
@@ -263,8 +272,9 @@ pub async fn limit_in_flight(
     request: Request,
     next: Next,
 ) -> Response {
-    // Health checks are answered whatever the load.
-    if request.uri().path() == "/healthz" {
+    // Health checks are answered whatever the load (a replica that is
+    // merely busy must not be taken out of service).
+    if matches!(request.uri().path(), "/healthz" | "/readyz") {
         return next.run(request).await;
     }
     match in_flight.0.clone().try_acquire_owned() {
@@ -370,6 +380,21 @@ mod tests {
         assert!(!tokens.admits_request(&headers));
         assert!(Tokens::load(Some(" , "), None).is_ok_and(|t| t.is_open()));
         assert!(Tokens::load(Some("short"), None).is_err());
+        // A token may start with '#' in the list; a file needs one token.
+        assert!(Tokens::load(Some("#starts-with-a-hash-0123"), None).is_ok_and(|t| !t.is_open()));
+        let file = std::env::temp_dir().join(format!("tokens-{}", std::process::id()));
+        std::fs::write(&file, "# only a comment\n\n").unwrap_or_default();
+        assert!(Tokens::load(None, Some(&file)).is_err());
+        std::fs::write(&file, "# the frontend\nfile-token-0123456789abcdef\n").unwrap_or_default();
+        assert!(
+            Tokens::load(None, Some(&file)).is_ok_and(|t| t.admits("file-token-0123456789abcdef"))
+        );
+        let mut upper = HeaderMap::new();
+        upper.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("BEARER first-token-0123456789"),
+        );
+        assert!(tokens.admits_request(&upper));
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::store::Store;
 const SWEEP_AGE: Duration = Duration::from_secs(5);
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 const SWEEP_LIMIT: usize = 1_000;
+/// Pages of [`SWEEP_LIMIT`] events one sweep relays at most.
+const SWEEP_PAGES: usize = 5;
 
 #[derive(Clone)]
 pub struct Relay {
@@ -29,6 +31,8 @@ pub struct Relay {
     writing: Arc<AtomicBool>,
     /// When the outbox was last swept.
     swept: Arc<Mutex<Instant>>,
+    /// Held while sweeping: one sweep at a time per process.
+    sweeping: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A batch being written; see [`Relay::writing`].
@@ -48,6 +52,7 @@ impl Relay {
             sweep_age: SWEEP_AGE,
             writing: Arc::default(),
             swept: Arc::new(Mutex::new(Instant::now())),
+            sweeping: Arc::default(),
         }
     }
 
@@ -62,18 +67,30 @@ impl Relay {
         Writing(self.writing.clone())
     }
 
-    /// Sweeps if the last sweep is [`SWEEP_EVERY`] old.
+    /// Sweeps if the last sweep is [`SWEEP_EVERY`] old and no other sweep
+    /// of this process is running; a few pages at most, so that a large
+    /// leftover (or an outbox that can't be cleared) never holds the
+    /// writer up for long: the next sweep goes on.
     pub async fn sweep_if_due(&self) {
+        let Ok(_sweeping) = self.sweeping.try_lock() else {
+            return;
+        };
         {
-            let Ok(mut swept) = self.swept.lock() else {
+            let Ok(swept) = self.swept.lock() else {
                 return;
             };
             if swept.elapsed() < SWEEP_EVERY {
                 return;
             }
+        }
+        for _ in 0..SWEEP_PAGES {
+            if self.sweep().await < SWEEP_LIMIT {
+                break;
+            }
+        }
+        if let Ok(mut swept) = self.swept.lock() {
             *swept = Instant::now();
         }
-        while self.sweep().await >= SWEEP_LIMIT {}
     }
 
     /// Sweeps outbox events as soon as they are `age` old (tests).

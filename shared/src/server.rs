@@ -1,8 +1,13 @@
 //! Serving a router over TCP, with what `axum::serve` leaves out: a time
-//! limit on reading a request's headers (which also closes idle keep-alive
-//! connections, so idle or half-sent connections can't pile up), the peer
-//! address for per-IP limits, and accept errors (out of file descriptors)
-//! that pause the loop instead of ending the server.
+//! limit on reading a request's headers, which also closes idle keep-alive
+//! connections and connections that send nothing (so idle or half-sent
+//! connections can't pile up), the peer address for per-IP limits, and
+//! accept errors (out of file descriptors) that pause the loop instead of
+//! ending the server.
+//!
+//! HTTP/1.1 only (WebSocket upgrades included): HTTP/2 without TLS is
+//! rare in front of an API, and hyper's detection of it waits for the
+//! connection preface without a time limit.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,10 +16,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// How long requests in flight may finish after shutdown starts.
@@ -22,15 +27,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish (for at most a few seconds). A client gets
-/// `header_read_timeout` to send a request's headers; an idle keep-alive
-/// connection is closed after as long.
+/// `header_read_timeout` to send a request's headers, from the moment it
+/// connects or its previous response was sent.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let closing = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -52,31 +58,31 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request.map(Body::new))
         });
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // hyper waits for the first bytes (to tell HTTP/1 from HTTP/2)
-            // without a time limit: a connection that sends nothing is
-            // closed here, then hyper's header timeout takes over.
-            let mut first = [0_u8; 1];
-            match tokio::time::timeout(header_read_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(1..)) => {}
-                _ => return,
-            }
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http1()
+        let closing = closing.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
-            // WebSockets over HTTP/2 need the CONNECT protocol.
-            builder.http2().enable_connect_protocol();
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection).await {
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = closing.cancelled() => {
+                    // Finish the request in progress, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::trace!(error = %e, %peer, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    closing.cancel();
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
         .await
         .is_err()
     {

@@ -237,7 +237,8 @@ fn origins(setting: &str) -> Option<Vec<String>> {
 fn cors(setting: &str) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods(tower_http::cors::Any)
-        .allow_headers(tower_http::cors::Any);
+        // Named, not `*`: a wildcard never covers `Authorization`.
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request());
     match origins(setting) {
         None => layer.allow_origin(tower_http::cors::Any),
         Some(origins) => {

@@ -470,13 +470,20 @@ async fn take(
     let mut bytes = body_size(&first);
     let mut batch = vec![first];
     if limits.count > 1 && bytes < limits.bytes {
-        let mut rest = consumer
+        let fetched = consumer
             .fetch()
             .max_messages(limits.count - 1)
             .max_bytes(limits.bytes - bytes)
             .messages()
-            .await
-            .map_err(|e| unavailable(&e))?;
+            .await;
+        let mut rest = match fetched {
+            Ok(rest) => rest,
+            // The one in hand is worked on; the rest waits for the next batch.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch more for this batch");
+                return Ok(batch);
+            }
+        };
         while let Some(message) = rest.next().await {
             let message = match message {
                 Ok(message) => message,

@@ -84,6 +84,23 @@ async fn with_tokens_only_a_good_token_opens_the_api_the_metrics_and_the_socket(
         let (status, body, _) = call(request.bearer_auth("not-the-token-0123456789")).await;
         assert_eq!(status, 401, "{name} with a wrong token: {body}");
     }
+    // A browser on another origin may send the token (a `*` in
+    // Access-Control-Allow-Headers would not cover Authorization).
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, format!("{url}/api/stats"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        allowed.to_lowercase().contains("authorization"),
+        "{allowed}"
+    );
     let metrics = http.get(format!("{url}/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 401);
     let metrics = http.get(format!("{url}/metrics")).bearer_auth(TOKEN);
@@ -219,6 +236,9 @@ async fn idle_and_half_sent_connections_do_not_hold_the_service() {
     half.write_all(b"GET /api/stats HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
+    // The start of an HTTP/2 preface, never finished.
+    let mut preface = TcpStream::connect(&address).await.unwrap();
+    preface.write_all(b"PRI").await.unwrap();
 
     // Answered while they are open.
     let http = reqwest::Client::new();
@@ -237,6 +257,7 @@ async fn idle_and_half_sent_connections_do_not_hold_the_service() {
         }
     };
     assert!(closed(half).await, "a half-sent request is cut off");
+    assert!(closed(preface).await, "a half-sent preface is cut off");
     let all = futures::future::join_all(idle.into_iter().map(closed)).await;
     assert!(all.iter().all(|c| *c), "idle connections are closed");
 }
