@@ -256,6 +256,73 @@ fn too_many_requests(error: tower_governor::GovernorError) -> Response<Body> {
     }
 }
 
+/// Per-IP limit on new Socket.IO sessions (handshakes: requests under
+/// `/socket.io/` without a session id), which cost memory until they time
+/// out whether or not they then authenticate. Requests of established
+/// sessions are not limited.
+#[derive(Clone)]
+pub struct Handshakes {
+    limiter: Arc<governor::DefaultKeyedRateLimiter<IpAddr>>,
+    key: ClientIp,
+}
+
+impl Handshakes {
+    /// `None` when the limit is off.
+    pub fn new(limit: RateLimit) -> Option<Self> {
+        let per_second = std::num::NonZeroU32::new(limit.per_second)?;
+        let burst = std::num::NonZeroU32::new(limit.burst.max(1))?;
+        let quota = governor::Quota::per_second(per_second).allow_burst(burst);
+        let limiter = Arc::new(governor::RateLimiter::keyed(quota));
+        let forget = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                match forget.upgrade() {
+                    Some(limiter) => limiter.retain_recent(),
+                    None => return,
+                }
+            }
+        });
+        Some(Self {
+            limiter,
+            key: ClientIp {
+                trust_forwarded: limit.trust_forwarded,
+            },
+        })
+    }
+}
+
+pub async fn limit_handshakes(
+    State(handshakes): State<Handshakes>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use tower_governor::key_extractor::KeyExtractor;
+    let uri = request.uri();
+    let handshake = uri.path().starts_with("/socket.io")
+        && !uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .any(|p| p.starts_with("sid="));
+    if handshake
+        && let Ok(ip) = handshakes.key.extract(&request)
+        && handshakes.limiter.check_key(&ip).is_err()
+    {
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many new connections; retry in 1 s",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    next.run(request).await
+}
+
 /// Middleware state: requests a service works on at once; past that it
 /// answers `503` at once rather than queueing without bound.
 #[derive(Clone)]

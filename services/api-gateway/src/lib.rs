@@ -118,13 +118,18 @@ pub fn api_router(
     // Socket.IO wraps the whole router as one service: each `layer()` call
     // makes its own engine (sessions), and `Router::layer` would call it
     // once per route, so polling requests would land on different engines.
-    let router = Router::new()
+    let mut router = Router::new()
         .fallback_service(tower::Layer::layer(&socket_layer, inner))
         .layer(tower::util::MapRequestLayer::new(
             realtime::detach_from_read_buffer::<axum::body::Body>,
-        ))
-        .layer(cors(&config.cors_origins));
-    Ok((router, io))
+        ));
+    if let Some(handshakes) = shared::access::Handshakes::new(config.rate_limit()) {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            handshakes,
+            shared::access::limit_handshakes,
+        ));
+    }
+    Ok((router.layer(cors(&config.cors_origins)), io))
 }
 
 pub struct Application {

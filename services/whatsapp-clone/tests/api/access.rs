@@ -209,6 +209,15 @@ async fn one_client_past_its_rate_gets_429_while_health_answers() {
         let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
         assert!(retry >= 1);
     }
+    // New Socket.IO sessions are limited too (each costs memory until it
+    // times out, authenticated or not); a client past the limit retries.
+    let handshake = format!("{}/socket.io/?EIO=4&transport=polling", app.url);
+    let opened = futures::future::join_all((0..200).map(|_| http.get(&handshake).send())).await;
+    let refused = opened
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 429))
+        .count();
+    assert!(refused >= 100, "{refused} of 200 handshakes refused");
     // Health checks are not limited.
     let health = format!("{}/healthz", app.url);
     let checks = futures::future::join_all((0..50).map(|_| call(http.get(&health)))).await;
