@@ -86,16 +86,24 @@ impl Access {
     }
 }
 
+/// The API ready to serve: its router, the handle to emit to this
+/// process's sockets, and what the serving needs.
+pub struct Api {
+    pub router: Router,
+    pub io: SocketIo,
+    state: ApiState,
+    header_read_timeout: Duration,
+}
+
 /// The whole HTTP surface of the API: REST routes plus `others` (health,
 /// metrics; the webhook routes in the all-in-one binary), finished with
-/// the shared layers, Socket.IO on the same port, and CORS. Also returns
-/// the handle to emit to this process's sockets.
+/// the shared layers, Socket.IO on the same port, and CORS.
 pub fn api_router(
     state: ApiState,
     others: Router,
     config: &ApiConfig,
     access: &Access,
-) -> anyhow::Result<(Router, SocketIo)> {
+) -> anyhow::Result<Api> {
     let (socket_layer, io) = realtime::socket_io(
         state.realtime.clone(),
         realtime::SocketRules {
@@ -107,7 +115,7 @@ pub fn api_router(
     );
     // Rate limits on the REST API only: health checks and Meta's webhook
     // deliveries are not a client's traffic.
-    let rest = shared::access::rate_limited(routes::router(state), config.rate_limit())?;
+    let rest = shared::access::rate_limited(routes::router(state.clone()), config.rate_limit())?;
     let guarded = rest
         .merge(others)
         .layer(axum::middleware::from_fn_with_state(
@@ -129,16 +137,18 @@ pub fn api_router(
             shared::access::limit_handshakes,
         ));
     }
-    Ok((router.layer(cors(&config.cors_origins)), io))
+    Ok(Api {
+        router: router.layer(cors(&config.cors_origins)),
+        io,
+        state,
+        header_read_timeout: access.limits.header_read_timeout(),
+    })
 }
 
 pub struct Application {
     listener: TcpListener,
-    router: Router,
-    io: SocketIo,
-    state: ApiState,
+    api: Api,
     broker: Arc<NatsBroker>,
-    header_read_timeout: Duration,
 }
 
 impl Application {
@@ -164,15 +174,12 @@ impl Application {
         );
         let queue: Arc<dyn Queue> = broker.clone();
         let ready = readiness(queue, Some(store));
-        let (router, io) = api_router(state.clone(), ops_routes(ready), &config.api, &access)?;
+        let api = api_router(state, ops_routes(ready), &config.api, &access)?;
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
             listener,
-            router,
-            io,
-            state,
+            api,
             broker,
-            header_read_timeout: access.limits.header_read_timeout(),
         })
     }
 
@@ -184,45 +191,41 @@ impl Application {
     /// "transport close", so they reconnect to another replica.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "api-gateway listening");
-        let timeout = self.header_read_timeout;
-        serve(
-            self.listener,
-            self.router,
-            self.io,
-            &self.state,
-            timeout,
-            shutdown,
-        )
-        .await?;
+        self.api.serve(self.listener, shutdown).await?;
         self.broker.client().flush().await.ok();
         Ok(())
     }
 }
 
-/// Serves the API (from [`api_router`]) and fans events out to this
-/// process's sockets until `shutdown`; then disconnects the sockets with
-/// "transport close", so clients reconnect (to another replica).
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    io: SocketIo,
-    state: &ApiState,
-    header_read_timeout: Duration,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let fan_out = tokio::spawn(realtime::fan_out(
-        state.realtime.clone(),
-        io.clone(),
-        state.pending_sends.clone(),
-        shutdown.clone(),
-    ));
-    shared::server::serve(listener, router, header_read_timeout, async move {
-        shutdown.cancelled().await;
-        io.close().await;
-    })
-    .await?;
-    fan_out.await.ok();
-    Ok(())
+impl Api {
+    /// Serves on `listener` and fans events out to this process's sockets
+    /// until `shutdown`; then disconnects the sockets with "transport
+    /// close", so clients reconnect (to another replica).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Self {
+            router,
+            io,
+            state,
+            header_read_timeout,
+        } = self;
+        let fan_out = tokio::spawn(realtime::fan_out(
+            state.realtime.clone(),
+            io.clone(),
+            state.pending_sends.clone(),
+            shutdown.clone(),
+        ));
+        shared::server::serve(listener, router, header_read_timeout, async move {
+            shutdown.cancelled().await;
+            io.close().await;
+        })
+        .await?;
+        fan_out.await.ok();
+        Ok(())
+    }
 }
 
 /// `CORS_ORIGINS` as a list; `None`: any origin.

@@ -12,8 +12,7 @@ pub mod import;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_gateway::{Access, ApiState, SocketIo, api_router};
-use axum::Router;
+use api_gateway::{Access, Api, ApiState, api_router};
 use shared::broker::embedded::{EmbeddedEvents, EmbeddedQueue};
 use shared::broker::nats::NatsBroker;
 use shared::broker::{EventBus, Queue};
@@ -31,12 +30,9 @@ pub use config::{Cli, Command, ImportArgs, ServeConfig};
 
 pub struct Application {
     listener: TcpListener,
-    router: Router,
-    io: SocketIo,
-    state: ApiState,
+    api: Api,
     worker: Worker,
     import: Option<std::path::PathBuf>,
-    header_read_timeout: Duration,
 }
 
 impl Application {
@@ -88,11 +84,12 @@ impl Application {
         let (ready_queue, ready_store) = (queue.clone(), store.clone());
         let ready = readiness(ready_queue, Some(ready_store));
         let others = webhook_routes(webhook).merge(ops_routes(ready));
-        let (router, io) = api_router(state.clone(), others, &config.api, &access)?;
+        let relay = state.relay.clone();
+        let api = api_router(state, others, &config.api, &access)?;
         let worker = Worker {
             processor: Processor::new(store),
             queue,
-            relay: state.relay.clone(),
+            relay,
             batch_size: config.worker.batch_size,
             batch_bytes: config.worker.batch_bytes,
             max_deliveries: config.worker.max_deliveries.max(1),
@@ -100,12 +97,9 @@ impl Application {
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
             listener,
-            router,
-            io,
-            state,
+            api,
             worker,
             import: config.import,
-            header_read_timeout: access.limits.header_read_timeout(),
         })
     }
 
@@ -130,16 +124,7 @@ impl Application {
                 }
             });
         }
-        let timeout = self.header_read_timeout;
-        api_gateway::serve(
-            self.listener,
-            self.router,
-            self.io,
-            &self.state,
-            timeout,
-            shutdown,
-        )
-        .await?;
+        self.api.serve(self.listener, shutdown).await?;
         worker.await.ok();
         Ok(())
     }
