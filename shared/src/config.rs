@@ -73,10 +73,6 @@ pub struct ApiConfig {
     /// Origins allowed by CORS: `*`, or a comma-separated list.
     #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
     pub cors_origins: String,
-    /// How long `POST /api/messages` waits for the processor to store the
-    /// message before answering 202 instead of 201.
-    #[arg(long, env = "SEND_TIMEOUT_MS", default_value_t = 10_000)]
-    pub send_timeout_ms: u64,
     /// Events queued per Socket.IO connection; a client slower than that
     /// is caught up from the event log instead, so it misses nothing.
     #[arg(long, env = "SOCKET_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]

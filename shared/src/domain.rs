@@ -13,6 +13,11 @@ use serde_json::Value;
 pub const BUSINESS_USER_NAME: &str = "Business";
 /// Status of an inbound message until the business reads it.
 pub const RECEIVED: &str = "received";
+/// Status of a business message until WhatsApp accepts it.
+pub const PENDING: &str = "pending";
+/// How long after the customer's last message free-form messages may be
+/// sent (WhatsApp's customer service window); templates are always allowed.
+pub const SERVICE_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// A conversation is identified by the customer's WhatsApp id.
 pub fn conversation_id(wa_id: &str) -> String {
@@ -27,11 +32,12 @@ pub fn is_conversation_id(id: &str) -> bool {
 }
 
 /// Position of a status in the forward-only order
-/// `received < sent < delivered < read < played < failed`; `failed` is
-/// terminal. Unknown values have no rank: they are recorded, never applied.
+/// `received`/`pending` < `sent` < `delivered` < `read` < `played` <
+/// `failed`; `failed` is terminal. Unknown values have no rank: they are
+/// recorded, never applied.
 pub fn status_rank(status: &str) -> Option<i32> {
     Some(match status {
-        RECEIVED => 0,
+        RECEIVED | PENDING => 0,
         "sent" => 1,
         "delivered" => 2,
         "read" => 3,
@@ -59,10 +65,17 @@ pub enum Direction {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
-    /// Same as `message_id`: the WhatsApp id is the natural key.
+    /// The message's permanent key: the WhatsApp id for messages that
+    /// arrived by webhook, the local id for messages sent through the API
+    /// (whose `message_id` becomes WhatsApp's id once WhatsApp accepts them).
     #[serde(rename = "_id")]
     pub id: String,
+    /// WhatsApp's id (`wamid...`), or `local...` until WhatsApp accepted it.
     pub message_id: String,
+    /// The sender's own id for a message sent through the API (its
+    /// `Idempotency-Key`), kept when `message_id` becomes WhatsApp's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_message_id: Option<String>,
     pub conversation_id: String,
     /// The customer's WhatsApp id (the other party, whatever the direction).
     pub wa_id: String,
@@ -93,9 +106,30 @@ pub struct Message {
     /// When each status was reached, by status name.
     #[serde(default)]
     pub status_timestamps: BTreeMap<String, DateTime<Utc>>,
+    /// Where the API serves an inbound media message's bytes
+    /// (`/api/media/<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
 }
 
+/// Message types whose content names a media object WhatsApp keeps.
+pub const MEDIA_KINDS: [&str; 5] = ["image", "audio", "video", "document", "sticker"];
+
 impl Message {
+    /// Sets `media_url` for a media message whose content has an id.
+    pub fn with_media_url(mut self) -> Self {
+        if self.media_url.is_none() && MEDIA_KINDS.contains(&self.kind.as_str()) {
+            let id = self
+                .content
+                .as_ref()
+                .and_then(|c| c.get("id"))
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+            self.media_url = id.map(|id| format!("/api/media/{id}"));
+        }
+        self
+    }
+
     /// A text the business sends from the API: stored as `sent`, like the
     /// business's own messages that arrive by webhook.
     pub fn outbound_text(
@@ -108,6 +142,7 @@ impl Message {
         Self {
             id: message_id.clone(),
             message_id,
+            client_message_id: None,
             conversation_id: conversation_id(wa_id),
             wa_id: wa_id.to_owned(),
             from,
@@ -125,8 +160,37 @@ impl Message {
             referral: None,
             errors: None,
             status_timestamps: BTreeMap::from([("sent".to_owned(), now)]),
+            media_url: None,
         }
     }
+}
+
+/// A message waiting to be sent through WhatsApp: the send queue holds
+/// one per message, committed with the message, until WhatsApp answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedSend {
+    /// The message's permanent key ([`Message::id`]).
+    pub id: String,
+    pub conversation_id: String,
+    /// The Graph API request body.
+    pub request: Value,
+    /// When it is next due: at once, after a retry's backoff, or when the
+    /// lease of a sender that stopped answering runs out.
+    pub due: DateTime<Utc>,
+    /// When it was queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<DateTime<Utc>>,
+    /// Attempts made so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// WhatsApp's id for it, noted the moment WhatsApp accepted it, so a
+    /// sender that stops before storing the outcome never sends it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wamid: Option<String>,
+    /// Why the last attempt did not go through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// A webhook body exactly as received, kept because Meta offers no way to
@@ -166,6 +230,10 @@ pub struct Conversation {
     pub message_count: i64,
     pub unread_count: i64,
     pub participants: Vec<String>,
+    /// When WhatsApp's 24-hour customer service window closes (24 hours
+    /// after the customer's last message; `null`: the customer never
+    /// wrote). After it, only templates may be sent.
+    pub window_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Totals for `GET /api/stats`.
@@ -183,7 +251,15 @@ pub struct Stats {
 }
 
 /// Statuses every stats breakdown lists.
-pub const KNOWN_STATUSES: [&str; 6] = [RECEIVED, "sent", "delivered", "read", "played", "failed"];
+pub const KNOWN_STATUSES: [&str; 7] = [
+    RECEIVED,
+    PENDING,
+    "sent",
+    "delivered",
+    "read",
+    "played",
+    "failed",
+];
 
 /// A page of a newest-first listing: at most `limit` items older than
 /// `before`; with `before_id` (the id of the last item of the previous page:
@@ -212,6 +288,16 @@ pub struct StatusUpdate {
     pub status: String,
     pub conversation_id: String,
     pub timestamp: DateTime<Utc>,
+    /// For messages sent through the API: the sender's own id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_message_id: Option<String>,
+    /// The message's id until now, when WhatsApp's acceptance gave it a
+    /// new one (`local...` → `wamid...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_message_id: Option<String>,
+    /// Why a message failed (WhatsApp's errors), with `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Value>,
 }
 
 impl Event {

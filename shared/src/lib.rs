@@ -10,7 +10,10 @@
 //! - [`broker`]: the queue and event bus between the services (NATS, or
 //!   in-process for the all-in-one binary);
 //! - [`relay`]: events from the store's outbox to the event log;
+//! - [`outbound`] and [`sender`]: messages the business sends, and the
+//!   loop that sends them through WhatsApp's Cloud API;
 //! - [`worker`]: the processor's consume-store-relay-ack loop;
+//! - [`graph`]: the WhatsApp Cloud (Graph) API client: send, mark read, media;
 //! - [`config`] and [`http`]: configuration, logging, errors, health and metrics.
 
 pub mod access;
@@ -18,10 +21,13 @@ pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod graph;
 pub mod http;
+pub mod outbound;
 pub mod plan;
 pub mod processing;
 pub mod relay;
+pub mod sender;
 pub mod server;
 pub mod sqlite;
 pub mod store;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::broker::Ingest;
-use crate::domain::{Event, Message, RawPayload};
-use crate::plan::{self, Batch, ChangeSet, Known, Lookup, RejectedItem};
+use crate::domain::{Event, Message, QueuedSend, RawPayload};
+use crate::plan::{self, Batch, ChangeSet, Known, Lookup, RejectedItem, SendOutcome};
 use crate::store::{ErrorKind, Store, StoreError, StoreResult};
 use crate::webhook::{self, Parsed, PayloadError};
 
@@ -89,18 +89,63 @@ impl Processor {
     }
 
     /// Marks a conversation's inbound messages read (the business has seen
-    /// them); returns one event per message that changed.
+    /// them); returns one event per message that changed, and the newest
+    /// of those messages (the one to tell WhatsApp about).
     pub async fn mark_read(
         &self,
         conversation_id: &str,
         at: DateTime<Utc>,
-    ) -> StoreResult<Vec<Event>> {
+    ) -> StoreResult<(Vec<Event>, Option<Message>)> {
         let lookup = Lookup::Unread {
             conversation_id: conversation_id.to_owned(),
         };
         let committed = self
             .commit(&lookup, |known| {
                 plan::plan_mark_read(conversation_id, at, known)
+            })
+            .await?;
+        Ok((committed.events, committed.newest_update))
+    }
+
+    /// Stores a message the business sends, with its send queued for
+    /// WhatsApp (`None`: stored only); returns its events. Called again
+    /// with the same message, it changes nothing (or finishes what a
+    /// failure left half done).
+    pub async fn send(
+        &self,
+        send: Option<&QueuedSend>,
+        message: &Message,
+    ) -> StoreResult<Vec<Event>> {
+        let lookup = Lookup::Items {
+            message_ids: vec![message.message_id.clone()],
+            conversation_ids: vec![message.conversation_id.clone()],
+        };
+        let committed = self
+            .commit(&lookup, |known| match send {
+                Some(send) => plan::plan_send(send, message, known),
+                None => plan::plan_batch(
+                    &Batch {
+                        messages: vec![message.clone()],
+                        ..Batch::default()
+                    },
+                    known,
+                ),
+            })
+            .await?;
+        Ok(committed.events)
+    }
+
+    /// Stores WhatsApp's answer to the send of message `id` and drops the
+    /// send from the queue; returns the events.
+    pub async fn send_outcome(
+        &self,
+        send: &QueuedSend,
+        outcome: &SendOutcome,
+    ) -> StoreResult<Vec<Event>> {
+        let lookup = outcome.lookup(&send.id, &send.conversation_id);
+        let committed = self
+            .commit(&lookup, |known| {
+                plan::plan_send_outcome(&send.id, outcome, known)
             })
             .await?;
         Ok(committed.events)
@@ -133,6 +178,14 @@ impl Processor {
                     metrics::counter!("statuses_applied_total").increment(applied as u64);
                     committed.inserted += changes.inserts.len();
                     committed.events.extend(changes.events);
+                    if let Some(newest) = changes
+                        .updates
+                        .into_iter()
+                        .map(|u| u.message)
+                        .max_by_key(|m| m.timestamp)
+                    {
+                        committed.newest_update = Some(newest);
+                    }
                     if changes.park.is_empty() || !std::mem::take(&mut recheck_parked) {
                         return Ok(committed);
                     }
@@ -157,4 +210,6 @@ impl Processor {
 struct Committed {
     inserted: usize,
     events: Vec<Event>,
+    /// The newest message (by its time) whose status changed.
+    newest_update: Option<Message>,
 }

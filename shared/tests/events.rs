@@ -195,6 +195,9 @@ async fn a_batch_of_many_thousand_events_is_appended_whole() {
                 status: "delivered".to_owned(),
                 conversation_id: "conv_447700000000".to_owned(),
                 timestamp: Utc::now(),
+                client_message_id: None,
+                previous_message_id: None,
+                errors: None,
             })
         })
         .collect();

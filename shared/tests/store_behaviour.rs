@@ -256,8 +256,8 @@ async fn marking_read_happens_once(store: Arc<dyn Store>) {
     let processor = Processor::new(store.clone());
     feed(&processor, &bodies(&test_support::sample_files())).await;
     let at: DateTime<Utc> = Utc::now();
-    assert_eq!(processor.mark_read(RAVI, at).await.unwrap().len(), 1);
-    assert!(processor.mark_read(RAVI, at).await.unwrap().is_empty());
+    assert_eq!(processor.mark_read(RAVI, at).await.unwrap().0.len(), 1);
+    assert!(processor.mark_read(RAVI, at).await.unwrap().0.is_empty());
     let ravi = conversation(&store, RAVI).await;
     assert_eq!(ravi.unread_count, 0);
     let messages = store.messages(RAVI, page(50)).await.unwrap();
@@ -653,7 +653,7 @@ async fn mongodb_round_trips_do_not_grow_with_the_data() {
 
         let before = commands.load(Ordering::SeqCst);
         let read = processor.mark_read("conv_4400000002", at(2)).await.unwrap();
-        assert_eq!(read.len(), stored / 10 + 4, "all of its unread messages");
+        assert_eq!(read.0.len(), stored / 10 + 4, "all of its unread messages");
         let for_mark_read = commands.load(Ordering::SeqCst) - before;
 
         let before = commands.load(Ordering::SeqCst);
@@ -733,6 +733,11 @@ fn version_1_data() -> (Vec<shared::domain::Message>, Vec<Conversation>) {
                     .filter(|o| o.direction == Direction::Inbound && o.status == "received")
                     .count() as i64,
                 participants: last.participants,
+                window_expires_at: in_it
+                    .iter()
+                    .filter(|o| o.direction == Direction::Inbound)
+                    .map(|o| o.timestamp + shared::domain::SERVICE_WINDOW)
+                    .max(),
             },
         );
     }

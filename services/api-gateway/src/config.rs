@@ -1,5 +1,8 @@
 use clap::Parser;
 use shared::config::{ApiConfig, LimitsConfig, LogConfig, MongoConfig, NatsConfig};
+use shared::graph::GraphConfig;
+
+use crate::media::MediaSettings;
 
 /// REST API and Socket.IO for WhatsApp Web frontends.
 #[derive(Debug, Clone, Parser)]
@@ -15,6 +18,10 @@ pub struct Config {
     pub api: ApiConfig,
     #[command(flatten)]
     pub limits: LimitsConfig,
+    #[command(flatten)]
+    pub graph: GraphConfig,
+    #[command(flatten)]
+    pub media: MediaSettings,
     #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]

@@ -10,6 +10,8 @@
 //! from the last `seq` they saw.
 
 mod config;
+mod media;
+mod media_cache;
 mod openapi;
 mod realtime;
 mod routes;
@@ -22,6 +24,7 @@ use shared::access::Tokens;
 use shared::broker::nats::NatsBroker;
 use shared::broker::{EventBus, Queue};
 use shared::config::{ApiConfig, LimitsConfig};
+use shared::graph::Graph;
 use shared::http::{ops_routes, readiness};
 use shared::processing::Processor;
 use shared::relay::Relay;
@@ -32,8 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::Config;
+pub use media::{MediaConfig, MediaSettings};
 pub use openapi::ApiDoc;
-pub use realtime::{PendingSends, Realtime};
+pub use realtime::Realtime;
 pub use socketioxide::SocketIo;
 
 /// What every request handler needs.
@@ -41,30 +45,30 @@ pub use socketioxide::SocketIo;
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub processor: Processor,
-    pub queue: Arc<dyn Queue>,
     /// The event log, and the way events get there from the outbox.
     pub relay: Relay,
     pub realtime: Realtime,
-    pub pending_sends: PendingSends,
-    pub send_timeout: Duration,
+    /// WhatsApp's Cloud API; `None`: messages are stored locally only.
+    pub graph: Option<Graph>,
+    pub media: MediaConfig,
 }
 
 impl ApiState {
-    pub fn new(
-        store: Arc<dyn Store>,
-        queue: Arc<dyn Queue>,
-        events: Arc<dyn EventBus>,
-        send_timeout: Duration,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, events: Arc<dyn EventBus>, graph: Option<Graph>) -> Self {
         Self {
             processor: Processor::new(store.clone()),
             relay: Relay::new(store.clone(), events.clone()),
             realtime: Realtime::new(events),
             store,
-            queue,
-            pending_sends: PendingSends::default(),
-            send_timeout,
+            graph,
+            media: MediaConfig::default(),
         }
+    }
+
+    /// The media cache and limits (`GET /api/media/{id}`, `POST /api/media`).
+    pub fn with_media(mut self, media: MediaConfig) -> Self {
+        self.media = media;
+        self
     }
 }
 
@@ -166,11 +170,10 @@ impl Application {
             )
             .await?,
         );
-        let state = ApiState::new(
-            store.clone(),
-            broker.clone(),
-            broker.clone(),
-            Duration::from_millis(config.api.send_timeout_ms),
+        let graph = config.graph.client()?;
+        shared::sender::announce(graph.as_ref());
+        let state = ApiState::new(store.clone(), broker.clone(), graph).with_media(
+            MediaConfig::open(&config.media, &media::default_cache_dir())?,
         );
         let queue: Arc<dyn Queue> = broker.clone();
         let ready = readiness(queue, Some(store));
@@ -215,7 +218,6 @@ impl Api {
         let fan_out = tokio::spawn(realtime::fan_out(
             state.realtime.clone(),
             io.clone(),
-            state.pending_sends.clone(),
             shutdown.clone(),
         ));
         shared::server::serve(listener, router, header_read_timeout, async move {

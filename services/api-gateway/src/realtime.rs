@@ -13,7 +13,7 @@
 //! gets nothing twice. If events after `N` are no longer kept it gets
 //! `resync` and should reload over REST.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,14 +23,13 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use shared::access::Tokens;
 use shared::broker::{EventBus, ReadError};
-use shared::domain::{Event, Sequenced, is_conversation_id};
+use shared::domain::{Sequenced, is_conversation_id};
 use socketioxide::SendError;
 use socketioxide::SocketError;
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// Room of sockets that get every event.
@@ -501,74 +500,11 @@ fn conversation_ids(value: &Value) -> Vec<String> {
     }
 }
 
-/// Messages sent through the API, waiting to be stored by the processor.
-#[derive(Clone, Default)]
-pub struct PendingSends(Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>);
-
-impl PendingSends {
-    /// Registers before publishing, so the stored event cannot be missed.
-    /// The registration ends when the returned guard is dropped.
-    pub fn register(&self, message_id: &str) -> PendingSend {
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut pending) = self.0.lock() {
-            pending.insert(message_id.to_owned(), tx);
-        }
-        PendingSend {
-            sends: self.clone(),
-            message_id: message_id.to_owned(),
-            stored: Some(rx),
-        }
-    }
-
-    fn stored(&self, message_id: &str) {
-        let waiter = self
-            .0
-            .lock()
-            .ok()
-            .and_then(|mut pending| pending.remove(message_id));
-        if let Some(waiter) = waiter {
-            waiter.send(()).ok();
-        }
-    }
-}
-
-/// One registered send; waits for its message to be stored.
-pub struct PendingSend {
-    sends: PendingSends,
-    message_id: String,
-    stored: Option<oneshot::Receiver<()>>,
-}
-
-impl PendingSend {
-    /// True once the processor has stored the message, false on timeout.
-    pub async fn stored(mut self, timeout: Duration) -> bool {
-        match self.stored.take() {
-            Some(stored) => tokio::time::timeout(timeout, stored)
-                .await
-                .is_ok_and(|r| r.is_ok()),
-            None => false,
-        }
-    }
-}
-
-impl Drop for PendingSend {
-    fn drop(&mut self) {
-        if let Ok(mut pending) = self.sends.0.lock() {
-            pending.remove(&self.message_id);
-        }
-    }
-}
-
 /// Emits the event log, as it grows, to this replica's live sockets, until
 /// cancelled. Each event once and in order: a live stream that ends (it
 /// fell behind, or the log was unreachable) is replaced, and what it
 /// missed is read from the log first.
-pub async fn fan_out(
-    realtime: Realtime,
-    io: SocketIo,
-    pending: PendingSends,
-    cancel: CancellationToken,
-) {
+pub async fn fan_out(realtime: Realtime, io: SocketIo, cancel: CancellationToken) {
     let mut emitted: Option<u64> = None;
     while !cancel.is_cancelled() {
         let (head, mut stream) = match realtime.bus.live().await {
@@ -609,7 +545,7 @@ pub async fn fan_out(
                             continue 'fill;
                         }
                         cursor = event.seq;
-                        emit(&realtime, &io, &pending, &event).await;
+                        emit(&realtime, &io, &event).await;
                     }
                 }
                 Err(ReadError::Gone { first, .. }) => {
@@ -638,18 +574,15 @@ pub async fn fan_out(
                 continue;
             }
             emitted = Some(event.seq);
-            emit(&realtime, &io, &pending, &event).await;
+            emit(&realtime, &io, &event).await;
         }
     }
 }
 
 /// Emits one event to the live sockets entitled to it.
-async fn emit(realtime: &Realtime, io: &SocketIo, pending: &PendingSends, event: &Sequenced) {
+async fn emit(realtime: &Realtime, io: &SocketIo, event: &Sequenced) {
     let mut head = realtime.head.lock().await;
     let rooms = vec![ALL.to_owned(), room(event.event.conversation_id())];
-    if let Event::NewMessage(message) = &event.event {
-        pending.stored(&message.message_id);
-    }
     // Serialized once; sent socket by socket, so that a socket whose
     // buffer is full is known, and catches up rather than miss the event.
     if let Ok(payload) = serde_json::value::to_raw_value(&event.payload()) {

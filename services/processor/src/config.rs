@@ -1,5 +1,6 @@
 use clap::Parser;
 use shared::config::{LimitsConfig, LogConfig, MongoConfig, NatsConfig, WorkerConfig};
+use shared::graph::GraphConfig;
 
 /// Consumes webhooks from NATS JetStream, stores them in MongoDB and
 /// publishes `newMessage` / `statusUpdate` events.
@@ -21,6 +22,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[command(flatten)]
     pub limits: LimitsConfig,
+    #[command(flatten)]
+    pub graph: GraphConfig,
     #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]

@@ -3,7 +3,9 @@
 //! events of each batch committed in its outbox), and relays the events to
 //! the event log the api-gateways read. Run as many replicas as you like:
 //! they share one durable consumer, so each payload is handled by one of
-//! them at a time.
+//! them at a time. With `WHATSAPP_ACCESS_TOKEN` set, each also runs a
+//! sender ([`shared::sender`]): the messages the API queued go to
+//! WhatsApp's Cloud API.
 
 mod config;
 
@@ -15,6 +17,7 @@ use shared::broker::{EventBus, Queue};
 use shared::http::{ops_routes, readiness};
 use shared::processing::Processor;
 use shared::relay::Relay;
+use shared::sender::Sender;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
 use shared::worker::Worker;
@@ -71,15 +74,30 @@ impl Application {
             shutdown.clone().cancelled_owned(),
         );
         let events: Arc<dyn EventBus> = self.broker.clone();
+        let relay = Relay::new(self.store.clone(), events);
+        let graph = self.config.graph.client()?;
+        shared::sender::announce(graph.as_ref());
+        let sender = graph.map(|graph| {
+            let sender = Sender::new(
+                Processor::new(self.store.clone()),
+                relay.clone(),
+                graph,
+                Duration::from_secs(self.config.graph.graph_timeout_secs.max(1)),
+            );
+            tokio::spawn(sender.run(shutdown.clone()))
+        });
         let worker = Worker {
             processor: Processor::new(self.store.clone()),
             queue: self.broker.clone(),
-            relay: Relay::new(self.store.clone(), events),
+            relay,
             batch_size: self.config.worker.batch_size,
             batch_bytes: self.config.worker.batch_bytes,
             max_deliveries: self.config.worker.max_deliveries.max(1),
         };
         let (served, ()) = tokio::join!(server, worker.run(shutdown));
+        if let Some(sender) = sender {
+            sender.await.ok();
+        }
         self.broker.client().flush().await.ok();
         Ok(served?)
     }

@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 
+use api_gateway::MediaSettings;
 use clap::{Args, Parser, Subcommand};
 use shared::config::{ApiConfig, LimitsConfig, LogConfig, WebhookConfig, WorkerConfig};
+use shared::graph::GraphConfig;
 
 /// The WhatsApp Web clone backend in one process: webhook gateway,
 /// processor, REST API and Socket.IO on one port, with an embedded store
@@ -61,6 +63,10 @@ pub struct ServeConfig {
     pub worker: WorkerConfig,
     #[command(flatten)]
     pub limits: LimitsConfig,
+    #[command(flatten)]
+    pub graph: GraphConfig,
+    #[command(flatten)]
+    pub media: MediaSettings,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -12,12 +12,13 @@ pub mod import;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_gateway::{Access, Api, ApiState, api_router};
+use api_gateway::{Access, Api, ApiState, MediaConfig, api_router};
 use shared::broker::embedded::{EmbeddedEvents, EmbeddedQueue};
 use shared::broker::nats::NatsBroker;
 use shared::broker::{EventBus, Queue};
 use shared::http::{ops_routes, readiness};
 use shared::processing::Processor;
+use shared::sender::Sender;
 use shared::store::Store;
 use shared::store::mongo::MongoStore;
 use shared::store::sqlite::SqliteStore;
@@ -32,6 +33,8 @@ pub struct Application {
     listener: TcpListener,
     api: Api,
     worker: Worker,
+    /// Sends the queued messages through WhatsApp, if configured.
+    sender: Option<Sender>,
     import: Option<std::path::PathBuf>,
 }
 
@@ -75,17 +78,23 @@ impl Application {
             "whatsapp-clone starting"
         );
         let webhook = WebhookState::new(queue.clone(), &config.webhook);
-        let state = ApiState::new(
-            store.clone(),
-            queue.clone(),
-            events.clone(),
-            Duration::from_millis(config.api.send_timeout_ms),
-        );
+        let graph = config.graph.client()?;
+        shared::sender::announce(graph.as_ref());
+        let media = MediaConfig::open(&config.media, &config.data_dir.join("media"))?;
+        let state = ApiState::new(store.clone(), events.clone(), graph.clone()).with_media(media);
         let (ready_queue, ready_store) = (queue.clone(), store.clone());
         let ready = readiness(ready_queue, Some(ready_store));
         let others = webhook_routes(webhook).merge(ops_routes(ready));
         let relay = state.relay.clone();
         let api = api_router(state, others, &config.api, &access)?;
+        let sender = graph.map(|graph| {
+            Sender::new(
+                Processor::new(store.clone()),
+                relay.clone(),
+                graph,
+                Duration::from_secs(config.graph.graph_timeout_secs.max(1)),
+            )
+        });
         let worker = Worker {
             processor: Processor::new(store),
             queue,
@@ -99,6 +108,7 @@ impl Application {
             listener,
             api,
             worker,
+            sender,
             import: config.import,
         })
     }
@@ -115,6 +125,7 @@ impl Application {
             "whatsapp-clone listening: webhook, REST and Socket.IO on this port"
         );
         let worker = tokio::spawn(self.worker.run(shutdown.clone()));
+        let sender = self.sender.map(|s| tokio::spawn(s.run(shutdown.clone())));
         if let Some(dir) = self.import {
             tokio::spawn(async move {
                 let url = format!("http://127.0.0.1:{port}/webhook");
@@ -126,6 +137,9 @@ impl Application {
         }
         self.api.serve(self.listener, shutdown).await?;
         worker.await.ok();
+        if let Some(sender) = sender {
+            sender.await.ok();
+        }
         Ok(())
     }
 }

@@ -28,7 +28,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Event, Message, RawPayload, StatusChange, StatusUpdate, status_rank};
+use crate::domain::{
+    Direction, Event, Message, QueuedSend, RawPayload, StatusChange, StatusUpdate, status_rank,
+};
 use counts::{Counts, journal_key, stats_shard};
 use summary::{Last, Name};
 
@@ -125,6 +127,8 @@ pub struct Summary {
     pub last_status_rank: i32,
     /// Key of the message the name came from (`""`: none, the number shows).
     pub name_key: String,
+    /// Time of the customer's newest message.
+    pub last_inbound: Option<DateTime<Utc>>,
     pub journal: Journal,
 }
 
@@ -154,6 +158,12 @@ pub struct ChangeSet {
     /// Journal entries to drop once the messages are settled.
     pub cleanup: Vec<Cleanup>,
     pub events: Vec<Event>,
+    /// Messages to send through WhatsApp, queued with the message (kept
+    /// if already queued).
+    pub enqueue: Vec<QueuedSend>,
+    /// Queued sends (by message key) that are done: WhatsApp accepted or
+    /// refused them.
+    pub dequeue: Vec<String>,
 }
 
 /// A stored message's new state, guarded by the status rank it had.
@@ -161,6 +171,8 @@ pub struct ChangeSet {
 pub struct Update {
     pub message: Message,
     pub expected_rank: i32,
+    /// The `message_id` it had, when WhatsApp's acceptance renames it.
+    pub renamed_from: Option<String>,
     /// Statuses whose time this update adds.
     pub new_times: Vec<String>,
     pub errors_changed: bool,
@@ -186,6 +198,9 @@ pub struct ConversationChange {
     pub last_status: Option<LastStatus>,
     /// A name, if from a newer message than the stored name.
     pub name: Option<Name>,
+    /// The time of the customer's newest message, if newer than stored
+    /// (it opens WhatsApp's 24-hour customer service window).
+    pub last_inbound: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +208,11 @@ pub struct LastStatus {
     pub message_id: String,
     pub status: String,
     pub rank: i32,
+    /// The id the summary may still show for it, when it was renamed
+    /// (`local...` → `wamid...`); the summary then shows the new id and
+    /// its key.
+    pub renamed_from: Option<String>,
+    pub key: String,
 }
 
 /// Counts added to one stats document.
@@ -241,6 +261,8 @@ impl ChangeSet {
             && self.stats.is_empty()
             && self.settle.is_empty()
             && self.cleanup.is_empty()
+            && self.enqueue.is_empty()
+            && self.dequeue.is_empty()
     }
 }
 
@@ -283,10 +305,109 @@ pub fn plan_mark_read(conversation_id: &str, at: DateTime<Utc>, known: &Known) -
     planner.finish(Vec::new(), conversation_id)
 }
 
+/// Plans a message the business sends: stored (as `pending`) and queued
+/// for WhatsApp in one change set. Sent again (a client's retry), it
+/// changes nothing, unless the first attempt stopped half-way.
+pub fn plan_send(send: &QueuedSend, message: &Message, known: &Known) -> ChangeSet {
+    let batch = Batch {
+        messages: vec![message.clone()],
+        ..Batch::default()
+    };
+    let mut changes = plan_batch(&batch, known);
+    let unfinished = known
+        .messages
+        .get(&message.message_id)
+        .is_none_or(|stored| stored.settled.is_none());
+    if unfinished {
+        changes.enqueue.push(send.clone());
+    }
+    changes
+}
+
+/// What WhatsApp answered to a queued send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    /// Accepted: the message takes WhatsApp's id and is `sent`.
+    Accepted { wamid: String, at: DateTime<Utc> },
+    /// Refused for good: the message is `failed`, with WhatsApp's errors.
+    Refused {
+        errors: serde_json::Value,
+        at: DateTime<Utc>,
+    },
+    /// Not sent, and its message left as it is: the message is gone (its
+    /// store stopped before storing it) or no longer waits to be sent.
+    Dropped,
+}
+
+impl SendOutcome {
+    /// What the store must read to plan it for the message `local_id`.
+    pub fn lookup(&self, local_id: &str, conversation_id: &str) -> Lookup {
+        let mut message_ids = vec![local_id.to_owned()];
+        if let SendOutcome::Accepted { wamid, .. } = self {
+            message_ids.push(wamid.clone());
+        }
+        Lookup::Items {
+            message_ids,
+            conversation_ids: vec![conversation_id.to_owned()],
+        }
+    }
+}
+
+/// Plans WhatsApp's answer to the send of message `local_id`: accepted,
+/// it is renamed to WhatsApp's id and becomes `sent`, and the statuses
+/// that arrived for that id before the answer was stored apply; refused,
+/// it becomes `failed`. Either way the send leaves the queue. Planned
+/// again after a crash, it finishes what is left.
+pub fn plan_send_outcome(local_id: &str, outcome: &SendOutcome, known: &Known) -> ChangeSet {
+    let mut planner = Planner::new(known);
+    match outcome {
+        SendOutcome::Accepted { wamid, at } => {
+            if let Some(mut working) = planner.work.remove(local_id) {
+                working.message.message_id.clone_from(wamid);
+                working.renamed_from = Some(local_id.to_owned());
+                planner.work.insert(wamid.clone(), working);
+            }
+            let sent = StatusChange {
+                message_id: wamid.clone(),
+                status: "sent".to_owned(),
+                timestamp: *at,
+                conversation_id: String::new(),
+                errors: None,
+            };
+            if planner.work.contains_key(wamid) {
+                planner.apply_status(&sent, false);
+            }
+            let mut parked: Vec<&StatusChange> = known.parked.iter().collect();
+            parked.sort_by(|a, b| status::application_order(a).cmp(&status::application_order(b)));
+            for change in parked {
+                planner.apply_status(change, true);
+            }
+        }
+        SendOutcome::Dropped => {}
+        SendOutcome::Refused { errors, at } => {
+            let failed = StatusChange {
+                message_id: local_id.to_owned(),
+                status: "failed".to_owned(),
+                timestamp: *at,
+                conversation_id: String::new(),
+                errors: Some(errors.clone()),
+            };
+            if planner.work.contains_key(local_id) {
+                planner.apply_status(&failed, false);
+            }
+        }
+    }
+    let mut changes = planner.finish(Vec::new(), local_id);
+    changes.dequeue.push(local_id.to_owned());
+    changes
+}
+
 /// A message as the plan goes: stored or new, and what changed.
 struct Working<'k> {
     message: Message,
     stored: Option<&'k Stored>,
+    /// The id it had when it was stored, if the plan renamed it.
+    renamed_from: Option<String>,
     /// Statuses whose time the plan added (errors change only with them).
     new_times: BTreeSet<String>,
 }
@@ -308,8 +429,8 @@ struct ConversationPlan<'w> {
     /// Every message whose counters change.
     members: Vec<&'w Message>,
     /// Stored messages whose status moved since settled: the newest may
-    /// be the summary's last.
-    moved: Vec<&'w Message>,
+    /// be the summary's last (with the id the summary knows it by).
+    moved: Vec<(&'w Message, &'w str)>,
 }
 
 struct Planner<'k> {
@@ -329,6 +450,7 @@ impl<'k> Planner<'k> {
                 let working = Working {
                     message: stored.message.clone(),
                     stored: Some(stored),
+                    renamed_from: None,
                     new_times: BTreeSet::new(),
                 };
                 (id.clone(), working)
@@ -349,6 +471,7 @@ impl<'k> Planner<'k> {
             .or_insert_with(|| Working {
                 message: message.clone(),
                 stored: None,
+                renamed_from: None,
                 new_times: BTreeSet::new(),
             });
     }
@@ -385,10 +508,11 @@ impl<'k> Planner<'k> {
             let message = &working.message;
             match working.stored {
                 None => self.changes.inserts.push(message.clone()),
-                Some(stored) if !working.new_times.is_empty() => {
+                Some(stored) if !working.new_times.is_empty() || working.renamed_from.is_some() => {
                     self.changes.updates.push(Update {
                         message: message.clone(),
                         expected_rank: status_rank(&stored.message.status).unwrap_or(0),
+                        renamed_from: working.renamed_from.clone(),
                         new_times: working.new_times.iter().cloned().collect(),
                         errors_changed: message.errors != stored.message.errors,
                     });
@@ -397,7 +521,8 @@ impl<'k> Planner<'k> {
             }
             let settled = working.settled();
             let target = message.status.as_str();
-            let key = journal_key(&message.message_id);
+            // Keyed by the permanent id: a rename keeps its entries.
+            let key = journal_key(&message.id);
             let summary = known.summaries.get(&message.conversation_id);
             let conversation = conversations
                 .entry(message.conversation_id.as_str())
@@ -407,16 +532,21 @@ impl<'k> Planner<'k> {
                 self.cleanup_leftovers(message, &key, summary);
                 continue;
             }
-            self.changes
-                .events
-                .extend(announce(message, working.stored.and(settled)));
+            self.changes.events.extend(announce(
+                message,
+                working.stored.and(settled),
+                working.renamed_from.as_deref(),
+            ));
             if working.stored.is_none() || settled.is_none() {
                 conversation.candidates.push(message);
             }
             if working.stored.is_some() {
                 // Its status moved since it was settled (maybe by a change
                 // set that stopped before the summary caught up).
-                conversation.moved.push(message);
+                let known_as = working.renamed_from.as_deref();
+                conversation
+                    .moved
+                    .push((message, known_as.unwrap_or(&message.message_id)));
             }
             conversation.members.push(message);
 
@@ -437,11 +567,7 @@ impl<'k> Planner<'k> {
             );
 
             // The deployment's counters: wherever a crash left this message.
-            let fresh = stats_shard(if known.atomic {
-                seed
-            } else {
-                &message.message_id
-            });
+            let fresh = stats_shard(if known.atomic { seed } else { &message.id });
             let (shard, entry) = known
                 .stats_journals
                 .iter()
@@ -464,7 +590,7 @@ impl<'k> Planner<'k> {
 
             self.changes
                 .settle
-                .push((message.message_id.clone(), target.to_owned()));
+                .push((message.id.clone(), target.to_owned()));
         }
 
         for (id, plan) in conversations {
@@ -544,7 +670,8 @@ impl<'k> Planner<'k> {
 
 /// The events a message's change announces, to clients that knew it at
 /// `since` (`None`: not at all).
-fn announce(message: &Message, since: Option<&str>) -> Vec<Event> {
+/// `renamed_from`: the id clients knew the message by until now.
+fn announce(message: &Message, since: Option<&str>, renamed_from: Option<&str>) -> Vec<Event> {
     let mut events = Vec::new();
     if since.is_none() {
         events.push(Event::NewMessage(Box::new(message.clone())));
@@ -558,6 +685,11 @@ fn announce(message: &Message, since: Option<&str>) -> Vec<Event> {
                     status: status.to_owned(),
                     conversation_id: message.conversation_id.clone(),
                     timestamp: at,
+                    client_message_id: message.client_message_id.clone(),
+                    previous_message_id: renamed_from.map(str::to_owned),
+                    errors: (status == "failed")
+                        .then(|| message.errors.clone())
+                        .flatten(),
                 })
             }),
     );
@@ -600,25 +732,40 @@ fn summarise(
     };
     // Whether it is the last message is for the store to see (another
     // writer may just have made it so); only the newest can be.
-    let last_status = newest(&plan.moved)
-        .filter(|moved| {
+    // A renamed message is compared under the id the summary knows.
+    let last_status = plan
+        .moved
+        .iter()
+        .map(|(m, known_as)| (summary::sort_key(m.timestamp, known_as), *m, *known_as))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .filter(|(key, m, _)| {
+            let rank = status_rank(&m.status).unwrap_or(0);
             last.is_none()
                 && stored.is_none_or(|s| {
-                    moved.key > s.last_key
-                        || moved.key == s.last_key && moved.status_rank > s.last_status_rank
+                    *key > s.last_key || *key == s.last_key && rank > s.last_status_rank
                 })
         })
-        .map(|moved| LastStatus {
-            message_id: moved.message_id,
-            status: moved.status,
-            rank: moved.status_rank,
+        .map(|(_, m, known_as)| LastStatus {
+            message_id: m.message_id.clone(),
+            status: m.status.clone(),
+            rank: status_rank(&m.status).unwrap_or(0),
+            renamed_from: (known_as != m.message_id).then(|| known_as.to_owned()),
+            key: summary::sort_key(m.timestamp, &m.message_id),
         });
+    let last_inbound = plan
+        .candidates
+        .iter()
+        .filter(|m| m.direction == Direction::Inbound)
+        .map(|m| m.timestamp)
+        .max()
+        .filter(|at| stored.is_none_or(|s| s.last_inbound.is_none_or(|known| known < *at)));
     let unchanged = stored.is_some()
         && plan.counts.is_zero()
         && plan.journal.is_empty()
         && last.is_none()
         && last_status.is_none()
-        && name.is_none();
+        && name.is_none()
+        && last_inbound.is_none();
     (!unchanged).then(|| ConversationChange {
         conversation_id: id.to_owned(),
         create: stored.is_none(),
@@ -627,6 +774,7 @@ fn summarise(
         last,
         last_status,
         name,
+        last_inbound,
     })
 }
 

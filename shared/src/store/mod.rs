@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::{Conversation, Event, Message, Page, Stats};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Conversation, Event, Message, Page, QueuedSend, Stats};
 use crate::plan::{ChangeSet, Known, Lookup};
 
 pub use crate::error::{Error as StoreError, ErrorKind, Result as StoreResult};
@@ -45,7 +47,12 @@ pub trait Store: Send + Sync + 'static {
     /// The newest messages of a conversation (per `page`), oldest first.
     async fn messages(&self, conversation_id: &str, page: Page) -> StoreResult<Vec<Message>>;
 
+    /// A message by its WhatsApp id, or by its permanent key (a message
+    /// sent through the API keeps its local id as key).
     async fn message(&self, message_id: &str) -> StoreResult<Option<Message>>;
+
+    /// One conversation's summary.
+    async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>>;
 
     /// Totals, from counters (no scan of the messages).
     async fn stats(&self) -> StoreResult<Stats>;
@@ -56,6 +63,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets outbox events now in the event log (by [`Event::id`]).
     async fn relayed(&self, ids: &[String]) -> StoreResult<()>;
+
+    /// Queued sends due at `now` (a change set queues them), soonest first.
+    async fn due_sends(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<QueuedSend>>;
+
+    /// Replaces a queued send if its due time is still `expected_due`
+    /// (millisecond precision): `false` if another sender changed it first
+    /// or it is gone. The due time is what senders claim a send by.
+    async fn update_send(
+        &self,
+        send: &QueuedSend,
+        expected_due: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 }
 
 /// The lower bound of a newest-first page of conversations: keys of

@@ -16,8 +16,8 @@ use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 
 use super::{Store, StoreError, StoreResult, conversations_before};
 use crate::domain::{
-    Conversation, Direction, Event, Message, Page, RECEIVED, RawPayload, Stats, StatusChange,
-    status_rank,
+    Conversation, Direction, Event, Message, Page, QueuedSend, RECEIVED, RawPayload,
+    SERVICE_WINDOW, Stats, StatusChange, status_rank,
 };
 use crate::error::Error;
 use crate::plan::counts::Counts;
@@ -28,7 +28,7 @@ use crate::plan::{
 use crate::sqlite::Database;
 
 /// `PRAGMA user_version` of the current schema.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -91,11 +91,12 @@ fn docs_in<T: serde::de::DeserializeOwned>(
     Ok(found)
 }
 
+/// A message by its WhatsApp id or its permanent key.
 fn load_message(t: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Message>> {
-    t.prepare_cached("SELECT doc FROM messages WHERE id = ?1")?
+    t.prepare_cached("SELECT doc FROM messages WHERE message_id = ?1 OR id = ?1 LIMIT 1")?
         .query_row([id], |r| r.get::<_, String>(0))
         .optional()?
-        .map(|doc| from_json(&doc))
+        .map(|doc| from_json(&doc).map(Message::with_media_url))
         .transpose()
 }
 
@@ -114,11 +115,14 @@ struct SummaryRow {
     participants: String,
     message_count: i64,
     unread_count: i64,
+    /// Time of the customer's newest message (ms).
+    last_inbound_ts: Option<i64>,
 }
 
 const SUMMARY_COLUMNS: &str =
     "id, sort_key, last_message_id, last_status_rank, name_key, user_name,
-    last_body, last_ts, last_status, last_direction, participants, message_count, unread_count";
+    last_body, last_ts, last_status, last_direction, participants, message_count, unread_count,
+    last_inbound_ts";
 
 impl SummaryRow {
     fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
@@ -136,6 +140,7 @@ impl SummaryRow {
             participants: r.get(10)?,
             message_count: r.get(11)?,
             unread_count: r.get(12)?,
+            last_inbound_ts: r.get(13)?,
         })
     }
 
@@ -150,7 +155,7 @@ impl SummaryRow {
     fn save(&self, t: &Transaction<'_>) -> rusqlite::Result<()> {
         t.prepare_cached(&format!(
             "INSERT OR REPLACE INTO summaries ({SUMMARY_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
         ))?
         .execute(params![
             self.id,
@@ -165,7 +170,8 @@ impl SummaryRow {
             self.last_direction,
             self.participants,
             self.message_count,
-            self.unread_count
+            self.unread_count,
+            self.last_inbound_ts
         ])
         .map(drop)
     }
@@ -186,6 +192,7 @@ impl SummaryRow {
             participants: "[]".to_owned(),
             message_count: 0,
             unread_count: 0,
+            last_inbound_ts: None,
         }
     }
 
@@ -195,6 +202,9 @@ impl SummaryRow {
             last_message_id: self.last_message_id.clone(),
             last_status_rank: self.last_status_rank,
             name_key: self.name_key.clone(),
+            last_inbound: self
+                .last_inbound_ts
+                .and_then(DateTime::from_timestamp_millis),
             journal: Default::default(),
         }
     }
@@ -227,6 +237,10 @@ impl SummaryRow {
             message_count: self.message_count,
             unread_count: self.unread_count,
             participants: from_json(&self.participants)?,
+            window_expires_at: self
+                .last_inbound_ts
+                .and_then(DateTime::from_timestamp_millis)
+                .map(|at| at + SERVICE_WINDOW),
         })
     }
 }
@@ -259,11 +273,21 @@ fn apply_summary(t: &Transaction<'_>, change: &ConversationChange) -> Result<(),
         row.set_last(last)?;
     }
     if let Some(moved) = &change.last_status
-        && moved.message_id == row.last_message_id
+        && (moved.message_id == row.last_message_id
+            || moved.renamed_from.as_ref() == Some(&row.last_message_id))
         && moved.rank > row.last_status_rank
     {
         row.last_status.clone_from(&moved.status);
         row.last_status_rank = moved.rank;
+        if moved.renamed_from.is_some() {
+            row.last_message_id.clone_from(&moved.message_id);
+            row.sort_key.clone_from(&moved.key);
+        }
+    }
+    if let Some(at) = change.last_inbound.map(|at| at.timestamp_millis())
+        && row.last_inbound_ts.is_none_or(|stored| stored < at)
+    {
+        row.last_inbound_ts = Some(at);
     }
     if let Some(name) = &change.name
         && (change.create || name.key > row.name_key)
@@ -322,18 +346,19 @@ fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
     }
     let mut insert = t.prepare_cached(
         "INSERT OR IGNORE INTO messages
-            (id, conversation_id, ts, direction, status, status_rank, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            (id, conversation_id, ts, direction, status, status_rank, doc, message_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for m in &changes.inserts {
         let inserted = insert.execute(params![
-            m.message_id,
+            m.id,
             m.conversation_id,
             m.timestamp.timestamp_millis(),
             direction_name(m.direction),
             m.status,
             status_rank(&m.status).unwrap_or(0),
-            to_json(m)?
+            to_json(m)?,
+            m.message_id
         ])?;
         if inserted == 0 {
             return Err(Error::conflict(format!(
@@ -343,16 +368,18 @@ fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
         }
     }
     let mut update = t.prepare_cached(
-        "UPDATE messages SET status = ?2, status_rank = ?3, doc = ?4 WHERE id = ?1 AND status_rank = ?5",
+        "UPDATE messages SET status = ?2, status_rank = ?3, doc = ?4, message_id = ?6
+         WHERE id = ?1 AND status_rank = ?5",
     )?;
     for u in &changes.updates {
         let m = &u.message;
         let updated = update.execute(params![
-            m.message_id,
+            m.id,
             m.status,
             status_rank(&m.status).unwrap_or(0),
             to_json(m)?,
-            u.expected_rank
+            u.expected_rank,
+            m.message_id
         ])?;
         if updated == 0 {
             return Err(Error::conflict(format!(
@@ -392,6 +419,18 @@ fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
     for (n, event) in changes.events.iter().enumerate() {
         outbox.execute(params![event.id(), n as i64, to_json(event)?, now])?;
     }
+    for send in &changes.enqueue {
+        t.prepare_cached("INSERT OR IGNORE INTO sends (id, due, doc) VALUES (?1, ?2, ?3)")?
+            .execute(params![
+                send.id,
+                send.due.timestamp_millis(),
+                to_json(send)?
+            ])?;
+    }
+    for id in &changes.dequeue {
+        t.prepare_cached("DELETE FROM sends WHERE id = ?1")?
+            .execute([id])?;
+    }
     // Settling and journals are for stores that apply in several steps.
     Ok(())
 }
@@ -412,7 +451,11 @@ fn load_in(t: &Transaction<'_>, lookup: &Lookup) -> Result<Known, Error> {
                 message_ids,
             )?;
             (
-                docs_in(t, "SELECT doc FROM messages WHERE id IN ({})", message_ids)?,
+                docs_in(
+                    t,
+                    "SELECT doc FROM messages WHERE message_id IN ({})",
+                    message_ids,
+                )?,
                 conversation_ids.clone(),
             )
         }
@@ -462,7 +505,10 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             status TEXT NOT NULL,
             status_rank INTEGER NOT NULL,
             contact_name TEXT,
-            doc TEXT NOT NULL
+            doc TEXT NOT NULL,
+            -- WhatsApp's id; `id` (the key) differs for messages sent
+            -- through the API, which get WhatsApp's id once accepted.
+            message_id TEXT
          );
          CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, ts DESC, id DESC);
          -- Mark-read of one conversation.
@@ -485,7 +531,8 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             last_direction TEXT NOT NULL,
             participants TEXT NOT NULL,
             message_count INTEGER NOT NULL,
-            unread_count INTEGER NOT NULL
+            unread_count INTEGER NOT NULL,
+            last_inbound_ts INTEGER
          );
          CREATE INDEX IF NOT EXISTS summaries_by_sort_key ON summaries (sort_key);
          CREATE TABLE IF NOT EXISTS counters (
@@ -520,17 +567,51 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             event TEXT NOT NULL,
             at INTEGER NOT NULL
          );
-         CREATE INDEX IF NOT EXISTS outbox_by_time ON outbox (at, n);",
+         CREATE INDEX IF NOT EXISTS outbox_by_time ON outbox (at, n);
+         -- Messages waiting to be sent through WhatsApp.
+         CREATE TABLE IF NOT EXISTS sends (
+            id TEXT PRIMARY KEY,
+            due INTEGER NOT NULL,
+            doc TEXT NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS sends_by_due ON sends (due);",
     )?;
     let version: i64 = t.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < SCHEMA_VERSION {
         migrate_from_v1(t)?;
+        migrate_to_v3(t)?;
         t.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     }
     let ttl = i64::try_from(PARKED_STATUS_TTL.as_millis()).unwrap_or(i64::MAX);
     let expired_before = Utc::now().timestamp_millis() - ttl;
     t.prepare_cached("DELETE FROM pending_statuses WHERE parked_at < ?1")?
         .execute([expired_before])?;
+    Ok(())
+}
+
+/// Version 3 keeps WhatsApp's id apart from a message's key, and the time
+/// of each conversation's newest inbound message.
+fn migrate_to_v3(t: &Transaction<'_>) -> Result<(), Error> {
+    let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        t.prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+        ))?
+        .exists([column])
+    };
+    if !has_column("messages", "message_id")? {
+        t.execute_batch("ALTER TABLE messages ADD COLUMN message_id TEXT")?;
+    }
+    if !has_column("summaries", "last_inbound_ts")? {
+        t.execute_batch("ALTER TABLE summaries ADD COLUMN last_inbound_ts INTEGER")?;
+    }
+    t.execute_batch(
+        "UPDATE messages SET message_id = id WHERE message_id IS NULL;
+         CREATE UNIQUE INDEX IF NOT EXISTS messages_by_message_id ON messages (message_id);
+         UPDATE summaries SET last_inbound_ts = (
+            SELECT MAX(ts) FROM messages
+            WHERE conversation_id = summaries.id AND direction = 'inbound'
+         ) WHERE last_inbound_ts IS NULL;",
+    )?;
     Ok(())
 }
 
@@ -583,6 +664,7 @@ fn migrate_from_v1(t: &Transaction<'_>) -> Result<(), Error> {
             participants: to_json(&c.participants)?,
             message_count,
             unread_count,
+            last_inbound_ts: None,
         }
         .save(t)?;
         add_counter(t, CONVERSATIONS_COUNTER, 1)?;
@@ -661,7 +743,7 @@ impl Store for SqliteStore {
                      ORDER BY ts DESC, id DESC LIMIT ?4",
                 )?
                 .query_map(params![id, before, before_id, page.limit], |r| r.get::<_, String>(0))?
-                .map(|doc| from_json(&doc?))
+                .map(|doc| from_json(&doc?).map(Message::with_media_url))
                 .collect::<rusqlite::Result<_>>()?;
             newest_first.reverse();
             Ok(newest_first)
@@ -718,6 +800,51 @@ impl Store for SqliteStore {
                 delete.execute([id])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>> {
+        let id = conversation_id.to_owned();
+        self.run(move |t| {
+            Ok(SummaryRow::load(t, &id)?
+                .map(|row| row.conversation())
+                .transpose()?)
+        })
+        .await
+    }
+
+    async fn due_sends(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<QueuedSend>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |t| {
+            let docs: Vec<String> = t
+                .prepare_cached("SELECT doc FROM sends WHERE due <= ?1 ORDER BY due LIMIT ?2")?
+                .query_map(params![now.timestamp_millis(), limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(docs
+                .iter()
+                .map(|d| from_json(d))
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn update_send(
+        &self,
+        send: &QueuedSend,
+        expected_due: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let send = send.clone();
+        self.run(move |t| {
+            let updated = t
+                .prepare_cached("UPDATE sends SET due = ?2, doc = ?3 WHERE id = ?1 AND due = ?4")?
+                .execute(params![
+                    send.id,
+                    send.due.timestamp_millis(),
+                    to_json(&send)?,
+                    expected_due.timestamp_millis()
+                ])?;
+            Ok(updated == 1)
         })
         .await
     }

@@ -256,7 +256,10 @@ fn build_message(
         referral: message.referral.map(storable),
         errors: message.errors.map(storable),
         status_timestamps,
-    })
+        client_message_id: None,
+        media_url: None,
+    }
+    .with_media_url())
 }
 
 /// Deepest nesting kept from WhatsApp's objects; MongoDB refuses documents

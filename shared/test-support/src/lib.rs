@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
+pub mod graph;
+
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the tests with scripts/test.sh, which starts the servers")

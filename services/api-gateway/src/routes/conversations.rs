@@ -57,6 +57,9 @@ pub struct MarkedRead {
     conversation_id: String,
     /// Messages that changed from `received` to `read`.
     updated: usize,
+    /// WhatsApp was told (blue ticks for the customer): the newest of
+    /// them was marked read there.
+    read_receipt: bool,
 }
 
 /// `POST /api/conversations/{id}/read`: the business has read the
@@ -69,15 +72,28 @@ pub async fn mark_read(
     Path(conversation_id): Path<String>,
 ) -> Result<Json<MarkedRead>, ApiError> {
     check_conversation_id(&conversation_id)?;
-    let events = state
+    let (events, newest) = state
         .processor
         .mark_read(&conversation_id, chrono::Utc::now())
         .await
         .map_err(store_failure)?;
     // Into the event log, so every replica's sockets hear about it.
     state.relay.relay(&events).await;
+    // WhatsApp marks the earlier messages read with the newest. Read here
+    // either way: a receipt that did not go through is only logged.
+    let mut read_receipt = false;
+    if let (Some(graph), Some(newest)) = (&state.graph, newest) {
+        match graph.mark_read(&newest.message_id).await {
+            Ok(()) => read_receipt = true,
+            Err(e) => tracing::warn!(
+                message_id = %newest.message_id, error = %e,
+                "WhatsApp was not told the conversation was read"
+            ),
+        }
+    }
     Ok(Json(MarkedRead {
         conversation_id,
         updated: events.len(),
+        read_receipt,
     }))
 }

@@ -1,30 +1,50 @@
-//! `POST /api/messages`: the business sends a text.
+//! `POST /api/messages`: the business sends a message. It is stored, with
+//! its send queued for WhatsApp in the same commit, and answered at once;
+//! the processor's sender sends it (see `shared::sender`).
 
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
-use shared::broker::{BrokerError, Ingest};
-use shared::domain::{Message, is_conversation_id};
+use sha2::{Digest, Sha256};
+use shared::domain::{
+    BUSINESS_USER_NAME, Conversation, Direction, Message, PENDING, QueuedSend, conversation_id,
+    is_conversation_id,
+};
 use shared::http::ApiError;
+use shared::outbound::Draft;
 
 use super::store_failure;
 use crate::ApiState;
 
-/// Longest text WhatsApp sends.
-const MAX_TEXT_CHARS: usize = 4096;
-
-/// Request body: `{conversationId, message}` or the frontend's
-/// `{conversationId, from, to, body, userName}`.
+/// Request body: `{conversationId, message}` (or the frontend's
+/// `{conversationId, from, to, body, userName}`), or one of `template`,
+/// `reaction`, `image`, `document`, `audio`, `video` instead of the text.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // documents the accepted body; parsing is by hand for precise errors
 pub struct SendMessage {
-    /// `conv_<digits>`
+    /// `conv_<customer's WhatsApp id>`
     conversation_id: String,
     /// The text, 1 to 4096 characters (`body` is accepted instead).
     message: Option<String>,
     body: Option<String>,
+    /// The id of the message replied to (or `context: {messageId}`).
+    reply_to: Option<String>,
+    /// `{name, language: {code}, components}`: the only kind allowed for a
+    /// first message or outside the 24-hour customer service window.
+    #[schema(value_type = Option<Object>)]
+    template: Option<Value>,
+    /// `{messageId, emoji}` (an empty emoji removes the reaction).
+    #[schema(value_type = Option<Object>)]
+    reaction: Option<Value>,
+    /// `{link}` or `{id}` (from `POST /api/media`), with `caption`;
+    /// likewise `document` (with `filename`), `audio`, `video`.
+    #[schema(value_type = Option<Object>)]
+    image: Option<Value>,
+    /// The client's own id for the message: sending the same id again
+    /// returns the first message (as does the `Idempotency-Key` header).
+    client_message_id: Option<String>,
     /// The business number; defaults to the conversation's.
     from: Option<String>,
     /// Must be the conversation's customer if given.
@@ -33,15 +53,23 @@ pub struct SendMessage {
     user_name: Option<String>,
 }
 
-/// Validates, hands the message to the processor through JetStream, and
-/// answers 201 once it is stored (202 if the processor is slower than
-/// `SEND_TIMEOUT_MS`: it is durable and will be stored).
+/// Longest `Idempotency-Key`.
+const MAX_KEY_CHARS: usize = 255;
+
+/// Stores the message (`pending`, its send queued; `sent` when WhatsApp is
+/// not configured) and answers 201 with it; a repeated `Idempotency-Key`
+/// answers 200 with the first message.
 #[utoipa::path(post, path = "/api/messages", tag = "messages", request_body = SendMessage,
-    responses((status = 201, body = Message, description = "stored"),
-              (status = 202, body = Message, description = "accepted durably, not stored yet"),
-              (status = 400, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
+    params(("Idempotency-Key" = Option<String>, Header, description = "the same key returns the first message instead of sending again")),
+    responses((status = 201, body = Message, description = "stored, and queued for WhatsApp"),
+              (status = 200, body = Message, description = "sent before with this Idempotency-Key"),
+              (status = 400, body = crate::openapi::ErrorBody),
+              (status = 404, body = crate::openapi::ErrorBody, description = "no such conversation (a first message must be a template)"),
+              (status = 422, body = crate::openapi::ErrorBody, description = "outside the 24-hour window, or the key was used for another message"),
+              (status = 503, body = crate::openapi::ErrorBody, description = "not stored")))]
 pub async fn send(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
     let Json(body) = body.map_err(|e| match e.status() {
@@ -54,55 +82,120 @@ pub async fn send(
     let Value::Object(fields) = body else {
         return Err(ApiError::bad_request("body must be a JSON object"));
     };
-    let request = validate(&fields)?;
-    let wa_id = request.conversation_id.trim_start_matches("conv_");
-    let from = match request.from {
-        Some(from) => from,
-        None => business_number(&state, &request.conversation_id).await?,
-    };
-    let message_id = format!("local.{}", uuid::Uuid::now_v7().simple());
-    let message = Message::outbound_text(
-        message_id.clone(),
-        wa_id,
-        from,
-        request.text,
-        chrono::Utc::now(),
-    );
+    let request = validate(&fields, &headers)?;
+    let wa_id = request
+        .conversation_id
+        .trim_start_matches("conv_")
+        .to_owned();
+    let local_id = local_id(request.key.as_deref());
 
-    let pending = state.pending_sends.register(&message_id);
-    let bytes = serde_json::to_vec(&message)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    state
-        .queue
-        .enqueue(Ingest::Send, &message_id, bytes.into())
-        .await
-        .map_err(|e| match e {
-            BrokerError::TooLarge(e) | BrokerError::Unavailable(e) => {
-                ApiError::unavailable_because("the message queue is unavailable, retry later", &e)
-            }
-        })?;
-    if pending.stored(state.send_timeout).await {
-        return Ok((StatusCode::CREATED, Json(message)));
-    }
-    // The event may have gone to a subscription that was reconnecting.
-    match state
-        .store
-        .message(&message_id)
-        .await
-        .map_err(store_failure)?
+    if request.key.is_some()
+        && let Some(first) = state
+            .store
+            .message(&local_id)
+            .await
+            .map_err(store_failure)?
     {
-        Some(stored) => Ok((StatusCode::CREATED, Json(stored))),
-        None => Ok((StatusCode::ACCEPTED, Json(message))),
+        return replay(first, &request);
     }
+
+    let conversation = state
+        .store
+        .conversation(&request.conversation_id)
+        .await
+        .map_err(store_failure)?;
+    check_window(&state, conversation.as_ref(), &request)?;
+    let mut draft = request.draft.clone();
+    for id in draft.referenced_id_mut() {
+        // A message of ours named by its local id: WhatsApp knows it by its own.
+        if id.starts_with("local.")
+            && let Some(message) = state.store.message(id).await.map_err(store_failure)?
+        {
+            *id = message.message_id;
+        }
+    }
+    let from = request
+        .from
+        .clone()
+        .or_else(|| {
+            conversation
+                .as_ref()
+                .and_then(|c| c.participants.iter().find(|p| **p != wa_id).cloned())
+        })
+        .unwrap_or_default();
+    let now = now();
+    let status = if state.graph.is_some() {
+        PENDING
+    } else {
+        "sent"
+    };
+    let message = Message {
+        id: local_id.clone(),
+        message_id: local_id.clone(),
+        client_message_id: Some(request.key.clone().unwrap_or_else(|| local_id.clone())),
+        conversation_id: conversation_id(&wa_id),
+        wa_id: wa_id.clone(),
+        from,
+        to: wa_id.clone(),
+        timestamp: now,
+        kind: draft.kind.clone(),
+        body: draft.body.clone(),
+        status: status.to_owned(),
+        user_name: BUSINESS_USER_NAME.to_owned(),
+        direction: Direction::Outbound,
+        contact_name: None,
+        phone_number_id: state.graph.as_ref().map(|g| g.phone_number_id().to_owned()),
+        content: Some(draft.content.clone()),
+        context: draft
+            .reply_to
+            .as_ref()
+            .map(|id| serde_json::json!({"id": id})),
+        referral: None,
+        errors: None,
+        status_timestamps: [(status.to_owned(), now)].into(),
+        media_url: None,
+    };
+    let send = state.graph.is_some().then(|| QueuedSend {
+        id: local_id.clone(),
+        conversation_id: message.conversation_id.clone(),
+        request: draft.request(&wa_id, &local_id),
+        due: now,
+        queued_at: Some(now),
+        attempts: 0,
+        wamid: None,
+        last_error: None,
+    });
+    let events = state
+        .processor
+        .send(send.as_ref(), &message)
+        .await
+        .map_err(store_failure)?;
+    // Into the event log, so every replica's sockets hear about it.
+    state.relay.relay(&events).await;
+    if events.is_empty() {
+        // Stored before: a concurrent request with the same key won.
+        if let Some(first) = state
+            .store
+            .message(&local_id)
+            .await
+            .map_err(store_failure)?
+        {
+            return replay(first, &request);
+        }
+    }
+    Ok((StatusCode::CREATED, Json(message)))
 }
 
+/// A checked request.
 struct Validated {
     conversation_id: String,
-    text: String,
+    draft: Draft,
     from: Option<String>,
+    /// `Idempotency-Key` or `clientMessageId`.
+    key: Option<String>,
 }
 
-fn validate(fields: &Map<String, Value>) -> Result<Validated, ApiError> {
+fn validate(fields: &Map<String, Value>, headers: &HeaderMap) -> Result<Validated, ApiError> {
     let string = |name: &str| -> Result<Option<String>, ApiError> {
         match fields.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -117,18 +210,7 @@ fn validate(fields: &Map<String, Value>) -> Result<Validated, ApiError> {
             "conversationId must look like conv_<digits>",
         ));
     }
-    let text = match (string("message")?, string("body")?) {
-        (Some(text), _) | (None, Some(text)) => text,
-        (None, None) => return Err(ApiError::bad_request("message is required (or body)")),
-    };
-    if text.trim().is_empty() {
-        return Err(ApiError::bad_request("message must not be empty"));
-    }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "message must be at most {MAX_TEXT_CHARS} characters"
-        )));
-    }
+    let draft = Draft::from_body(fields).map_err(|e| ApiError::bad_request(e.0))?;
     let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
     if let Some(to) = string("to")?
         && digits(&to) != conversation_id.trim_start_matches("conv_")
@@ -141,31 +223,110 @@ fn validate(fields: &Map<String, Value>) -> Result<Validated, ApiError> {
     let from = string("from")?
         .map(|f| digits(&f))
         .filter(|f| !f.is_empty());
+    let header = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
+                .to_owned(),
+        ),
+    };
+    let body_key = string("clientMessageId")?;
+    let key = match (header, body_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::bad_request(
+                "Idempotency-Key and clientMessageId differ",
+            ));
+        }
+        (h, b) => h.or(b),
+    };
+    if let Some(key) = &key
+        && (key.trim().is_empty()
+            || key.chars().count() > MAX_KEY_CHARS
+            || key.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable characters"
+        )));
+    }
     Ok(Validated {
         conversation_id,
-        text,
+        draft,
         from,
+        key,
     })
 }
 
-/// The business number the conversation has used so far, if any.
-async fn business_number(state: &ApiState, conversation_id: &str) -> Result<String, ApiError> {
-    let recent = state
-        .store
-        .messages(
-            conversation_id,
-            shared::domain::Page {
-                limit: 1,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(store_failure)?;
-    Ok(recent
-        .first()
-        .map(|m| match m.direction {
-            shared::domain::Direction::Outbound => m.from.clone(),
-            shared::domain::Direction::Inbound => m.to.clone(),
-        })
-        .unwrap_or_default())
+/// The message's key: derived from the client's key, so a retry finds it
+/// (whatever the key's characters); else new.
+fn local_id(key: Option<&str>) -> String {
+    match key {
+        Some(key) => format!(
+            "local.{}",
+            &hex::encode(Sha256::digest(key.as_bytes()))[..32]
+        ),
+        None => format!("local.{}", uuid::Uuid::now_v7().simple()),
+    }
+}
+
+/// A repeated request: the first message, if the request is the same.
+fn replay(first: Message, request: &Validated) -> Result<(StatusCode, Json<Message>), ApiError> {
+    let same = first.conversation_id == request.conversation_id
+        && first.kind == request.draft.kind
+        && first.body == request.draft.body;
+    if !same {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was used for another message",
+        ));
+    }
+    Ok((StatusCode::OK, Json(first)))
+}
+
+/// A first message needs a conversation or a template; with WhatsApp
+/// configured, free-form messages need the customer service window open.
+fn check_window(
+    state: &ApiState,
+    conversation: Option<&Conversation>,
+    request: &Validated,
+) -> Result<(), ApiError> {
+    let free_form = request.draft.needs_open_window();
+    let Some(conversation) = conversation else {
+        if free_form {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no conversation {}: the first message to a customer must be a template",
+                    request.conversation_id
+                ),
+            ));
+        }
+        let wa_id = request.conversation_id.trim_start_matches("conv_");
+        if !(7..=15).contains(&wa_id.len()) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "a new conversation needs the customer's WhatsApp id (their number with country code, 7 to 15 digits)",
+            ));
+        }
+        return Ok(());
+    };
+    if free_form
+        && state.graph.is_some()
+        && conversation
+            .window_expires_at
+            .is_none_or(|closes| closes <= now())
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "outside the 24-hour customer service window (the customer's last message is older, or there is none): only a template can be sent",
+        ));
+    }
+    Ok(())
+}
+
+/// Now, to the millisecond (what every store keeps).
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis())
+        .unwrap_or_default()
 }

@@ -28,8 +28,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/messages", post(messages::send))
         .route("/api/stats", get(stats::stats))
         .route("/api/events", get(events::list))
+        .route("/api/media/{media_id}", get(crate::media::download))
         .route("/api/openapi.json", get(crate::openapi::document))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        // Files are larger than any other request.
+        .route(
+            "/api/media",
+            post(crate::media::upload).layer(axum::extract::DefaultBodyLimit::max(
+                state.media.upload_limit(),
+            )),
+        )
         .with_state(state)
 }
 

@@ -44,6 +44,26 @@ pub async fn spawn_stack(replicas: usize) -> Stack {
 
 /// [`spawn_stack`] with extra arguments for the api-gateways.
 pub async fn spawn_stack_with(replicas: usize, api_args: &[&str]) -> Stack {
+    spawn_stack_configured(replicas, api_args, &[]).await
+}
+
+/// The arguments that make a service talk to `graph` (a fake Graph API).
+pub fn graph_args(graph: &test_support::graph::FakeGraph) -> Vec<String> {
+    graph
+        .env()
+        .into_iter()
+        .map(|(name, value)| format!("--{}={value}", name.to_lowercase().replace('_', "-")))
+        .chain(["--graph-timeout-secs=1".to_owned()])
+        .collect()
+}
+
+/// [`spawn_stack`] with extra arguments for the api-gateways and for the
+/// processor.
+pub async fn spawn_stack_configured(
+    replicas: usize,
+    api_args: &[&str],
+    processor_args: &[String],
+) -> Stack {
     let namespace = test_support::unique_name("api");
     let uri = test_support::mongodb_uri(&namespace);
     let shutdown = CancellationToken::new();
@@ -58,13 +78,11 @@ pub async fn spawn_stack_with(replicas: usize, api_args: &[&str]) -> Stack {
     let webhook = format!("http://127.0.0.1:{}", gateway.port());
     tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
 
-    let processor = processor::Application::build(processor::Config::parse_from(args(
-        "processor",
-        &namespace,
-        Some(&uri),
-    )))
-    .await
-    .unwrap();
+    let mut args_of_processor = args("processor", &namespace, Some(&uri));
+    args_of_processor.extend(processor_args.iter().cloned());
+    let processor = processor::Application::build(processor::Config::parse_from(args_of_processor))
+        .await
+        .unwrap();
     tokio::spawn(processor.run_until_stopped(shutdown.clone()));
 
     let mut api = Vec::new();
@@ -84,7 +102,7 @@ pub async fn spawn_stack_with(replicas: usize, api_args: &[&str]) -> Stack {
         js.get_stream(names.webhook_stream()).await.is_ok()
     })
     .await;
-    Stack {
+    let stack = Stack {
         webhook,
         api,
         names,
@@ -92,7 +110,19 @@ pub async fn spawn_stack_with(replicas: usize, api_args: &[&str]) -> Stack {
         db: test_support::mongo_database(&namespace).await,
         http: reqwest::Client::new(),
         shutdown,
-    }
+    };
+    // A conversation of the business's own: free-form messages into a
+    // conversation need one to exist (its first message is a template).
+    let (status, opened) = stack
+        .post(
+            0,
+            "/api/messages",
+            serde_json::json!({"conversationId": MARKER,
+                "template": {"name": "marker", "language": {"code": "en"}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{opened}");
+    stack
 }
 
 impl Stack {
@@ -166,4 +196,6 @@ impl Stack {
 }
 
 pub const RAVI: &str = "conv_919937320320";
+/// A conversation every stack has (for markers), apart from the samples'.
+pub const MARKER: &str = "conv_15550000001";
 pub const NEHA: &str = "conv_929967673820";

@@ -10,3 +10,4 @@ mod realtime;
 mod rest;
 mod resume;
 mod send;
+mod whatsapp;

@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_support::SocketClient;
 
-use crate::helpers::{NEHA, RAVI, spawn_stack};
+use crate::helpers::{MARKER, NEHA, RAVI, spawn_stack};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -25,7 +25,7 @@ async fn clients_on_either_replica_get_every_event_exactly_once() {
         .post(0, &format!("/api/conversations/{RAVI}/read"), json!({}))
         .await;
     assert_eq!(read["updated"], 1);
-    stack.send(0, "conv_1", "marker").await;
+    stack.send(0, MARKER, "marker").await;
 
     for client in [&mut polling, &mut websocket] {
         let events = client.events_until_marker("marker").await;
@@ -87,13 +87,13 @@ async fn a_client_can_narrow_its_stream_to_some_conversations() {
     let stack = spawn_stack(1).await;
     let mut client = SocketClient::connect(&stack.api[0], "websocket").await;
     let subscribed = client
-        .emit_with_ack("subscribe", json!([RAVI, "conv_1"]))
+        .emit_with_ack("subscribe", json!([RAVI, MARKER]))
         .await;
     assert_eq!(subscribed.as_array().map(Vec::len), Some(2), "{subscribed}");
 
     stack.load_samples().await;
     stack.send(0, NEHA, "not for this client").await;
-    stack.send(0, "conv_1", "marker").await;
+    stack.send(0, MARKER, "marker").await;
     let events = client.events_until_marker("marker").await;
     assert!(
         events.iter().all(|(_, d)| d["conversationId"] == RAVI),
@@ -106,9 +106,9 @@ async fn a_client_can_narrow_its_stream_to_some_conversations() {
     );
 
     let remaining = client.emit_with_ack("unsubscribe", json!([RAVI])).await;
-    assert_eq!(remaining, json!(["conv_1"]));
+    assert_eq!(remaining, json!([MARKER]));
     stack.send(0, RAVI, "after unsubscribing").await;
-    stack.send(0, "conv_1", "second marker").await;
+    stack.send(0, MARKER, "second marker").await;
     assert!(client.events_until_marker("second marker").await.is_empty());
 
     assert_eq!(

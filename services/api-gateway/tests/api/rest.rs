@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{NEHA, RAVI, spawn_stack};
+use crate::helpers::{MARKER, NEHA, RAVI, spawn_stack};
 
 #[tokio::test]
 async fn conversations_are_listed_newest_first_with_their_summaries() {
@@ -9,8 +9,8 @@ async fn conversations_are_listed_newest_first_with_their_summaries() {
     let (status, list) = stack.get(0, "/api/conversations").await;
     assert_eq!(status, 200);
     let list = list.as_array().unwrap();
-    assert_eq!(list.len(), 2);
-    let (neha, ravi) = (&list[0], &list[1]);
+    assert_eq!(list.len(), 3, "the samples' two and the stack's own");
+    let (neha, ravi) = (&list[1], &list[2]);
     assert_eq!(
         neha["conversationId"], NEHA,
         "Neha's conversation has the newest message"
@@ -38,7 +38,7 @@ async fn conversations_are_listed_newest_first_with_their_summaries() {
     );
 
     let (_, page) = stack.get(0, "/api/conversations?limit=1").await;
-    assert_eq!(page[0]["conversationId"], NEHA);
+    assert_eq!(page[0]["conversationId"], MARKER, "written to just now");
     let (_, older) = stack
         .get(
             0,
@@ -148,7 +148,10 @@ async fn marking_a_conversation_read_clears_its_unread_count_once() {
         .await;
     assert_eq!(
         (status, body),
-        (200, json!({"conversationId": RAVI, "updated": 1}))
+        (
+            200,
+            json!({"conversationId": RAVI, "updated": 1, "readReceipt": false})
+        )
     );
     let (_, again) = stack
         .post(0, &format!("/api/conversations/{RAVI}/read"), json!({}))
@@ -178,8 +181,10 @@ async fn stats_count_messages_per_status() {
     assert_eq!(
         stats,
         json!({
-            "totalMessages": 4, "totalConversations": 2, "inbound": 2, "outbound": 2,
-            "statusBreakdown": {"received": 2, "sent": 0, "delivered": 1, "read": 1, "played": 0, "failed": 0},
+            // The samples, and the stack's own first message (stored only:
+            // WhatsApp is not configured).
+            "totalMessages": 5, "totalConversations": 3, "inbound": 2, "outbound": 3,
+            "statusBreakdown": {"received": 2, "pending": 0, "sent": 1, "delivered": 1, "read": 1, "played": 0, "failed": 0},
             "rejectedItems": 0
         })
     );

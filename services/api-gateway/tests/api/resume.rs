@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_support::SocketClient;
 
-use crate::helpers::{RAVI, spawn_stack, spawn_stack_with};
+use crate::helpers::{MARKER, RAVI, spawn_stack, spawn_stack_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -42,7 +42,7 @@ async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() 
     let mut resuming =
         SocketClient::connect_with(&stack.api[0], "websocket", json!({"resume": true})).await;
     stack.load_samples().await;
-    stack.send(0, "conv_1", "before").await;
+    stack.send(0, MARKER, "before").await;
     let seen = resuming.events_until_marker("before").await;
     assert!(!seen.is_empty());
 
@@ -71,7 +71,7 @@ async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() 
     resuming.reconnect().await;
     load.await.unwrap();
     stack.drained().await;
-    stack.send(1, "conv_1", "after").await;
+    stack.send(1, MARKER, "after").await;
 
     let reference = steady.events_until_marker("after").await;
     let resumed = resuming.events_until_marker("after").await;
@@ -101,21 +101,25 @@ async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() 
 async fn resuming_keeps_the_narrowed_stream_and_a_forgotten_seq_means_resync() {
     let stack = spawn_stack(1).await;
     stack.load_samples().await;
-    stack.send(0, "conv_1", "marker").await;
+    stack.send(0, MARKER, "marker").await;
     // From the start of the log, only Ravi's conversation.
     let mut narrowed = SocketClient::connect_with(
         &stack.api[0],
         "websocket",
-        json!({"auth": {"lastSeq": 0, "subscribe": [RAVI, "conv_1"]}}),
+        json!({"auth": {"lastSeq": 0, "subscribe": [RAVI, MARKER]}}),
     )
     .await;
     let events = narrowed.events_until_marker("marker").await;
     assert_eq!(
         events.len(),
-        3,
-        "Ravi's two messages and his status: {events:?}"
+        4,
+        "the stack's first message, Ravi's two messages and his status: {events:?}"
     );
-    assert!(events.iter().all(|(_, d)| d["conversationId"] == RAVI));
+    assert!(
+        events
+            .iter()
+            .all(|(_, d)| d["conversationId"] == RAVI || d["conversationId"] == MARKER)
+    );
 
     // Events the log no longer keeps: resync, then live events.
     let (status, all) = stack.get(0, "/api/events?after=0&limit=1000").await;
@@ -140,7 +144,7 @@ async fn resuming_keeps_the_narrowed_stream_and_a_forgotten_seq_means_resync() {
     let (name, data) = late.next_event(WAIT).await;
     assert_eq!(name, "resync");
     assert!(data["reason"].is_string());
-    stack.send(0, "conv_1", "live").await;
+    stack.send(0, MARKER, "live").await;
     let (name, data) = late.next_event(WAIT).await;
     assert_eq!(
         (name.as_str(), data["body"].as_str()),
@@ -166,7 +170,7 @@ async fn resuming_keeps_the_narrowed_stream_and_a_forgotten_seq_means_resync() {
     .await;
     let (name, _) = made_up.next_event(WAIT).await;
     assert_eq!(name, "resync");
-    stack.send(0, "conv_1", "after resync").await;
+    stack.send(0, MARKER, "after resync").await;
     let (name, data) = made_up.next_event(WAIT).await;
     assert_eq!(
         (name.as_str(), data["body"].as_str()),
@@ -181,7 +185,11 @@ async fn the_event_log_is_served_over_rest() {
     let (status, all) = stack.get(0, "/api/events").await;
     assert_eq!(status, 200);
     let all = all.as_array().unwrap().clone();
-    assert_eq!(all.len(), 6, "4 messages and 2 status updates: {all:?}");
+    assert_eq!(
+        all.len(),
+        7,
+        "the stack's first message, 4 messages and 2 status updates: {all:?}"
+    );
     let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
     assert!(
@@ -195,7 +203,7 @@ async fn the_event_log_is_served_over_rest() {
         .await;
     assert_eq!(page, json!(all[2..4]));
     let (_, none) = stack
-        .get(0, &format!("/api/events?after={}", seqs[5]))
+        .get(0, &format!("/api/events?after={}", seqs[seqs.len() - 1]))
         .await;
     assert_eq!(none, json!([]));
     for bad in ["after=-1", "after=x", "limit=0", "limit=1001"] {
@@ -212,7 +220,7 @@ async fn subscribing_with_only_invalid_ids_changes_nothing() {
         .emit_with_ack("subscribe", json!(["not-a-conversation", "conv_x"]))
         .await;
     assert_eq!(subscribed, json!(["*"]), "still everything");
-    stack.send(0, "conv_1", "still here").await;
+    stack.send(0, MARKER, "still here").await;
     let (_, data) = client.next_event(WAIT).await;
     assert_eq!(data["body"], "still here");
 }
@@ -239,6 +247,7 @@ async fn a_client_slower_than_the_events_catches_up_and_misses_none() {
         "messages": messages
     }}]}]});
     stack.post_webhook(burst.to_string().as_bytes()).await;
+    stack.drained().await;
     stack
         .send(0, &format!("conv_{customer}"), "after the burst")
         .await;

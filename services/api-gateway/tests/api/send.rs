@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{RAVI, spawn_stack};
+use crate::helpers::{MARKER, RAVI, spawn_stack};
 
 #[tokio::test]
 async fn a_sent_message_is_stored_and_readable_on_any_replica_at_once() {
@@ -47,7 +47,7 @@ async fn a_sent_message_is_stored_and_readable_on_any_replica_at_once() {
 #[tokio::test]
 async fn the_frontends_body_is_accepted_too() {
     let stack = spawn_stack(1).await;
-    let body = json!({"conversationId": "conv_447700900123", "from": "918329446654", "to": "447700900123", "body": "Hello!", "userName": "Business"});
+    let body = json!({"conversationId": MARKER, "from": "918329446654", "to": "15550000001", "body": "Hello!", "userName": "Business"});
     let (status, sent) = stack.post(0, "/api/messages", body).await;
     assert_eq!(status, 201, "{sent}");
     assert_eq!(
@@ -55,9 +55,9 @@ async fn the_frontends_body_is_accepted_too() {
         (Some("Hello!"), Some("918329446654"))
     );
     let (_, messages) = stack
-        .get(0, "/api/conversations/conv_447700900123/messages")
+        .get(0, &format!("/api/conversations/{MARKER}/messages"))
         .await;
-    assert_eq!(messages[0]["messageId"], sent["messageId"]);
+    assert_eq!(messages[1]["messageId"], sent["messageId"]);
 }
 
 #[tokio::test]
@@ -114,12 +114,13 @@ async fn bad_sends_are_400_naming_the_field_and_store_nothing() {
         .post(
             0,
             "/api/messages",
-            json!({"conversationId": RAVI, "message": exactly_4096}),
+            json!({"conversationId": MARKER, "message": exactly_4096}),
         )
         .await;
     assert_eq!(status, 201, "4096 characters (not bytes) are fine");
     assert_eq!(
         test_support::count(&stack.db, "processed_messages", mongodb::bson::doc! {}).await,
-        1
+        2,
+        "the conversation's first message, and that one"
     );
 }

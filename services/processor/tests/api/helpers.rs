@@ -39,6 +39,7 @@ pub fn processor_config(namespace: &str, database: &str) -> Config {
         },
         ack_wait_secs: 3,
         limits: Default::default(),
+        graph: Default::default(),
         nats: NatsConfig {
             nats_url: test_support::nats_url(),
             nats_namespace: namespace.into(),

@@ -1,10 +1,12 @@
 //! Reading what a batch needs, and applying change sets, on MongoDB.
 //!
 //! A change set becomes a few write commands, each carrying many
-//! statements (one round trip each), in four steps:
+//! statements (one round trip each), in these steps:
+//! 0. sends to queue (a send whose message is missing is dropped by the
+//!    sender, so a send stopped before step 1 is never sent);
 //! 1. raw payloads, new messages, status updates, parked statuses;
 //! 2. conversation summaries and counters, stats counters, unparking;
-//! 3. settling the messages;
+//! 3. settling the messages, dropping finished sends;
 //! 4. dropping the journal entries.
 //!
 //! On a replica set the four steps are one transaction (majority write
@@ -21,12 +23,13 @@ use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::{ClientSession, Collection};
 
 use super::documents::{
-    JOURNAL, SETTLED, journal_from_document, last_fields, message_from_document,
-    message_to_document, name_fields, store_error, summary_from_document, to_bson_date,
+    JOURNAL, LAST_INBOUND, SETTLED, journal_from_document, last_fields, message_from_document,
+    message_to_document, name_fields, send_document, store_error, summary_from_document,
+    to_bson_date,
 };
 use super::{
-    CONVERSATIONS, MESSAGES, MongoStore, OUTBOX, PAYLOADS, PENDING_STATUSES, REJECTED, STATS,
-    stats_id,
+    CONVERSATIONS, MESSAGES, MongoStore, OUTBOX, PAYLOADS, PENDING_STATUSES, REJECTED, SENDS,
+    STATS, stats_id,
 };
 use crate::domain::{Event, RECEIVED, StatusChange};
 use crate::error::Error;
@@ -51,7 +54,7 @@ impl MongoStore {
                 message_ids,
                 conversation_ids,
             } => (
-                (!message_ids.is_empty()).then(|| doc! {"_id": {"$in": message_ids}}),
+                (!message_ids.is_empty()).then(|| doc! {"messageId": {"$in": message_ids}}),
                 (!message_ids.is_empty()).then(|| doc! {"messageId": {"$in": message_ids}}),
                 conversation_ids.clone(),
             ),
@@ -133,6 +136,7 @@ impl MongoStore {
         let filter = (!ids.is_empty()).then(|| doc! {"_id": {"$in": ids}});
         let projection = doc! {
             "sortKey": 1, "lastMessageId": 1, "lastStatusRank": 1, "nameKey": 1, JOURNAL: 1,
+            LAST_INBOUND: 1,
         };
         find(self.collection(CONVERSATIONS), filter, Some(projection)).await
     }
@@ -352,6 +356,17 @@ fn first_failure(results: Vec<StoreResult<()>>) -> StoreResult<()> {
 
 /// The change set's write commands, step by step (empty ones left out).
 fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
+    let mut queue = Vec::new();
+    if !changes.enqueue.is_empty() {
+        let statements = changes
+            .enqueue
+            .iter()
+            .map(|send| {
+                Ok(doc! {"q": {"_id": &send.id}, "u": {"$setOnInsert": send_document(send)?}, "upsert": true})
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        queue.push(update(SENDS, statements, Expect::Anything));
+    }
     let mut first = Vec::new();
     let archived = changes.payloads.iter().map(|p| {
         doc! {
@@ -454,6 +469,15 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
             .collect();
         third.push(update(MESSAGES, statements, Expect::Anything));
     }
+    if !changes.dequeue.is_empty() {
+        third.push(Write {
+            command: doc! {
+                "delete": SENDS,
+                "deletes": [{"q": {"_id": {"$in": &changes.dequeue}}, "limit": 0}],
+            },
+            expect: Expect::Anything,
+        });
+    }
 
     let mut fourth = Vec::new();
     let mut cleanups: BTreeMap<&Counter, Vec<(&str, &str)>> = BTreeMap::new();
@@ -484,7 +508,7 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
             fourth.push(update(collection, statements, Expect::Anything));
         }
     }
-    Ok([first, second, third, fourth]
+    Ok([queue, first, second, third, fourth]
         .into_iter()
         .filter(|step| !step.is_empty())
         .collect())
@@ -579,6 +603,9 @@ fn message_updates(updates: &[Update]) -> StoreResult<Option<Write>> {
             "status": &m.status,
             "statusRank": crate::domain::status_rank(&m.status).unwrap_or(0),
         };
+        if update.renamed_from.is_some() {
+            set.insert("messageId", &m.message_id);
+        }
         for status in &update.new_times {
             if let Some(at) = m.status_timestamps.get(status) {
                 set.insert(format!("statusTimestamps.{status}"), to_bson_date(*at));
@@ -591,8 +618,8 @@ fn message_updates(updates: &[Update]) -> StoreResult<Option<Write>> {
             .iter_mut()
             .find(|(rank, s, _)| *rank == update.expected_rank && *s == set)
         {
-            Some((_, _, ids)) => ids.push(&m.message_id),
-            None => groups.push((update.expected_rank, set, vec![&m.message_id])),
+            Some((_, _, ids)) => ids.push(&m.id),
+            None => groups.push((update.expected_rank, set, vec![&m.id])),
         }
     }
     let statements = groups
@@ -696,6 +723,9 @@ fn conversation_statements(
         if let Some(name) = &change.name {
             set.extend(name_fields(name));
         }
+        if let Some(at) = change.last_inbound {
+            set.insert(LAST_INBOUND, to_bson_date(at));
+        }
         let filter = doc! {"sortKey": {"$exists": false}};
         must.extend(counter_statements(
             &id,
@@ -740,9 +770,26 @@ fn conversation_statements(
         }
     }
     if let Some(moved) = &change.last_status {
+        let mut set = doc! {"lastMessageStatus": &moved.status, "lastStatusRank": moved.rank};
+        let shown_as = match &moved.renamed_from {
+            // Shown under its old id until now: the new id and its key.
+            Some(old) => {
+                set.insert("lastMessageId", &moved.message_id);
+                set.insert("sortKey", &moved.key);
+                vec![&moved.message_id, old]
+            }
+            None => vec![&moved.message_id],
+        };
         forward.push(doc! {
-            "q": {"_id": &id, "lastMessageId": &moved.message_id, "lastStatusRank": {"$lt": moved.rank}},
-            "u": {"$set": {"lastMessageStatus": &moved.status, "lastStatusRank": moved.rank}},
+            "q": {"_id": &id, "lastMessageId": {"$in": shown_as}, "lastStatusRank": {"$lt": moved.rank}},
+            "u": {"$set": set},
+        });
+    }
+    if let Some(at) = change.last_inbound {
+        let at = to_bson_date(at);
+        forward.push(doc! {
+            "q": {"_id": &id, "$or": [{LAST_INBOUND: {"$lt": at}}, {LAST_INBOUND: {"$exists": false}}]},
+            "u": {"$set": {LAST_INBOUND: at}},
         });
     }
 }
@@ -773,6 +820,9 @@ mod tests {
                     status: "read".to_owned(),
                     conversation_id: "conv_1".to_owned(),
                     timestamp: chrono::DateTime::UNIX_EPOCH,
+                    client_message_id: None,
+                    previous_message_id: None,
+                    errors: None,
                 })
             })
             .collect();

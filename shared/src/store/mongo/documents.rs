@@ -16,6 +16,8 @@ use crate::store::StoreResult;
 pub const SETTLED: &str = "settled";
 /// Field of a counter document holding its journal.
 pub const JOURNAL: &str = "journal";
+/// Field of a summary holding the time of the customer's newest message.
+pub const LAST_INBOUND: &str = "lastInboundAt";
 
 /// The stored form of a message: the API shape, with BSON dates and the
 /// numeric status rank the forward-only updates compare.
@@ -30,6 +32,26 @@ pub fn message_to_document(message: &Message) -> StoreResult<Document> {
     document.insert("statusTimestamps", times);
     document.insert("statusRank", status_rank(&message.status).unwrap_or(0));
     Ok(document)
+}
+
+/// A queued send: the send as JSON text (Graph request bodies may hold
+/// keys BSON cannot), and its due time in milliseconds, which senders
+/// query and claim it by.
+pub fn send_document(send: &crate::domain::QueuedSend) -> StoreResult<Document> {
+    let text = serde_json::to_string(send)
+        .map_err(|e| Error::rejected(format!("cannot store a send: {e}")))?;
+    Ok(doc! {
+        "conversationId": &send.conversation_id,
+        "due": send.due.timestamp_millis(),
+        "send": text,
+    })
+}
+
+pub fn send_from_document(d: &Document) -> StoreResult<crate::domain::QueuedSend> {
+    let text = d
+        .get_str("send")
+        .map_err(|e| Error::rejected(format!("queued send unreadable: {e}")))?;
+    serde_json::from_str(text).map_err(|e| Error::rejected(format!("queued send unreadable: {e}")))
 }
 
 /// Reads a stored message back into the API shape.
@@ -50,7 +72,10 @@ pub fn message_from_document(mut document: Document) -> StoreResult<Message> {
     document.insert("timestamp", timestamp.to_rfc3339());
     document.remove("statusRank");
     document.remove(SETTLED);
-    bson::from_document(document).map_err(store_error)
+    // Stored before media messages carried their URL: derived on reading.
+    bson::from_document::<Message>(document)
+        .map(Message::with_media_url)
+        .map_err(store_error)
 }
 
 /// The summary fields showing a last message.
@@ -102,6 +127,10 @@ pub fn conversation_from_document(d: &Document) -> Conversation {
                     .collect()
             })
             .unwrap_or_default(),
+        window_expires_at: d
+            .get(LAST_INBOUND)
+            .and_then(date_from_bson)
+            .map(|at| at + crate::domain::SERVICE_WINDOW),
     }
 }
 
@@ -116,6 +145,7 @@ pub fn summary_from_document(d: &Document) -> Summary {
             .and_then(|r| i32::try_from(r).ok())
             .unwrap_or(0),
         name_key: d.get_str("nameKey").unwrap_or_default().to_owned(),
+        last_inbound: d.get(LAST_INBOUND).and_then(date_from_bson),
         journal: journal_from_document(d),
     }
 }

@@ -5,8 +5,9 @@
 //! (two counts per conversation) and counted the stats on every request.
 //! Version 2 keeps counters: summaries get theirs recomputed once, the
 //! stats documents get the totals, and every message is marked settled.
-//! Each step sets absolute values, so a migration that stopped half-way
-//! simply runs again.
+//! Version 3 keeps, in each summary, the time of the customer's newest
+//! message (WhatsApp's 24-hour window). Each step sets absolute values, so
+//! a migration that stopped half-way simply runs again.
 
 use futures::TryStreamExt;
 use mongodb::Database;
@@ -19,7 +20,7 @@ use crate::plan::counts::Counts;
 use crate::store::StoreResult;
 
 const SCHEMA: &str = "schema";
-const CURRENT: i64 = 2;
+const CURRENT: i64 = 3;
 
 /// True when the data is in the current schema (or there is none yet).
 pub async fn is_current(db: &Database) -> StoreResult<bool> {
@@ -46,7 +47,8 @@ async fn version(db: &Database) -> StoreResult<i64> {
 }
 
 pub async fn to_current(db: &Database) -> StoreResult<()> {
-    if version(db).await? >= CURRENT {
+    let from = version(db).await?;
+    if from >= CURRENT {
         return Ok(());
     }
     let messages = db.collection::<Document>(MESSAGES);
@@ -56,10 +58,14 @@ pub async fn to_current(db: &Database) -> StoreResult<()> {
         .map_err(store_error)?
         .is_some()
     {
-        tracing::info!("migrating MongoDB data to schema {CURRENT}: counters and settled messages");
-        settle_all(db).await?;
-        recount_conversations(db).await?;
-        recount_stats(db).await?;
+        if from < 2 {
+            tracing::info!("migrating MongoDB data to schema 2: counters and settled messages");
+            settle_all(db).await?;
+            recount_conversations(db).await?;
+            recount_stats(db).await?;
+        }
+        tracing::info!("migrating MongoDB data to schema 3: customer service windows");
+        note_last_inbound(db).await?;
     }
     // Version 1 found unread messages by status; now by what was counted.
     let _ = messages.drop_index("conversationId_1_status_1").await;
@@ -132,6 +138,39 @@ async fn recount_conversations(db: &Database) -> StoreResult<()> {
             )
             .await
             .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// Each summary's time of its customer's newest message (one indexed
+/// query per conversation, once).
+async fn note_last_inbound(db: &Database) -> StoreResult<()> {
+    let conversations = db.collection::<Document>(CONVERSATIONS);
+    let ids: Vec<Document> = conversations
+        .find(doc! {super::documents::LAST_INBOUND: {"$exists": false}})
+        .projection(doc! {"_id": 1})
+        .await
+        .map_err(store_error)?
+        .try_collect()
+        .await
+        .map_err(store_error)?;
+    for id in ids.iter().filter_map(|d| d.get_str("_id").ok()) {
+        let newest = db
+            .collection::<Document>(MESSAGES)
+            .find_one(doc! {"conversationId": id, "direction": "inbound"})
+            .sort(doc! {"timestamp": -1})
+            .projection(doc! {"timestamp": 1})
+            .await
+            .map_err(store_error)?;
+        if let Some(at) = newest.as_ref().and_then(|m| m.get("timestamp")) {
+            conversations
+                .update_one(
+                    doc! {"_id": id},
+                    doc! {"$set": {super::documents::LAST_INBOUND: at.clone()}},
+                )
+                .await
+                .map_err(store_error)?;
+        }
     }
     Ok(())
 }

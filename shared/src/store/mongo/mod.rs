@@ -1,7 +1,9 @@
 //! The MongoDB store (MongoDB 6+).
 //!
-//! Collections: `processed_messages` (one document per WhatsApp message,
-//! `_id` = `messageId`), `conversations` (summaries with their counters),
+//! Collections: `processed_messages` (one document per message, `_id` =
+//! `messageId` except for messages sent through the API, which keep their
+//! local id as `_id` when `messageId` becomes WhatsApp's), `sends` (the
+//! messages waiting to be sent through WhatsApp), `conversations` (summaries with their counters),
 //! `stats` (the deployment's counters, in [`STATS_SHARDS`] documents),
 //! `pending_statuses` (statuses that arrived before their message),
 //! `webhook_payloads` (raw bodies), `rejected_items` (malformed webhook
@@ -25,7 +27,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
 use super::{Store, StoreError, StoreResult, conversations_before};
-use crate::domain::{Conversation, Event, Message, Page, Stats};
+use crate::domain::{Conversation, Event, Message, Page, QueuedSend, Stats};
 use crate::plan::counts::Counts;
 use crate::plan::{ChangeSet, Known, Lookup, PARKED_STATUS_TTL, STATS_SHARDS};
 use documents::{
@@ -43,6 +45,7 @@ pub const PAYLOADS: &str = "webhook_payloads";
 pub const META: &str = "meta";
 pub const OUTBOX: &str = "outbox";
 pub const REJECTED: &str = "rejected_items";
+pub const SENDS: &str = "sends";
 
 /// `_id` of a stats counter document.
 pub fn stats_id(shard: u32) -> String {
@@ -200,6 +203,10 @@ impl MongoStore {
             .create_index(IndexModel::builder().keys(doc! {"at": 1, "n": 1}).build())
             .await
             .map_err(store_error)?;
+        self.collection(SENDS)
+            .create_index(IndexModel::builder().keys(doc! {"due": 1}).build())
+            .await
+            .map_err(store_error)?;
         // The stats documents exist from the start: counter changes are
         // guarded updates, never upserts.
         let shards: Vec<Document> = (0..STATS_SHARDS)
@@ -290,10 +297,57 @@ impl Store for MongoStore {
     async fn message(&self, message_id: &str) -> StoreResult<Option<Message>> {
         let found = self
             .collection(MESSAGES)
-            .find_one(doc! {"_id": message_id})
+            .find_one(doc! {"$or": [{"messageId": message_id}, {"_id": message_id}]})
             .await
             .map_err(store_error)?;
         found.map(message_from_document).transpose()
+    }
+
+    async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>> {
+        let found = self
+            .collection(CONVERSATIONS)
+            .find_one(doc! {"_id": conversation_id})
+            .projection(doc! {documents::JOURNAL: 0})
+            .await
+            .map_err(store_error)?;
+        Ok(found.as_ref().map(conversation_from_document))
+    }
+
+    async fn due_sends(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<QueuedSend>> {
+        let documents: Vec<Document> = self
+            .collection(SENDS)
+            .find(doc! {"due": {"$lte": now.timestamp_millis()}})
+            .sort(doc! {"due": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        documents
+            .iter()
+            .map(documents::send_from_document)
+            .collect()
+    }
+
+    async fn update_send(
+        &self,
+        send: &QueuedSend,
+        expected_due: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<bool> {
+        let updated = self
+            .collection(SENDS)
+            .update_one(
+                doc! {"_id": &send.id, "due": expected_due.timestamp_millis()},
+                doc! {"$set": documents::send_document(send)?},
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(updated.matched_count == 1)
     }
 
     /// The stats documents summed, and the numbers of summaries and

@@ -1,0 +1,555 @@
+//! Sending through WhatsApp, against a fake Graph API that checks every
+//! request the way Meta documents it: the send, its retries and failures,
+//! the wamid and later statuses, read receipts, media, idempotency and the
+//! 24-hour window.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use test_support::SocketClient;
+use test_support::graph::{FakeGraph, PHONE_NUMBER_ID, Recorded, Reply, TOKEN};
+
+use crate::helpers::{RAVI, Stack, graph_args, spawn_stack_configured};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn stack_with(graph: &FakeGraph, replicas: usize) -> Stack {
+    let args = graph_args(graph);
+    let media = std::env::temp_dir().join(test_support::unique_name("media"));
+    let mut api_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let media_arg = format!("--media-cache-dir={}", media.display());
+    api_args.push(&media_arg);
+    let stack = spawn_stack_configured(replicas, &api_args, &args).await;
+    // The stack's own first message goes out before a test scripts replies.
+    let marker = crate::helpers::MARKER
+        .trim_start_matches("conv_")
+        .to_owned();
+    graph
+        .wait_for("the stack's first message", WAIT, |r| {
+            r.iter()
+                .any(|r| r.body["to"] == marker.as_str() && r.wamid.is_some())
+        })
+        .await;
+    stack
+}
+
+/// A customer's message sent just now: it opens the 24-hour window.
+fn inbound_now(customer: &str, id: &str, kind: Value) -> Vec<u8> {
+    let mut message = json!({"from": customer, "id": id,
+        "timestamp": chrono::Utc::now().timestamp().to_string()});
+    if let Value::Object(fields) = kind {
+        message.as_object_mut().unwrap().extend(fields);
+    }
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
+        "contacts": [{"wa_id": customer, "profile": {"name": "Customer"}}],
+        "messages": [message]
+    }}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+fn status_webhook(customer: &str, wamid: &str, status: &str) -> Vec<u8> {
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
+        "statuses": [{"id": wamid, "status": status, "recipient_id": customer,
+            "timestamp": chrono::Utc::now().timestamp().to_string()}]
+    }}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// A customer who wrote just now.
+async fn customer_wrote(stack: &Stack, customer: &str) -> String {
+    let id = format!("wamid.in.{customer}.{}", uuid::Uuid::now_v7().simple());
+    stack
+        .post_webhook(&inbound_now(
+            customer,
+            &id,
+            json!({"type": "text", "text": {"body": "hello?"}}),
+        ))
+        .await;
+    stack.drained().await;
+    id
+}
+
+/// The next `statusUpdate` the client receives.
+async fn next_status(client: &mut SocketClient) -> Value {
+    loop {
+        let (name, data) = client.next_event(WAIT).await;
+        if name == "statusUpdate" {
+            return data;
+        }
+    }
+}
+
+fn sends_to(graph: &FakeGraph, customer: &str) -> Vec<Recorded> {
+    graph
+        .sends()
+        .into_iter()
+        .filter(|r| r.body["to"] == customer)
+        .collect()
+}
+
+/// The conversation's message with this `clientMessageId`, once `done`
+/// holds for it.
+async fn message_when(
+    stack: &Stack,
+    conversation: &str,
+    client_id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, messages) = stack
+            .get(0, &format!("/api/conversations/{conversation}/messages"))
+            .await;
+        let message = messages
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["clientMessageId"] == client_id)
+            .cloned();
+        match message {
+            Some(m) if done(&m) => return m,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "the message did not change as expected: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_goes_to_whatsapp_once_takes_its_wamid_and_later_statuses_reach_clients() {
+    let graph = FakeGraph::start().await;
+    let stack = stack_with(&graph, 2).await;
+    let customer = "447700900101";
+    let conversation = format!("conv_{customer}");
+    customer_wrote(&stack, customer).await;
+    let mut client = SocketClient::connect(&stack.api[1], "websocket").await;
+
+    let (status, sent) = stack
+        .post(
+            0,
+            "/api/messages",
+            json!({"conversationId": conversation, "message": "Your order has shipped"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    assert_eq!(sent["status"], "pending");
+    let local = sent["messageId"].as_str().unwrap().to_owned();
+    let client_id = sent["clientMessageId"].as_str().unwrap().to_owned();
+    assert!(local.starts_with("local."), "{local}");
+
+    let done = message_when(&stack, &conversation, &client_id, |m| m["status"] == "sent").await;
+    let requests = sends_to(&graph, customer);
+    assert_eq!(requests.len(), 1, "exactly one request: {requests:#?}");
+    let request = &requests[0];
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        (
+            "POST",
+            format!("/v23.0/{PHONE_NUMBER_ID}/messages").as_str()
+        )
+    );
+    assert_eq!(
+        request.authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_eq!(
+        request.body,
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": customer,
+               "type": "text", "text": {"body": "Your order has shipped"},
+               "biz_opaque_callback_data": local})
+    );
+    let wamid = request.wamid.clone().unwrap();
+    assert_eq!(done["messageId"], wamid, "the message takes WhatsApp's id");
+
+    let update = next_status(&mut client).await;
+    assert_eq!(
+        (
+            &update["messageId"],
+            &update["status"],
+            &update["previousMessageId"]
+        ),
+        (&json!(wamid), &json!("sent"), &json!(local))
+    );
+
+    // Meta's later statuses for that wamid apply to it.
+    stack
+        .post_webhook(&status_webhook(customer, &wamid, "delivered"))
+        .await;
+    stack
+        .post_webhook(&status_webhook(customer, &wamid, "read"))
+        .await;
+    let read = message_when(&stack, &conversation, &client_id, |m| m["status"] == "read").await;
+    assert_eq!(read["messageId"], wamid);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let update = next_status(&mut client).await;
+        assert_eq!(update["messageId"], wamid);
+        seen.push(update["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ["delivered", "read"]);
+    let (_, list) = stack.get(0, "/api/conversations").await;
+    let summary = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conversationId"] == conversation)
+        .unwrap();
+    assert_eq!(
+        (&summary["lastMessageId"], &summary["lastMessageStatus"]),
+        (&json!(wamid), &json!("read"))
+    );
+    assert!(graph.invalid().is_empty(), "{:#?}", graph.invalid());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_500_is_retried_and_the_message_ends_sent() {
+    let graph = FakeGraph::start().await;
+    let stack = stack_with(&graph, 1).await;
+    let customer = "447700900102";
+    customer_wrote(&stack, customer).await;
+    graph.script([Reply::ServerError]);
+    let (status, sent) = stack
+        .post(
+            0,
+            "/api/messages",
+            json!({"conversationId": format!("conv_{customer}"), "message": "retry me"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    let client_id = sent["clientMessageId"].as_str().unwrap();
+    let done = message_when(&stack, &format!("conv_{customer}"), client_id, |m| {
+        m["status"] == "sent"
+    })
+    .await;
+    let requests = sends_to(&graph, customer);
+    let answers: Vec<u16> = requests.iter().map(|r| r.answer_status).collect();
+    assert_eq!(answers, [500, 200], "one retry");
+    assert_eq!(requests[0].body, requests[1].body);
+    assert_eq!(done["messageId"], json!(requests[1].wamid));
+    assert!(done.get("errors").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_error_fails_the_message_with_whatsapps_error() {
+    let graph = FakeGraph::start().await;
+    let stack = stack_with(&graph, 1).await;
+    let customer = "447700900103";
+    customer_wrote(&stack, customer).await;
+    let mut client = SocketClient::connect(&stack.api[0], "websocket").await;
+    graph.script([Reply::ReEngagement131047]);
+    let (_, sent) = stack
+        .post(
+            0,
+            "/api/messages",
+            json!({"conversationId": format!("conv_{customer}"), "message": "too late"}),
+        )
+        .await;
+    let client_id = sent["clientMessageId"].as_str().unwrap();
+    let failed = message_when(&stack, &format!("conv_{customer}"), client_id, |m| {
+        m["status"] == "failed"
+    })
+    .await;
+    assert_eq!(failed["errors"][0]["code"], 131047, "{failed}");
+    assert!(
+        failed["errors"][0]["title"]
+            .as_str()
+            .unwrap()
+            .contains("Re-engagement"),
+        "{failed}"
+    );
+    assert_eq!(sends_to(&graph, customer).len(), 1, "not retried");
+    let update = loop {
+        let update = next_status(&mut client).await;
+        if update["status"] == "failed" {
+            break update;
+        }
+    };
+    assert_eq!(update["errors"][0]["code"], 131047);
+    assert_eq!(update["clientMessageId"], client_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_conversation_marks_its_newest_message_read_at_whatsapp() {
+    let graph = FakeGraph::start().await;
+    let stack = stack_with(&graph, 1).await;
+    let customer = "447700900104";
+    customer_wrote(&stack, customer).await;
+    let newest = customer_wrote(&stack, customer).await;
+    let (status, read) = stack
+        .post(
+            0,
+            &format!("/api/conversations/conv_{customer}/read"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(
+        (&read["updated"], &read["readReceipt"]),
+        (&json!(2), &json!(true))
+    );
+    assert_eq!(graph.reads(), [newest]);
+    // Nothing new to read: WhatsApp is not told again.
+    let (_, again) = stack
+        .post(
+            0,
+            &format!("/api/conversations/conv_{customer}/read"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(again["readReceipt"], false);
+    assert_eq!(graph.reads().len(), 1);
+    assert!(graph.invalid().is_empty(), "{:#?}", graph.invalid());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_media_are_served_with_their_type_and_downloaded_once() {
+    let graph = FakeGraph::start().await;
+    let stack = stack_with(&graph, 1).await;
+    let bytes: Vec<u8> = (0..50_000u32).map(|n| (n % 251) as u8).collect();
+    graph.add_media("1049270186254541", &bytes, "image/jpeg");
+    let customer = "447700900105";
+    stack
+        .post_webhook(&inbound_now(
+            customer,
+            "wamid.photo.1",
+            json!({"type": "image", "image": {"id": "1049270186254541", "mime_type": "image/jpeg",
+                    "sha256": "abc", "caption": "the damage"}}),
+        ))
+        .await;
+    stack.drained().await;
+    let (_, messages) = stack
+        .get(0, &format!("/api/conversations/conv_{customer}/messages"))
+        .await;
+    assert_eq!(messages[0]["mediaUrl"], "/api/media/1049270186254541");
+
+    for _ in 0..2 {
+        let response = stack
+            .http
+            .get(format!("{}/api/media/1049270186254541", stack.api[0]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "image/jpeg");
+        assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    }
+    assert_eq!(
+        graph.downloads("1049270186254541"),
+        1,
+        "the second came from the cache"
+    );
+    let (status, error) = stack.get(0, "/api/media/404404404").await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = stack.get(0, "/api/media/..%2Fetc").await;
+    assert_eq!(status, 400, "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_file_is_sent_by_its_id() {
+    let graph = FakeGraph::start().await;
+    let stack = stack_with(&graph, 1).await;
+    let customer = "447700900106";
+    customer_wrote(&stack, customer).await;
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"%PDF-1.4 invoice".to_vec())
+            .file_name("invoice.pdf")
+            .mime_str("application/pdf")
+            .unwrap(),
+    );
+    let response = stack
+        .http
+        .post(format!("{}/api/media", stack.api[0]))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uploads = graph.uploads();
+    assert_eq!(
+        (
+            uploads[0].0.as_str(),
+            uploads[0].1.as_str(),
+            uploads[0].3.as_slice()
+        ),
+        (
+            id.as_str(),
+            "application/pdf",
+            b"%PDF-1.4 invoice".as_slice()
+        )
+    );
+    let (status, sent) = stack
+        .post(
+            0,
+            "/api/messages",
+            json!({"conversationId": format!("conv_{customer}"),
+                   "document": {"id": id, "caption": "Your invoice", "filename": "invoice.pdf"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    graph
+        .wait_for("the document", WAIT, |r| {
+            r.iter()
+                .any(|r| r.body["to"] == customer && r.wamid.is_some())
+        })
+        .await;
+    let request = sends_to(&graph, customer).remove(0);
+    assert_eq!(
+        request.body["document"],
+        json!({"id": id, "caption": "Your invoice", "filename": "invoice.pdf"})
+    );
+    assert!(graph.invalid().is_empty(), "{:#?}", graph.invalid());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_idempotency_key_returns_the_first_message_and_sends_once() {
+    let graph = FakeGraph::start().await;
+    let stack = stack_with(&graph, 2).await;
+    let customer = "447700900107";
+    customer_wrote(&stack, customer).await;
+    let post = |replica: usize, body: Value| {
+        let http = stack.http.clone();
+        let url = format!("{}/api/messages", stack.api[replica]);
+        async move {
+            let response = http
+                .post(url)
+                .header("Idempotency-Key", "order-4711-confirmation")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let body =
+        json!({"conversationId": format!("conv_{customer}"), "message": "Order 4711 confirmed"});
+    let (first_status, first) = post(0, body.clone()).await;
+    assert_eq!(first_status, 201, "{first}");
+    let (again_status, again) = post(1, body.clone()).await;
+    assert_eq!(again_status, 200, "{again}");
+    assert_eq!(again["_id"], first["_id"]);
+    assert_eq!(again["clientMessageId"], "order-4711-confirmation");
+    let (other_status, other) = post(
+        0,
+        json!({"conversationId": format!("conv_{customer}"), "message": "something else"}),
+    )
+    .await;
+    assert_eq!(other_status, 422, "{other}");
+
+    message_when(
+        &stack,
+        &format!("conv_{customer}"),
+        "order-4711-confirmation",
+        |m| m["status"] == "sent",
+    )
+    .await;
+    // Retried after it was sent: still the one message, not sent again.
+    let (_, late) = post(0, body).await;
+    assert_eq!(late["status"], "sent");
+    assert_eq!(sends_to(&graph, customer).len(), 1);
+    let (_, messages) = stack
+        .get(0, &format!("/api/conversations/conv_{customer}/messages"))
+        .await;
+    assert_eq!(messages.as_array().unwrap().len(), 2, "{messages}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_the_window_only_templates_go_and_first_messages_need_one() {
+    let graph = FakeGraph::start().await;
+    let stack = stack_with(&graph, 1).await;
+    // The samples' customers last wrote long ago.
+    stack.load_samples().await;
+    let (_, list) = stack.get(0, "/api/conversations").await;
+    let ravi = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conversationId"] == RAVI)
+        .unwrap()
+        .clone();
+    let closes: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(ravi["windowExpiresAt"].clone()).unwrap();
+    assert!(closes < chrono::Utc::now(), "{ravi}");
+    let (status, error) = stack
+        .post(
+            0,
+            "/api/messages",
+            json!({"conversationId": RAVI, "message": "hi"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{error}");
+    assert!(error["error"].as_str().unwrap().contains("24-hour"));
+    let template = json!({"name": "order_update", "language": {"code": "en_US"},
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "4711"}]}]});
+    let (status, sent) = stack
+        .post(
+            0,
+            "/api/messages",
+            json!({"conversationId": RAVI, "template": template}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+
+    // A customer never written to: a free-form message is refused, a
+    // template opens the conversation.
+    let (status, error) = stack
+        .post(
+            0,
+            "/api/messages",
+            json!({"conversationId": "conv_447700900999", "message": "hi"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = stack
+        .post(
+            0,
+            "/api/messages",
+            json!({"conversationId": "conv_12", "template": template}),
+        )
+        .await;
+    assert_eq!(status, 422, "{error}");
+    let (status, opened) = stack
+        .post(
+            0,
+            "/api/messages",
+            json!({"conversationId": "conv_447700900999", "template": template}),
+        )
+        .await;
+    assert_eq!(status, 201, "{opened}");
+    graph
+        .wait_for("both templates", WAIT, |r| {
+            ["919937320320", "447700900999"]
+                .iter()
+                .all(|to| r.iter().any(|r| r.body["to"] == *to && r.wamid.is_some()))
+        })
+        .await;
+    let request = sends_to(&graph, "447700900999").remove(0);
+    assert_eq!(request.body["type"], "template");
+    assert_eq!(request.body["template"], template);
+    let (_, list) = stack.get(0, "/api/conversations").await;
+    let new = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conversationId"] == "conv_447700900999")
+        .unwrap()
+        .clone();
+    assert_eq!(new["userName"], "+447700900999", "{new}");
+    assert!(new["windowExpiresAt"].is_null(), "{new}");
+    assert!(graph.invalid().is_empty(), "{:#?}", graph.invalid());
+}

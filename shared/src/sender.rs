@@ -1,0 +1,229 @@
+//! The sender: sends the queued messages through WhatsApp's Cloud API and
+//! stores what WhatsApp answered. Runs in every processor (and in the
+//! all-in-one); replicas share the queue.
+//!
+//! A send is claimed by moving its due time forward by a lease: only one
+//! sender's guarded update can move it from the time it read. WhatsApp's
+//! id is noted on the send the moment WhatsApp accepts it, before the
+//! outcome is stored with its events; a sender that finds a send with an
+//! id (its first sender stopped in between) stores the outcome without
+//! sending again. A send is sent twice only if a sender stops between
+//! WhatsApp's answer and that one write, or WhatsApp's answer is lost.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{PENDING, QueuedSend};
+use crate::graph::Graph;
+use crate::outbound::{MAX_ATTEMPTS, backoff};
+use crate::plan::SendOutcome;
+use crate::processing::Processor;
+use crate::relay::Relay;
+use crate::store::StoreResult;
+
+/// How often an idle sender looks for due sends.
+const POLL: Duration = Duration::from_millis(250);
+/// A send whose message is not stored after this long was not stored at
+/// all (the request that queued it failed); it is dropped.
+const ORPHAN_AGE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// Conversations sent to at once; within one, sends go in order.
+const CONVERSATIONS_AT_ONCE: usize = 8;
+
+pub struct Sender {
+    processor: Processor,
+    relay: Relay,
+    graph: Graph,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    /// How long a claimed send is left to its sender.
+    lease: chrono::TimeDelta,
+}
+
+impl Sender {
+    pub fn new(processor: Processor, relay: Relay, graph: Graph, timeout: Duration) -> Self {
+        let rate = NonZeroU32::new(graph.send_rate()).unwrap_or(NonZeroU32::MIN);
+        // Claims per round are bounded by the rate, so a claimed send waits
+        // about a second for its turn, then at most `timeout` for WhatsApp.
+        let lease = chrono::TimeDelta::from_std(timeout.saturating_mul(2) + Duration::from_secs(2))
+            .unwrap_or(chrono::TimeDelta::seconds(30));
+        Self {
+            processor,
+            relay,
+            graph,
+            limiter: Arc::new(RateLimiter::direct(Quota::per_second(rate))),
+            lease,
+        }
+    }
+
+    /// Sends until `cancel`; the sends in hand are finished first.
+    pub async fn run(self, cancel: CancellationToken) {
+        tracing::info!(
+            phone_number_id = self.graph.phone_number_id(),
+            rate = self.graph.send_rate(),
+            "sending queued messages through the WhatsApp Cloud API"
+        );
+        while !cancel.is_cancelled() {
+            let sent = match self.round().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the send queue; retrying");
+                    0
+                }
+            };
+            if sent == 0 {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
+        }
+    }
+
+    /// Claims the sends due now (a second's worth at the send rate) and
+    /// sends them; returns how many were claimed.
+    async fn round(&self) -> StoreResult<usize> {
+        let now = now();
+        let store = self.processor.store();
+        let due = store
+            .due_sends(now, self.graph.send_rate().max(1) as usize)
+            .await?;
+        let mut claimed: BTreeMap<String, Vec<QueuedSend>> = BTreeMap::new();
+        let mut n = 0;
+        for send in due {
+            let mut claim = send.clone();
+            claim.due = now + self.lease;
+            if store.update_send(&claim, send.due).await? {
+                n += 1;
+                claimed
+                    .entry(claim.conversation_id.clone())
+                    .or_default()
+                    .push(claim);
+            }
+        }
+        futures::stream::iter(claimed.into_values())
+            .for_each_concurrent(CONVERSATIONS_AT_ONCE, |sends| async move {
+                for send in sends {
+                    if let Err(e) = self.send(send).await {
+                        // Left claimed: tried again when the lease runs out.
+                        tracing::warn!(error = %e, "send not finished; retried later");
+                    }
+                }
+            })
+            .await;
+        Ok(n)
+    }
+
+    /// Sends one claimed send and stores the outcome.
+    async fn send(&self, mut send: QueuedSend) -> StoreResult<()> {
+        if let Some(wamid) = send.wamid.clone() {
+            // Accepted by WhatsApp before its sender stopped.
+            let outcome = SendOutcome::Accepted { wamid, at: now() };
+            return self.finish(&send, &outcome).await;
+        }
+        let store = self.processor.store();
+        match store.message(&send.id).await? {
+            Some(message) if message.status == PENDING => {}
+            Some(_) => return self.finish(&send, &SendOutcome::Dropped).await,
+            None if now() - queued_at(&send) > ORPHAN_AGE => {
+                tracing::warn!(id = %send.id, "dropping a send whose message was never stored");
+                return self.finish(&send, &SendOutcome::Dropped).await;
+            }
+            None => {
+                // Its message may be being stored right now.
+                let claimed = send.due;
+                send.due = now() + chrono::TimeDelta::seconds(1);
+                store.update_send(&send, claimed).await?;
+                return Ok(());
+            }
+        }
+        self.limiter.until_ready().await;
+        send.attempts += 1;
+        let claimed = send.due;
+        match self.graph.send(&send.request).await {
+            Ok(wamid) => {
+                metrics::counter!("messages_sent_total").increment(1);
+                send.wamid = Some(wamid.clone());
+                self.note(&send, claimed).await;
+                let outcome = SendOutcome::Accepted { wamid, at: now() };
+                self.finish(&send, &outcome).await
+            }
+            Err(e) if e.retry && send.attempts < MAX_ATTEMPTS => {
+                metrics::counter!("send_retries_total").increment(1);
+                let wait = backoff(send.attempts, jitter(&send.id, send.attempts));
+                tracing::info!(id = %send.id, attempt = send.attempts, error = %e, ?wait, "WhatsApp did not take the message; trying again");
+                send.last_error = Some(e.to_string());
+                send.due = now() + chrono::TimeDelta::from_std(wait).unwrap_or_default();
+                store.update_send(&send, claimed).await.map(drop)
+            }
+            Err(e) => {
+                metrics::counter!("send_failures_total").increment(1);
+                tracing::warn!(id = %send.id, error = %e, "WhatsApp refused the message");
+                let outcome = SendOutcome::Refused {
+                    errors: e.to_errors(),
+                    at: now(),
+                };
+                self.finish(&send, &outcome).await
+            }
+        }
+    }
+
+    /// Notes WhatsApp's id on the send: a few tries, since a sender that
+    /// stops before this write or the outcome's would send it again.
+    async fn note(&self, send: &QueuedSend, claimed: DateTime<Utc>) {
+        let mut send = send.clone();
+        send.due = claimed;
+        for attempt in 1..=5u32 {
+            match self.processor.store().update_send(&send, claimed).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "cannot note WhatsApp's id yet");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+            }
+        }
+    }
+
+    /// Stores the outcome (the message's new state and its events, the
+    /// send dropped from the queue) and relays the events.
+    async fn finish(&self, send: &QueuedSend, outcome: &SendOutcome) -> StoreResult<()> {
+        let events = self.processor.send_outcome(send, outcome).await?;
+        self.relay.relay(&events).await;
+        Ok(())
+    }
+}
+
+/// Now, to the millisecond: due times are compared at that precision.
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default()
+}
+
+/// When the send was queued (sends queued without the time: their due time).
+fn queued_at(send: &QueuedSend) -> DateTime<Utc> {
+    send.queued_at.unwrap_or(send.due)
+}
+
+/// A number in 0..1, different per send and attempt.
+fn jitter(id: &str, attempt: u32) -> f64 {
+    let hash = RandomState::new().hash_one((id, attempt));
+    (hash % 10_000) as f64 / 10_000.0
+}
+
+/// Says at startup whether messages go to WhatsApp.
+pub fn announce(graph: Option<&Graph>) {
+    match graph {
+        Some(graph) => tracing::info!(
+            phone_number_id = graph.phone_number_id(),
+            "messages are sent through the WhatsApp Cloud API"
+        ),
+        None => tracing::info!(
+            "WHATSAPP_ACCESS_TOKEN is not set: messages are stored locally only, nothing is sent to WhatsApp"
+        ),
+    }
+}
