@@ -7,3 +7,4 @@ mod dead_letters;
 mod events;
 mod helpers;
 mod samples;
+mod sending;

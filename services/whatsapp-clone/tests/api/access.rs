@@ -40,7 +40,9 @@ fn is_error(body: &Value) -> bool {
 
 /// Every route of the API, with a body where it takes one.
 fn api_routes(url: &str, http: &reqwest::Client) -> Vec<(String, reqwest::RequestBuilder)> {
-    let message = json!({"conversationId": "conv_919937320320", "message": "hi"});
+    // A first message to a customer is a template.
+    let message = json!({"conversationId": "conv_919937320320",
+        "template": {"name": "hello_world", "language": {"code": "en_US"}}});
     vec![
         ("list".into(), http.get(format!("{url}/api/conversations"))),
         (
@@ -138,7 +140,7 @@ async fn with_tokens_only_a_good_token_opens_the_api_the_metrics_and_the_socket(
     }
     let sent = socket.next_of("event", Duration::from_secs(20)).await;
     assert_eq!(sent["event"], "newMessage", "{sent}");
-    assert_eq!(sent["data"]["body"], "hi");
+    assert_eq!(sent["data"]["body"], "[template: hello_world]");
     assert!(!std::fs::read_to_string(&log).unwrap().contains(TOKEN));
 }
 

@@ -177,3 +177,94 @@ async fn given_nats_and_mongodb_it_uses_them() {
         "the payloads went through JetStream"
     );
 }
+
+/// On the embedded store too: a reply is sent through WhatsApp, takes its
+/// wamid, and Meta's later status applies to it; the conversation shows it.
+#[tokio::test]
+async fn on_embedded_defaults_a_reply_goes_to_whatsapp_and_takes_its_statuses() {
+    use serde_json::json;
+    let graph = test_support::graph::FakeGraph::start().await;
+    let mut config = embedded_config(&temp_dir());
+    config.graph.whatsapp_access_token = Some(test_support::graph::TOKEN.to_owned());
+    config.graph.whatsapp_phone_number_id = Some(test_support::graph::PHONE_NUMBER_ID.to_owned());
+    config.graph.graph_api_url = graph.url();
+    let app = spawn(config).await;
+    let http = reqwest::Client::new();
+    let customer = "447700900201";
+    let webhook = |value: serde_json::Value| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
+            "value": value}]}]})
+        .to_string()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let inbound = webhook(json!({"metadata": {"display_phone_number": "15550783881"},
+        "contacts": [{"wa_id": customer, "profile": {"name": "Ada"}}],
+        "messages": [{"from": customer, "id": "wamid.ada.1", "timestamp": now, "type": "text", "text": {"body": "hi"}}]}));
+    let response = http
+        .post(format!("{}/webhook", app.url))
+        .body(inbound)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let messages_url = format!("{}/api/conversations/conv_{customer}/messages", app.url);
+    test_support::wait_until(
+        "the customer's message",
+        Duration::from_secs(20),
+        || async {
+            get_json(&messages_url)
+                .await
+                .as_array()
+                .is_some_and(|m| m.len() == 1)
+        },
+    )
+    .await;
+
+    let sent: serde_json::Value = http
+        .post(format!("{}/api/messages", app.url))
+        .json(&json!({"conversationId": format!("conv_{customer}"), "message": "Hello Ada", "replyTo": "wamid.ada.1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sent["status"], "pending", "{sent}");
+    graph
+        .wait_for("the reply", Duration::from_secs(20), |r| {
+            r.iter().any(|r| r.wamid.is_some())
+        })
+        .await;
+    let request = graph.sends().remove(0);
+    assert_eq!(
+        request.body["context"],
+        json!({"message_id": "wamid.ada.1"})
+    );
+    let wamid = request.wamid.unwrap();
+    test_support::wait_until(
+        "the reply to take its wamid",
+        Duration::from_secs(20),
+        || async { get_json(&messages_url).await[1]["messageId"] == wamid.as_str() },
+    )
+    .await;
+    let delivered = webhook(json!({"metadata": {"display_phone_number": "15550783881"},
+        "statuses": [{"id": wamid, "status": "delivered", "recipient_id": customer, "timestamp": now}]}));
+    http.post(format!("{}/webhook", app.url))
+        .body(delivered)
+        .send()
+        .await
+        .unwrap();
+    test_support::wait_until("delivered", Duration::from_secs(20), || async {
+        get_json(&messages_url).await[1]["status"] == "delivered"
+    })
+    .await;
+    let conversations = get_json(&format!("{}/api/conversations", app.url)).await;
+    assert_eq!(conversations[0]["lastMessageId"], wamid.as_str());
+    assert_eq!(conversations[0]["lastMessageStatus"], "delivered");
+    assert!(conversations[0]["windowExpiresAt"].is_string());
+    assert!(graph.invalid().is_empty(), "{:#?}", graph.invalid());
+}

@@ -42,7 +42,7 @@ async fn send_marker(url: &str, text: &str, stored: i64) {
     .await;
     let response = reqwest::Client::new()
         .post(format!("{url}/api/messages"))
-        .json(&json!({"conversationId": "conv_1", "message": text}))
+        .json(&json!({"conversationId": "conv_4471000000", "message": text}))
         .send()
         .await
         .unwrap();
