@@ -21,6 +21,7 @@ use crate::webhook::{self, Parsed, PayloadError};
 pub fn decode(kind: Ingest, body: &[u8]) -> Result<Parsed, PayloadError> {
     match kind {
         Ingest::Webhook => webhook::parse(body),
+        // Queued by an earlier version's API (the API now stores its sends).
         Ingest::Send => serde_json::from_slice::<Message>(body)
             .map(|message| Parsed {
                 messages: vec![message],

@@ -1,11 +1,11 @@
 //! api-gateway: the REST API and Socket.IO endpoint frontends use.
 //!
 //! Reads come straight from MongoDB (conversation summaries, a
-//! conversation's messages). Messages sent through the API are handed to
-//! the processor over JetStream, so the processor stays the only writer of
-//! new messages; marking a conversation read is a guarded status update
-//! done here, with the same processing rules (its events relayed to the
-//! event log like the processor's). Every replica reads the event log
+//! conversation's messages). A message sent through the API is stored
+//! here, with its send queued for the processor's sender in the same
+//! commit, and marking a conversation read is a guarded status update done
+//! here too: both with the same processing rules as the processor (their
+//! events relayed to the event log like the processor's). Every replica reads the event log
 //! (JetStream) and pushes it to its own Socket.IO clients, who can resume
 //! from the last `seq` they saw.
 
