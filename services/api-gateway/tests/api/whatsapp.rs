@@ -210,12 +210,17 @@ async fn a_text_goes_to_whatsapp_once_takes_its_wamid_and_later_statuses_reach_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graph_500_is_retried_and_the_message_ends_sent() {
+async fn throttling_and_a_graph_500_are_retried_and_the_message_ends_sent() {
     let graph = FakeGraph::start().await;
     let stack = stack_with(&graph, 1).await;
     let customer = "447700900102";
     customer_wrote(&stack, customer).await;
-    graph.script([Reply::ServerError]);
+    // Meta's throttling (130429, HTTP 429 and 400) and a server error.
+    graph.script([
+        Reply::RateLimit130429,
+        Reply::RateLimit130429Status400,
+        Reply::ServerError,
+    ]);
     let (status, sent) = stack
         .post(
             0,
@@ -231,9 +236,9 @@ async fn a_graph_500_is_retried_and_the_message_ends_sent() {
     .await;
     let requests = sends_to(&graph, customer);
     let answers: Vec<u16> = requests.iter().map(|r| r.answer_status).collect();
-    assert_eq!(answers, [500, 200], "one retry");
-    assert_eq!(requests[0].body, requests[1].body);
-    assert_eq!(done["messageId"], json!(requests[1].wamid));
+    assert_eq!(answers, [429, 400, 500, 200], "retried each time");
+    assert!(requests.iter().all(|r| r.body == requests[0].body));
+    assert_eq!(done["messageId"], json!(requests[3].wamid));
     assert!(done.get("errors").is_none());
 }
 
@@ -274,6 +279,33 @@ async fn a_permanent_error_fails_the_message_with_whatsapps_error() {
     };
     assert_eq!(update["errors"][0]["code"], 131047);
     assert_eq!(update["clientMessageId"], client_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_or_an_undeliverable_number_fails_the_message() {
+    let graph = FakeGraph::start().await;
+    let stack = stack_with(&graph, 1).await;
+    let customer = "447700900108";
+    customer_wrote(&stack, customer).await;
+    graph.script([Reply::ExpiredToken190, Reply::Undeliverable131026]);
+    let mut failed = Vec::new();
+    for text in ["first", "second"] {
+        let (_, sent) = stack
+            .post(
+                0,
+                "/api/messages",
+                json!({"conversationId": format!("conv_{customer}"), "message": text}),
+            )
+            .await;
+        let client_id = sent["clientMessageId"].as_str().unwrap().to_owned();
+        let message = message_when(&stack, &format!("conv_{customer}"), &client_id, |m| {
+            m["status"] == "failed"
+        })
+        .await;
+        failed.push(message["errors"][0]["code"].as_i64().unwrap());
+    }
+    assert_eq!(failed, [190, 131026]);
+    assert_eq!(sends_to(&graph, customer).len(), 2, "neither retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
