@@ -17,6 +17,62 @@ pub struct NatsConfig {
     /// Prefix of every subject and stream name, so deployments can share a server.
     #[arg(long, env = "NATS_NAMESPACE", default_value = "whatsapp")]
     pub nats_namespace: String,
+    #[command(flatten)]
+    pub streams: StreamSettings,
+}
+
+/// How the JetStream streams the services create are kept: copies on a
+/// cluster, and how much each holds. Every service that creates streams
+/// must be given the same settings.
+#[derive(Debug, Clone, Args)]
+pub struct StreamSettings {
+    /// Copies of every stream, consumer and body bucket on a NATS cluster
+    /// (1, 3 or 5, at most the cluster's size). Existing streams are moved
+    /// to it where NATS allows; where it does not, the service says so at
+    /// startup.
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+    /// Webhooks are kept this long, processed or not.
+    #[arg(long, env = "WEBHOOK_STREAM_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
+    pub webhook_stream_max_age_secs: u64,
+    /// Bytes the webhook stream holds at most (-1: as much as NATS's
+    /// storage has; NATS reserves a limit's bytes up front); when full, new
+    /// webhooks are refused (503: Meta retries them) until old ones age out.
+    #[arg(long, env = "WEBHOOK_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub webhook_stream_max_bytes: i64,
+    /// Events are kept this long for clients that resume.
+    #[arg(long, env = "EVENT_STREAM_MAX_AGE_SECS", default_value_t = 24 * 3600)]
+    pub event_stream_max_age_secs: u64,
+    /// Bytes of events kept at most (-1: no limit but their age); when
+    /// full, the oldest are dropped (a client resuming from before them is
+    /// told to resync).
+    #[arg(long, env = "EVENT_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub event_stream_max_bytes: i64,
+    /// Bytes of dead letters kept at most (-1: no limit but 30 days and
+    /// 100,000 of them); when full, payloads are not dead-lettered but
+    /// retried until there is room.
+    #[arg(long, env = "DEAD_LETTER_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub dead_letter_stream_max_bytes: i64,
+}
+
+/// The flags' defaults.
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            stream_replicas: 1,
+            webhook_stream_max_age_secs: 7 * 24 * 3600,
+            webhook_stream_max_bytes: -1,
+            event_stream_max_age_secs: 24 * 3600,
+            event_stream_max_bytes: -1,
+            dead_letter_stream_max_bytes: -1,
+        }
+    }
+}
+
+impl StreamSettings {
+    pub fn replicas(&self) -> usize {
+        usize::from(self.stream_replicas.max(1))
+    }
 }
 
 #[derive(Debug, Clone, Args)]

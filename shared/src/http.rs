@@ -160,6 +160,37 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Longest a service takes to stop after SIGTERM: past it, whatever it was
+/// finishing (a batch whose store is unreachable, a flush to a NATS server
+/// that is gone) is left to be redelivered, and the process exits.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs a service until SIGINT or SIGTERM, then gives it
+/// [`SHUTDOWN_GRACE`] to stop gracefully before exiting anyway.
+pub async fn run_until_signalled<F, Fut>(run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let token = shutdown_on_signals();
+    let mut running = tokio::spawn(run(token.clone()));
+    tokio::select! {
+        result = &mut running => return result?,
+        () = token.cancelled() => {}
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut running).await {
+        Ok(result) => result?,
+        Err(_) => {
+            tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "not stopped in time (NATS or MongoDB unreachable?): exiting; unfinished work is redelivered"
+            );
+            // Blocking tasks (SQLite, file I/O) would hold the runtime up.
+            std::process::exit(0);
+        }
+    }
+}
+
 /// A token cancelled on SIGINT or SIGTERM: the start of a graceful shutdown.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();

@@ -168,7 +168,8 @@ impl Application {
                 "api-gateway",
                 Duration::from_secs(5),
             )
-            .await?,
+            .await?
+            .with_streams(config.nats.streams.clone()),
         );
         let graph = config.graph.client()?;
         shared::sender::announce(graph.as_ref());

@@ -45,6 +45,7 @@ impl Application {
             Duration::from_secs(5),
         )
         .await?
+        .with_streams(config.nats.streams.clone())
         .with_ack_wait(Duration::from_secs(config.ack_wait_secs.max(1)));
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {

@@ -11,8 +11,10 @@ pub struct Config {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 3001)]
     pub port: u16,
-    /// How long to wait for JetStream's acknowledgement before answering 503.
-    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 3000)]
+    /// How long a webhook may wait to be stored before answering 503:
+    /// failed publishes (a NATS leader election, a server going away) are
+    /// tried again within it, each attempt waiting up to a third of it.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 10_000)]
     pub publish_timeout_ms: u64,
     #[command(flatten)]
     pub webhook: WebhookConfig,

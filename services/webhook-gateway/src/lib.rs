@@ -62,15 +62,18 @@ impl Application {
     /// not be up yet: the gateway then answers 503 until it is.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.webhook.check_exposure(&config.host)?;
-        let timeout = Duration::from_millis(config.publish_timeout_ms);
+        let deadline = Duration::from_millis(config.publish_timeout_ms);
+        let attempt = (deadline / 3).max(Duration::from_millis(500));
         let broker = Arc::new(
             NatsBroker::connect(
                 &config.nats.nats_url,
                 &config.nats.nats_namespace,
                 "webhook-gateway",
-                timeout,
+                attempt,
             )
-            .await?,
+            .await?
+            .with_streams(config.nats.streams.clone())
+            .with_publish_retry(deadline),
         );
         let queue: Arc<dyn Queue> = broker.clone();
         let ready = readiness(queue, None);

@@ -7,6 +7,5 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     shared::config::init_tracing(&config.log);
     let app = Application::build(config).await?;
-    app.run_until_stopped(shared::http::shutdown_on_signals())
-        .await
+    shared::http::run_until_signalled(|stop| app.run_until_stopped(stop)).await
 }

@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 use api_gateway::MediaSettings;
 use clap::{Args, Parser, Subcommand};
-use shared::config::{ApiConfig, LimitsConfig, LogConfig, WebhookConfig, WorkerConfig};
+use shared::config::{
+    ApiConfig, LimitsConfig, LogConfig, StreamSettings, WebhookConfig, WorkerConfig,
+};
 use shared::graph::GraphConfig;
 
 /// The WhatsApp Web clone backend in one process: webhook gateway,
@@ -52,6 +54,9 @@ pub struct ServeConfig {
     /// Prefix of NATS subjects and streams (with NATS_URL).
     #[arg(long, env = "NATS_NAMESPACE", default_value = "whatsapp")]
     pub nats_namespace: String,
+    /// Replicas and limits of the streams (with NATS_URL).
+    #[command(flatten)]
+    pub streams: StreamSettings,
     /// Use this MongoDB instead of the embedded SQLite store.
     #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
     pub mongodb_uri: Option<String>,

@@ -58,7 +58,8 @@ impl Application {
                         "whatsapp-clone",
                         Duration::from_secs(5),
                     )
-                    .await?,
+                    .await?
+                    .with_streams(config.streams.clone()),
                 );
                 (broker.clone(), broker)
             }

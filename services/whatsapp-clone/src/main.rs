@@ -9,8 +9,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or_default() {
         Command::Serve(config) => {
             let app = whatsapp_clone::Application::build(*config).await?;
-            app.run_until_stopped(shared::http::shutdown_on_signals())
-                .await
+            shared::http::run_until_signalled(|stop| app.run_until_stopped(stop)).await
         }
         Command::Import(import) => {
             let report = whatsapp_clone::import::run(&import.paths, &import.url, true).await?;

@@ -36,11 +36,13 @@ use super::{
     BatchLimits, BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, ReadError, Settle,
     payload_id,
 };
+use crate::config::StreamSettings;
 use crate::domain::{Event, Sequenced};
 
 /// How long raw webhook bodies stay in the stream (Meta retries for 7 days).
-const WEBHOOK_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Same body (or event) published again within this window is stored once.
+/// How long a readiness check waits for JetStream.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// Dead letters are kept this long, for people to look at.
 const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -153,14 +155,26 @@ impl Names {
 /// Connects without waiting for the server: the client keeps retrying in
 /// the background, so a service starts (and reports not-ready) while NATS
 /// is down, and recovers on its own when it comes back.
+///
+/// `url` may list several servers of a cluster, comma-separated: the
+/// client connects to one and moves to another when it goes away (it also
+/// learns the cluster's other servers from the one it reaches).
 pub async fn connect(url: &str, name: &str) -> Result<Client, async_nats::ConnectError> {
     ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(3))
         .event_callback(|event| async move { tracing::info!(%event, "nats") })
-        .connect(url)
+        .connect(server_list(url))
         .await
+}
+
+/// `nats://a:4222, nats://b:4222` as its servers.
+fn server_list(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// A JetStream context whose requests (and publish acks) give up after
@@ -171,11 +185,20 @@ pub fn jetstream(client: Client, timeout: Duration) -> jetstream::Context {
         .build(client)
 }
 
-/// Creates the streams, or updates them to this configuration; idempotent.
+/// Creates the streams, or updates them to these settings; idempotent.
+///
+/// When full, the webhook and dead-letter streams refuse new messages
+/// (a webhook is then answered 503 and Meta retries it; a payload that
+/// cannot be dead-lettered stays in the webhook stream and is retried):
+/// nothing unprocessed is ever dropped to make room. The event stream
+/// drops its oldest events instead (a client resuming from before them
+/// is told to resync).
 pub async fn ensure_streams(
     js: &jetstream::Context,
     names: &Names,
+    settings: &StreamSettings,
 ) -> anyhow::Result<stream::Stream> {
+    let replicas = settings.replicas();
     ensure_stream(
         js,
         stream::Config {
@@ -186,6 +209,9 @@ pub async fn ensure_streams(
             duplicate_window: DUPLICATE_WINDOW,
             max_age: DEAD_LETTER_RETENTION,
             max_messages: DEAD_LETTER_MESSAGES,
+            max_bytes: settings.dead_letter_stream_max_bytes,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: replicas,
             ..Default::default()
         },
     )
@@ -197,9 +223,12 @@ pub async fn ensure_streams(
             subjects: vec![names.events()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            max_age: super::EVENT_RETENTION,
+            max_age: Duration::from_secs(settings.event_stream_max_age_secs.max(60)),
+            max_bytes: settings.event_stream_max_bytes,
+            discard: stream::DiscardPolicy::Old,
             // An event relayed again (after a crash) is kept once.
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: replicas,
             ..Default::default()
         },
     )
@@ -211,8 +240,11 @@ pub async fn ensure_streams(
             subjects: vec![names.ingest()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            max_age: WEBHOOK_RETENTION,
+            max_age: Duration::from_secs(settings.webhook_stream_max_age_secs.max(600)),
+            max_bytes: settings.webhook_stream_max_bytes,
+            discard: stream::DiscardPolicy::New,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: replicas,
             ..Default::default()
         },
     )
@@ -227,9 +259,24 @@ pub async fn ensure_streams(
 /// `updateWithAdvisory`) under a stream update racing other requests on it.
 async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config) -> anyhow::Result<()> {
     if let Ok(mut existing) = js.get_stream(&wanted.name).await {
-        if !same_settings(&existing.info().await?.config, &wanted) {
+        let current = existing.info().await?.config.clone();
+        if !same_settings(&current, &wanted) {
             tracing::info!(stream = %wanted.name, "updating the stream's configuration");
-            js.update_stream(wanted).await?;
+            if let Err(e) = js.update_stream(wanted.clone()).await {
+                // Said loudly rather than ignored: e.g. replicas on a
+                // single server, or more than the cluster has.
+                anyhow::bail!(
+                    "stream {} has {} replica(s), max_bytes {}, max_age {:?}; \
+                     these settings want {}, {}, {:?}, and NATS refused the change: {e}",
+                    wanted.name,
+                    current.num_replicas,
+                    current.max_bytes,
+                    current.max_age,
+                    wanted.num_replicas,
+                    wanted.max_bytes,
+                    wanted.max_age
+                );
+            }
         }
         return Ok(());
     }
@@ -255,6 +302,8 @@ fn same_settings(current: &stream::Config, wanted: &stream::Config) -> bool {
         && current.duplicate_window == wanted.duplicate_window
         && limit(current.max_messages) == limit(wanted.max_messages)
         && limit(current.max_bytes) == limit(wanted.max_bytes)
+        && current.discard == wanted.discard
+        && current.num_replicas.max(1) == wanted.num_replicas.max(1)
 }
 
 /// The durable pull consumer shared by every processor replica: each
@@ -263,6 +312,7 @@ pub async fn processor_consumer(
     stream: &stream::Stream,
     names: &Names,
     ack_wait: Duration,
+    replicas: usize,
 ) -> anyhow::Result<consumer::PullConsumer> {
     Ok(stream
         .get_or_create_consumer(
@@ -276,6 +326,7 @@ pub async fn processor_consumer(
                 max_ack_pending: 20_000,
                 // Singular filter: nats-server 2.9 ignores `filter_subjects`.
                 filter_subject: names.ingest(),
+                num_replicas: replicas,
                 ..Default::default()
             },
         )
@@ -291,6 +342,11 @@ pub struct NatsBroker {
     /// The processor's pull subscription, made on first use.
     consumer: tokio::sync::Mutex<Option<consumer::PullConsumer>>,
     events: EventLog,
+    streams: StreamSettings,
+    /// How long a publish is tried again after a failure (a leader
+    /// election, a server going away), each attempt bounded by the
+    /// JetStream timeout. Zero: one attempt.
+    publish_deadline: Duration,
 }
 
 impl NatsBroker {
@@ -309,13 +365,33 @@ impl NatsBroker {
             events: EventLog {
                 js: js.clone(),
                 names: names.clone(),
+                streams: StreamSettings::default(),
             },
             js,
             client,
             names,
             ack_wait: Duration::from_secs(30),
             consumer: tokio::sync::Mutex::new(None),
+            streams: StreamSettings::default(),
+            publish_deadline: Duration::ZERO,
         })
+    }
+
+    /// Tries a failed publish again until `deadline` has passed since the
+    /// first attempt: during a leader election (a few seconds on a cluster)
+    /// a publish times out or finds no responder, and a retry reaches the
+    /// new leader. A retry is safe: the message id de-duplicates it.
+    pub fn with_publish_retry(mut self, deadline: Duration) -> Self {
+        self.publish_deadline = deadline;
+        self
+    }
+
+    /// The streams' replicas and limits (default: one copy, the defaults
+    /// of [`StreamSettings`]).
+    pub fn with_streams(mut self, streams: StreamSettings) -> Self {
+        self.events.streams = streams.clone();
+        self.streams = streams;
+        self
     }
 
     /// How long a delivered payload may stay unacknowledged before it is
@@ -335,7 +411,9 @@ impl NatsBroker {
 
     /// Creates the streams now (they are also created on first use).
     pub async fn ensure_streams(&self) -> anyhow::Result<()> {
-        ensure_streams(&self.js, &self.names).await.map(drop)
+        ensure_streams(&self.js, &self.names, &self.streams)
+            .await
+            .map(drop)
     }
 
     /// Publishes a queued payload, by reference when it is too large.
@@ -344,7 +422,8 @@ impl NatsBroker {
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         let bucket = Bucket {
             name: self.names.bodies_bucket(),
-            max_age: WEBHOOK_RETENTION,
+            max_age: Duration::from_secs(self.streams.webhook_stream_max_age_secs.max(600)),
+            replicas: self.streams.replicas(),
         };
         publish_body(&self.js, subject, headers, body, &bucket).await
     }
@@ -380,6 +459,7 @@ impl NatsBroker {
             dead_bodies: Bucket {
                 name: self.names.dead_letter_bodies_bucket(),
                 max_age: DEAD_LETTER_RETENTION,
+                replicas: self.streams.replicas(),
             },
             sequence,
         };
@@ -432,10 +512,11 @@ impl NatsBroker {
         if let Some(consumer) = cached.as_ref() {
             return Ok(consumer.clone());
         }
-        let stream = ensure_streams(&self.js, &self.names)
+        let stream = ensure_streams(&self.js, &self.names, &self.streams)
             .await
             .map_err(|e| unavailable(&e))?;
-        let consumer = processor_consumer(&stream, &self.names, self.ack_wait)
+        let replicas = self.streams.replicas();
+        let consumer = processor_consumer(&stream, &self.names, self.ack_wait, replicas)
             .await
             .map_err(|e| unavailable(&e))?;
         Ok(cached.insert(consumer).clone())
@@ -508,20 +589,25 @@ async fn take(
     Ok(batch)
 }
 
-#[async_trait]
-impl Queue for NatsBroker {
-    async fn enqueue(&self, kind: Ingest, id: &str, body: Bytes) -> Result<Enqueued, BrokerError> {
+impl NatsBroker {
+    /// One attempt at [`Queue::enqueue`].
+    async fn enqueue_once(
+        &self,
+        kind: Ingest,
+        id: &str,
+        body: &Bytes,
+    ) -> Result<Enqueued, BrokerError> {
         let subject = match kind {
             Ingest::Webhook => self.names.webhooks(),
             Ingest::Send => self.names.sends(),
         };
-        let result = match self.send(subject.clone(), id, &body).await {
+        let result = match self.send(subject.clone(), id, body).await {
             // NATS lost its streams (e.g. restarted without storage): recreate them once.
             Err(SendError::Publish(e)) if e.kind() == PublishErrorKind::StreamNotFound => {
                 self.ensure_streams()
                     .await
                     .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                self.send(subject, id, &body).await
+                self.send(subject, id, body).await
             }
             other => other,
         };
@@ -534,6 +620,27 @@ impl Queue for NatsBroker {
                 Err(BrokerError::TooLarge(e.to_string()))
             }
             Err(e) => Err(BrokerError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for NatsBroker {
+    async fn enqueue(&self, kind: Ingest, id: &str, body: Bytes) -> Result<Enqueued, BrokerError> {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.enqueue_once(kind, id, &body).await {
+                Err(BrokerError::Unavailable(e))
+                    if started.elapsed() + pause < self.publish_deadline =>
+                {
+                    tracing::debug!(error = %e, "publish failed; trying again");
+                    metrics::counter!("publish_retries_total").increment(1);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
         }
     }
 
@@ -554,10 +661,21 @@ impl Queue for NatsBroker {
         }
     }
 
+    /// Connected, and JetStream answers: a server that froze keeps the
+    /// connection open while every publish times out.
     async fn ready(&self) -> Result<(), String> {
         match self.client.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            other => Err(format!("NATS is {other}")),
+            async_nats::connection::State::Connected => {}
+            other => return Err(format!("NATS is {other}")),
+        }
+        // The account info request, answered by any JetStream server (its
+        // content is not read: the client's parser fails on a cluster's).
+        let asked = self.client.request("$JS.API.INFO", Bytes::new());
+        match tokio::time::timeout(READY_TIMEOUT, asked).await {
+            Ok(Ok(answer)) if !answer.payload.is_empty() => Ok(()),
+            Ok(Ok(_)) => Err("JetStream gave an empty answer".to_owned()),
+            Ok(Err(e)) => Err(format!("JetStream does not answer: {e}")),
+            Err(_) => Err(format!("JetStream did not answer within {READY_TIMEOUT:?}")),
         }
     }
 
@@ -570,6 +688,7 @@ impl Queue for NatsBroker {
 struct Bucket {
     name: String,
     max_age: Duration,
+    replicas: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -631,6 +750,7 @@ async fn stash(js: &jetstream::Context, bucket: &Bucket, body: &Bytes) -> Result
                 description: Some("bodies larger than the server's max_payload".to_owned()),
                 max_age: bucket.max_age,
                 storage: stream::StorageType::File,
+                num_replicas: bucket.replicas,
                 ..Default::default()
             })
             .await
@@ -744,6 +864,7 @@ fn body_size(message: &jetstream::Message) -> usize {
 struct EventLog {
     js: jetstream::Context,
     names: Names,
+    streams: StreamSettings,
 }
 
 impl EventLog {
@@ -752,7 +873,7 @@ impl EventLog {
         match self.js.get_stream(self.names.events_stream()).await {
             Ok(stream) => Ok(stream),
             Err(_) => {
-                ensure_streams(&self.js, &self.names)
+                ensure_streams(&self.js, &self.names, &self.streams)
                     .await
                     .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
                 self.js
@@ -1097,6 +1218,15 @@ impl Settle for NatsSettle {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn several_servers_are_a_comma_separated_list() {
+        assert_eq!(
+            super::server_list("nats://a:4222, nats://b:4223,,"),
+            ["nats://a:4222", "nats://b:4223"]
+        );
+        assert_eq!(super::server_list("nats://a:4222"), ["nats://a:4222"]);
+    }
+
     use super::*;
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
+pub mod cluster;
 pub mod graph;
 
 fn required_env(name: &str) -> String {

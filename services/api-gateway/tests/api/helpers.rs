@@ -24,14 +24,31 @@ impl Drop for Stack {
     }
 }
 
-fn args(binary: &str, namespace: &str, mongo: Option<&str>) -> Vec<String> {
+/// Where the stack's NATS is and how its streams are kept.
+pub struct Nats {
+    pub url: String,
+    /// Arguments for every service (e.g. `--stream-replicas=3`).
+    pub args: Vec<String>,
+}
+
+impl Default for Nats {
+    fn default() -> Self {
+        Self {
+            url: test_support::nats_url(),
+            args: Vec::new(),
+        }
+    }
+}
+
+fn args(binary: &str, namespace: &str, mongo: Option<&str>, nats: &Nats) -> Vec<String> {
     let mut args = vec![
         binary.to_owned(),
         "--host=127.0.0.1".into(),
         "--port=0".into(),
     ];
-    args.push(format!("--nats-url={}", test_support::nats_url()));
+    args.push(format!("--nats-url={}", nats.url));
     args.push(format!("--nats-namespace={namespace}"));
+    args.extend(nats.args.iter().cloned());
     if let Some(uri) = mongo {
         args.push(format!("--mongodb-uri={uri}"));
     }
@@ -64,6 +81,16 @@ pub async fn spawn_stack_configured(
     api_args: &[&str],
     processor_args: &[String],
 ) -> Stack {
+    spawn_stack_on(&Nats::default(), replicas, api_args, processor_args).await
+}
+
+/// [`spawn_stack_configured`] on the NATS server(s) of `nats`.
+pub async fn spawn_stack_on(
+    nats: &Nats,
+    replicas: usize,
+    api_args: &[&str],
+    processor_args: &[String],
+) -> Stack {
     let namespace = test_support::unique_name("api");
     let uri = test_support::mongodb_uri(&namespace);
     let shutdown = CancellationToken::new();
@@ -72,13 +99,14 @@ pub async fn spawn_stack_configured(
         "webhook-gateway",
         &namespace,
         None,
+        nats,
     )))
     .await
     .unwrap();
     let webhook = format!("http://127.0.0.1:{}", gateway.port());
     tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
 
-    let mut args_of_processor = args("processor", &namespace, Some(&uri));
+    let mut args_of_processor = args("processor", &namespace, Some(&uri), nats);
     args_of_processor.extend(processor_args.iter().cloned());
     let processor = processor::Application::build(processor::Config::parse_from(args_of_processor))
         .await
@@ -87,7 +115,7 @@ pub async fn spawn_stack_configured(
 
     let mut api = Vec::new();
     for _ in 0..replicas {
-        let mut args = args("api-gateway", &namespace, Some(&uri));
+        let mut args = args("api-gateway", &namespace, Some(&uri), nats);
         args.extend(api_args.iter().map(|&arg| arg.to_owned()));
         let app = api_gateway::Application::build(api_gateway::Config::parse_from(args))
             .await
@@ -96,7 +124,11 @@ pub async fn spawn_stack_configured(
         tokio::spawn(app.run_until_stopped(shutdown.clone()));
     }
 
-    let js = jetstream::new(async_nats::connect(test_support::nats_url()).await.unwrap());
+    let js = jetstream::new(
+        async_nats::connect(nats.url.split(',').collect::<Vec<_>>())
+            .await
+            .unwrap(),
+    );
     let names = Names::new(&namespace);
     test_support::wait_until("the streams to exist", Duration::from_secs(20), || async {
         js.get_stream(names.webhook_stream()).await.is_ok()

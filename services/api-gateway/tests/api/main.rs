@@ -3,6 +3,7 @@
 //! api-gateway replicas — all on real NATS and MongoDB-wire servers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cluster;
 mod helpers;
 mod openapi;
 mod properties;

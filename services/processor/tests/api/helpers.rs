@@ -43,6 +43,7 @@ pub fn processor_config(namespace: &str, database: &str) -> Config {
         nats: NatsConfig {
             nats_url: test_support::nats_url(),
             nats_namespace: namespace.into(),
+            streams: Default::default(),
         },
         mongo: MongoConfig {
             mongodb_uri: test_support::mongodb_uri(database),
@@ -89,6 +90,7 @@ pub async fn spawn_gateway_only() -> Pipeline {
         nats: NatsConfig {
             nats_url: test_support::nats_url(),
             nats_namespace: namespace.clone(),
+            streams: Default::default(),
         },
         log: LogConfig {
             log_format: LogFormat::Pretty,

@@ -37,6 +37,7 @@ pub fn config(nats_url: &str, namespace: &str, app_secret: Option<&str>) -> Conf
         nats: NatsConfig {
             nats_url: nats_url.into(),
             nats_namespace: namespace.into(),
+            streams: Default::default(),
         },
         log: LogConfig {
             log_format: LogFormat::Pretty,

@@ -1,0 +1,184 @@
+//! A three-node JetStream cluster with every stream at three replicas:
+//! webhooks keep being accepted while the stream leader is killed, then
+//! another node, and every accepted webhook is stored once and announced.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use test_support::SocketClient;
+use test_support::cluster::NatsCluster;
+
+use crate::helpers::{Nats, spawn_stack_on};
+
+const CUSTOMER: &str = "4475000000";
+
+fn webhook(n: usize) -> Vec<u8> {
+    json!({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {
+        "metadata": {"display_phone_number": "15550000000"},
+        "contacts": [{"wa_id": CUSTOMER, "profile": {"name": "Cluster"}}],
+        "messages": [{"from": CUSTOMER, "id": format!("wamid.cluster.{n}"),
+                      "timestamp": (1_754_500_000 + n).to_string(), "type": "text",
+                      "text": {"body": format!("message {n}")}}]
+    }}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// What the load saw: the webhooks answered 200, the other answers, and
+/// the longest answer.
+#[derive(Default)]
+struct Load {
+    accepted: Vec<usize>,
+    refused: Vec<(usize, u16)>,
+    slowest: Duration,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_stream_leaders_of_a_three_node_cluster_loses_and_doubles_nothing() {
+    let mut cluster = NatsCluster::start(3).await;
+    let nats = Nats {
+        url: cluster.urls(),
+        args: vec!["--stream-replicas=3".to_owned()],
+    };
+    // A webhook may wait out an election (then Meta would retry it).
+    let stack = spawn_stack_on(&nats, 1, &[], &[]).await;
+    let stream = stack.names.webhook_stream();
+    let info = stack
+        .js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.num_replicas, 3, "STREAM_REPLICAS applies");
+    let mut client = SocketClient::connect(&stack.api[0], "websocket").await;
+
+    // Webhooks one after another, as long as the nodes are being killed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (http, url, stop) = (stack.http.clone(), stack.webhook.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut load = Load::default();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let status = match http
+                    .post(format!("{url}/webhook"))
+                    .body(webhook(n))
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+                {
+                    Ok(response) => response.status().as_u16(),
+                    Err(_) => 0,
+                };
+                load.slowest = load.slowest.max(started.elapsed());
+                if status == 200 {
+                    load.accepted.push(n);
+                } else {
+                    load.refused.push((n, status));
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            load
+        })
+    };
+
+    // The leader, then (once the first is back and caught up) the new one.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let leader = cluster.leader_of(&stream).await.expect("a leader");
+        cluster.kill(leader);
+        let new = cluster
+            .wait_for_new_leader(&stream, leader, Duration::from_secs(30))
+            .await;
+        assert_ne!(new, leader);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.restart(leader).await;
+        cluster
+            .wait_for_replicas(&stream, Duration::from_secs(60))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let load = load.await.unwrap();
+    eprintln!(
+        "cluster: {} webhooks accepted, {} refused, slowest answer {:?}",
+        load.accepted.len(),
+        load.refused.len(),
+        load.slowest
+    );
+    assert!(load.accepted.len() > 50, "the load ran");
+    assert!(
+        load.refused.is_empty(),
+        "the gateway kept answering 200: {:?}",
+        load.refused
+    );
+    assert!(
+        load.slowest < Duration::from_secs(10),
+        "an election pauses answers for a while only: {:?}",
+        load.slowest
+    );
+
+    // Every accepted webhook stored once.
+    stack.drained().await;
+    let stored = test_support::count(&stack.db, "processed_messages", mongodb::bson::doc! {}).await;
+    test_support::wait_until(
+        "every webhook to be stored",
+        Duration::from_secs(60),
+        || async {
+            test_support::count(&stack.db, "processed_messages", mongodb::bson::doc! {}).await
+                >= load.accepted.len() as u64 + 1
+        },
+    )
+    .await;
+    let _ = stored;
+    for n in &load.accepted {
+        let id = format!("wamid.cluster.{n}");
+        assert_eq!(
+            test_support::count(
+                &stack.db,
+                "processed_messages",
+                mongodb::bson::doc! {"messageId": &id}
+            )
+            .await,
+            1,
+            "{id}"
+        );
+    }
+    let (_, stats) = stack.get(0, "/api/stats").await;
+    assert_eq!(
+        stats["totalMessages"],
+        json!(load.accepted.len() + 1),
+        "counted once (and the stack's own first message)"
+    );
+
+    // And announced: the client saw every one of them.
+    let (status, marker) = stack
+        .post(
+            0,
+            "/api/messages",
+            json!({"conversationId": format!("conv_{CUSTOMER}"), "message": "after the kills"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{marker}");
+    let events = client.events_until_marker("after the kills").await;
+    let mut seen: Vec<String> = events
+        .iter()
+        .filter(|(name, _)| name == "newMessage")
+        .filter_map(|(_, data): &(String, Value)| data["messageId"].as_str().map(str::to_owned))
+        .filter(|id| id.starts_with("wamid.cluster."))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        load.accepted.len(),
+        "every accepted webhook announced"
+    );
+}
