@@ -256,6 +256,33 @@ fn media(kind: &str, value: &Value) -> Result<(Value, String), Invalid> {
     Ok((content, caption))
 }
 
+/// The local ids (`local...`: messages of ours not accepted by WhatsApp
+/// when the request was made) a Graph request names: a reply's context, a
+/// reaction's target.
+pub fn local_references(request: &Value) -> Vec<String> {
+    [
+        request.pointer("/context/message_id"),
+        request.pointer("/reaction/message_id"),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(Value::as_str)
+    .filter(|id| id.starts_with("local."))
+    .map(str::to_owned)
+    .collect()
+}
+
+/// Replaces a referenced id (see [`local_references`]) with `new`.
+pub fn replace_reference(request: &mut Value, old: &str, new: &str) {
+    for path in ["/context/message_id", "/reaction/message_id"] {
+        if let Some(id) = request.pointer_mut(path)
+            && id.as_str() == Some(old)
+        {
+            *id = Value::String(new.to_owned());
+        }
+    }
+}
+
 /// How long after failed attempt `attempt` (1 for the first) a send is
 /// tried again: doubling from 1 s up to 5 minutes, less a random part
 /// (`jitter` in 0..1) so that senders that failed together spread out.
@@ -338,6 +365,18 @@ mod tests {
             let error = draft(body.clone()).err().map(|e| e.0).unwrap_or_default();
             assert!(error.contains(expected), "{body}: {error}");
         }
+    }
+
+    #[test]
+    fn local_references_are_found_and_replaced() {
+        let mut reply = json!({"type": "text", "context": {"message_id": "local.1"}});
+        assert_eq!(local_references(&reply), ["local.1"]);
+        replace_reference(&mut reply, "local.1", "wamid.X");
+        assert_eq!(reply["context"]["message_id"], "wamid.X");
+        assert!(local_references(&reply).is_empty());
+        let reaction =
+            json!({"type": "reaction", "reaction": {"message_id": "local.2", "emoji": "👍"}});
+        assert_eq!(local_references(&reaction), ["local.2"]);
     }
 
     #[test]

@@ -144,12 +144,39 @@ impl Processor {
         outcome: &SendOutcome,
     ) -> StoreResult<Vec<Event>> {
         let lookup = outcome.lookup(&send.id, &send.conversation_id);
-        let committed = self
+        let mut committed = self
             .commit(&lookup, |known| {
                 plan::plan_send_outcome(&send.id, outcome, known)
             })
             .await?;
+        if let SendOutcome::Accepted { wamid, .. } = outcome {
+            // A status that was parked for the wamid after this change set
+            // read the parked ones, and missed the renamed message on its
+            // own second look: applied now.
+            let lookup = Lookup::Items {
+                message_ids: vec![wamid.clone()],
+                conversation_ids: vec![send.conversation_id.clone()],
+            };
+            let again = self
+                .commit(&lookup, |known| plan::plan_batch(&Batch::default(), known))
+                .await?;
+            committed.events.extend(again.events);
+        }
         Ok(committed.events)
+    }
+
+    /// Whether a message was stored by a change set that finished (one
+    /// that failed half-way leaves it unsettled until a retry finishes it).
+    pub async fn stored_whole(&self, message: &Message) -> StoreResult<bool> {
+        let lookup = Lookup::Items {
+            message_ids: vec![message.message_id.clone()],
+            conversation_ids: vec![message.conversation_id.clone()],
+        };
+        let known = self.store.load(&lookup).await?;
+        Ok(known
+            .messages
+            .get(&message.message_id)
+            .is_some_and(|stored| stored.settled.is_some()))
     }
 
     /// Reads, plans and applies until no guard objects. A change set that

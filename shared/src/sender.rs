@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{PENDING, QueuedSend};
 use crate::graph::Graph;
-use crate::outbound::{MAX_ATTEMPTS, backoff};
+use crate::outbound::{self, MAX_ATTEMPTS, backoff};
 use crate::plan::SendOutcome;
 use crate::processing::Processor;
 use crate::relay::Relay;
@@ -121,29 +121,69 @@ impl Sender {
     }
 
     /// Sends one claimed send and stores the outcome.
-    async fn send(&self, mut send: QueuedSend) -> StoreResult<()> {
+    async fn send(&self, send: QueuedSend) -> StoreResult<()> {
         if let Some(wamid) = send.wamid.clone() {
             // Accepted by WhatsApp before its sender stopped.
             let outcome = SendOutcome::Accepted { wamid, at: now() };
             return self.finish(&send, &outcome).await;
         }
         let store = self.processor.store();
-        match store.message(&send.id).await? {
-            Some(message) if message.status == PENDING => {}
-            Some(_) => return self.finish(&send, &SendOutcome::Dropped).await,
-            None if now() - queued_at(&send) > ORPHAN_AGE => {
+        let Some(message) = store.message(&send.id).await? else {
+            if now() - queued_at(&send) > ORPHAN_AGE {
                 tracing::warn!(id = %send.id, "dropping a send whose message was never stored");
                 return self.finish(&send, &SendOutcome::Dropped).await;
             }
-            None => {
-                // Its message may be being stored right now.
-                let claimed = send.due;
-                send.due = now() + chrono::TimeDelta::seconds(1);
-                store.update_send(&send, claimed).await?;
-                return Ok(());
+            // Its message may be being stored right now.
+            return self.later(send, chrono::TimeDelta::seconds(1)).await;
+        };
+        if message.message_id != send.id {
+            // Accepted and renamed, by a sender that stopped before the
+            // rest of the outcome was stored: finish it.
+            let outcome = SendOutcome::Accepted {
+                wamid: message.message_id,
+                at: now(),
+            };
+            return self.finish(&send, &outcome).await;
+        }
+        if message.status != PENDING {
+            let outcome = match message.errors {
+                Some(errors) if message.status == "failed" => {
+                    SendOutcome::Refused { errors, at: now() }
+                }
+                _ => SendOutcome::Dropped,
+            };
+            return self.finish(&send, &outcome).await;
+        }
+        if !self.processor.stored_whole(&message).await? {
+            // The request that stored it failed half-way (and was answered
+            // 503): sent only if a retry with its key finishes storing it.
+            if now() - queued_at(&send) > ORPHAN_AGE {
+                let outcome = SendOutcome::Refused {
+                    errors: not_sent("its request failed before it was stored whole"),
+                    at: now(),
+                };
+                return self.finish(&send, &outcome).await;
+            }
+            return self.later(send, chrono::TimeDelta::seconds(1)).await;
+        }
+        let mut send = send;
+        match self.resolve_references(&mut send).await? {
+            References::Ready => {}
+            References::Waiting => return self.later(send, chrono::TimeDelta::seconds(1)).await,
+            References::Failed(why) => {
+                let outcome = SendOutcome::Refused {
+                    errors: not_sent(&why),
+                    at: now(),
+                };
+                return self.finish(&send, &outcome).await;
             }
         }
         self.limiter.until_ready().await;
+        // Claimed again for this one request: the round's claim may have
+        // run low while earlier sends of the conversation went out.
+        let Some(mut send) = self.reclaim(send).await? else {
+            return Ok(());
+        };
         send.attempts += 1;
         let claimed = send.due;
         match self.graph.send(&send.request).await {
@@ -172,6 +212,44 @@ impl Sender {
                 self.finish(&send, &outcome).await
             }
         }
+    }
+
+    /// Leaves a claimed send for `wait` (its attempts unchanged).
+    async fn later(&self, mut send: QueuedSend, wait: chrono::TimeDelta) -> StoreResult<()> {
+        let claimed = send.due;
+        send.due = now() + wait;
+        self.processor
+            .store()
+            .update_send(&send, claimed)
+            .await
+            .map(drop)
+    }
+
+    /// Claims a send again for one request (`None`: another sender has it).
+    async fn reclaim(&self, mut send: QueuedSend) -> StoreResult<Option<QueuedSend>> {
+        let claimed = send.due;
+        send.due = now() + self.lease;
+        let ours = self.processor.store().update_send(&send, claimed).await?;
+        Ok(ours.then_some(send))
+    }
+
+    /// Replaces the local ids a reply or reaction names with WhatsApp's
+    /// (the message it refers to may have been sent just before it).
+    async fn resolve_references(&self, send: &mut QueuedSend) -> StoreResult<References> {
+        for local in outbound::local_references(&send.request) {
+            match self.processor.store().message(&local).await? {
+                Some(target) if target.message_id != local => {
+                    outbound::replace_reference(&mut send.request, &local, &target.message_id);
+                }
+                Some(target) if target.status == PENDING => return Ok(References::Waiting),
+                _ => {
+                    return Ok(References::Failed(format!(
+                        "the message it refers to ({local}) was not sent"
+                    )));
+                }
+            }
+        }
+        Ok(References::Ready)
     }
 
     /// Notes WhatsApp's id on the send: a few tries, since a sender that
@@ -207,6 +285,18 @@ fn now() -> DateTime<Utc> {
 /// When the send was queued (sends queued without the time: their due time).
 fn queued_at(send: &QueuedSend) -> DateTime<Utc> {
     send.queued_at.unwrap_or(send.due)
+}
+
+/// Whether the messages a send refers to have WhatsApp's ids.
+enum References {
+    Ready,
+    Waiting,
+    Failed(String),
+}
+
+/// The `errors` of a message that was not sent, for a reason of ours.
+fn not_sent(why: &str) -> serde_json::Value {
+    serde_json::json!([{"title": "Not sent", "message": format!("Not sent: {why}")}])
 }
 
 /// A number in 0..1, different per send and attempt.

@@ -366,6 +366,12 @@ pub fn plan_send_outcome(local_id: &str, outcome: &SendOutcome, known: &Known) -
                 working.message.message_id.clone_from(wamid);
                 working.renamed_from = Some(local_id.to_owned());
                 planner.work.insert(wamid.clone(), working);
+            } else if let Some(working) = planner.work.get_mut(wamid)
+                && working.message.id == local_id
+            {
+                // Renamed by a change set that stopped before the summary
+                // caught up: the summary may still show the local id.
+                working.renamed_from = Some(local_id.to_owned());
             }
             let sent = StatusChange {
                 message_id: wamid.clone(),

@@ -510,7 +510,7 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             -- through the API, which get WhatsApp's id once accepted.
             message_id TEXT
          );
-         CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, ts DESC, id DESC);
+         DROP INDEX IF EXISTS messages_by_conversation;
          -- Mark-read of one conversation.
          CREATE INDEX IF NOT EXISTS messages_unread ON messages (conversation_id, direction, status);
          -- Summaries and stats keep counters and names now: no scans to serve.
@@ -607,6 +607,9 @@ fn migrate_to_v3(t: &Transaction<'_>) -> Result<(), Error> {
     t.execute_batch(
         "UPDATE messages SET message_id = id WHERE message_id IS NULL;
          CREATE UNIQUE INDEX IF NOT EXISTS messages_by_message_id ON messages (message_id);
+         -- Pages of a conversation, ordered like MongoDB's (by WhatsApp's id).
+         CREATE INDEX IF NOT EXISTS messages_by_conversation_v3
+            ON messages (conversation_id, ts DESC, message_id DESC);
          UPDATE summaries SET last_inbound_ts = (
             SELECT MAX(ts) FROM messages
             WHERE conversation_id = summaries.id AND direction = 'inbound'
@@ -739,10 +742,13 @@ impl Store for SqliteStore {
         self.run(move |t| {
             let mut newest_first: Vec<Message> = t
                 .prepare_cached(
-                    "SELECT doc FROM messages WHERE conversation_id = ?1 AND (ts < ?2 OR (ts = ?2 AND id < ?3))
-                     ORDER BY ts DESC, id DESC LIMIT ?4",
+                    "SELECT doc FROM messages WHERE conversation_id = ?1
+                       AND (ts < ?2 OR (ts = ?2 AND message_id < ?3))
+                     ORDER BY ts DESC, message_id DESC LIMIT ?4",
                 )?
-                .query_map(params![id, before, before_id, page.limit], |r| r.get::<_, String>(0))?
+                .query_map(params![id, before, before_id, page.limit], |r| {
+                    r.get::<_, String>(0)
+                })?
                 .map(|doc| from_json(&doc?).map(Message::with_media_url))
                 .collect::<rusqlite::Result<_>>()?;
             newest_first.reverse();

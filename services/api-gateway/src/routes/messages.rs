@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use shared::domain::{
-    BUSINESS_USER_NAME, Conversation, Direction, Message, PENDING, QueuedSend, conversation_id,
-    is_conversation_id,
+    BUSINESS_USER_NAME, Conversation, Direction, Event, Message, PENDING, QueuedSend,
+    conversation_id, is_conversation_id,
 };
 use shared::http::ApiError;
 use shared::outbound::Draft;
@@ -89,14 +89,22 @@ pub async fn send(
         .to_owned();
     let local_id = local_id(request.key.as_deref());
 
-    if request.key.is_some()
-        && let Some(first) = state
+    let first = match request.key {
+        Some(_) => state
             .store
             .message(&local_id)
             .await
-            .map_err(store_failure)?
-    {
-        return replay(first, &request);
+            .map_err(store_failure)?,
+        None => None,
+    };
+    if let Some(first) = &first {
+        check_same(first, &request)?;
+        if first.message_id != local_id || first.status != PENDING {
+            // WhatsApp has it (or it is stored locally only): done.
+            return Ok((StatusCode::OK, Json(first.clone())));
+        }
+        // Pending: the first request may have stopped half-way; sending
+        // it again below finishes it (and changes nothing otherwise).
     }
 
     let conversation = state
@@ -104,7 +112,9 @@ pub async fn send(
         .conversation(&request.conversation_id)
         .await
         .map_err(store_failure)?;
-    check_window(&state, conversation.as_ref(), &request)?;
+    if first.is_none() {
+        check_window(&state, conversation.as_ref(), &request)?;
+    }
     let mut draft = request.draft.clone();
     for id in draft.referenced_id_mut() {
         // A message of ours named by its local id: WhatsApp knows it by its own.
@@ -172,18 +182,19 @@ pub async fn send(
         .map_err(store_failure)?;
     // Into the event log, so every replica's sockets hear about it.
     state.relay.relay(&events).await;
-    if events.is_empty() {
-        // Stored before: a concurrent request with the same key won.
-        if let Some(first) = state
-            .store
-            .message(&local_id)
-            .await
-            .map_err(store_failure)?
-        {
-            return replay(first, &request);
-        }
+    let stored = state
+        .store
+        .message(&local_id)
+        .await
+        .map_err(store_failure)?
+        .unwrap_or(message);
+    let created = first.is_none() && events.iter().any(|e| matches!(e, Event::NewMessage(_)));
+    if !created {
+        // Stored before (a retry, or a concurrent request with the key).
+        check_same(&stored, &request)?;
+        return Ok((StatusCode::OK, Json(stored)));
     }
-    Ok((StatusCode::CREATED, Json(message)))
+    Ok((StatusCode::CREATED, Json(stored)))
 }
 
 /// A checked request.
@@ -270,18 +281,19 @@ fn local_id(key: Option<&str>) -> String {
     }
 }
 
-/// A repeated request: the first message, if the request is the same.
-fn replay(first: Message, request: &Validated) -> Result<(StatusCode, Json<Message>), ApiError> {
+/// A repeated key must come with the same message.
+fn check_same(first: &Message, request: &Validated) -> Result<(), ApiError> {
     let same = first.conversation_id == request.conversation_id
         && first.kind == request.draft.kind
         && first.body == request.draft.body;
-    if !same {
-        return Err(ApiError::new(
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "this Idempotency-Key was used for another message",
-        ));
+        ))
     }
-    Ok((StatusCode::OK, Json(first)))
 }
 
 /// A first message needs a conversation or a template; with WhatsApp

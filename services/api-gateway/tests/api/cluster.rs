@@ -38,11 +38,13 @@ struct Load {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_stream_leaders_of_a_three_node_cluster_loses_and_doubles_nothing() {
     let mut cluster = NatsCluster::start(3).await;
+    // A webhook may wait out an election: 4 to 9 s on nats-server 2.9, more
+    // with the machine busy running other tests.
     let nats = Nats {
         url: cluster.urls(),
         args: vec!["--stream-replicas=3".to_owned()],
+        gateway_args: vec!["--publish-timeout-ms=20000".to_owned()],
     };
-    // A webhook may wait out an election (then Meta would retry it).
     let stack = spawn_stack_on(&nats, 1, &[], &[]).await;
     let stream = stack.names.webhook_stream();
     let info = stack
@@ -120,7 +122,7 @@ async fn killing_stream_leaders_of_a_three_node_cluster_loses_and_doubles_nothin
         load.refused
     );
     assert!(
-        load.slowest < Duration::from_secs(10),
+        load.slowest < Duration::from_secs(20),
         "an election pauses answers for a while only: {:?}",
         load.slowest
     );

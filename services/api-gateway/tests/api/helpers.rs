@@ -29,6 +29,8 @@ pub struct Nats {
     pub url: String,
     /// Arguments for every service (e.g. `--stream-replicas=3`).
     pub args: Vec<String>,
+    /// Arguments for the webhook-gateway only.
+    pub gateway_args: Vec<String>,
 }
 
 impl Default for Nats {
@@ -36,6 +38,7 @@ impl Default for Nats {
         Self {
             url: test_support::nats_url(),
             args: Vec::new(),
+            gateway_args: Vec::new(),
         }
     }
 }
@@ -95,14 +98,12 @@ pub async fn spawn_stack_on(
     let uri = test_support::mongodb_uri(&namespace);
     let shutdown = CancellationToken::new();
 
-    let gateway = webhook_gateway::Application::build(webhook_gateway::Config::parse_from(args(
-        "webhook-gateway",
-        &namespace,
-        None,
-        nats,
-    )))
-    .await
-    .unwrap();
+    let mut gateway_args = args("webhook-gateway", &namespace, None, nats);
+    gateway_args.extend(nats.gateway_args.iter().cloned());
+    let gateway =
+        webhook_gateway::Application::build(webhook_gateway::Config::parse_from(gateway_args))
+            .await
+            .unwrap();
     let webhook = format!("http://127.0.0.1:{}", gateway.port());
     tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
 
