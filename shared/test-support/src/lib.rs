@@ -159,6 +159,18 @@ impl KillOnDrop {
         self.0.id()
     }
 
+    /// Whether the process exits within `timeout` (polling; blocking).
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// SIGKILL now: no chance to finish anything.
     pub fn kill(mut self) {
         self.0.kill().unwrap();

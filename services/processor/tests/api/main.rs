@@ -8,3 +8,4 @@ mod events;
 mod helpers;
 mod samples;
 mod sending;
+mod shutdown;
