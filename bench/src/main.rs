@@ -5,7 +5,8 @@
 //! (a private nats-server), the processor's rate into SQLite, REST reads
 //! with a large embedded store, and idle memory of each binary; the rate at
 //! which the stack stores under webhook load (against a baseline revision's
-//! build, too) and crash recovery. Numbers, never pass/fail: speed targets
+//! build, too) and crash recovery; the gateway at one and three stream
+//! replicas, and the pause a leader change causes. Numbers, never pass/fail: speed targets
 //! live here, not in tests.
 
 mod e2e;
@@ -15,6 +16,7 @@ mod ingest;
 mod load;
 mod processor;
 mod reads;
+mod replicas;
 mod services;
 mod socketio;
 mod stored;
@@ -31,7 +33,7 @@ pub struct Options {
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
     /// Only these scenarios (ingest, processor, reads, e2e, fanout, stored,
-    /// crash, footprint). `stored` includes `crash` (crash recovery).
+    /// crash, replicas, footprint). `stored` includes `crash` (crash recovery).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Payloads per batch in the processor scenario.
@@ -91,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         "fanout",
         "stored",
         "crash",
+        "replicas",
         "footprint",
     ] {
         if !options.wants(scenario) {
@@ -106,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             "fanout" => fanout::run(&options).await,
             "stored" => stored::run(&options).await,
             "crash" => stored::crash(&options).await,
+            "replicas" => replicas::run(&options).await,
             _ => footprint::run(&options).await,
         };
         // A scenario that cannot run is reported; the others still run.

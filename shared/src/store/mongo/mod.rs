@@ -448,3 +448,22 @@ fn add_counter_fields(counts: &mut Counts, document: &Document, prefix: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica set's URI lists its members; nothing is contacted yet.
+    #[tokio::test]
+    async fn a_replica_set_uri_names_every_member_and_the_database() {
+        let uri = "mongodb://mongo-0.mongo:27017,mongo-1.mongo:27017,mongo-2.mongo:27017/chats?replicaSet=rs0";
+        let store = MongoStore::connect(uri, "test").await;
+        let store = store.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.database().name(), "chats");
+        let options = ClientOptions::parse(uri)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(options.hosts.len(), 3);
+        assert_eq!(options.repl_set_name.as_deref(), Some("rs0"));
+    }
+}
