@@ -178,6 +178,52 @@ impl KillOnDrop {
     }
 }
 
+/// Sends a signal (`"-TERM"`, `"-STOP"`, `"-CONT"`, ...) to a process.
+pub fn signal(which: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// One of our binaries as its own process on a free loopback port, with
+/// `env`, once it listens; its URL.
+pub async fn start_binary(binary: &str, env: &[(&str, String)]) -> (KillOnDrop, String) {
+    let port = free_port();
+    let child = Command::new(binary)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary is built by cargo test");
+    let child = KillOnDrop::new(child);
+    wait_until(
+        "the binary to listen",
+        Duration::from_secs(20),
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// SIGTERM, then how long the process took to exit (`None`: still
+/// running after 15 s).
+pub async fn time_to_exit_after_sigterm(mut child: KillOnDrop) -> Option<Duration> {
+    let asked = std::time::Instant::now();
+    signal("-TERM", child.id());
+    let exited = tokio::task::spawn_blocking(move || child.wait_exit(Duration::from_secs(15)))
+        .await
+        .ok()?;
+    exited.then(|| asked.elapsed())
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         self.0.kill().ok();

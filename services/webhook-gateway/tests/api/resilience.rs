@@ -78,71 +78,42 @@ async fn a_frozen_nats_makes_the_gateway_not_ready_until_it_thaws() {
         ready().await == 200
     })
     .await;
-    let pid = nats.pid().unwrap().to_string();
-    signal("-STOP", &pid);
+    let pid = nats.pid().unwrap();
+    test_support::signal("-STOP", pid);
     wait_until(
         "not ready while NATS is frozen",
         Duration::from_secs(20),
         || async { ready().await == 503 },
     )
     .await;
-    signal("-CONT", &pid);
+    test_support::signal("-CONT", pid);
     wait_until("ready again", Duration::from_secs(20), || async {
         ready().await == 200
     })
     .await;
 }
 
-fn signal(which: &str, pid: &str) {
-    let status = std::process::Command::new("kill")
-        .args([which, pid])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {which} {pid}");
-}
-
 /// SIGTERM ends the gateway within a few seconds even while a webhook
 /// waits on a NATS server that is gone.
 #[tokio::test]
 async fn sigterm_stops_the_gateway_promptly_when_nats_is_gone() {
-    let port = test_support::free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-gateway"))
-        .env(
-            "NATS_URL",
-            format!("nats://127.0.0.1:{}", test_support::free_port()),
-        )
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = test_support::KillOnDrop::new(child);
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_until("the gateway to listen", Duration::from_secs(20), || async {
-        http.get(format!("{url}/healthz")).send().await.is_ok()
-    })
-    .await;
+    let nats = format!("nats://127.0.0.1:{}", test_support::free_port());
+    let (child, url) =
+        test_support::start_binary(env!("CARGO_BIN_EXE_webhook-gateway"), &[("NATS_URL", nats)])
+            .await;
     // A webhook waiting for NATS (up to PUBLISH_TIMEOUT_MS).
-    let waiting = tokio::spawn({
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            http.post(format!("{url}/webhook"))
-                .body(test_support::sample_files()[0].1.clone())
-                .send()
-                .await
-        }
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/webhook"))
+            .body(test_support::sample_files()[0].1.clone())
+            .send()
+            .await
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = child.id().to_string();
-    let asked = std::time::Instant::now();
-    signal("-TERM", &pid);
-    let exited = tokio::task::spawn_blocking(move || child.wait_exit(Duration::from_secs(15)))
-        .await
-        .unwrap();
-    assert!(exited, "still running after 15 s");
-    let took = asked.elapsed();
-    assert!(took < Duration::from_secs(8), "stopped after {took:?}");
+    let took = test_support::time_to_exit_after_sigterm(child).await;
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(8)),
+        "stopped after {took:?}"
+    );
     waiting.abort();
 }
