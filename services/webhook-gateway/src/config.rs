@@ -13,7 +13,7 @@ pub struct Config {
     pub port: u16,
     /// How long a webhook may wait to be stored before answering 503:
     /// failed publishes (a NATS leader election, a server going away) are
-    /// tried again within it, each attempt waiting up to a third of it.
+    /// tried again within it, each attempt waiting up to 2 s.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 10_000)]
     pub publish_timeout_ms: u64,
     #[command(flatten)]
