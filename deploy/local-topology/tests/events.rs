@@ -166,7 +166,7 @@ async fn every_stored_message_reaches_every_client_once_through_crashes() {
     let marker = loop {
         let response = http
             .post(format!("{}/api/messages", apis[0]))
-            .json(&json!({"conversationId": "conv_1", "message": "marker"}))
+            .json(&json!({"conversationId": "conv_4472000000", "message": "marker"}))
             .send()
             .await
             .unwrap();

@@ -176,7 +176,7 @@ async fn the_stack_behind_the_edge_serves_everything_on_one_port_and_survives_lo
     let js = test_support::jetstream_context().await;
     let stream = format!("{}_WEBHOOKS", namespace.to_uppercase());
     test_support::wait_until_drained(&js, &stream, WAIT).await;
-    let marker = json!({"conversationId": "conv_1", "message": "marker"});
+    let marker = json!({"conversationId": "conv_929967673820", "message": "marker"});
     let response = http
         .post(format!("{edge}/api/messages"))
         .json(&marker)
@@ -234,8 +234,7 @@ async fn the_stack_behind_the_edge_serves_everything_on_one_port_and_survives_lo
     for client in [&mut polling, &mut websocket] {
         loop {
             sent += 1;
-            let after =
-                json!({"conversationId": "conv_1", "message": format!("after the loss {sent}")});
+            let after = json!({"conversationId": "conv_929967673820", "message": format!("after the loss {sent}")});
             let response = http
                 .post(format!("{edge}/api/messages"))
                 .json(&after)
