@@ -10,7 +10,7 @@ use crate::routes;
 #[openapi(
     info(
         title = "WhatsApp Web clone API",
-        description = "Conversations, messages, sending, stats and the event log. Live events: Socket.IO `newMessage` and `statusUpdate` (with `seq`; resume with `auth: {lastSeq}`) on the same port."
+        description = "Conversations, messages, sending through WhatsApp, media, stats and the event log. Live events: Socket.IO `newMessage` and `statusUpdate` (with `seq`; resume with `auth: {lastSeq}`) on the same port."
     ),
     paths(
         routes::conversations::list,
@@ -19,6 +19,8 @@ use crate::routes;
         routes::messages::send,
         routes::stats::stats,
         routes::events::list,
+        crate::media::download,
+        crate::media::upload,
     ),
     components(schemas(ErrorBody, shared::domain::StatusUpdate))
 )]
