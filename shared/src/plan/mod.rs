@@ -758,6 +758,20 @@ fn summarise(
             renamed_from: (known_as != m.message_id).then(|| known_as.to_owned()),
             key: summary::sort_key(m.timestamp, &m.message_id),
         });
+    // A new last message's status also goes as a raise of the status: a
+    // writer that set the same last message with an older status (another
+    // replica storing it while this one applied its status) is caught up.
+    let last_status = last_status.or_else(|| {
+        last.as_ref()
+            .filter(|l| l.status_rank > 0)
+            .map(|l| LastStatus {
+                message_id: l.message_id.clone(),
+                status: l.status.clone(),
+                rank: l.status_rank,
+                renamed_from: None,
+                key: l.key.clone(),
+            })
+    });
     let last_inbound = plan
         .candidates
         .iter()

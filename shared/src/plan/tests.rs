@@ -475,3 +475,36 @@ fn stats_documents_are_picked_per_message_unless_the_change_set_is_applied_at_on
     assert_eq!(at_once.stats[0].shard, stats_shard("payload"));
     assert_eq!(at_once.stats[0].counts.messages, 20);
 }
+
+#[test]
+fn a_new_last_message_also_raises_the_status_of_the_same_last_set_by_another_writer() {
+    // Another replica may be storing `b` as `sent` while this one stores it
+    // with its `read` status: besides the new last message (guarded by its
+    // key, which both writers share) the plan raises the status.
+    let a = inbound("a", "4477", 10, None);
+    let known = known_with(std::slice::from_ref(&a));
+    let b = outbound("b", "4477", 20);
+    let read = StatusChange {
+        message_id: "b".into(),
+        status: "read".into(),
+        timestamp: at(30),
+        conversation_id: "conv_4477".into(),
+        errors: None,
+    };
+    let changes = plan_batch(&batch(vec![b], vec![read]), &known);
+    let conversation = &changes.conversations[0];
+    assert_eq!(
+        conversation
+            .last
+            .as_ref()
+            .map(|l| (l.message_id.as_str(), l.status.as_str())),
+        Some(("b", "read"))
+    );
+    assert_eq!(
+        conversation
+            .last_status
+            .as_ref()
+            .map(|s| (s.message_id.as_str(), s.rank)),
+        Some(("b", 3))
+    );
+}
