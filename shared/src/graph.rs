@@ -604,6 +604,19 @@ fn strip_code_prefix(message: &str) -> &str {
         .map_or(message, |(_, rest)| rest.trim_start())
 }
 
+/// Says at startup whether messages go to WhatsApp.
+pub fn announce(graph: Option<&Graph>) {
+    match graph {
+        Some(graph) => tracing::info!(
+            phone_number_id = graph.phone_number_id(),
+            "messages are sent through the WhatsApp Cloud API"
+        ),
+        None => tracing::info!(
+            "WHATSAPP_ACCESS_TOKEN is not set: messages are stored locally only, nothing is sent to WhatsApp"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

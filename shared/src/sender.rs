@@ -304,16 +304,3 @@ fn jitter(id: &str, attempt: u32) -> f64 {
     let hash = RandomState::new().hash_one((id, attempt));
     (hash % 10_000) as f64 / 10_000.0
 }
-
-/// Says at startup whether messages go to WhatsApp.
-pub fn announce(graph: Option<&Graph>) {
-    match graph {
-        Some(graph) => tracing::info!(
-            phone_number_id = graph.phone_number_id(),
-            "messages are sent through the WhatsApp Cloud API"
-        ),
-        None => tracing::info!(
-            "WHATSAPP_ACCESS_TOKEN is not set: messages are stored locally only, nothing is sent to WhatsApp"
-        ),
-    }
-}

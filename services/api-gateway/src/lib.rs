@@ -172,7 +172,7 @@ impl Application {
             .with_streams(config.nats.streams.clone()),
         );
         let graph = config.graph.client()?;
-        shared::sender::announce(graph.as_ref());
+        shared::graph::announce(graph.as_ref());
         let state = ApiState::new(store.clone(), broker.clone(), graph).with_media(
             MediaConfig::open(&config.media, &media::default_cache_dir())?,
         );

@@ -77,7 +77,7 @@ impl Application {
         let events: Arc<dyn EventBus> = self.broker.clone();
         let relay = Relay::new(self.store.clone(), events);
         let graph = self.config.graph.client()?;
-        shared::sender::announce(graph.as_ref());
+        shared::graph::announce(graph.as_ref());
         let sender = graph.map(|graph| {
             let sender = Sender::new(
                 Processor::new(self.store.clone()),

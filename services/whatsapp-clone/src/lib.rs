@@ -80,7 +80,7 @@ impl Application {
         );
         let webhook = WebhookState::new(queue.clone(), &config.webhook);
         let graph = config.graph.client()?;
-        shared::sender::announce(graph.as_ref());
+        shared::graph::announce(graph.as_ref());
         let media = MediaConfig::open(&config.media, &config.data_dir.join("media"))?;
         let state = ApiState::new(store.clone(), events.clone(), graph.clone()).with_media(media);
         let (ready_queue, ready_store) = (queue.clone(), store.clone());

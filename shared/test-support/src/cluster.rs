@@ -4,7 +4,7 @@
 //! others.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -112,31 +112,18 @@ impl NatsCluster {
             ),
         )
         .expect("the node's configuration");
-        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
         // Its log next to its store, for a failing test to be read.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{}.log", node.name)))
             .map_or_else(|_| Stdio::null(), Stdio::from);
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("nats-server must be installed (scripts/test.sh installs it)");
+        let child = crate::spawn_nats_server(&config, log);
         self.nodes[index].child = Some(child);
     }
 
     async fn wait_listening(&self, index: usize) {
-        let port = self.nodes[index].port;
-        wait_until("a node to listen", Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
+        crate::wait_listening("a node", self.nodes[index].port).await;
     }
 
     /// SIGKILL: the node stops without a word to the others.

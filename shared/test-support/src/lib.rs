@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -200,8 +200,14 @@ pub async fn start_binary(binary: &str, env: &[(&str, String)]) -> (KillOnDrop, 
         .spawn()
         .expect("the binary is built by cargo test");
     let child = KillOnDrop::new(child);
+    wait_listening("the binary", port).await;
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// Waits until something listens on the loopback `port`.
+pub async fn wait_listening(what: &str, port: u16) {
     wait_until(
-        "the binary to listen",
+        &format!("{what} to listen on {port}"),
         Duration::from_secs(20),
         || async move {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -210,7 +216,18 @@ pub async fn start_binary(binary: &str, env: &[(&str, String)]) -> (KillOnDrop, 
         },
     )
     .await;
-    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// Starts `nats-server -c config` (`NATS_SERVER_BIN` or the one on PATH).
+pub fn spawn_nats_server(config: &Path, stderr: Stdio) -> Child {
+    let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
+    Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("nats-server must be installed (scripts/test.sh installs it)")
 }
 
 /// SIGTERM, then how long the process took to exit (`None`: still
@@ -298,26 +315,8 @@ impl NatsServer {
             ),
         )
         .unwrap();
-        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let port = self.port;
-        wait_until(
-            "the private nats-server to listen",
-            Duration::from_secs(20),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-            },
-        )
-        .await;
+        self.child = Some(spawn_nats_server(&config, Stdio::null()));
+        wait_listening("the private nats-server", self.port).await;
     }
 }
 
