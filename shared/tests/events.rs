@@ -223,3 +223,53 @@ async fn a_batch_of_many_thousand_events_is_appended_whole() {
     let sent: Vec<String> = events.iter().map(Event::id).collect();
     assert_eq!(ids, sent);
 }
+
+/// Events deleted from the log by hand are read past (the reader moves to
+/// the next one kept), and a reader after the last kept one gets nothing,
+/// not an error: "nothing was delivered" is only trusted once the stream's
+/// leader confirms it (a replica catching up also delivers nothing).
+#[tokio::test]
+async fn events_deleted_by_hand_are_read_past() {
+    let name = test_support::unique_name("deleted");
+    let bus = NatsBroker::connect(
+        &test_support::nats_url(),
+        &name,
+        "tests",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    bus.ensure_streams().await.unwrap();
+    let events: Vec<Event> = (1..=6)
+        .map(|n| {
+            Event::StatusUpdate(shared::domain::StatusUpdate {
+                message_id: format!("wamid.deleted.{n}"),
+                status: "delivered".to_owned(),
+                conversation_id: "conv_447700000000".to_owned(),
+                timestamp: Utc::now(),
+                client_message_id: None,
+                previous_message_id: None,
+                errors: None,
+            })
+        })
+        .collect();
+    bus.append(&events).await.unwrap();
+    let js = test_support::jetstream_context().await;
+    let stream = js
+        .get_stream(shared::broker::nats::Names::new(&name).events_stream())
+        .await
+        .unwrap();
+    for seq in [2, 3, 5, 6] {
+        assert!(stream.delete_message(seq).await.unwrap());
+    }
+    let seqs =
+        |page: Vec<shared::domain::Sequenced>| page.iter().map(|e| e.seq).collect::<Vec<_>>();
+
+    assert_eq!(seqs(bus.read(1, 10).await.unwrap()), [4]);
+    assert_eq!(seqs(bus.read(1, 1).await.unwrap()), [4]);
+    assert_eq!(seqs(bus.read(0, 10).await.unwrap()), [1, 4]);
+    assert!(
+        bus.read(4, 10).await.unwrap().is_empty(),
+        "5 and 6 are gone"
+    );
+}

@@ -980,15 +980,48 @@ impl EventLog {
         })
         .await;
         // Not needed any more (it would expire anyway).
-        let stream = stream.clone();
-        tokio::spawn(async move { stream.delete_consumer(&name).await.ok() });
+        let owned = stream.clone();
+        tokio::spawn(async move { owned.delete_consumer(&name).await.ok() });
         match read {
+            Ok(Ok(())) if read_to == after => self.nothing_read(stream, after).await,
             Ok(Ok(())) => Ok((events, read_to)),
             Ok(Err(_)) | Err(_) if read_to > after => Ok((events, read_to)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(BrokerError::Unavailable(
                 "the event log did not answer in time".into(),
             )),
+        }
+    }
+
+    /// A consumer that delivered nothing although the stream's last event
+    /// is after `after`: either every event in between was deleted by hand
+    /// (nothing kept in between, the cursor moves to the next one kept), or
+    /// the consumer sits on a replica still catching up (a restarted
+    /// node): then the log has not been read, and saying "nothing in
+    /// between" would make readers skip those events. The stream's leader
+    /// tells which.
+    async fn nothing_read(
+        &self,
+        stream: &stream::Stream,
+        after: u64,
+    ) -> Result<(Vec<Sequenced>, u64), BrokerError> {
+        let next = stream
+            .raw_message_builder()
+            .sequence(after + 1)
+            .next_by_subject(self.names.events())
+            .send()
+            .await;
+        match next {
+            Ok(message) if message.sequence > after + 1 => Ok((Vec::new(), message.sequence - 1)),
+            Ok(_) => Err(BrokerError::Unavailable(
+                "the event log's replica has not caught up yet".into(),
+            )),
+            // Deleted up to the last (which the stream still counts).
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                let (_, _, last) = self.bounds().await?;
+                Ok((Vec::new(), last))
+            }
+            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
         }
     }
 
