@@ -177,7 +177,7 @@ impl Application {
             MediaConfig::open(&config.media, &media::default_cache_dir())?,
         );
         let queue: Arc<dyn Queue> = broker.clone();
-        let ready = readiness(queue, Some(store));
+        let ready = state.realtime.readiness(readiness(queue, Some(store)));
         let api = api_router(state, ops_routes(ready), &config.api, &access)?;
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
@@ -201,6 +201,9 @@ impl Application {
     }
 }
 
+/// How long a server waits to follow the event log before serving anyway.
+const FOLLOW_BEFORE_SERVING: Duration = Duration::from_secs(2);
+
 impl Api {
     /// Serves on `listener` and fans events out to this process's sockets
     /// until `shutdown`; then disconnects the sockets with "transport
@@ -221,6 +224,12 @@ impl Api {
             io.clone(),
             shutdown.clone(),
         ));
+        // Clients are let in once the event log is followed (at once,
+        // unless it is unreachable: then REST serves meanwhile).
+        tokio::select! {
+            _ = state.realtime.until_following(FOLLOW_BEFORE_SERVING) => {}
+            _ = shutdown.cancelled() => {}
+        }
         shared::server::serve(listener, router, header_read_timeout, async move {
             shutdown.cancelled().await;
             io.close().await;

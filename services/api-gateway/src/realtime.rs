@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use shared::access::Tokens;
 use shared::broker::{EventBus, ReadError};
 use shared::domain::{Sequenced, is_conversation_id};
+use shared::http::ReadinessCheck;
 use socketioxide::SendError;
 use socketioxide::SocketError;
 use socketioxide::SocketIo;
@@ -51,6 +52,9 @@ fn room(conversation_id: &str) -> String {
 pub struct Realtime {
     bus: Arc<dyn EventBus>,
     head: Arc<tokio::sync::Mutex<u64>>,
+    /// Set once [`fan_out`] follows the log: until then the replica does
+    /// not know where "now" is in it, and is not ready.
+    following: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Realtime {
@@ -58,7 +62,35 @@ impl Realtime {
         Self {
             bus,
             head: Default::default(),
+            following: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Waits (at most `wait`) until this replica follows the event log:
+    /// a server that accepts clients only then sends them every event from
+    /// their connection on (else they get `resync` once it follows).
+    pub async fn until_following(&self, wait: Duration) {
+        let mut following = self.following.subscribe();
+        tokio::time::timeout(wait, following.wait_for(|f| *f))
+            .await
+            .ok();
+    }
+
+    /// `ready`, and this replica follows the event log: until it does,
+    /// a client that connects could miss events.
+    pub fn readiness(&self, ready: ReadinessCheck) -> ReadinessCheck {
+        let following = self.following.clone();
+        Arc::new(move || {
+            let (ready, following) = (ready.clone(), following.clone());
+            Box::pin(async move {
+                ready().await?;
+                if *following.borrow() {
+                    Ok(())
+                } else {
+                    Err("not following the event log yet".to_owned())
+                }
+            })
+        })
     }
 }
 
@@ -527,6 +559,9 @@ pub async fn fan_out(realtime: Realtime, io: SocketIo, cancel: CancellationToken
                     tracing::error!(last, head, "the event log restarted below what was emitted");
                 }
                 *realtime.head.lock().await = head;
+                if !realtime.following.send_replace(true) && head > 0 {
+                    resync_early_sockets(&io);
+                }
                 head
             }
         };
@@ -575,6 +610,26 @@ pub async fn fan_out(realtime: Realtime, io: SocketIo, cancel: CancellationToken
             }
             emitted = Some(event.seq);
             emit(&realtime, &io, &event).await;
+        }
+    }
+}
+
+/// Sockets that went live before this replica could read the log (it
+/// was unreachable, or its stream was being created) may have missed
+/// events appended meanwhile: where "now" was is unknown, so they are
+/// told to reload. Readiness keeps load balancers from sending them.
+fn resync_early_sockets(io: &SocketIo) {
+    let reason =
+        "this replica was not following the event log yet when you connected; reload over REST";
+    let Ok(payload) = serde_json::value::to_raw_value(&json!({"reason": reason})) else {
+        return;
+    };
+    for socket in io.sockets() {
+        let live = Shared::of(&socket)
+            .and_then(|shared| shared.with(|state| state.live))
+            .unwrap_or(false);
+        if live {
+            socket.emit("resync", &payload).ok();
         }
     }
 }

@@ -84,7 +84,9 @@ impl Application {
         let media = MediaConfig::open(&config.media, &config.data_dir.join("media"))?;
         let state = ApiState::new(store.clone(), events.clone(), graph.clone()).with_media(media);
         let (ready_queue, ready_store) = (queue.clone(), store.clone());
-        let ready = readiness(ready_queue, Some(ready_store));
+        let ready = state
+            .realtime
+            .readiness(readiness(ready_queue, Some(ready_store)));
         let others = webhook_routes(webhook).merge(ops_routes(ready));
         let relay = state.relay.clone();
         let api = api_router(state, others, &config.api, &access)?;

@@ -43,7 +43,7 @@ impl Default for Nats {
     }
 }
 
-fn args(binary: &str, namespace: &str, mongo: Option<&str>, nats: &Nats) -> Vec<String> {
+pub fn args(binary: &str, namespace: &str, mongo: Option<&str>, nats: &Nats) -> Vec<String> {
     let mut args = vec![
         binary.to_owned(),
         "--host=127.0.0.1".into(),
@@ -135,13 +135,29 @@ pub async fn spawn_stack_on(
         js.get_stream(names.webhook_stream()).await.is_ok()
     })
     .await;
+    // Ready, as a load balancer sees it: an api-gateway follows the event
+    // log (a socket connected before would be told to resync).
+    let http = reqwest::Client::new();
+    for service in api.iter().chain([&webhook]) {
+        test_support::wait_until(
+            "the services to be ready",
+            Duration::from_secs(30),
+            || async {
+                http.get(format!("{service}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
+    }
     let stack = Stack {
         webhook,
         api,
         names,
         js,
         db: test_support::mongo_database(&namespace).await,
-        http: reqwest::Client::new(),
+        http,
         shutdown,
     };
     // A conversation of the business's own: free-form messages into a

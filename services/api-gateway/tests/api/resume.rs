@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_support::SocketClient;
 
-use crate::helpers::{MARKER, RAVI, spawn_stack, spawn_stack_with};
+use crate::helpers::{MARKER, Nats, RAVI, args, spawn_stack, spawn_stack_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -272,4 +272,63 @@ async fn a_client_slower_than_the_events_catches_up_and_misses_none() {
         .and_then(|n| n.trim().parse::<u64>().ok())
         .unwrap_or(0);
     assert!(catch_ups > 0, "the clients did fall behind:\n{metrics}");
+}
+
+/// A replica that cannot read the event log yet (NATS down at its start)
+/// is not ready, and a client that connected to it anyway is told to
+/// resync once it can: it may have missed events meanwhile.
+#[tokio::test]
+async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync() {
+    let mut nats = test_support::NatsServer::start().await;
+    let namespace = test_support::unique_name("early");
+    let bus = shared::broker::nats::NatsBroker::connect(
+        &nats.url(),
+        &namespace,
+        "tests",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    bus.ensure_streams().await.unwrap();
+    let earlier = shared::domain::Event::StatusUpdate(shared::domain::StatusUpdate {
+        message_id: "wamid.earlier".to_owned(),
+        status: "delivered".to_owned(),
+        conversation_id: MARKER.to_owned(),
+        timestamp: chrono::Utc::now(),
+        client_message_id: None,
+        previous_message_id: None,
+        errors: None,
+    });
+    shared::broker::EventBus::append(&bus, &[earlier])
+        .await
+        .unwrap();
+    nats.stop();
+
+    let nats_args = Nats {
+        url: nats.url(),
+        ..Nats::default()
+    };
+    let uri = test_support::mongodb_uri(&namespace);
+    let app = api_gateway::Application::build(<api_gateway::Config as clap::Parser>::parse_from(
+        args("api-gateway", &namespace, Some(&uri), &nats_args),
+    ))
+    .await
+    .unwrap();
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let _stop = shutdown.drop_guard();
+    let ready = || async {
+        reqwest::get(format!("{url}/readyz"))
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    };
+    assert_eq!(ready().await, 503, "not ready without the event log");
+    let mut early = SocketClient::connect(&url, "websocket").await;
+
+    nats.restart().await;
+    let (name, data) = early.next_event(WAIT).await;
+    assert_eq!(name, "resync", "{data}");
+    assert!(data["reason"].as_str().unwrap().contains("not following"));
+    test_support::wait_until("ready", WAIT, || async { ready().await == 200 }).await;
 }
