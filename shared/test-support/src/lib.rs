@@ -70,30 +70,58 @@ where
 
 /// Waits until the processor consumer of `stream` has nothing pending and
 /// nothing unacknowledged: every published payload has been processed.
+/// A timeout reports what was seen last.
 pub async fn wait_until_drained(js: &jetstream::Context, stream: &str, timeout: Duration) {
-    wait_until("the processor to drain the stream", timeout, || async {
-        let Ok(mut stream) = js.get_stream(stream).await else {
-            return false;
-        };
-        let Ok(info) = stream.info().await else {
-            return false;
-        };
-        let messages = info.state.messages;
-        let Ok(mut consumer) = stream
-            .get_consumer::<jetstream::consumer::pull::Config>("processor")
-            .await
-        else {
-            return false;
-        };
-        let Ok(info) = consumer.info().await else {
-            return false;
-        };
-        messages > 0
-            && info.num_pending == 0
-            && info.num_ack_pending == 0
-            && info.delivered.stream_sequence >= messages
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = drain_state(js, stream).await;
+        if seen.as_ref().is_ok_and(|state| {
+            state.messages > 0
+                && state.pending == 0
+                && state.unacknowledged == 0
+                && state.delivered >= state.messages
+        }) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for the processor to drain the stream; last seen: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A stream and its processor consumer, as [`wait_until_drained`] sees them.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug
+struct DrainState {
+    messages: u64,
+    pending: u64,
+    unacknowledged: usize,
+    delivered: u64,
+    acknowledged: u64,
+}
+
+async fn drain_state(js: &jetstream::Context, stream: &str) -> Result<DrainState, String> {
+    let mut stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let messages = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .messages;
+    let mut consumer = stream
+        .get_consumer::<jetstream::consumer::pull::Config>("processor")
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = consumer.info().await.map_err(|e| e.to_string())?;
+    Ok(DrainState {
+        messages,
+        pending: info.num_pending,
+        unacknowledged: info.num_ack_pending,
+        delivered: info.delivered.stream_sequence,
+        acknowledged: info.ack_floor.stream_sequence,
     })
-    .await;
 }
 
 /// The repository's `webhook_files/` folder.
