@@ -183,23 +183,26 @@ async fn a_message_too_large_for_nats_is_announced_slimmed() {
     assert_eq!(logged[1].event, Event::NewMessage(Box::new(small)));
 }
 
+/// A `delivered` status event for `message_id`.
+fn delivered(message_id: &str) -> Event {
+    Event::StatusUpdate(shared::domain::StatusUpdate {
+        message_id: message_id.to_owned(),
+        status: "delivered".to_owned(),
+        conversation_id: "conv_447700000000".to_owned(),
+        timestamp: Utc::now(),
+        client_message_id: None,
+        previous_message_id: None,
+        errors: None,
+    })
+}
+
 /// A batch of more events than async-nats lets wait for their
 /// acknowledgements (5,000) is appended whole, in order.
 #[tokio::test]
 async fn a_batch_of_many_thousand_events_is_appended_whole() {
     let (_, bus) = mongo_and_nats().await;
     let events: Vec<Event> = (0..12_000)
-        .map(|n| {
-            Event::StatusUpdate(shared::domain::StatusUpdate {
-                message_id: format!("wamid.many.{n}"),
-                status: "delivered".to_owned(),
-                conversation_id: "conv_447700000000".to_owned(),
-                timestamp: Utc::now(),
-                client_message_id: None,
-                previous_message_id: None,
-                errors: None,
-            })
-        })
+        .map(|n| delivered(&format!("wamid.many.{n}")))
         .collect();
     tokio::time::timeout(Duration::from_secs(60), bus.append(&events))
         .await
@@ -241,17 +244,7 @@ async fn events_deleted_by_hand_are_read_past() {
     .unwrap();
     bus.ensure_streams().await.unwrap();
     let events: Vec<Event> = (1..=6)
-        .map(|n| {
-            Event::StatusUpdate(shared::domain::StatusUpdate {
-                message_id: format!("wamid.deleted.{n}"),
-                status: "delivered".to_owned(),
-                conversation_id: "conv_447700000000".to_owned(),
-                timestamp: Utc::now(),
-                client_message_id: None,
-                previous_message_id: None,
-                errors: None,
-            })
-        })
+        .map(|n| delivered(&format!("wamid.deleted.{n}")))
         .collect();
     bus.append(&events).await.unwrap();
     let js = test_support::jetstream_context().await;
