@@ -526,6 +526,8 @@ impl NatsBroker {
 /// How long one wait for the first message of a batch lasts on the server;
 /// a request lost with a restarted server is given up 5 s after that.
 const PULL_WAIT: Duration = Duration::from_secs(3);
+/// Longest wait for the rest of a batch (answered at once, normally).
+const FETCH_WAIT: Duration = Duration::from_secs(5);
 
 /// Waits for one message, then takes whatever else is there, within
 /// `limits`, without waiting.
@@ -565,11 +567,19 @@ async fn take(
                 return Ok(batch);
             }
         };
-        while let Some(message) = rest.next().await {
-            let message = match message {
-                Ok(message) => message,
+        // A fetch has no deadline of its own: a request that the consumer's
+        // leader took with it when it died would be waited for forever.
+        let deadline = tokio::time::Instant::now() + FETCH_WAIT;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, rest.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("a fetch went unanswered; taking what came");
+                    break;
+                }
                 // What came is taken; the rest stays for the next batch.
-                Err(e) => {
+                Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "pull error");
                     break;
                 }
