@@ -87,5 +87,10 @@ docker-compose -f docker-compose.yml --profile all-in-one config -q
 # The local topology test runs the service binaries themselves.
 log "cargo build --workspace --bins"
 cargo build --workspace --bins
-log "cargo test --workspace $*"
+# What the tests leave in the temp dir (data dirs, media caches, a failed
+# cluster's logs) stays there until the next run, not for ever.
+export TMPDIR="$ROOT/target/test-tmp"
+rm -rf "$TMPDIR"
+mkdir -p "$TMPDIR"
+log "cargo test --workspace $* (temporary files in $TMPDIR)"
 cargo test --workspace "$@"
