@@ -258,6 +258,17 @@ async fn events_deleted_by_hand_are_read_past() {
     let seqs =
         |page: Vec<shared::domain::Sequenced>| page.iter().map(|e| e.seq).collect::<Vec<_>>();
 
+    // What the reader asks the leader when a consumer delivered nothing:
+    // the next event kept (nats-server 2.9 knows `next_by_subj`).
+    let next = stream
+        .raw_message_builder()
+        .sequence(2)
+        .next_by_subject(shared::broker::nats::Names::new(&name).events())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.sequence, 4);
+
     assert_eq!(seqs(bus.read(1, 10).await.unwrap()), [4]);
     assert_eq!(seqs(bus.read(1, 1).await.unwrap()), [4]);
     assert_eq!(seqs(bus.read(0, 10).await.unwrap()), [1, 4]);
