@@ -201,9 +201,6 @@ impl Application {
     }
 }
 
-/// How long a server waits to follow the event log before serving anyway.
-const FOLLOW_BEFORE_SERVING: Duration = Duration::from_secs(2);
-
 impl Api {
     /// Serves on `listener` and fans events out to this process's sockets
     /// until `shutdown`; then disconnects the sockets with "transport
@@ -224,12 +221,6 @@ impl Api {
             io.clone(),
             shutdown.clone(),
         ));
-        // Clients are let in once the event log is followed (at once,
-        // unless it is unreachable: then REST serves meanwhile).
-        tokio::select! {
-            _ = state.realtime.until_following(FOLLOW_BEFORE_SERVING) => {}
-            _ = shutdown.cancelled() => {}
-        }
         shared::server::serve(listener, router, header_read_timeout, async move {
             shutdown.cancelled().await;
             io.close().await;

@@ -41,6 +41,9 @@ const CATCH_UP_PAGE: usize = 500;
 const FULL_BUFFER_WAIT: Duration = Duration::from_millis(20);
 /// How long a catch-up waits for this replica to emit what the log holds.
 const BEHIND_WAIT: Duration = Duration::from_millis(50);
+/// How long a new socket waits for a replica that has just started to
+/// follow the log before going live anyway (then it gets `resync` later).
+const FOLLOW_WAIT: Duration = Duration::from_secs(2);
 
 fn room(conversation_id: &str) -> String {
     format!("conv:{conversation_id}")
@@ -66,10 +69,8 @@ impl Realtime {
         }
     }
 
-    /// Waits (at most `wait`) until this replica follows the event log:
-    /// a server that accepts clients only then sends them every event from
-    /// their connection on (else they get `resync` once it follows).
-    pub async fn until_following(&self, wait: Duration) {
+    /// Waits (at most `wait`) until this replica follows the event log.
+    async fn until_following(&self, wait: Duration) {
         let mut following = self.following.subscribe();
         tokio::time::timeout(wait, following.wait_for(|f| *f))
             .await
@@ -266,7 +267,9 @@ async fn on_connect(
             tokio::spawn(catch_up(socket, shared, realtime, after));
         }
         None => {
-            // Live from now on.
+            // Live from now on, once this replica knows where "now" is in
+            // the log (at once, but for the first moments after a start).
+            realtime.until_following(FOLLOW_WAIT).await;
             let _head = realtime.head.lock().await;
             go_live(&socket, &shared);
         }
@@ -558,7 +561,10 @@ pub async fn fan_out(realtime: Realtime, io: SocketIo, cancel: CancellationToken
                 if let Some(last) = other {
                     tracing::error!(last, head, "the event log restarted below what was emitted");
                 }
-                *realtime.head.lock().await = head;
+                // Under the lock: a socket waiting to go live does so after
+                // this, at `head`, and is not told to resync.
+                let mut current = realtime.head.lock().await;
+                *current = head;
                 if !realtime.following.send_replace(true) && head > 0 {
                     resync_early_sockets(&io);
                 }
@@ -615,9 +621,10 @@ pub async fn fan_out(realtime: Realtime, io: SocketIo, cancel: CancellationToken
 }
 
 /// Sockets that went live before this replica could read the log (it
-/// was unreachable, or its stream was being created) may have missed
-/// events appended meanwhile: where "now" was is unknown, so they are
-/// told to reload. Readiness keeps load balancers from sending them.
+/// was unreachable for [`FOLLOW_WAIT`], or its stream was being created)
+/// may have missed events appended meanwhile: where "now" was is unknown,
+/// so they are told to reload. Readiness keeps load balancers from
+/// sending them.
 fn resync_early_sockets(io: &SocketIo) {
     let reason =
         "this replica was not following the event log yet when you connected; reload over REST";
@@ -628,8 +635,10 @@ fn resync_early_sockets(io: &SocketIo) {
         let live = Shared::of(&socket)
             .and_then(|shared| shared.with(|state| state.live))
             .unwrap_or(false);
-        if live {
-            socket.emit("resync", &payload).ok();
+        if live && socket.emit("resync", &payload).is_err() {
+            // A full buffer is waited for, without holding the head up.
+            let payload = payload.clone();
+            tokio::spawn(async move { send(&socket, "resync", &payload).await });
         }
     }
 }

@@ -574,6 +574,7 @@ async fn take(
             let message = match tokio::time::timeout_at(deadline, rest.next()).await {
                 Ok(Some(Ok(message))) => message,
                 Ok(None) => break,
+                // What was on its way comes back after the ack wait.
                 Err(_) => {
                     tracing::warn!("a fetch went unanswered; taking what came");
                     break;
@@ -979,12 +980,10 @@ impl EventLog {
                     continue; // never backwards
                 }
                 // A fresh consumer skips only sequence numbers the stream
-                // no longer holds (deleted by hand).
+                // no longer holds (deleted by hand, or aged out since the
+                // bounds were read).
                 read_to = seq;
-                match serde_json::from_slice(&message.payload) {
-                    Ok(event) => events.push(Sequenced { seq, event }),
-                    Err(e) => tracing::error!(error = %e, seq, "an event that is not understood is skipped"),
-                }
+                events.extend(decode(seq, &message.payload));
             }
             Ok::<(), BrokerError>(())
         })
@@ -993,7 +992,7 @@ impl EventLog {
         let owned = stream.clone();
         tokio::spawn(async move { owned.delete_consumer(&name).await.ok() });
         match read {
-            Ok(Ok(())) if read_to == after => self.nothing_read(stream, after).await,
+            Ok(Ok(())) if read_to == after => self.nothing_read(stream, after, last).await,
             Ok(Ok(())) => Ok((events, read_to)),
             Ok(Err(_)) | Err(_) if read_to > after => Ok((events, read_to)),
             Ok(Err(e)) => Err(e),
@@ -1004,16 +1003,16 @@ impl EventLog {
     }
 
     /// A consumer that delivered nothing although the stream's last event
-    /// is after `after`: either every event in between was deleted by hand
-    /// (nothing kept in between, the cursor moves to the next one kept), or
-    /// the consumer sits on a replica still catching up (a restarted
-    /// node): then the log has not been read, and saying "nothing in
-    /// between" would make readers skip those events. The stream's leader
-    /// tells which.
+    /// (`last`) is after `after`: either no event in between is kept any
+    /// more (deleted by hand), or the consumer sits on a replica still
+    /// catching up (a restarted node), and saying "nothing in between"
+    /// would make readers skip events. The stream's leader has the next
+    /// event kept: it is the answer.
     async fn nothing_read(
         &self,
         stream: &stream::Stream,
         after: u64,
+        last: u64,
     ) -> Result<(Vec<Sequenced>, u64), BrokerError> {
         let next = stream
             .raw_message_builder()
@@ -1022,13 +1021,14 @@ impl EventLog {
             .send()
             .await;
         match next {
-            Ok(message) if message.sequence > after + 1 => Ok((Vec::new(), message.sequence - 1)),
-            Ok(_) => Err(BrokerError::Unavailable(
-                "the event log's replica has not caught up yet".into(),
+            Ok(message) => Ok((
+                decode(message.sequence, &message.payload)
+                    .into_iter()
+                    .collect(),
+                message.sequence,
             )),
-            // Deleted up to the last (which the stream still counts).
+            // None kept up to the last (which the stream still counts).
             Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
-                let (_, _, last) = self.bounds().await?;
                 Ok((Vec::new(), last))
             }
             Err(e) => Err(BrokerError::Unavailable(e.to_string())),
@@ -1086,6 +1086,17 @@ impl EventLog {
             },
         )
         .boxed())
+    }
+}
+
+/// An event of the log; one that is not understood is skipped (logged).
+fn decode(seq: u64, payload: &[u8]) -> Option<Sequenced> {
+    match serde_json::from_slice(payload) {
+        Ok(event) => Some(Sequenced { seq, event }),
+        Err(e) => {
+            tracing::error!(error = %e, seq, "an event that is not understood is skipped");
+            None
+        }
     }
 }
 

@@ -207,11 +207,15 @@ async fn logged_messages(stack: &crate::helpers::Stack) -> std::collections::BTr
         let Some(events) = events.as_array().filter(|e| status == 200 && !e.is_empty()) else {
             return logged;
         };
+        let before = after;
         for event in events {
             after = event["seq"].as_u64().unwrap_or(after);
             if let Some(id) = event["data"]["messageId"].as_str() {
                 logged.insert(id.to_owned(), after);
             }
+        }
+        if after == before {
+            return logged; // events without a seq: nothing more to page
         }
     }
 }

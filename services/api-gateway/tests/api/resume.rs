@@ -275,8 +275,9 @@ async fn a_client_slower_than_the_events_catches_up_and_misses_none() {
 }
 
 /// A replica that cannot read the event log yet (NATS down at its start)
-/// is not ready, and a client that connected to it anyway is told to
-/// resync once it can: it may have missed events meanwhile.
+/// is not ready, and a client that connected to it anyway (and went live
+/// after waiting 2 s) is told to resync once it can: it may have missed
+/// events meanwhile.
 #[tokio::test]
 async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync() {
     let mut nats = test_support::NatsServer::start().await;
@@ -325,6 +326,10 @@ async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync
     };
     assert_eq!(ready().await, 503, "not ready without the event log");
     let mut early = SocketClient::connect(&url, "websocket").await;
+    // A new socket waits 2 s for the replica to follow the log, then goes
+    // live without it (a timeout of the product's to wait out, not a
+    // synchronisation).
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     nats.restart().await;
     let (name, data) = early.next_event(WAIT).await;
