@@ -27,16 +27,17 @@ async fn mongo_and_nats() -> (Arc<MongoStore>, Arc<dyn EventBus>) {
         .await
         .unwrap();
     store.prepare().await.unwrap();
-    let bus = NatsBroker::connect(
-        &test_support::nats_url(),
-        &name,
-        "tests",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    bus.ensure_streams().await.unwrap();
+    let bus = event_log(&test_support::nats_url(), &name).await;
     (Arc::new(store), Arc::new(bus))
+}
+
+/// A broker on `url` with its streams, in namespace `name`.
+async fn event_log(url: &str, name: &str) -> NatsBroker {
+    let bus = NatsBroker::connect(url, name, "tests", Duration::from_secs(5))
+        .await
+        .unwrap();
+    bus.ensure_streams().await.unwrap();
+    bus
 }
 
 async fn sqlite_and_embedded() -> (Arc<dyn Store>, Arc<dyn EventBus>) {
@@ -146,15 +147,7 @@ async fn a_batch_stopped_midway_announces_every_change_once() {
 #[tokio::test]
 async fn a_message_too_large_for_nats_is_announced_slimmed() {
     let nats = test_support::NatsServer::start_with_default_max_payload().await;
-    let bus = NatsBroker::connect(
-        &nats.url(),
-        &test_support::unique_name("large"),
-        "tests",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    bus.ensure_streams().await.unwrap();
+    let bus = event_log(&nats.url(), &test_support::unique_name("large")).await;
     let huge = Message::outbound_text(
         "wamid.huge".to_owned(),
         "447700000000",
@@ -234,15 +227,7 @@ async fn a_batch_of_many_thousand_events_is_appended_whole() {
 #[tokio::test]
 async fn events_deleted_by_hand_are_read_past() {
     let name = test_support::unique_name("deleted");
-    let bus = NatsBroker::connect(
-        &test_support::nats_url(),
-        &name,
-        "tests",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    bus.ensure_streams().await.unwrap();
+    let bus = event_log(&test_support::nats_url(), &name).await;
     let events: Vec<Event> = (1..=6)
         .map(|n| delivered(&format!("wamid.deleted.{n}")))
         .collect();
