@@ -761,6 +761,26 @@ async fn migrated_store_keeps_counting(store: Arc<dyn Store>, before: &[Conversa
     assert_counters_match_messages(&store).await;
 }
 
+/// A store the previous release left at the current schema version (its
+/// conversation pages indexed by key) gets the index pages use now.
+#[tokio::test]
+async fn a_sqlite_store_at_the_current_version_gets_the_page_index() {
+    let path = std::env::temp_dir()
+        .join(test_support::unique_name("v3"))
+        .join("store.sqlite3");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    SqliteStore::open(&path).unwrap().prepare().await.unwrap();
+    let index = "SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages_by_conversation_v3'";
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch("DROP INDEX messages_by_conversation_v3")
+        .unwrap();
+    drop(db);
+    SqliteStore::open(&path).unwrap().prepare().await.unwrap();
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let count: i64 = db.query_row(index, [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 1);
+}
+
 #[tokio::test]
 async fn an_older_sqlite_store_is_migrated_at_startup() {
     let (messages, summaries) = version_1_data();

@@ -582,6 +582,13 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
         migrate_to_v3(t)?;
         t.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     }
+    // Pages of a conversation, ordered like MongoDB's (by WhatsApp's id);
+    // after the migrations (`message_id`), and on stores already at this
+    // version, which had the index ordered by key.
+    t.execute_batch(
+        "CREATE INDEX IF NOT EXISTS messages_by_conversation_v3
+            ON messages (conversation_id, ts DESC, message_id DESC);",
+    )?;
     let ttl = i64::try_from(PARKED_STATUS_TTL.as_millis()).unwrap_or(i64::MAX);
     let expired_before = Utc::now().timestamp_millis() - ttl;
     t.prepare_cached("DELETE FROM pending_statuses WHERE parked_at < ?1")?
@@ -607,9 +614,6 @@ fn migrate_to_v3(t: &Transaction<'_>) -> Result<(), Error> {
     t.execute_batch(
         "UPDATE messages SET message_id = id WHERE message_id IS NULL;
          CREATE UNIQUE INDEX IF NOT EXISTS messages_by_message_id ON messages (message_id);
-         -- Pages of a conversation, ordered like MongoDB's (by WhatsApp's id).
-         CREATE INDEX IF NOT EXISTS messages_by_conversation_v3
-            ON messages (conversation_id, ts DESC, message_id DESC);
          UPDATE summaries SET last_inbound_ts = (
             SELECT MAX(ts) FROM messages
             WHERE conversation_id = summaries.id AND direction = 'inbound'
