@@ -33,7 +33,7 @@ pub struct StreamSettings {
     #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
     /// Webhooks are kept this long, processed or not.
-    #[arg(long, env = "WEBHOOK_STREAM_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
+    #[arg(long, env = "WEBHOOK_STREAM_MAX_AGE_SECS", default_value_t = WEBHOOK_MAX_AGE_SECS)]
     pub webhook_stream_max_age_secs: u64,
     /// Bytes the webhook stream holds at most (-1: as much as NATS's
     /// storage has; NATS reserves a limit's bytes up front); when full, new
@@ -41,7 +41,7 @@ pub struct StreamSettings {
     #[arg(long, env = "WEBHOOK_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
     pub webhook_stream_max_bytes: i64,
     /// Events are kept this long for clients that resume.
-    #[arg(long, env = "EVENT_STREAM_MAX_AGE_SECS", default_value_t = 24 * 3600)]
+    #[arg(long, env = "EVENT_STREAM_MAX_AGE_SECS", default_value_t = EVENT_MAX_AGE_SECS)]
     pub event_stream_max_age_secs: u64,
     /// Bytes of events kept at most (-1: no limit but their age); when
     /// full, the oldest are dropped (a client resuming from before them is
@@ -60,16 +60,30 @@ impl Default for StreamSettings {
     fn default() -> Self {
         Self {
             stream_replicas: 1,
-            webhook_stream_max_age_secs: 7 * 24 * 3600,
+            webhook_stream_max_age_secs: WEBHOOK_MAX_AGE_SECS,
             webhook_stream_max_bytes: -1,
-            event_stream_max_age_secs: 24 * 3600,
+            event_stream_max_age_secs: EVENT_MAX_AGE_SECS,
             event_stream_max_bytes: -1,
             dead_letter_stream_max_bytes: -1,
         }
     }
 }
 
+/// Meta retries a webhook for up to 7 days.
+const WEBHOOK_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
+const EVENT_MAX_AGE_SECS: u64 = crate::broker::EVENT_RETENTION.as_secs();
+
 impl StreamSettings {
+    /// How long webhooks (and their bodies) are kept: 10 minutes at least.
+    pub fn webhook_max_age(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.webhook_stream_max_age_secs.max(600))
+    }
+
+    /// How long events are kept: a minute at least.
+    pub fn event_max_age(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.event_stream_max_age_secs.max(60))
+    }
+
     pub fn replicas(&self) -> usize {
         usize::from(self.stream_replicas.max(1))
     }

@@ -192,7 +192,7 @@ where
 }
 
 /// A token cancelled on SIGINT or SIGTERM: the start of a graceful shutdown.
-pub fn shutdown_on_signals() -> CancellationToken {
+fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {

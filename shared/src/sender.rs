@@ -215,20 +215,24 @@ impl Sender {
     }
 
     /// Leaves a claimed send for `wait` (its attempts unchanged).
-    async fn later(&self, mut send: QueuedSend, wait: chrono::TimeDelta) -> StoreResult<()> {
-        let claimed = send.due;
-        send.due = now() + wait;
-        self.processor
-            .store()
-            .update_send(&send, claimed)
-            .await
-            .map(drop)
+    async fn later(&self, send: QueuedSend, wait: chrono::TimeDelta) -> StoreResult<()> {
+        self.move_due(send, wait).await.map(drop)
     }
 
     /// Claims a send again for one request (`None`: another sender has it).
-    async fn reclaim(&self, mut send: QueuedSend) -> StoreResult<Option<QueuedSend>> {
+    async fn reclaim(&self, send: QueuedSend) -> StoreResult<Option<QueuedSend>> {
+        self.move_due(send, self.lease).await
+    }
+
+    /// Moves a claimed send's due time `wait` from now, if it is still as
+    /// claimed (`None`: another sender has it).
+    async fn move_due(
+        &self,
+        mut send: QueuedSend,
+        wait: chrono::TimeDelta,
+    ) -> StoreResult<Option<QueuedSend>> {
         let claimed = send.due;
-        send.due = now() + self.lease;
+        send.due = now() + wait;
         let ours = self.processor.store().update_send(&send, claimed).await?;
         Ok(ours.then_some(send))
     }

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// How long requests in flight may finish after shutdown starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish (for at most a few seconds). A client gets
@@ -82,7 +82,7 @@ pub async fn serve(
     drop(listener);
     closing.cancel();
     connections.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+    if tokio::time::timeout(DRAIN_GRACE, connections.wait())
         .await
         .is_err()
     {

@@ -39,10 +39,9 @@ use super::{
 use crate::config::StreamSettings;
 use crate::domain::{Event, Sequenced};
 
-/// How long raw webhook bodies stay in the stream (Meta retries for 7 days).
-/// Same body (or event) published again within this window is stored once.
 /// How long a readiness check waits for JetStream.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Same body (or event) published again within this window is stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// Dead letters are kept this long, for people to look at.
 const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -223,7 +222,7 @@ pub async fn ensure_streams(
             subjects: vec![names.events()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            max_age: Duration::from_secs(settings.event_stream_max_age_secs.max(60)),
+            max_age: settings.event_max_age(),
             max_bytes: settings.event_stream_max_bytes,
             discard: stream::DiscardPolicy::Old,
             // An event relayed again (after a crash) is kept once.
@@ -240,7 +239,7 @@ pub async fn ensure_streams(
             subjects: vec![names.ingest()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            max_age: Duration::from_secs(settings.webhook_stream_max_age_secs.max(600)),
+            max_age: settings.webhook_max_age(),
             max_bytes: settings.webhook_stream_max_bytes,
             discard: stream::DiscardPolicy::New,
             duplicate_window: DUPLICATE_WINDOW,
@@ -341,8 +340,8 @@ pub struct NatsBroker {
     ack_wait: Duration,
     /// The processor's pull subscription, made on first use.
     consumer: tokio::sync::Mutex<Option<consumer::PullConsumer>>,
+    /// The event log; its stream settings are every stream's.
     events: EventLog,
-    streams: StreamSettings,
     /// How long a publish is tried again after a failure (a leader
     /// election, a server going away), each attempt bounded by the
     /// JetStream timeout. Zero: one attempt.
@@ -372,7 +371,6 @@ impl NatsBroker {
             names,
             ack_wait: Duration::from_secs(30),
             consumer: tokio::sync::Mutex::new(None),
-            streams: StreamSettings::default(),
             publish_deadline: Duration::ZERO,
         })
     }
@@ -389,8 +387,7 @@ impl NatsBroker {
     /// The streams' replicas and limits (default: one copy, the defaults
     /// of [`StreamSettings`]).
     pub fn with_streams(mut self, streams: StreamSettings) -> Self {
-        self.events.streams = streams.clone();
-        self.streams = streams;
+        self.events.streams = streams;
         self
     }
 
@@ -411,7 +408,7 @@ impl NatsBroker {
 
     /// Creates the streams now (they are also created on first use).
     pub async fn ensure_streams(&self) -> anyhow::Result<()> {
-        ensure_streams(&self.js, &self.names, &self.streams)
+        ensure_streams(&self.js, &self.names, &self.events.streams)
             .await
             .map(drop)
     }
@@ -422,8 +419,8 @@ impl NatsBroker {
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         let bucket = Bucket {
             name: self.names.bodies_bucket(),
-            max_age: Duration::from_secs(self.streams.webhook_stream_max_age_secs.max(600)),
-            replicas: self.streams.replicas(),
+            max_age: self.events.streams.webhook_max_age(),
+            replicas: self.events.streams.replicas(),
         };
         publish_body(&self.js, subject, headers, body, &bucket).await
     }
@@ -459,7 +456,7 @@ impl NatsBroker {
             dead_bodies: Bucket {
                 name: self.names.dead_letter_bodies_bucket(),
                 max_age: DEAD_LETTER_RETENTION,
-                replicas: self.streams.replicas(),
+                replicas: self.events.streams.replicas(),
             },
             sequence,
         };
@@ -512,10 +509,10 @@ impl NatsBroker {
         if let Some(consumer) = cached.as_ref() {
             return Ok(consumer.clone());
         }
-        let stream = ensure_streams(&self.js, &self.names, &self.streams)
+        let stream = ensure_streams(&self.js, &self.names, &self.events.streams)
             .await
             .map_err(|e| unavailable(&e))?;
-        let replicas = self.streams.replicas();
+        let replicas = self.events.streams.replicas();
         let consumer = processor_consumer(&stream, &self.names, self.ack_wait, replicas)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -897,13 +894,9 @@ impl EventLog {
 
     /// The stream, the oldest kept and the last `seq`.
     async fn bounds(&self) -> Result<(stream::Stream, u64, u64), BrokerError> {
-        let mut stream = self.stream().await?;
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?
-            .state
-            .clone();
+        // Looking the stream up fetched its state: one request, not two.
+        let stream = self.stream().await?;
+        let state = stream.cached_info().state.clone();
         let first = if state.messages == 0 {
             state.last_sequence + 1
         } else {

@@ -61,8 +61,7 @@ impl NatsCluster {
             || {
                 let url = url.clone();
                 async move {
-                    let Ok(client) = async_nats::connect(url.split(',').collect::<Vec<_>>()).await
-                    else {
+                    let Ok(client) = crate::connect_all(&url).await else {
                         return false;
                     };
                     // Answered once the meta leader is elected.
@@ -160,22 +159,19 @@ impl NatsCluster {
         None
     }
 
-    /// Waits until `stream` has a leader other than `not` with every
-    /// running replica current.
+    /// Waits until `stream` has a running leader other than `not`.
     pub async fn wait_for_new_leader(&self, stream: &str, not: usize, timeout: Duration) -> usize {
-        let mut leader = None;
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
             if let Some(now) = self.leader_of(stream).await
                 && now != not
                 && self.nodes[now].is_running()
             {
-                leader = Some(now);
-                break;
+                return now;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        leader.unwrap_or_else(|| panic!("{stream} got no new leader within {timeout:?}"))
+        panic!("{stream} got no new leader within {timeout:?}")
     }
 
     /// Waits until every replica of `stream` is current (a restarted node
@@ -187,8 +183,7 @@ impl NatsCluster {
         wait_until("every replica to be current", timeout, || {
             let (url, stream) = (url.clone(), stream.clone());
             async move {
-                let Ok(client) = async_nats::connect(url.split(',').collect::<Vec<_>>()).await
-                else {
+                let Ok(client) = crate::connect_all(&url).await else {
                     return false;
                 };
                 let Ok(mut found) = jetstream::new(client).get_stream(&stream).await else {

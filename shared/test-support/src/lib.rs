@@ -48,6 +48,11 @@ pub async fn mongo_database(database: &str) -> mongodb::Database {
     client.database(database)
 }
 
+/// A client of the NATS servers in `urls` (comma-separated, as `NATS_URL`).
+pub async fn connect_all(urls: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::connect(urls.split(',').collect::<Vec<_>>()).await
+}
+
 pub async fn jetstream_context() -> jetstream::Context {
     jetstream::new(async_nats::connect(nats_url()).await.unwrap())
 }

@@ -43,7 +43,7 @@ impl Default for Nats {
     }
 }
 
-pub fn args(binary: &str, namespace: &str, mongo: Option<&str>, nats: &Nats) -> Vec<String> {
+fn args(binary: &str, namespace: &str, mongo: Option<&str>, nats: &Nats) -> Vec<String> {
     let mut args = vec![
         binary.to_owned(),
         "--host=127.0.0.1".into(),
@@ -116,20 +116,10 @@ pub async fn spawn_stack_on(
 
     let mut api = Vec::new();
     for _ in 0..replicas {
-        let mut args = args("api-gateway", &namespace, Some(&uri), nats);
-        args.extend(api_args.iter().map(|&arg| arg.to_owned()));
-        let app = api_gateway::Application::build(api_gateway::Config::parse_from(args))
-            .await
-            .unwrap();
-        api.push(format!("http://127.0.0.1:{}", app.port()));
-        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        api.push(spawn_api(&namespace, &uri, nats, api_args, &shutdown).await);
     }
 
-    let js = jetstream::new(
-        async_nats::connect(nats.url.split(',').collect::<Vec<_>>())
-            .await
-            .unwrap(),
-    );
+    let js = jetstream::new(test_support::connect_all(&nats.url).await.unwrap());
     let names = Names::new(&namespace);
     test_support::wait_until("the streams to exist", Duration::from_secs(20), || async {
         js.get_stream(names.webhook_stream()).await.is_ok()
@@ -172,6 +162,24 @@ pub async fn spawn_stack_on(
         .await;
     assert_eq!(status, 201, "{opened}");
     stack
+}
+
+/// An api-gateway in this process until `shutdown`; its URL.
+pub async fn spawn_api(
+    namespace: &str,
+    uri: &str,
+    nats: &Nats,
+    extra: &[&str],
+    shutdown: &CancellationToken,
+) -> String {
+    let mut args = args("api-gateway", namespace, Some(uri), nats);
+    args.extend(extra.iter().map(|&arg| arg.to_owned()));
+    let app = api_gateway::Application::build(api_gateway::Config::parse_from(args))
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    url
 }
 
 impl Stack {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_support::SocketClient;
 
-use crate::helpers::{MARKER, Nats, RAVI, args, spawn_stack, spawn_stack_with};
+use crate::helpers::{MARKER, Nats, RAVI, spawn_api, spawn_stack, spawn_stack_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -310,14 +310,8 @@ async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync
         ..Nats::default()
     };
     let uri = test_support::mongodb_uri(&namespace);
-    let app = api_gateway::Application::build(<api_gateway::Config as clap::Parser>::parse_from(
-        args("api-gateway", &namespace, Some(&uri), &nats_args),
-    ))
-    .await
-    .unwrap();
-    let url = format!("http://127.0.0.1:{}", app.port());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let url = spawn_api(&namespace, &uri, &nats_args, &[], &shutdown).await;
     let _stop = shutdown.drop_guard();
     let ready = || async {
         reqwest::get(format!("{url}/readyz"))
