@@ -1,0 +1,551 @@
+// @ts-check
+// The web inbox: WhatsApp Web for the people who answer a business's
+// customers. Live over Socket.IO (resuming from `lastSeq`), REST for the
+// rest. See shared/CONTRACT.md "The web inbox" for the names tests rely on.
+import { html, render, useEffect, useReducer, useRef, useState } from "./vendor/preact-htm-3.1.1.js";
+import { io } from "./vendor/socket.io-client-4.8.4.js";
+import { ApiFailure, Unauthorized, post, query, request, setToken, token } from "./api.js";
+import { Chat } from "./chat.js";
+import { Composer } from "./composer.js";
+import { phoneOf } from "./format.js";
+import { ChatIcon, SearchIcon } from "./icons.js";
+import { ConversationList, displayName } from "./list.js";
+import {
+  applyStatus,
+  conversationsWithMessage,
+  conversationsWithStatus,
+  mergeConversations,
+  mergeMessages,
+  upsertMessage,
+  windowOpen,
+} from "./state.js";
+
+/** @typedef {import("./types.js").Conversation} Conversation */
+/** @typedef {import("./types.js").Message} Message */
+/** @typedef {import("./types.js").StatusUpdate} StatusUpdate */
+/** @typedef {import("./composer.js").Template} Template */
+
+const PAGE = 50;
+const TITLE = "WhatsApp clone · Inbox";
+
+/**
+ * @typedef {object} State
+ * @property {Conversation[]} conversations newest first
+ * @property {boolean} moreConversations
+ * @property {string | null} selected
+ * @property {Record<string, Message[]>} messages per conversation, oldest first
+ * @property {Record<string, boolean>} moreMessages
+ * @property {"connecting" | "online" | "offline"} connection
+ * @property {boolean} needToken
+ * @property {string} notice an error to show for a moment
+ */
+
+/** @type {State} */
+const initial = {
+  conversations: [],
+  moreConversations: false,
+  selected: null,
+  messages: {},
+  moreMessages: {},
+  connection: "connecting",
+  needToken: false,
+  notice: "",
+};
+
+/**
+ * @typedef {{type: "conversations", list: Conversation[], more?: boolean}
+ *   | {type: "messages", id: string, list: Message[], more?: boolean}
+ *   | {type: "newMessage", message: Message, countUnread: boolean}
+ *   | {type: "status", update: StatusUpdate}
+ *   | {type: "local", message: Message}
+ *   | {type: "select", id: string | null}
+ *   | {type: "read", id: string}
+ *   | {type: "connection", state: State["connection"]}
+ *   | {type: "needToken", value: boolean}
+ *   | {type: "notice", text: string}} Action
+ */
+
+/** @param {State} s @param {Action} a @returns {State} */
+function reducer(s, a) {
+  switch (a.type) {
+    case "conversations":
+      return {
+        ...s,
+        conversations: mergeConversations(s.conversations, a.list),
+        moreConversations: a.more ?? s.moreConversations,
+      };
+    case "messages":
+      return {
+        ...s,
+        messages: { ...s.messages, [a.id]: mergeMessages(s.messages[a.id] || [], a.list) },
+        moreMessages: a.more === undefined ? s.moreMessages : { ...s.moreMessages, [a.id]: a.more },
+      };
+    case "newMessage": {
+      const m = a.message;
+      const loaded = s.messages[m.conversationId];
+      return {
+        ...s,
+        conversations: conversationsWithMessage(s.conversations, m, a.countUnread),
+        messages: loaded ? { ...s.messages, [m.conversationId]: upsertMessage(loaded, m) } : s.messages,
+      };
+    }
+    case "local": {
+      const m = a.message;
+      return {
+        ...s,
+        conversations: conversationsWithMessage(s.conversations, m, false),
+        messages: { ...s.messages, [m.conversationId]: upsertMessage(s.messages[m.conversationId] || [], m) },
+      };
+    }
+    case "status": {
+      const u = a.update;
+      const loaded = s.messages[u.conversationId];
+      return {
+        ...s,
+        conversations: conversationsWithStatus(s.conversations, u),
+        messages: loaded ? { ...s.messages, [u.conversationId]: applyStatus(loaded, u) } : s.messages,
+      };
+    }
+    case "select":
+      return { ...s, selected: a.id };
+    case "read":
+      return {
+        ...s,
+        conversations: s.conversations.map((c) => (c.conversationId === a.id ? { ...c, unreadCount: 0 } : c)),
+      };
+    case "connection":
+      return { ...s, connection: a.state };
+    case "needToken":
+      return { ...s, needToken: a.value };
+    case "notice":
+      return { ...s, notice: a.text };
+  }
+}
+
+/** A random id (`crypto.randomUUID` needs a secure context; this does not). */
+function newId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `web-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+/** @param {{onToken: (t: string) => void, wrong: boolean}} props */
+function TokenForm({ onToken, wrong }) {
+  const [value, setValue] = useState("");
+  return html`<div class="token-screen">
+    <form
+      class="token-form"
+      aria-label="Sign in"
+      onSubmit=${(/** @type {Event} */ e) => {
+        e.preventDefault();
+        if (value.trim()) onToken(value.trim());
+      }}
+    >
+      <${ChatIcon} />
+      <h1>Inbox</h1>
+      <p>This server needs an access token (one of its <code>API_TOKENS</code>). It is kept for this browser tab only.</p>
+      ${wrong ? html`<p class="form-error" role="alert">That token was not accepted.</p>` : null}
+      <label>Access token
+        <input type="password" name="token" autocomplete="current-password" required value=${value}
+          onInput=${(/** @type {any} */ e) => setValue(e.currentTarget.value)} />
+      </label>
+      <button type="submit" class="primary">Open the inbox</button>
+    </form>
+  </div>`;
+}
+
+function App() {
+  const [state, dispatch] = useReducer(reducer, initial);
+  const [search, setSearch] = useState("");
+  const [results, setResults] = useState(/** @type {Message[] | null} */ (null));
+  const [triedToken, setTriedToken] = useState(false);
+  /** Current state for the socket's handlers. */
+  const now = useRef(state);
+  now.current = state;
+  /** @type {{current: import("./vendor/socket.io-client-4.8.4.js").Socket | null}} */
+  const socketRef = useRef(null);
+  const loadingMore = useRef(false);
+  const searchAvailable = useRef(true);
+
+  /** A failure shown to the user (a 401 asks for the token instead). @param {unknown} e */
+  const fail = (e) => {
+    if (e instanceof Unauthorized) {
+      dispatch({ type: "needToken", value: true });
+      return;
+    }
+    dispatch({ type: "notice", text: e instanceof Error ? e.message : String(e) });
+  };
+
+  /** @param {string} id */
+  const markRead = (id) => {
+    dispatch({ type: "read", id });
+    post(`/api/conversations/${encodeURIComponent(id)}/read`, {}).catch(fail);
+  };
+
+  /** The newest page of a conversation's messages. @param {string} id */
+  const loadMessages = async (id) => {
+    const list = /** @type {Message[]} */ (await request(`/api/conversations/${encodeURIComponent(id)}/messages${query({ limit: String(PAGE) })}`));
+    dispatch({ type: "messages", id, list, more: list.length >= PAGE });
+  };
+
+  /** Everything shown, again from REST (first load, resync, a resume without `lastSeq`). */
+  const reload = async () => {
+    try {
+      const list = /** @type {Conversation[]} */ (await request(`/api/conversations${query({ limit: String(PAGE) })}`));
+      dispatch({ type: "needToken", value: false });
+      dispatch({ type: "conversations", list, more: list.length >= PAGE });
+      const open = now.current.selected;
+      if (open) await loadMessages(open);
+    } catch (e) {
+      fail(e);
+    }
+  };
+
+  const moreConversations = async () => {
+    const s = now.current;
+    const last = s.conversations[s.conversations.length - 1];
+    if (loadingMore.current || !s.moreConversations || !last || search) return;
+    loadingMore.current = true;
+    try {
+      const list = /** @type {Conversation[]} */ (
+        await request(`/api/conversations${query({ limit: String(PAGE), before: last.lastTimestamp, beforeId: last.lastMessageId })}`)
+      );
+      dispatch({ type: "conversations", list, more: list.length >= PAGE });
+    } catch (e) {
+      fail(e);
+    } finally {
+      loadingMore.current = false;
+    }
+  };
+
+  /** @param {string} id */
+  const olderMessages = async (id) => {
+    const oldest = (now.current.messages[id] || [])[0];
+    if (!oldest) return;
+    try {
+      const list = /** @type {Message[]} */ (
+        await request(
+          `/api/conversations/${encodeURIComponent(id)}/messages${query({ limit: String(PAGE), before: oldest.timestamp, beforeId: oldest.messageId })}`,
+        )
+      );
+      dispatch({ type: "messages", id, list, more: list.length >= PAGE });
+    } catch (e) {
+      fail(e);
+    }
+  };
+
+  // The live connection first, then REST: nothing falls in between.
+  useEffect(() => {
+    const socket = io({ auth: { token: token() }, reconnectionDelayMax: 3000 });
+    socketRef.current = socket;
+    let loaded = false;
+    /** @param {{seq?: number}} event */
+    const track = (event) => {
+      const seq = event?.seq;
+      const last = /** @type {number | undefined} */ (socket.auth.lastSeq);
+      if (typeof seq === "number" && (last === undefined || seq > last)) socket.auth.lastSeq = seq;
+    };
+    // Without a connection in a moment, show what REST has (and ask for a token on a 401).
+    const fallback = setTimeout(() => {
+      if (!loaded) {
+        loaded = true;
+        reload();
+      }
+    }, 2500);
+    socket.on("connect", () => {
+      dispatch({ type: "connection", state: "online" });
+      // A reconnect with `lastSeq` resumes where it stopped; without one it
+      // starts at the head, so whatever happened meanwhile comes from REST.
+      if (!loaded || socket.auth.lastSeq === undefined) {
+        loaded = true;
+        reload();
+      }
+    });
+    socket.on("disconnect", (/** @type {string} */ reason) => {
+      dispatch({ type: "connection", state: "offline" });
+      if (reason === "io server disconnect") socket.connect();
+    });
+    socket.on("connect_error", (/** @type {Error} */ err) => {
+      dispatch({ type: "connection", state: "offline" });
+      if (/unauthori[sz]ed/i.test(err.message)) {
+        dispatch({ type: "needToken", value: true });
+      } else if (!socket.active) {
+        setTimeout(() => socket.connect(), 2000);
+      }
+    });
+    socket.on("newMessage", (/** @type {Message} */ m) => {
+      track(m);
+      const s = now.current;
+      const looking = s.selected === m.conversationId && document.visibilityState === "visible";
+      dispatch({ type: "newMessage", message: m, countUnread: m.direction === "inbound" && !looking });
+      if (looking && m.direction === "inbound") markRead(m.conversationId);
+    });
+    socket.on("statusUpdate", (/** @type {StatusUpdate} */ u) => {
+      track(u);
+      dispatch({ type: "status", update: u });
+    });
+    socket.on("resync", () => {
+      delete socket.auth.lastSeq;
+      reload();
+    });
+    return () => {
+      clearTimeout(fallback);
+      socket.disconnect();
+    };
+  }, []);
+
+  // Unread count in the title while the tab is hidden; reading on return.
+  useEffect(() => {
+    const update = () => {
+      const unread = now.current.conversations.reduce((n, c) => n + (c.unreadCount > 0 ? c.unreadCount : 0), 0);
+      document.title = document.visibilityState === "hidden" && unread > 0 ? `(${unread}) ${TITLE}` : TITLE;
+    };
+    update();
+    const onVisible = () => {
+      update();
+      const s = now.current;
+      const open = s.conversations.find((c) => c.conversationId === s.selected);
+      if (document.visibilityState === "visible" && open && open.unreadCount > 0) markRead(open.conversationId);
+    };
+    document.addEventListener("visibilitychange", onVisible);
+    return () => document.removeEventListener("visibilitychange", onVisible);
+  }, [state.conversations]);
+
+  // Esc closes the chat.
+  useEffect(() => {
+    /** @param {KeyboardEvent} e */
+    const onKey = (e) => {
+      if (e.key === "Escape" && now.current.selected) dispatch({ type: "select", id: null });
+    };
+    window.addEventListener("keydown", onKey);
+    return () => window.removeEventListener("keydown", onKey);
+  }, []);
+
+  // A notice goes away by itself.
+  useEffect(() => {
+    if (!state.notice) return;
+    const t = setTimeout(() => dispatch({ type: "notice", text: "" }), 6000);
+    return () => clearTimeout(t);
+  }, [state.notice]);
+
+  // Messages found by `GET /api/search`, where the server has it.
+  useEffect(() => {
+    const q = search.trim();
+    setResults(null);
+    if (q.length < 2 || !searchAvailable.current) return;
+    const t = setTimeout(() => {
+      request(`/api/search${query({ q, limit: "20" })}`)
+        .then((r) => setResults(Array.isArray(r?.results) ? r.results : []))
+        .catch((e) => {
+          if (e instanceof ApiFailure && (e.status === 404 || e.status === 405)) searchAvailable.current = false;
+          else fail(e);
+        });
+    }, 250);
+    return () => clearTimeout(t);
+  }, [search]);
+
+  /** @param {string | null} id */
+  const select = (id) => {
+    dispatch({ type: "select", id });
+    if (!id) return;
+    loadMessages(id).catch(fail);
+    markRead(id);
+  };
+
+  /**
+   * Sends a message: shown at once as pending, then as the API and the
+   * status events say.
+   * @param {string} conversationId
+   * @param {Record<string, unknown>} fields what goes in the body besides the conversation
+   * @param {Partial<Message>} shown the pending bubble
+   */
+  const send = async (conversationId, fields, shown) => {
+    const clientMessageId = newId();
+    /** @type {Message} */
+    const pending = {
+      _id: `tmp:${clientMessageId}`,
+      messageId: clientMessageId,
+      clientMessageId,
+      conversationId,
+      timestamp: new Date().toISOString(),
+      type: "text",
+      body: "",
+      status: "pending",
+      userName: "Business",
+      direction: "outbound",
+      ...shown,
+    };
+    dispatch({ type: "local", message: pending });
+    try {
+      const stored = /** @type {Message} */ (
+        await post("/api/messages", { conversationId, clientMessageId, ...fields }, { "Idempotency-Key": clientMessageId })
+      );
+      dispatch({ type: "local", message: { ...stored, clientMessageId } });
+    } catch (e) {
+      if (e instanceof Unauthorized) fail(e);
+      const text = e instanceof Error ? e.message : String(e);
+      dispatch({
+        type: "local",
+        message: {
+          ...pending,
+          status: "failed",
+          errors: [{ title: text }],
+          retry: () => {
+            dispatch({ type: "local", message: { ...pending, status: "failed", retried: true } });
+            send(conversationId, fields, shown);
+          },
+        },
+      });
+    }
+  };
+
+  /** @param {Message} m */
+  const retry = (m) => {
+    if (m.retry) {
+      m.retry();
+      return;
+    }
+    // Failed at WhatsApp: the same again, as a new message.
+    dispatch({ type: "local", message: { ...m, retried: true } });
+    if (m.type === "text") send(m.conversationId, { message: m.body }, { body: m.body });
+    else dispatch({ type: "notice", text: "Only a text can be sent again: attach the file again." });
+  };
+
+  /** @param {string} text */
+  const sendText = (text) => {
+    const id = now.current.selected;
+    if (id) send(id, { message: text }, { body: text });
+  };
+
+  /** @param {File} file @param {string} caption */
+  const sendFile = async (file, caption) => {
+    const id = now.current.selected;
+    if (!id) return;
+    const kind = file.type.startsWith("image/")
+      ? "image"
+      : file.type.startsWith("video/")
+        ? "video"
+        : file.type.startsWith("audio/")
+          ? "audio"
+          : "document";
+    const preview = kind === "image" ? URL.createObjectURL(file) : undefined;
+    try {
+      const form = new FormData();
+      form.append("file", file, file.name);
+      const uploaded = /** @type {{id: string}} */ (await request("/api/media", { method: "POST", body: form }));
+      /** @type {Record<string, unknown>} */
+      const media = { id: uploaded.id };
+      if (caption && kind !== "audio") media.caption = caption;
+      if (kind === "document") media.filename = file.name;
+      await send(id, { [kind]: media }, {
+        type: kind,
+        body: caption || (kind === "document" ? `[Document: ${file.name}]` : `[${kind[0].toUpperCase()}${kind.slice(1)}]`),
+        content: media,
+        localPreview: preview,
+      });
+    } catch (e) {
+      fail(e);
+    }
+  };
+
+  /** @param {Template} t */
+  const sendTemplate = (t) => {
+    const id = now.current.selected;
+    if (!id) return;
+    /** @type {Record<string, unknown>} */
+    const template = { name: t.name, language: { code: t.language } };
+    if (t.parameters.length) {
+      template.components = [{ type: "body", parameters: t.parameters.map((text) => ({ type: "text", text })) }];
+    }
+    send(id, { template }, { type: "template", body: `[Template: ${t.name}]` });
+  };
+
+  /** @param {string} value */
+  const signIn = (value) => {
+    setToken(value);
+    setTriedToken(true);
+    const socket = socketRef.current;
+    if (socket) {
+      socket.auth.token = value;
+      socket.disconnect();
+      delete socket.auth.lastSeq;
+      socket.connect();
+    }
+    reload();
+  };
+
+  if (state.needToken) return html`<${TokenForm} onToken=${signIn} wrong=${triedToken} />`;
+
+  const q = search.trim().toLowerCase();
+  const digits = q.replace(/[^0-9]/g, "");
+  const shownConversations = q
+    ? state.conversations.filter(
+        (c) => displayName(c).toLowerCase().includes(q) || (digits.length > 0 && c.conversationId.includes(digits)),
+      )
+    : state.conversations;
+  const open = state.conversations.find((c) => c.conversationId === state.selected);
+  const connectionText = state.connection === "online" ? "online" : state.connection === "connecting" ? "connecting…" : "offline, reconnecting…";
+
+  return html`<div class=${`app${state.selected ? " chat-open" : ""}`}>
+    <aside class="sidebar">
+      <header class="side-header">
+        <span class="brand-name"><${ChatIcon} /> Inbox</span>
+        <span class=${`connection ${state.connection}`} role="status" aria-label="Connection">${connectionText}</span>
+      </header>
+      <div class="search">
+        <label class="search-box">
+          <${SearchIcon} />
+          <input type="search" aria-label="Search" placeholder="Search or start a new chat" value=${search}
+            onInput=${(/** @type {any} */ e) => setSearch(e.currentTarget.value)} />
+        </label>
+      </div>
+      <${ConversationList}
+        conversations=${shownConversations}
+        selected=${state.selected}
+        onSelect=${select}
+        onMore=${moreConversations}
+        more=${state.moreConversations && !q}
+      >
+        ${results && results.length
+          ? html`<div class="results" role="list" aria-label="Messages found">
+              <h2>Messages</h2>
+              ${results.map(
+                (m) => html`<div role="listitem" class="result" key=${m._id} onClick=${() => select(m.conversationId)}>
+                  <div class="row-name">${m.direction === "outbound" ? "You" : m.userName || phoneOf(m.conversationId)}</div>
+                  <div class="preview-text">${m.body}</div>
+                </div>`,
+              )}
+            </div>`
+          : null}
+      </${ConversationList}>
+    </aside>
+    <main class="main">
+      ${state.selected
+        ? html`<${Chat}
+            conversation=${open}
+            conversationId=${state.selected}
+            messages=${state.messages[state.selected] || []}
+            more=${!!state.moreMessages[state.selected]}
+            onOlder=${() => olderMessages(/** @type {string} */ (state.selected))}
+            onBack=${() => select(null)}
+            onRetry=${retry}
+          >
+            <${Composer}
+              conversationId=${state.selected}
+              windowOpen=${windowOpen(open)}
+              onText=${sendText}
+              onFile=${sendFile}
+              onTemplate=${sendTemplate}
+            />
+          </${Chat}>`
+        : html`<div class="intro">
+            <${ChatIcon} />
+            <h1>Inbox</h1>
+            <p>Answer your customers' WhatsApp messages here. Pick a conversation on the left; new messages show up as they arrive.</p>
+          </div>`}
+      ${state.notice ? html`<div class="notice" role="alert">${state.notice}</div>` : null}
+    </main>
+  </div>`;
+}
+
+const root = document.getElementById("app");
+if (root) render(html`<${App} />`, root);

@@ -1,0 +1,63 @@
+// @ts-check
+// The shapes the API and Socket.IO give (shared/CONTRACT.md), as JSDoc types.
+
+/**
+ * @typedef {object} Conversation
+ * @property {string} conversationId
+ * @property {string} userName
+ * @property {string} [lastMessageId]
+ * @property {string} lastMessageBody
+ * @property {string} lastTimestamp ISO-8601
+ * @property {string} lastMessageStatus
+ * @property {"inbound" | "outbound"} lastMessageDirection
+ * @property {number} messageCount
+ * @property {number} unreadCount
+ * @property {string[]} participants
+ * @property {string | null} [windowExpiresAt]
+ */
+
+/**
+ * @typedef {object} MessageError
+ * @property {number} [code]
+ * @property {string} [title]
+ * @property {string} [message]
+ * @property {{details?: string}} [error_data]
+ */
+
+/**
+ * @typedef {object} Message
+ * @property {string} _id
+ * @property {string} messageId
+ * @property {string} [clientMessageId]
+ * @property {string} conversationId
+ * @property {string} [from]
+ * @property {string} [to]
+ * @property {string} timestamp ISO-8601
+ * @property {string} type
+ * @property {string} body
+ * @property {string} status
+ * @property {string} [userName]
+ * @property {"inbound" | "outbound"} direction
+ * @property {any} [content]
+ * @property {any} [context]
+ * @property {MessageError[] | null} [errors]
+ * @property {string} [mediaUrl]
+ * @property {number} [seq]
+ * @property {string} [localPreview] object URL of a file being sent (ours)
+ * @property {() => void} [retry] how to send it again (ours: a send the API refused)
+ * @property {boolean} [retried] sent again already (ours)
+ */
+
+/**
+ * @typedef {object} StatusUpdate
+ * @property {string} messageId
+ * @property {string} status
+ * @property {string} conversationId
+ * @property {string} timestamp
+ * @property {string} [clientMessageId]
+ * @property {string} [previousMessageId]
+ * @property {MessageError[]} [errors]
+ * @property {number} [seq]
+ */
+
+export {};
