@@ -7,6 +7,7 @@
 //! never appears in errors, logs or `Debug` output.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,22 @@ impl Default for GraphConfig {
 }
 
 impl GraphConfig {
+    /// How long a stopping service may take: with WhatsApp configured, long
+    /// enough for a send in flight to be answered (the Graph timeout) and
+    /// its answer stored, so that a deploy sends nothing twice.
+    pub fn shutdown_grace(&self) -> Duration {
+        let sending = self
+            .whatsapp_access_token
+            .as_deref()
+            .is_some_and(|t| !t.is_empty());
+        if sending {
+            crate::http::SHUTDOWN_GRACE
+                .max(Duration::from_secs(self.graph_timeout_secs.max(1)) + Duration::from_secs(5))
+        } else {
+            crate::http::SHUTDOWN_GRACE
+        }
+    }
+
     /// `Ok(None)` without a token (empty counts as unset); an error when a
     /// token is set without a phone number id, or the URL does not parse.
     pub fn client(&self) -> anyhow::Result<Option<Graph>> {
@@ -113,6 +130,9 @@ impl GraphConfig {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            // The Graph API does not redirect; a redirect must not take the
+            // token (or a message) anywhere else.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("whatsapp-clone/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the Graph API HTTP client")?;
@@ -156,11 +176,305 @@ impl fmt::Debug for Graph {
     }
 }
 
-/// Downloaded media: its bytes and content type.
+/// What Graph says of a media (`GET /{media_id}`): where its bytes are (a
+/// URL valid for 5 minutes) and what they are.
 #[derive(Debug, Clone)]
-pub struct Media {
-    pub bytes: Bytes,
-    pub mime_type: String,
+pub struct MediaInfo {
+    pub url: Url,
+    pub mime_type: Option<String>,
+    /// Meta's `file_size`, when it gave one.
+    pub file_size: Option<u64>,
+}
+
+/// A media download under way: its bytes come with [`MediaBody::chunk`],
+/// a network buffer at a time.
+pub struct MediaBody {
+    response: reqwest::Response,
+    /// The download's own `Content-Type`.
+    pub content_type: Option<String>,
+}
+
+impl MediaBody {
+    /// The next bytes; `None` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, GraphError> {
+        self.response.chunk().await.map_err(GraphError::transport)
+    }
+}
+
+/// Why a media was not downloaded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MediaError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// Over the cap: by Meta's `file_size`, the `Content-Length`, or
+    /// counted while reading (`size` unknown then).
+    #[error("the media is {}, more than the {max_bytes} bytes allowed", size.map_or_else(|| "larger".to_owned(), |s| format!("{s} bytes")))]
+    TooLarge { size: Option<u64>, max_bytes: u64 },
+    /// The URL Graph named (or a redirect) leads where the token must not go.
+    #[error("media URL refused: {0}")]
+    Refused(String),
+}
+
+/// Meta's media hosts: the default of `MEDIA_ALLOWED_HOSTS`. Media URLs
+/// from Graph are `https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=...`;
+/// the CDNs behind them are Meta's own domains too.
+pub const META_MEDIA_HOSTS: &str = "lookaside.fbsbx.com,*.fbsbx.com,*.fbcdn.net,*.whatsapp.net";
+
+/// Redirects a media download may take (each to an allowed host).
+const MEDIA_REDIRECTS: usize = 5;
+
+/// Where media may be downloaded from with the access token: https URLs
+/// on allowed hosts that resolve to public addresses, redirects included.
+/// [`MediaFence::new`]'s `allow_private` lifts the address rule and lets
+/// plain http reach a private IP address given literally (tests, local
+/// stand-ins). Cheap to clone.
+#[derive(Clone)]
+pub struct MediaFence {
+    inner: Arc<FenceInner>,
+}
+
+struct FenceInner {
+    rules: Arc<HostRules>,
+    /// Resolves through the fence and follows only fenced redirects.
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for MediaFence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MediaFence")
+            .field("rules", &self.inner.rules)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct HostRules {
+    hosts: Vec<HostRule>,
+    allow_private: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostRule {
+    /// This host name or IP address.
+    Exact(String),
+    /// Any subdomain: the suffix, with its leading dot.
+    Subdomains(String),
+}
+
+/// A refusal by the fence, carried through reqwest's error chain (from the
+/// resolver or the redirect policy) so it can be told from a network error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct FenceRefusal(String);
+
+impl MediaFence {
+    /// `allowed_hosts`: host names or IP addresses, `*.example.com` for
+    /// any subdomain; empty entries are skipped. An error names an entry
+    /// that is not one.
+    pub fn new(
+        allowed_hosts: &[String],
+        allow_private: bool,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut hosts = Vec::new();
+        for entry in allowed_hosts {
+            if let Some(rule) = HostRule::parse(entry)
+                .map_err(|why| anyhow::anyhow!("MEDIA_ALLOWED_HOSTS: {entry:?} {why}"))?
+            {
+                hosts.push(rule);
+            }
+        }
+        let rules = Arc::new(HostRules {
+            hosts,
+            allow_private,
+        });
+        let policy_rules = rules.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MEDIA_REDIRECTS {
+                return attempt.error(FenceRefusal("too many redirects".to_owned()));
+            }
+            // reqwest drops the token on a redirect to another host; the
+            // host must be allowed all the same (the bytes reach the client).
+            match policy_rules.check(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(why) => attempt.error(FenceRefusal(format!("a redirect: {why}"))),
+            }
+        });
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .redirect(redirects)
+            .dns_resolver(Arc::new(FencedResolver { allow_private }))
+            // A proxy would resolve names itself, past the address rule.
+            .no_proxy()
+            .user_agent(concat!("whatsapp-clone/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the media download HTTP client")?;
+        Ok(Self {
+            inner: Arc::new(FenceInner { rules, http }),
+        })
+    }
+
+    /// Whether the token may go to `url` (before any name is resolved).
+    pub fn check(&self, url: &Url) -> Result<(), String> {
+        self.inner.rules.check(url)
+    }
+}
+
+impl HostRule {
+    fn parse(entry: &str) -> Result<Option<Self>, &'static str> {
+        let entry = entry.trim().trim_end_matches('.').to_ascii_lowercase();
+        if entry.is_empty() {
+            return Ok(None);
+        }
+        let (subdomains, name) = match entry.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, entry.as_str()),
+        };
+        let bare = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(name);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            if subdomains {
+                return Err("is an IP address with a wildcard");
+            }
+            return Ok(Some(HostRule::Exact(ip.to_string())));
+        }
+        let valid_name = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+        if !valid_name {
+            return Err(
+                "is not a host name (no scheme, port or path; `*.example.com` for subdomains)",
+            );
+        }
+        Ok(Some(if subdomains {
+            HostRule::Subdomains(format!(".{name}"))
+        } else {
+            HostRule::Exact(name.to_owned())
+        }))
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostRule::Exact(name) => host == name,
+            HostRule::Subdomains(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        }
+    }
+}
+
+impl HostRules {
+    fn check(&self, url: &Url) -> Result<(), String> {
+        // The URL parser has made IP addresses canonical and names lowercase.
+        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+            return Err("the URL has no host".to_owned());
+        };
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let (name, literal) = match bare.parse::<IpAddr>() {
+            Ok(ip) => (ip.to_string(), Some(ip)),
+            Err(_) => (bare.trim_end_matches('.').to_ascii_lowercase(), None),
+        };
+        if !self.hosts.iter().any(|rule| rule.matches(&name)) {
+            return Err(format!(
+                "{name} is not a media host this service fetches from (MEDIA_ALLOWED_HOSTS)"
+            ));
+        }
+        let private = literal.is_some_and(|ip| !is_public(ip));
+        if private && !self.allow_private {
+            return Err(format!(
+                "{name} is a loopback, private or link-local address (MEDIA_ALLOW_PRIVATE_ADDRESSES)"
+            ));
+        }
+        match url.scheme() {
+            "https" => Ok(()),
+            // The token in clear text never leaves the machine or its network.
+            "http" if private => Ok(()),
+            scheme => Err(format!("{scheme}:// URLs are refused (https only)")),
+        }
+    }
+}
+
+/// Addresses on the internet: not loopback, private, link-local, shared
+/// (CGNAT), unspecified, multicast, documentation or reserved.
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || a == 0
+                || a >= 240
+                || (a == 100 && (b & 0xc0) == 64)
+                || (a == 198 && (b & 0xfe) == 18)
+                || (a == 192 && b == 0 && c == 0))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            // NAT64 (DNS64 networks): the IPv4 address inside decides.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [hi, lo] = [s[6].to_be_bytes(), s[7].to_be_bytes()];
+                return is_public(IpAddr::from([hi[0], hi[1], lo[0], lo[1]]));
+            }
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0x0db8))
+        }
+    }
+}
+
+/// Resolves names, then drops the addresses the fence refuses: the check
+/// is on the address actually connected to, so a name that resolves to
+/// 127.0.0.1 (or changes its answer after a check) gets nowhere.
+struct FencedResolver {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for FencedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed: Vec<SocketAddr> = found
+                .filter(|address| allow_private || is_public(address.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(Box::new(FenceRefusal(format!(
+                    "{host} resolves to no public address (MEDIA_ALLOW_PRIVATE_ADDRESSES)"
+                ))) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The fence's refusal inside a reqwest error, if that is what it is.
+fn fence_refusal(error: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(refusal) = cause.downcast_ref::<FenceRefusal>() {
+            return Some(refusal.0.clone());
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// Error bodies are small; more than this is not worth reading.
@@ -202,9 +516,8 @@ impl Graph {
     }
 
     /// GET `{url}/{version}/{media_id}` (bearer) → `{url, mime_type, sha256,
-    /// file_size}`; then GET that url (bearer). Refuses bodies over
-    /// `max_bytes` (by `file_size`, by `Content-Length`, and while reading).
-    pub async fn media(&self, media_id: &str, max_bytes: u64) -> Result<Media, GraphError> {
+    /// file_size}`.
+    pub async fn media_info(&self, media_id: &str) -> Result<MediaInfo, GraphError> {
         if !valid_id(media_id) {
             return Err(GraphError::local(
                 "Invalid media id",
@@ -215,32 +528,57 @@ impl Graph {
         let Some(location) = info.get("url").and_then(Value::as_str) else {
             return Err(GraphError::unexpected(200, "no url in Meta's media answer"));
         };
+        let Ok(url) = Url::parse(location) else {
+            return Err(GraphError::unexpected(
+                200,
+                "the media url in Meta's answer is not a URL",
+            ));
+        };
         let file_size = match info.get("file_size") {
             Some(Value::Number(n)) => n.as_u64(),
             Some(Value::String(s)) => s.parse().ok(),
             _ => None,
         };
-        if let Some(size) = file_size.filter(|&size| size > max_bytes) {
-            return Err(GraphError::too_large(size, max_bytes));
-        }
-        let location = match Url::parse(location) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => url,
-            _ => {
-                return Err(GraphError::unexpected(
-                    200,
-                    "the media url in Meta's answer is not an http(s) URL",
-                ));
-            }
-        };
-        let mut response = self
+        let mime_type = info
+            .get("mime_type")
+            .and_then(Value::as_str)
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned);
+        Ok(MediaInfo {
+            url,
+            mime_type,
+            file_size,
+        })
+    }
+
+    /// GET the media's `url` with the bearer, if `fence` lets the token go
+    /// there (redirects included): the body, to read a chunk at a time.
+    /// Refuses a `Content-Length` over `max_bytes`; the caller counts the
+    /// rest (the length may be absent).
+    pub async fn open_media(
+        &self,
+        fence: &MediaFence,
+        info: &MediaInfo,
+        max_bytes: u64,
+    ) -> Result<MediaBody, MediaError> {
+        fence.check(&info.url).map_err(MediaError::Refused)?;
+        let sent = fence
             .inner
             .http
-            .get(location)
+            .get(info.url.clone())
             .header(AUTHORIZATION, self.inner.auth.clone())
             .timeout(self.transfer_timeout(max_bytes))
             .send()
-            .await
-            .map_err(GraphError::transport)?;
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                return Err(match fence_refusal(&e) {
+                    Some(why) => MediaError::Refused(why),
+                    None => MediaError::Graph(GraphError::transport(e)),
+                });
+            }
+        };
         let status = response.status();
         if !status.is_success() {
             let body = read_capped(&mut response, ERROR_BODY_CAP)
@@ -248,50 +586,41 @@ impl Graph {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
-            return Err(GraphError::from_response(status.as_u16(), &body));
+            return Err(GraphError::from_response(status.as_u16(), &body).into());
         }
         if let Some(length) = response
             .content_length()
             .filter(|&length| length > max_bytes)
         {
-            return Err(GraphError::too_large(length, max_bytes));
+            return Err(MediaError::TooLarge {
+                size: Some(length),
+                max_bytes,
+            });
         }
-        let header_type = response
+        let content_type = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
             .map(str::to_owned);
-        let bytes = match read_capped(&mut response, max_bytes).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
-                return Err(GraphError::too_large(
-                    max_bytes.saturating_add(1),
-                    max_bytes,
-                ));
-            }
-            Err(e) => return Err(GraphError::transport(e)),
-        };
-        let mime_type = info
-            .get("mime_type")
-            .and_then(Value::as_str)
-            .filter(|m| !m.is_empty())
-            .map(str::to_owned)
-            .or(header_type)
-            .unwrap_or_else(|| "application/octet-stream".to_owned());
-        Ok(Media { bytes, mime_type })
+        Ok(MediaBody {
+            response,
+            content_type,
+        })
     }
 
     /// POST `{url}/{version}/{phone_number_id}/media`, multipart:
-    /// `messaging_product=whatsapp`, `type=<mime>`, `file=<bytes>` (with its
-    /// file name and type) → Meta's media `id`.
+    /// `messaging_product=whatsapp`, `type=<mime>`, `file=<the file's
+    /// length bytes>` (streamed, with its file name and type) → Meta's
+    /// media `id`.
     pub async fn upload(
         &self,
-        bytes: Bytes,
+        file: tokio::fs::File,
+        length: u64,
         mime_type: &str,
         file_name: &str,
     ) -> Result<String, GraphError> {
-        let length = bytes.len() as u64;
-        let file = Part::stream_with_length(bytes, length)
+        let file = Part::stream_with_length(reqwest::Body::from(file), length)
             .file_name(file_name.to_owned())
             .mime_str(mime_type)
             .map_err(|_| {
@@ -564,13 +893,6 @@ impl GraphError {
             details: None,
             fbtrace_id: None,
         }
-    }
-
-    fn too_large(size: u64, max_bytes: u64) -> Self {
-        GraphError::local(
-            "Media too large",
-            format!("the media is {size} bytes, more than the {max_bytes} allowed"),
-        )
     }
 
     /// The `errors` value stored on a failed message: `[{"code", "title",
@@ -1034,12 +1356,46 @@ mod tests {
         assert!(!format!("{e} {e:?}").contains(TOKEN));
     }
 
+    /// Lets the token go to the fake on 127.0.0.1 (plain http).
+    fn test_fence() -> MediaFence {
+        MediaFence::new(&["127.0.0.1".to_owned()], true, Duration::from_secs(1)).unwrap()
+    }
+
+    /// The whole download, the way the API streams it: info, then chunks.
+    async fn download(
+        graph: &Graph,
+        fence: &MediaFence,
+        media_id: &str,
+        max_bytes: u64,
+    ) -> Result<(Vec<u8>, Option<String>), MediaError> {
+        let info = graph.media_info(media_id).await?;
+        if let Some(size) = info.file_size.filter(|&size| size > max_bytes) {
+            return Err(MediaError::TooLarge {
+                size: Some(size),
+                max_bytes,
+            });
+        }
+        let mut body = graph.open_media(fence, &info, max_bytes).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.chunk().await? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > max_bytes {
+                return Err(MediaError::TooLarge {
+                    size: None,
+                    max_bytes,
+                });
+            }
+        }
+        Ok((bytes, info.mime_type.or(body.content_type)))
+    }
+
     #[tokio::test]
     async fn media_is_downloaded_in_two_steps_with_the_token() {
         let (graph, fake) = start().await;
-        let media = graph.media("m1", 1000).await.unwrap();
-        assert_eq!(&media.bytes[..], JPEG);
-        assert_eq!(media.mime_type, "image/jpeg");
+        let fence = test_fence();
+        let (bytes, mime_type) = download(&graph, &fence, "m1", 1000).await.unwrap();
+        assert_eq!(bytes, JPEG);
+        assert_eq!(mime_type.as_deref(), Some("image/jpeg"));
         let seen = take(&fake);
         assert_eq!(seen.len(), 2);
         assert_eq!(
@@ -1055,39 +1411,127 @@ mod tests {
         }
 
         // An expired or unknown id: Meta's error, not retried.
-        let e = graph.media("gone", 1000).await.unwrap_err();
+        let Err(MediaError::Graph(e)) = download(&graph, &fence, "gone", 1000).await else {
+            panic!("a Graph error");
+        };
         assert!(!e.retry);
         assert_eq!((e.http_status, e.code), (Some(404), Some(100)));
         // Ids that could change the path are refused before asking.
         take(&fake);
-        assert!(graph.media("../v23.0/m1", 1000).await.is_err());
+        assert!(graph.media_info("../v23.0/m1").await.is_err());
         assert!(take(&fake).is_empty());
     }
 
     #[tokio::test]
     async fn media_over_the_cap_is_refused() {
         let (graph, fake) = start().await;
+        let fence = test_fence();
+        let too_large = |result: Result<(Vec<u8>, Option<String>), MediaError>| {
+            matches!(result, Err(MediaError::TooLarge { .. }))
+        };
         // By Meta's file_size: not even downloaded.
-        let e = graph.media("big", 1000).await.unwrap_err();
-        assert!(!e.retry);
-        assert_eq!(e.title, "Media too large");
+        assert!(too_large(download(&graph, &fence, "big", 1000).await));
         assert_eq!(take(&fake).len(), 1);
         // file_size lies; Content-Length tells.
-        let e = graph.media("liar", 1000).await.unwrap_err();
-        assert_eq!(e.title, "Media too large");
-        // No size anywhere: the cap holds while reading.
-        let e = graph.media("stream", 1000).await.unwrap_err();
-        assert_eq!(e.title, "Media too large");
-        let media = graph.media("stream", 5000).await.unwrap();
-        assert_eq!(media.bytes.len(), 5000);
-        assert_eq!(media.mime_type, "video/mp4");
+        assert!(too_large(download(&graph, &fence, "liar", 1000).await));
+        // No size anywhere: counted while reading.
+        assert!(too_large(download(&graph, &fence, "stream", 1000).await));
+        let (bytes, mime_type) = download(&graph, &fence, "stream", 5000).await.unwrap();
+        assert_eq!(bytes.len(), 5000);
+        assert_eq!(mime_type.as_deref(), Some("video/mp4"));
+    }
+
+    #[tokio::test]
+    async fn the_fence_keeps_the_token_from_other_hosts() {
+        let (graph, fake) = start().await;
+        // Meta's hosts only (the default): the fake on 127.0.0.1 is refused
+        // before anything is sent.
+        let meta: Vec<String> = META_MEDIA_HOSTS.split(',').map(str::to_owned).collect();
+        let fence = MediaFence::new(&meta, false, Duration::from_secs(1)).unwrap();
+        let Err(MediaError::Refused(why)) = download(&graph, &fence, "m1", 1000).await else {
+            panic!("refused");
+        };
+        assert!(why.contains("127.0.0.1"), "{why}");
+        assert_eq!(take(&fake).len(), 1, "only the Graph API was asked");
+        // Allowed by name but private: refused too, unless allowed.
+        let fence = MediaFence::new(&["127.0.0.1".to_owned()], false, Duration::from_secs(1)).unwrap();
+        assert!(matches!(
+            download(&graph, &fence, "m1", 1000).await,
+            Err(MediaError::Refused(_))
+        ));
+        assert_eq!(take(&fake).len(), 1);
+    }
+
+    #[test]
+    fn fence_rules() {
+        let fence = |hosts: &str, allow_private: bool| {
+            let hosts: Vec<String> = hosts.split(',').map(str::to_owned).collect();
+            MediaFence::new(&hosts, allow_private, Duration::from_secs(1)).unwrap()
+        };
+        let allowed = |fence: &MediaFence, url: &str| fence.check(&Url::parse(url).unwrap()).is_ok();
+        let meta = fence(META_MEDIA_HOSTS, false);
+        assert!(allowed(
+            &meta,
+            "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1&ext=2&hash=3"
+        ));
+        assert!(allowed(&meta, "https://scontent.xx.fbcdn.net/v/x.jpg"));
+        assert!(allowed(&meta, "https://MMG.WhatsApp.net./d/f"));
+        assert!(!allowed(&meta, "http://lookaside.fbsbx.com/x"), "https only");
+        assert!(!allowed(&meta, "https://fbcdn.net/x"), "subdomains, not the domain");
+        assert!(!allowed(&meta, "https://evilfbcdn.net/x"));
+        assert!(!allowed(&meta, "https://lookaside.fbsbx.com.evil.example/x"));
+        assert!(!allowed(&meta, "https://127.0.0.1/x"));
+        assert!(!allowed(&meta, "ftp://lookaside.fbsbx.com/x"));
+        // Named explicitly, an address is still refused when private...
+        let local = fence("127.0.0.1, [::1] ,,", false);
+        assert!(!allowed(&local, "https://127.0.0.1/x"));
+        assert!(!allowed(&local, "https://0x7f.0.0.1/x"));
+        // ...unless private addresses are allowed, and then plain http too.
+        let local = fence("127.0.0.1,[::1]", true);
+        assert!(allowed(&local, "http://127.0.0.1:8080/x"));
+        assert!(allowed(&local, "http://[::1]:8080/x"));
+        assert!(!allowed(&local, "http://localhost:8080/x"));
+        assert!(!allowed(&local, "http://127.0.0.2/x"));
+        // Public names keep https even then.
+        let both = fence("media.example.com,127.0.0.1", true);
+        assert!(!allowed(&both, "http://media.example.com/x"));
+        assert!(allowed(&both, "https://media.example.com/x"));
+        for bad in ["https://lookaside.fbsbx.com", "host:443", "*.1.2.3.4", "a/b", "*"] {
+            assert!(
+                MediaFence::new(&[bad.to_owned()], false, Duration::from_secs(1)).is_err(),
+                "{bad}"
+            );
+        }
+        for (ip, public) in [
+            ("8.8.8.8", true),
+            ("157.240.1.1", true),
+            ("2a03:2880::1", true),
+            ("127.0.0.1", false),
+            ("10.1.2.3", false),
+            ("172.16.0.1", false),
+            ("192.168.1.1", false),
+            ("169.254.169.254", false),
+            ("100.64.0.1", false),
+            ("0.0.0.0", false),
+            ("::1", false),
+            ("fe80::1", false),
+            ("fd00::1", false),
+            ("::ffff:127.0.0.1", false),
+            ("64:ff9b::a9fe:a9fe", false),
+            ("64:ff9b::808:808", true),
+        ] {
+            assert_eq!(is_public(ip.parse().unwrap()), public, "{ip}");
+        }
     }
 
     #[tokio::test]
     async fn upload_sends_a_multipart_form() {
         let (graph, fake) = start().await;
+        let path = std::env::temp_dir().join(format!("graph-upload-{}.jpg", std::process::id()));
+        tokio::fs::write(&path, JPEG).await.unwrap();
+        let file = || async { tokio::fs::File::open(&path).await.unwrap() };
         let id = graph
-            .upload(Bytes::from_static(JPEG), "image/jpeg", "photo.jpg")
+            .upload(file().await, JPEG.len() as u64, "image/jpeg", "photo.jpg")
             .await
             .unwrap();
         assert_eq!(id, "uploaded-1");
@@ -1104,9 +1548,10 @@ mod tests {
                 .starts_with("multipart/form-data; boundary=")
         );
         let e = graph
-            .upload(Bytes::new(), "not a mime", "x")
+            .upload(file().await, 0, "not a mime", "x")
             .await
             .unwrap_err();
         assert!(!e.retry);
+        tokio::fs::remove_file(&path).await.ok();
     }
 }

@@ -1,27 +1,33 @@
 //! A size-capped on-disk cache of downloaded WhatsApp media, so a second
-//! `GET /api/media/:mediaId` does not download again.
+//! `GET /api/media/:mediaId` does not download again, and the files media
+//! are streamed through (downloads, uploads), so no media is ever held in
+//! memory whole.
 //!
 //! One file per entry, named after the hex-encoded media id (so no id can
 //! name a path outside the directory), holding a small header (format,
-//! length, content type) and the bytes. Entries are written to a temporary
-//! file and renamed, so a crash never leaves a half-written file under an
-//! entry's name. Sizes and recency are kept in memory; at start the
+//! length, content type) and the bytes. Entries are streamed into a
+//! temporary file and renamed, so a crash never leaves a half-written file
+//! under an entry's name. Sizes and recency are kept in memory; at start the
 //! directory is scanned (recency from the files' modification times, which
 //! reads refresh), so the cap holds across restarts. When the total passes
 //! the cap, the least recently used entries go.
+//!
+//! A reader holds the entry's file open ([`CachedMedia`]) and reads it by
+//! position, so an entry evicted (unlinked) while it is being served is
+//! still served whole.
 //!
 //! The cache is an optimisation: its errors are logged and otherwise
 //! ignored.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use axum::body::Bytes;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 
 /// Media ids longer than this are not cached (the file name would be too
 /// long); Meta's are about 16 digits.
@@ -29,7 +35,14 @@ const MAX_ID_BYTES: usize = 120;
 const ENTRY_SUFFIX: &str = ".media";
 const TEMP_SUFFIX: &str = ".tmp";
 const MAGIC: &str = "WAMC1";
+/// Digits of the length in a header written by streaming: the length is
+/// known at the end only, then written over the zeros.
+const LENGTH_DIGITS: usize = 20;
+/// Enough to hold any header (content types are at most 255 bytes).
+const HEADER_MAX: usize = MAGIC.len() + 1 + LENGTH_DIGITS + 1 + 255 + 1;
 const FALLBACK_TYPE: &str = "application/octet-stream";
+/// Buffer of a file being written.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 /// The cache; clones share it.
 #[derive(Clone)]
@@ -41,7 +54,6 @@ struct Inner {
     dir: PathBuf,
     max_bytes: u64,
     index: Mutex<Index>,
-    temp_counter: AtomicU64,
 }
 
 #[derive(Default)]
@@ -125,6 +137,172 @@ impl Index {
     }
 }
 
+/// A media on disk, open for reading: a cache entry, or a downloaded file
+/// the cache did not keep (already unlinked; it lives as long as this).
+/// Clones share the open file; reads are by position, so they do not
+/// disturb each other.
+#[derive(Clone)]
+pub struct CachedMedia {
+    file: Arc<File>,
+    /// Where the media's bytes start in the file (after the header).
+    offset: u64,
+    /// The media's length in bytes.
+    pub length: u64,
+    pub mime_type: String,
+}
+
+impl CachedMedia {
+    /// Up to `len` bytes from `position` of the media (fewer only at its
+    /// end). Blocking: call it from `spawn_blocking`.
+    pub fn read_at(&self, position: u64, len: usize) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(self.length.saturating_sub(position))
+            .unwrap_or(usize::MAX)
+            .min(len);
+        let mut buffer = vec![0; len];
+        let mut filled = 0;
+        while filled < len {
+            let read = read_at(
+                &self.file,
+                &mut buffer[filled..],
+                self.offset + position + filled as u64,
+            )?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the media file is shorter than its header says",
+                ));
+            }
+            filled += read;
+        }
+        Ok(buffer)
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buffer: &mut [u8], position: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buffer, position)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buffer: &mut [u8], position: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buffer, position)
+}
+
+/// A temporary file, removed when dropped unless it was renamed into the
+/// cache.
+pub struct TempFile {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl TempFile {
+    /// A new empty file in `dir`, open for reading and writing.
+    pub async fn create(dir: &Path) -> io::Result<(Self, tokio::fs::File)> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let serial = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(
+            "whatsapp-clone-{}-{serial}{TEMP_SUFFIX}",
+            std::process::id()
+        ));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await?;
+        Ok((Self { path, kept: false }, file))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            remove_quietly(&self.path);
+        }
+    }
+}
+
+/// A media being streamed to disk, in the entry format.
+pub struct EntryWriter {
+    file: BufWriter<tokio::fs::File>,
+    temp: TempFile,
+    header_len: u64,
+    length: u64,
+    mime_type: String,
+}
+
+/// A whole media on disk, to keep in the cache or serve once.
+pub struct FinishedEntry {
+    media: CachedMedia,
+    temp: TempFile,
+    /// The file's size, header included.
+    size: u64,
+}
+
+impl EntryWriter {
+    /// Starts a temporary file in `dir` (the cache's, so the rename into
+    /// the cache is atomic) with a header for `mime_type`.
+    pub async fn create(dir: &Path, mime_type: &str) -> io::Result<Self> {
+        let mime_type = if is_header_safe(mime_type) {
+            mime_type
+        } else {
+            FALLBACK_TYPE
+        };
+        let header = header(0, mime_type);
+        let (temp, file) = TempFile::create(dir).await?;
+        let mut file = BufWriter::with_capacity(WRITE_BUFFER, file);
+        file.write_all(header.as_bytes()).await?;
+        Ok(Self {
+            file,
+            temp,
+            header_len: header.len() as u64,
+            length: 0,
+            mime_type: mime_type.to_owned(),
+        })
+    }
+
+    /// Media bytes written so far.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes).await?;
+        self.length += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the length into the header and syncs: the file is whole.
+    pub async fn finish(mut self) -> io::Result<FinishedEntry> {
+        self.file.flush().await?;
+        let mut file = self.file.into_inner();
+        file.seek(SeekFrom::Start(MAGIC.len() as u64 + 1)).await?;
+        file.write_all(format!("{:0width$}", self.length, width = LENGTH_DIGITS).as_bytes())
+            .await?;
+        file.flush().await?;
+        file.sync_data().await?;
+        let file = file.into_std().await;
+        Ok(FinishedEntry {
+            media: CachedMedia {
+                file: Arc::new(file),
+                offset: self.header_len,
+                length: self.length,
+                mime_type: self.mime_type,
+            },
+            temp: self.temp,
+            size: self.header_len + self.length,
+        })
+    }
+}
+
+impl FinishedEntry {
+    /// Served once, not kept: the file goes when the last reader is done.
+    pub fn detached(self) -> CachedMedia {
+        self.media
+    }
+}
+
 impl MediaCache {
     /// `dir` is created if missing; entries already there are counted (so
     /// the cap holds across restarts), leftover temporary files removed.
@@ -162,7 +340,6 @@ impl MediaCache {
             dir,
             max_bytes,
             index: Mutex::new(index),
-            temp_counter: AtomicU64::new(0),
         };
         inner.delete(&victims);
         Ok(Self {
@@ -170,17 +347,22 @@ impl MediaCache {
         })
     }
 
-    /// The cached bytes and content type, if present (touches the entry so
-    /// it is evicted last).
-    pub async fn get(&self, media_id: &str) -> Option<(Bytes, String)> {
+    /// Where entries (and the temporary files that become them) live.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The cached media, open for reading, if present (touches the entry
+    /// so it is evicted last).
+    pub async fn open_entry(&self, media_id: &str) -> Option<CachedMedia> {
         let name = entry_name(media_id)?;
         let serial = self.inner.lock().entries.get(&name)?.serial;
         let path = self.inner.dir.join(&name);
-        let read = tokio::task::spawn_blocking(move || read_entry(&path)).await;
+        let read = tokio::task::spawn_blocking(move || open_entry(&path)).await;
         let failure = match read {
-            Ok(Ok(Some(entry))) => {
+            Ok(Ok(Some(media))) => {
                 self.inner.lock().touch(&name);
-                return Some(entry);
+                return Some(media);
             }
             Ok(Ok(None)) => "the file is damaged".to_owned(),
             Ok(Err(e)) => e.to_string(),
@@ -194,36 +376,38 @@ impl MediaCache {
         None
     }
 
-    /// Stores an entry (written to a temporary file, then renamed), then
-    /// evicts least recently used entries until the total is at most the
-    /// cap. An entry larger than the cap is not kept. Errors are logged and
+    /// Keeps a finished download as the entry of `media_id` (renamed into
+    /// place), then evicts least recently used entries until the total is
+    /// at most the cap. An entry larger than the cap is not kept. Either
+    /// way the media is returned, open for reading. Errors are logged and
     /// ignored.
-    pub async fn put(&self, media_id: &str, bytes: &[u8], mime_type: &str) {
+    pub async fn keep(&self, media_id: &str, entry: FinishedEntry) -> CachedMedia {
         let Some(name) = entry_name(media_id) else {
             tracing::debug!(media_id, "media cache: id too long to cache");
-            return;
+            return entry.detached();
         };
-        let data = encode(bytes, mime_type);
-        if data.len() as u64 > self.inner.max_bytes {
+        if entry.size > self.inner.max_bytes {
             tracing::debug!(
                 media_id,
-                size = data.len(),
+                size = entry.size,
                 "media cache: larger than the whole cache, not kept"
             );
             let mut index = self.inner.lock();
             if index.remove(&name, None) {
                 remove_quietly(&self.inner.dir.join(&name));
             }
-            return;
+            return entry.detached();
         }
         let inner = self.inner.clone();
-        let stored = tokio::task::spawn_blocking(move || inner.store(name, &data)).await;
+        let media = entry.media.clone();
+        let stored = tokio::task::spawn_blocking(move || inner.store(name, entry)).await;
         let error = match stored {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => return media,
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
         tracing::warn!(media_id, error = %error, "media cache: cannot store an entry");
+        media
     }
 
     #[cfg(test)]
@@ -237,28 +421,13 @@ impl Inner {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes `data` as entry `name`, then evicts down to the cap.
-    fn store(&self, name: String, data: &[u8]) -> io::Result<()> {
-        let serial = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        let temp = self
-            .dir
-            .join(format!("{}-{serial}{TEMP_SUFFIX}", std::process::id()));
-        let written = File::create(&temp).and_then(|mut file| {
-            file.write_all(data)?;
-            file.sync_data()
-        });
-        if let Err(e) = written {
-            remove_quietly(&temp);
-            return Err(e);
-        }
+    /// Renames `entry` into place as `name`, then evicts down to the cap.
+    fn store(&self, name: String, mut entry: FinishedEntry) -> io::Result<()> {
         let mut index = self.lock();
         // Renamed under the lock, so the index describes the file that won.
-        if let Err(e) = fs::rename(&temp, self.dir.join(&name)) {
-            drop(index);
-            remove_quietly(&temp);
-            return Err(e);
-        }
-        index.insert(name, data.len() as u64);
+        fs::rename(&entry.temp.path, self.dir.join(&name))?;
+        entry.temp.kept = true;
+        index.insert(name, entry.size);
         let victims = index.evict(self.max_bytes);
         self.delete(&victims);
         Ok(())
@@ -305,18 +474,9 @@ fn is_entry_name(name: &str) -> bool {
     })
 }
 
-/// `WAMC1 <length>\n<content type>\n<bytes>`.
-fn encode(bytes: &[u8], mime_type: &str) -> Vec<u8> {
-    let mime_type = if is_header_safe(mime_type) {
-        mime_type
-    } else {
-        FALLBACK_TYPE
-    };
-    let header = format!("{MAGIC} {}\n{mime_type}\n", bytes.len());
-    let mut data = Vec::with_capacity(header.len() + bytes.len());
-    data.extend_from_slice(header.as_bytes());
-    data.extend_from_slice(bytes);
-    data
+/// `WAMC1 <length, zero-padded>\n<content type>\n`, then the bytes.
+fn header(length: u64, mime_type: &str) -> String {
+    format!("{MAGIC} {length:0width$}\n{mime_type}\n", width = LENGTH_DIGITS)
 }
 
 /// Fit for a `Content-Type` header: visible ASCII and spaces, not too long.
@@ -326,34 +486,52 @@ fn is_header_safe(mime_type: &str) -> bool {
         && mime_type.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
 }
 
-/// `None` when the file is not a whole entry.
-fn decode(mut data: Vec<u8>) -> Option<(Bytes, String)> {
-    let first = data.iter().position(|&b| b == b'\n')?;
-    let second = first + 1 + data[first + 1..].iter().position(|&b| b == b'\n')?;
-    let length: usize = std::str::from_utf8(&data[..first])
+/// The header's length, the media's length and its content type; `None`
+/// when `head` does not start with a header.
+fn parse_header(head: &[u8]) -> Option<(u64, u64, String)> {
+    let first = head.iter().position(|&b| b == b'\n')?;
+    let second = first + 1 + head[first + 1..].iter().position(|&b| b == b'\n')?;
+    let length: u64 = std::str::from_utf8(&head[..first])
         .ok()?
         .strip_prefix(MAGIC)?
         .strip_prefix(' ')?
         .parse()
         .ok()?;
-    let mime_type = std::str::from_utf8(&data[first + 1..second]).ok()?;
-    if !is_header_safe(mime_type) || data.len() - (second + 1) != length {
+    let mime_type = std::str::from_utf8(&head[first + 1..second]).ok()?;
+    if !is_header_safe(mime_type) {
         return None;
     }
-    let mime_type = mime_type.to_owned();
-    let bytes = Bytes::from(data.split_off(second + 1));
-    Some((bytes, mime_type))
+    Some((second as u64 + 1, length, mime_type.to_owned()))
 }
 
-/// Reads an entry and marks it used on disk too (its modification time
-/// orders entries at the next start).
-fn read_entry(path: &Path) -> io::Result<Option<(Bytes, String)>> {
-    let mut file = File::open(path)?;
-    let mut data = Vec::new();
-    file.read_to_end(&mut data)?;
+/// Opens an entry (`None` when it is not a whole one) and marks it used on
+/// disk too (its modification time orders entries at the next start).
+fn open_entry(path: &Path) -> io::Result<Option<CachedMedia>> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut head = vec![0; HEADER_MAX];
+    let mut filled = 0;
+    while filled < head.len() {
+        match read_at(&file, &mut head[filled..], filled as u64)? {
+            0 => break,
+            read => filled += read,
+        }
+    }
+    head.truncate(filled);
+    let Some((offset, length, mime_type)) = parse_header(&head) else {
+        return Ok(None);
+    };
+    if offset.checked_add(length) != Some(size) {
+        return Ok(None);
+    }
     // Best effort: only the order after a restart depends on it.
     let _ = file.set_modified(SystemTime::now());
-    Ok(decode(data))
+    Ok(Some(CachedMedia {
+        file: Arc::new(file),
+        offset,
+        length,
+        mime_type,
+    }))
 }
 
 #[cfg(test)]
@@ -388,28 +566,47 @@ mod tests {
 
     /// An entry of `len` payload bytes takes this much.
     fn entry_size(len: usize, mime_type: &str) -> u64 {
-        encode(&vec![0; len], mime_type).len() as u64
+        (header(0, mime_type).len() + len) as u64
+    }
+
+    /// Streams `bytes` in (two writes) and keeps them.
+    async fn put(cache: &MediaCache, media_id: &str, bytes: &[u8], mime_type: &str) {
+        let mut writer = EntryWriter::create(cache.dir(), mime_type).await.unwrap();
+        let (a, b) = bytes.split_at(bytes.len() / 2);
+        writer.write(a).await.unwrap();
+        writer.write(b).await.unwrap();
+        let media = cache
+            .keep(media_id, writer.finish().await.unwrap())
+            .await;
+        assert_eq!(media.read_at(0, usize::MAX).unwrap(), bytes, "served whole either way");
+    }
+
+    /// The cached bytes and type.
+    async fn get(cache: &MediaCache, media_id: &str) -> Option<(Vec<u8>, String)> {
+        let media = cache.open_entry(media_id).await?;
+        let bytes = media.read_at(0, usize::MAX).unwrap();
+        assert_eq!(bytes.len() as u64, media.length);
+        Some((bytes, media.mime_type))
     }
 
     #[tokio::test]
     async fn get_after_put_returns_the_bytes_and_type() {
         let dir = temp_dir("roundtrip");
         let cache = MediaCache::open(dir.clone(), 1 << 20).unwrap();
-        assert!(cache.get("1234").await.is_none());
-        cache
-            .put("1234", b"\xff\xd8 jpeg\n\nbytes", "image/jpeg")
+        assert!(get(&cache, "1234").await.is_none());
+        put(&cache, "1234", b"\xff\xd8 jpeg\n\nbytes", "image/jpeg")
             .await;
-        let (bytes, mime_type) = cache.get("1234").await.unwrap();
+        let (bytes, mime_type) = get(&cache, "1234").await.unwrap();
         assert_eq!(&bytes[..], b"\xff\xd8 jpeg\n\nbytes");
         assert_eq!(mime_type, "image/jpeg");
         // Replaced, counted once; empty bytes and odd types are fine.
-        cache.put("1234", b"", "audio/ogg; codecs=opus").await;
+        put(&cache, "1234", b"", "audio/ogg; codecs=opus").await;
         assert_eq!(
-            cache.get("1234").await.unwrap(),
-            (Bytes::new(), "audio/ogg; codecs=opus".to_owned())
+            get(&cache, "1234").await.unwrap(),
+            (Vec::new(), "audio/ogg; codecs=opus".to_owned())
         );
-        cache.put("5678", b"x", "bad\r\ntype").await;
-        assert_eq!(cache.get("5678").await.unwrap().1, FALLBACK_TYPE);
+        put(&cache, "5678", b"x", "bad\r\ntype").await;
+        assert_eq!(get(&cache, "5678").await.unwrap().1, FALLBACK_TYPE);
         assert_eq!(cache.total(), on_disk(&dir).0);
         assert_eq!(on_disk(&dir).1, 2, "no temporary files left");
         fs::remove_dir_all(&dir).ok();
@@ -422,23 +619,23 @@ mod tests {
         let cap = 3 * size + 10;
         let cache = MediaCache::open(dir.clone(), cap).unwrap();
         for id in ["a", "b", "c"] {
-            cache.put(id, &[1; 100], "image/png").await;
+            put(&cache, id, &[1; 100], "image/png").await;
         }
         assert_eq!(cache.total(), 3 * size);
         // "a" is read, so "b" is now the least recently used.
-        assert!(cache.get("a").await.is_some());
-        cache.put("d", &[2; 100], "image/png").await;
-        assert!(cache.get("b").await.is_none());
+        assert!(get(&cache, "a").await.is_some());
+        put(&cache, "d", &[2; 100], "image/png").await;
+        assert!(get(&cache, "b").await.is_none());
         for id in ["a", "c", "d"] {
-            assert!(cache.get(id).await.is_some(), "{id}");
+            assert!(get(&cache, id).await.is_some(), "{id}");
         }
         assert!(cache.total() <= cap);
         assert_eq!(on_disk(&dir), (3 * size, 3));
         // A big entry pushes out as many as it needs to.
-        cache.put("e", &[3; 250], "image/png").await;
+        put(&cache, "e", &[3; 250], "image/png").await;
         assert!(cache.total() <= cap);
         assert!(on_disk(&dir).0 <= cap);
-        assert!(cache.get("e").await.is_some());
+        assert!(get(&cache, "e").await.is_some());
         fs::remove_dir_all(&dir).ok();
     }
 
@@ -447,14 +644,14 @@ mod tests {
         let dir = temp_dir("oversize");
         let cap = entry_size(100, "video/mp4");
         let cache = MediaCache::open(dir.clone(), cap).unwrap();
-        cache.put("small", &[1; 100], "video/mp4").await;
-        cache.put("huge", &[1; 101], "video/mp4").await;
-        assert!(cache.get("huge").await.is_none());
-        assert!(cache.get("small").await.is_some(), "others stay");
+        put(&cache, "small", &[1; 100], "video/mp4").await;
+        put(&cache, "huge", &[1; 101], "video/mp4").await;
+        assert!(get(&cache, "huge").await.is_none());
+        assert!(get(&cache, "small").await.is_some(), "others stay");
         assert_eq!(on_disk(&dir), (cap, 1));
         // Replacing an entry with an oversized version drops the old one.
-        cache.put("small", &[1; 1000], "video/mp4").await;
-        assert!(cache.get("small").await.is_none());
+        put(&cache, "small", &[1; 1000], "video/mp4").await;
+        assert!(get(&cache, "small").await.is_none());
         assert_eq!((cache.total(), on_disk(&dir)), (0, (0, 0)));
         fs::remove_dir_all(&dir).ok();
     }
@@ -465,19 +662,19 @@ mod tests {
         let size = entry_size(100, "image/webp");
         {
             let cache = MediaCache::open(dir.clone(), 10 * size).unwrap();
-            cache.put("old", &[1; 100], "image/webp").await;
+            put(&cache, "old", &[1; 100], "image/webp").await;
             // Modification times order entries across restarts.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            cache.put("new", &[2; 100], "image/webp").await;
+            put(&cache, "new", &[2; 100], "image/webp").await;
         }
         fs::write(dir.join("123-4.tmp"), b"half written").unwrap();
         let cache = MediaCache::open(dir.clone(), 2 * size).unwrap();
         assert_eq!(cache.total(), 2 * size);
         assert_eq!(on_disk(&dir), (2 * size, 2), "the temporary file is gone");
-        assert_eq!(cache.get("new").await.unwrap().0, vec![2; 100]);
-        cache.put("newest", &[3; 100], "image/webp").await;
-        assert!(cache.get("old").await.is_none(), "the oldest went");
-        assert!(cache.get("new").await.is_some());
+        assert_eq!(get(&cache, "new").await.unwrap().0, vec![2; 100]);
+        put(&cache, "newest", &[3; 100], "image/webp").await;
+        assert!(get(&cache, "old").await.is_none(), "the oldest went");
+        assert!(get(&cache, "new").await.is_some());
         // Reopened with a smaller cap: evicted at once.
         drop(cache);
         let cache = MediaCache::open(dir.clone(), size).unwrap();
@@ -502,10 +699,10 @@ mod tests {
             "ünïcode",
         ];
         for id in ids {
-            cache.put(id, id.as_bytes(), "text/plain").await;
+            put(&cache, id, id.as_bytes(), "text/plain").await;
         }
         for id in ids {
-            assert_eq!(&cache.get(id).await.unwrap().0[..], id.as_bytes(), "{id:?}");
+            assert_eq!(&get(&cache, id).await.unwrap().0[..], id.as_bytes(), "{id:?}");
         }
         assert_eq!(on_disk(&dir).1, ids.len());
         for item in fs::read_dir(&dir).unwrap() {
@@ -516,9 +713,9 @@ mod tests {
         assert_eq!(on_disk(&parent).1, 1, "nothing beside the cache directory");
         // Too long to name a file: not cached, no harm.
         let long = "9".repeat(MAX_ID_BYTES + 1);
-        cache.put(&long, b"x", "text/plain").await;
-        assert!(cache.get(&long).await.is_none());
-        assert!(cache.get("").await.is_none());
+        put(&cache, &long, b"x", "text/plain").await;
+        assert!(get(&cache, &long).await.is_none());
+        assert!(get(&cache, "").await.is_none());
         fs::remove_dir_all(&parent).ok();
     }
 
@@ -526,16 +723,16 @@ mod tests {
     async fn a_damaged_file_is_a_miss_and_is_dropped() {
         let dir = temp_dir("damaged");
         let cache = MediaCache::open(dir.clone(), 1 << 20).unwrap();
-        cache.put("42", &[7; 100], "image/jpeg").await;
+        put(&cache, "42", &[7; 100], "image/jpeg").await;
         let path = dir.join(entry_name("42").unwrap());
         let data = fs::read(&path).unwrap();
         fs::write(&path, &data[..data.len() - 1]).unwrap();
-        assert!(cache.get("42").await.is_none());
+        assert!(get(&cache, "42").await.is_none());
         assert_eq!((cache.total(), on_disk(&dir).1), (0, 0));
         // Deleted behind the cache's back: a miss too.
-        cache.put("43", &[7; 10], "image/jpeg").await;
+        put(&cache, "43", &[7; 10], "image/jpeg").await;
         fs::remove_file(dir.join(entry_name("43").unwrap())).unwrap();
-        assert!(cache.get("43").await.is_none());
+        assert!(get(&cache, "43").await.is_none());
         assert_eq!(cache.total(), 0);
         fs::remove_dir_all(&dir).ok();
     }

@@ -19,6 +19,11 @@ async fn stack_with(graph: &FakeGraph, replicas: usize) -> Stack {
     let mut api_args: Vec<&str> = args.iter().map(String::as_str).collect();
     let media_arg = format!("--media-cache-dir={}", media.display());
     api_args.push(&media_arg);
+    // The fake's media URLs are on 127.0.0.1, over http.
+    api_args.extend([
+        "--media-allowed-hosts=127.0.0.1",
+        "--media-allow-private-addresses",
+    ]);
     let stack = spawn_stack_configured(replicas, &api_args, &args).await;
     // The stack's own first message goes out before a test scripts replies.
     let marker = crate::helpers::MARKER
