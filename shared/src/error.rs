@@ -21,6 +21,9 @@ pub enum ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    /// The storage has no room left (a full disk): transient, but worth
+    /// telling apart, so that readiness and refusals can say so.
+    pub out_of_space: bool,
 }
 
 impl Error {
@@ -36,10 +39,19 @@ impl Error {
         Self::new(ErrorKind::Conflict, message)
     }
 
+    /// No room left to write: transient (retry once space is freed).
+    pub fn out_of_space(message: impl Into<String>) -> Self {
+        Self {
+            out_of_space: true,
+            ..Self::transient(message)
+        }
+    }
+
     fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
+            out_of_space: false,
         }
     }
 }

@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Queue;
+use crate::broker::{NotReady, Queue};
 use crate::config::LimitsConfig;
 use crate::store::Store;
 
@@ -49,12 +49,23 @@ impl ApiError {
     }
 }
 
+/// `Retry-After` of a `503` that sets none: every refusal says when to
+/// try again (Meta and load balancers have their own schedules; clients
+/// of ours read it).
+pub const RETRY_AFTER_SECS: u32 = 5;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
             tracing::warn!(status = %self.status, error = %self.message, "request failed");
         }
-        (self.status, Json(json!({"error": self.message}))).into_response()
+        let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        response
     }
 }
 
@@ -106,9 +117,15 @@ pub fn readiness(queue: Arc<dyn Queue>, store: Option<Arc<dyn Store>>) -> Readin
         let (queue, store) = (queue.clone(), store.clone());
         Box::pin(async move {
             // Which dependency, in words; its error text only in the log.
-            if let Err(e) = queue.ready().await {
-                tracing::warn!(error = %e, "not ready: the message queue");
-                return Err("the message queue is not reachable".to_owned());
+            match queue.ready().await {
+                Ok(()) => {}
+                Err(NotReady::Unreachable(e)) => {
+                    tracing::warn!(error = %e, "not ready: the message queue");
+                    return Err("the message queue is not reachable".to_owned());
+                }
+                Err(NotReady::CannotStore(reason)) => {
+                    return Err(format!("the message queue cannot store: {reason}"));
+                }
             }
             if let Some(store) = store
                 && let Err(e) = store.ping().await

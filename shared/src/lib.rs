@@ -22,6 +22,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod graph;
+pub mod health;
 pub mod http;
 pub mod outbound;
 pub mod plan;

@@ -15,6 +15,7 @@ use rusqlite::{Connection, Transaction};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, ErrorKind};
+use crate::health::WriteHealth;
 
 /// Most units of work in one transaction.
 const MAX_GROUP: usize = 512;
@@ -29,12 +30,19 @@ struct Group<'c> {
     transaction: Transaction<'c>,
     /// False once a failed unit could not be undone: then nothing commits.
     sound: std::cell::Cell<bool>,
+    /// Why the first unit that broke the transaction failed: the group's
+    /// answer says that, not merely "abandoned".
+    broken_by: std::cell::RefCell<Option<Error>>,
 }
 
 #[derive(Clone)]
 pub struct Database {
     jobs: mpsc::Sender<Job>,
+    health: WriteHealth,
 }
+
+/// What a full disk is called in readiness and errors.
+pub const DISK_FULL: &str = "the disk is full";
 
 impl Database {
     /// Opens (creating) the file in WAL mode with full fsync on commit, so
@@ -54,11 +62,19 @@ impl Database {
         // Every statement is prepared once (`prepare_cached`), not parsed per call.
         connection.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = mpsc::channel::<Job>();
+        let health = WriteHealth::default();
+        let written = health.clone();
         std::thread::Builder::new()
             .name("sqlite".to_owned())
-            .spawn(move || run_groups(connection, queue))
+            .spawn(move || run_groups(connection, queue, &written))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, health })
+    }
+
+    /// Whether writes to this file last succeeded (a full disk is
+    /// remembered until a write succeeds again).
+    pub fn health(&self) -> &WriteHealth {
+        &self.health
     }
 
     /// Runs `work` atomically (in a savepoint of the current group's
@@ -97,7 +113,7 @@ fn stopped() -> Error {
 
 /// The connection's thread: one transaction per group of queued units,
 /// until every `Database` handle is dropped.
-fn run_groups(mut connection: Connection, queue: mpsc::Receiver<Job>) {
+fn run_groups(mut connection: Connection, queue: mpsc::Receiver<Job>, health: &WriteHealth) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -106,14 +122,19 @@ fn run_groups(mut connection: Connection, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let changes_before = connection.total_changes();
         let group =
             match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
                 Ok(transaction) => Group {
                     transaction,
                     sound: std::cell::Cell::new(true),
+                    broken_by: std::cell::RefCell::new(None),
                 },
                 Err(e) => {
                     let error = Error::from(e);
+                    if error.out_of_space {
+                        health.out_of_space(DISK_FULL);
+                    }
                     // Tell every waiting unit; none of them ran.
                     for job in jobs {
                         job(None)(Err(error.clone()));
@@ -122,15 +143,35 @@ fn run_groups(mut connection: Connection, queue: mpsc::Receiver<Job>) {
                 }
             };
         let completions: Vec<Completion> = jobs.into_iter().map(|job| job(Some(&group))).collect();
-        let commit = if group.sound.get() {
-            group.transaction.commit().map_err(Error::from)
+        let Group {
+            transaction,
+            sound,
+            broken_by,
+        } = group;
+        let cause = broken_by.into_inner();
+        let changed = transaction.total_changes() > changes_before;
+        let commit = if sound.get() {
+            transaction.commit().map_err(Error::from)
         } else {
             // A failed unit's writes could not be undone: commit none.
-            let _ = group.transaction.rollback();
-            Err(Error::transient(
-                "a unit of work could not be rolled back; the group was abandoned",
-            ))
+            let _ = transaction.rollback();
+            Err(match cause {
+                Some(cause) => Error {
+                    message: format!("the group of writes was abandoned: {}", cause.message),
+                    kind: ErrorKind::Transient,
+                    ..cause
+                },
+                None => Error::transient(
+                    "a unit of work could not be rolled back; the group was abandoned",
+                ),
+            })
         };
+        // Only a group that wrote says there is room (reads commit on a full disk).
+        match &commit {
+            Ok(()) if changed => health.wrote(),
+            Err(e) if e.out_of_space => health.out_of_space(DISK_FULL),
+            _ => {}
+        }
         for complete in completions {
             complete(commit.clone());
         }
@@ -161,6 +202,12 @@ fn in_savepoint<T, E: Into<Error>>(
     let undone = result.is_ok() || t.execute_batch("ROLLBACK TO unit").is_ok();
     if !undone || t.execute_batch("RELEASE unit").is_err() {
         group.sound.set(false);
+        if let Err(e) = &result {
+            group
+                .broken_by
+                .borrow_mut()
+                .get_or_insert_with(|| e.clone());
+        }
     }
     result
 }
@@ -179,14 +226,16 @@ impl From<rusqlite::Error> for Error {
             SqliteFailure(failure, _) => failure.code == rusqlite::ErrorCode::ConstraintViolation,
             _ => false,
         };
-        let kind = if rejected {
-            ErrorKind::Rejected
+        let full = matches!(&e, SqliteFailure(failure, _)
+            if failure.code == rusqlite::ErrorCode::DiskFull);
+        let message = format!("SQLite: {e}");
+        if full {
+            return Self::out_of_space(message);
+        }
+        if rejected {
+            Self::rejected(message)
         } else {
-            ErrorKind::Transient
-        };
-        Self {
-            kind,
-            message: format!("SQLite: {e}"),
+            Self::transient(message)
         }
     }
 }

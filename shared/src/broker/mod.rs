@@ -40,6 +40,25 @@ pub enum BrokerError {
     /// The payload is larger than the broker accepts.
     #[error("payload too large for the broker: {0}")]
     TooLarge(String),
+    /// The broker has no room (a full disk, JetStream out of storage or at
+    /// a stream's limit): retrying at once is pointless; `reason` says so
+    /// in words, `detail` is the driver's text (for the log).
+    #[error("{reason}: {detail}")]
+    Full {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// Why a broker is not ready.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    /// It does not answer; the driver's text, for the log only.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// It answers but cannot store; in words, safe to show.
+    #[error("{0}")]
+    CannotStore(&'static str),
 }
 
 /// Outcome of [`Queue::enqueue`].
@@ -63,8 +82,10 @@ pub trait Queue: Send + Sync + 'static {
     /// a crash.
     async fn next_batch(&self, limits: BatchLimits) -> Result<Vec<Delivery>, BrokerError>;
 
-    /// `Err` says why payloads can't flow now.
-    async fn ready(&self) -> Result<(), String>;
+    /// `Err` says why payloads can't flow now: unreachable, or unable to
+    /// store (the last write failed for lack of room and a probe says
+    /// there still is none).
+    async fn ready(&self) -> Result<(), NotReady>;
 
     /// How long a delivered payload may go unsettled before it is handed
     /// out again (a consumer still working on it says so sooner).

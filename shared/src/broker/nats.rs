@@ -33,11 +33,54 @@ use futures::stream::BoxStream;
 use tokio::io::AsyncReadExt;
 
 use super::{
-    BatchLimits, BrokerError, Delivery, Enqueued, EventBus, Ingest, Queue, ReadError, Settle,
-    payload_id,
+    BatchLimits, BrokerError, Delivery, Enqueued, EventBus, Ingest, NotReady, Queue, ReadError,
+    Settle, payload_id,
 };
 use crate::config::StreamSettings;
 use crate::domain::{Event, Sequenced};
+use crate::health::WriteHealth;
+
+/// Why JetStream refuses writes, in words (readiness, logs).
+pub const JETSTREAM_FULL: &str = "JetStream is out of storage";
+/// A stream at its own `max_bytes` / `max_msgs` (discard new).
+pub const STREAM_FULL: &str = "a JetStream stream is at its size limit";
+
+/// JetStream error codes that mean "no room": insufficient resources,
+/// storage resources exceeded, account resources exceeded, memory
+/// resources exceeded. Retrying them within a request is pointless.
+const NO_ROOM_CODES: [u64; 4] = [10023, 10047, 10002, 10028];
+
+/// Whether an error (or one of its sources) is JetStream saying it has no
+/// room, and which kind. The text is read too: the object store passes
+/// publish errors on as text.
+fn no_room(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut text = String::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(js) = e.downcast_ref::<jetstream::Error>()
+            && NO_ROOM_CODES.contains(&js.error_code().0)
+        {
+            return Some(JETSTREAM_FULL);
+        }
+        text.push_str(&e.to_string());
+        text.push('\n');
+        next = e.source();
+    }
+    no_room_in_text(&text)
+}
+
+/// [`no_room`] for errors that only survive as text.
+fn no_room_in_text(text: &str) -> Option<&'static str> {
+    // Error 10077 (store failed) with the limit it hit.
+    if text.contains("maximum bytes exceeded") || text.contains("maximum messages exceeded") {
+        return Some(STREAM_FULL);
+    }
+    let coded = NO_ROOM_CODES
+        .iter()
+        .any(|code| text.contains(&format!("error code {code})")));
+    (coded || text.contains("insufficient resources") || text.contains("insufficient storage"))
+        .then_some(JETSTREAM_FULL)
+}
 
 /// How long a readiness check waits for JetStream.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -111,6 +154,15 @@ impl Names {
     /// the log need not poll; outside the stream's subject.
     pub fn events_ring(&self) -> String {
         format!("{}.events_ring", self.namespace)
+    }
+
+    /// Subject of the readiness probe's writes (a stream of one message).
+    pub fn probe(&self) -> String {
+        format!("{}.probe", self.namespace)
+    }
+
+    pub fn probe_stream(&self) -> String {
+        format!("{}_PROBE", self.stream_prefix())
     }
 
     pub fn events_stream(&self) -> String {
@@ -346,6 +398,8 @@ pub struct NatsBroker {
     /// election, a server going away), each attempt bounded by the
     /// JetStream timeout. Zero: one attempt.
     publish_deadline: Duration,
+    /// Whether JetStream last took what was written to it.
+    health: WriteHealth,
 }
 
 impl NatsBroker {
@@ -372,6 +426,7 @@ impl NatsBroker {
             ack_wait: Duration::from_secs(30),
             consumer: tokio::sync::Mutex::new(None),
             publish_deadline: Duration::ZERO,
+            health: WriteHealth::default(),
         })
     }
 
@@ -612,9 +667,13 @@ impl NatsBroker {
         let result = match self.send(subject.clone(), id, body).await {
             // NATS lost its streams (e.g. restarted without storage): recreate them once.
             Err(SendError::Publish(e)) if e.kind() == PublishErrorKind::StreamNotFound => {
-                self.ensure_streams()
-                    .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                if let Err(e) = self.ensure_streams().await {
+                    let detail = format!("{e:#}");
+                    return Err(match no_room_in_text(&detail) {
+                        Some(reason) => BrokerError::Full { reason, detail },
+                        None => BrokerError::Unavailable(detail),
+                    });
+                }
                 self.send(subject, id, body).await
             }
             other => other,
@@ -627,7 +686,13 @@ impl NatsBroker {
             Err(SendError::Publish(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                 Err(BrokerError::TooLarge(e.to_string()))
             }
-            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
+            Err(e) => Err(match e.no_room() {
+                Some(reason) => BrokerError::Full {
+                    reason,
+                    detail: e.to_string(),
+                },
+                None => BrokerError::Unavailable(e.to_string()),
+            }),
         }
     }
 }
@@ -638,6 +703,8 @@ impl Queue for NatsBroker {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
+            // Only an outage (an election, a timeout) is waited out: a
+            // JetStream without room says so at once, and is answered so.
             match self.enqueue_once(kind, id, &body).await {
                 Err(BrokerError::Unavailable(e))
                     if started.elapsed() + pause < self.publish_deadline =>
@@ -646,6 +713,14 @@ impl Queue for NatsBroker {
                     metrics::counter!("publish_retries_total").increment(1);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(BrokerError::Full { reason, detail }) => {
+                    self.health.out_of_space(reason);
+                    return Err(BrokerError::Full { reason, detail });
+                }
+                Ok(enqueued) => {
+                    self.health.wrote();
+                    return Ok(enqueued);
                 }
                 other => return other,
             }
@@ -671,24 +746,94 @@ impl Queue for NatsBroker {
 
     /// Connected, and JetStream answers: a server that froze keeps the
     /// connection open while every publish times out.
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), NotReady> {
+        let unreachable = |why: String| Err(NotReady::Unreachable(why));
         match self.client.connection_state() {
             async_nats::connection::State::Connected => {}
-            other => return Err(format!("NATS is {other}")),
+            other => return unreachable(format!("NATS is {other}")),
         }
         // The account info request, answered by any JetStream server (its
         // content is not read: the client's parser fails on a cluster's).
         let asked = self.client.request("$JS.API.INFO", Bytes::new());
         match tokio::time::timeout(READY_TIMEOUT, asked).await {
-            Ok(Ok(answer)) if !answer.payload.is_empty() => Ok(()),
-            Ok(Ok(_)) => Err("JetStream gave an empty answer".to_owned()),
-            Ok(Err(e)) => Err(format!("JetStream does not answer: {e}")),
-            Err(_) => Err(format!("JetStream did not answer within {READY_TIMEOUT:?}")),
+            Ok(Ok(answer)) if !answer.payload.is_empty() => {}
+            Ok(Ok(_)) => return unreachable("JetStream gave an empty answer".to_owned()),
+            Ok(Err(e)) => return unreachable(format!("JetStream does not answer: {e}")),
+            Err(_) => {
+                return unreachable(format!("JetStream did not answer within {READY_TIMEOUT:?}"));
+            }
+        }
+        // Reachable; but a write that failed for lack of room stands until
+        // a later one (or a probe, at most once a second) succeeds.
+        match self.health.due_for_probe() {
+            None => Ok(()),
+            Some((reason, false)) => Err(NotReady::CannotStore(reason)),
+            Some((reason, true)) => match self.probe(reason).await {
+                Ok(()) => {
+                    self.health.wrote();
+                    Ok(())
+                }
+                Err(reason) => Err(NotReady::CannotStore(reason)),
+            },
         }
     }
 
     fn redelivered_after(&self) -> Duration {
         self.ack_wait
+    }
+}
+
+impl NatsBroker {
+    /// Whether JetStream has room again, after writes failed for `reason`:
+    /// a stream at its limit has room once it holds less; a server out of
+    /// storage takes a small write into the probe stream once it has
+    /// room. `Err`: still no room (or no answer).
+    async fn probe(&self, reason: &'static str) -> Result<(), &'static str> {
+        if reason == STREAM_FULL {
+            let mut stream = self
+                .js
+                .get_stream(self.names.webhook_stream())
+                .await
+                .map_err(|_| reason)?;
+            let info = stream.info().await.map_err(|_| reason)?;
+            let (limits, state) = (&info.config, &info.state);
+            let bytes_full = limits.max_bytes > 0
+                && state.bytes >= u64::try_from(limits.max_bytes).unwrap_or(u64::MAX);
+            let count_full = limits.max_messages > 0
+                && state.messages >= u64::try_from(limits.max_messages).unwrap_or(u64::MAX);
+            return if bytes_full || count_full {
+                Err(reason)
+            } else {
+                Ok(())
+            };
+        }
+        let stream = stream::Config {
+            name: self.names.probe_stream(),
+            subjects: vec![self.names.probe()],
+            storage: stream::StorageType::File,
+            // One tiny message, whatever the probes: it occupies nothing.
+            max_messages: 1,
+            discard: stream::DiscardPolicy::Old,
+            max_age: Duration::from_secs(3600),
+            num_replicas: self.events.streams.replicas(),
+            ..Default::default()
+        };
+        let attempt = async {
+            if self.js.get_stream(&stream.name).await.is_err() {
+                self.js.create_stream(stream).await.map_err(|e| {
+                    let detail = format!("{e:#}");
+                    no_room_in_text(&detail).unwrap_or(reason)
+                })?;
+            }
+            publish(&self.js, self.names.probe(), HeaderMap::new(), Bytes::new())
+                .await
+                .map(drop)
+                .map_err(|e| no_room(&e).unwrap_or(reason))
+        };
+        match tokio::time::timeout(READY_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(reason),
+        }
     }
 }
 
@@ -705,6 +850,16 @@ enum SendError {
     Publish(#[from] jetstream::context::PublishError),
     #[error("cannot store the body in the object store: {0}")]
     Bucket(String),
+}
+
+impl SendError {
+    /// Whether JetStream refused it for lack of room, and which kind.
+    fn no_room(&self) -> Option<&'static str> {
+        match self {
+            Self::Publish(e) => no_room(e),
+            Self::Bucket(text) => no_room_in_text(text),
+        }
+    }
 }
 
 type PublishAck = jetstream::publish::PublishAck;
@@ -1138,7 +1293,15 @@ impl EventBus for NatsBroker {
         // for a free one, so sending a whole large batch before awaiting
         // any acknowledgement never finished.
         for window in events.chunks(APPEND_WINDOW) {
-            self.append_window(window, max_payload).await?;
+            if let Err(e) = self.append_window(window, max_payload).await {
+                if let BrokerError::Full { reason, .. } = &e {
+                    self.health.out_of_space(reason);
+                }
+                return Err(e);
+            }
+        }
+        if !events.is_empty() {
+            self.health.wrote();
         }
         if !events.is_empty() {
             // Followers wake up (a lost ring only delays them a little).
@@ -1191,7 +1354,13 @@ impl NatsBroker {
         }
         let acks = acks.into_iter().map(std::future::IntoFuture::into_future);
         for ack in futures::future::join_all(acks).await {
-            ack.map_err(|e| unavailable(&e))?;
+            ack.map_err(|e| match no_room(&e) {
+                Some(reason) => BrokerError::Full {
+                    reason,
+                    detail: e.to_string(),
+                },
+                None => unavailable(&e),
+            })?;
         }
         Ok(())
     }

@@ -87,6 +87,15 @@ pub async fn receive(
                 format!("the broker refuses a body this large: {e}"),
             ),
             BrokerError::Unavailable(e) => unavailable(&e),
+            // Said at once (Meta retries later): the reason in words, the
+            // driver's text in the log only.
+            BrokerError::Full { reason, detail } => {
+                tracing::warn!(reason, error = %detail, "the queue has no room for the webhook");
+                reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot store the webhook now ({reason}), retry later"),
+                )
+            }
         })?;
     metrics::histogram!("webhook_publish_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("webhooks_accepted_total").increment(1);

@@ -52,9 +52,17 @@ pub async fn spawn_app(app_secret: Option<&str>) -> TestApp {
 
 pub async fn spawn_app_on(nats_url: &str, app_secret: Option<&str>) -> TestApp {
     let namespace = test_support::unique_name("gw");
-    let app = Application::build(config(nats_url, &namespace, app_secret))
-        .await
-        .unwrap();
+    spawn_app_with(config(nats_url, &namespace, app_secret)).await
+}
+
+/// A gateway with this configuration (its namespace, its NATS server).
+pub async fn spawn_app_with(config: Config) -> TestApp {
+    let (nats_url, namespace) = (
+        config.nats.nats_url.clone(),
+        config.nats.nats_namespace.clone(),
+    );
+    let nats_url = nats_url.as_str();
+    let app = Application::build(config).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));

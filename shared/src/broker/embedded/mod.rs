@@ -18,8 +18,25 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 
-use super::{BatchLimits, BrokerError, Delivery, Enqueued, Ingest, Queue, Settle};
-use crate::sqlite::Database;
+use super::{BatchLimits, BrokerError, Delivery, Enqueued, Ingest, NotReady, Queue, Settle};
+use crate::sqlite::{DISK_FULL, Database};
+
+/// Below this much free space in the data directory the queue is not
+/// ready: a webhook (up to a few MB, written to the WAL, then copied into
+/// the database) would likely fail half-way.
+const LOW_SPACE: u64 = 1024 * 1024;
+
+/// A storage error as the broker's: a full disk is told apart.
+fn broker_error(e: crate::error::Error) -> BrokerError {
+    if e.out_of_space {
+        BrokerError::Full {
+            reason: DISK_FULL,
+            detail: e.message,
+        }
+    } else {
+        BrokerError::Unavailable(e.message)
+    }
+}
 
 /// While a batch is being handled its payloads are leased, so they are not
 /// handed out again; after a crash the lease is cleared at startup.
@@ -32,6 +49,8 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 pub struct EmbeddedQueue {
     db: Database,
     arrived: std::sync::Arc<Notify>,
+    /// The directory of the file: its free space is part of readiness.
+    dir: std::path::PathBuf,
 }
 
 impl EmbeddedQueue {
@@ -75,6 +94,9 @@ impl EmbeddedQueue {
         Ok(Self {
             db,
             arrived: Default::default(),
+            dir: path
+                .parent()
+                .map_or_else(|| Path::new(".").to_owned(), Path::to_owned),
         })
     }
 
@@ -192,7 +214,7 @@ impl Queue for EmbeddedQueue {
                 .execute(params![id, kind, body.as_ref(), now])
             })
             .await
-            .map_err(|e| BrokerError::Unavailable(e.message))?;
+            .map_err(broker_error)?;
         if inserted > 0 {
             self.arrived.notify_one();
         }
@@ -218,11 +240,31 @@ impl Queue for EmbeddedQueue {
         }
     }
 
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), NotReady> {
         self.db
             .transaction(|t| t.prepare_cached("SELECT 1")?.query_row([], |_| Ok(())))
             .await
-            .map_err(|e| e.message)
+            .map_err(|e| NotReady::Unreachable(e.message))?;
+        // A disk about to fill is not ready before writes fail; one whose
+        // writes failed for lack of room stays not ready until a write
+        // succeeds, or there is room again (looked at once a second).
+        let free = crate::health::available_bytes(&self.dir).unwrap_or(u64::MAX);
+        if free < LOW_SPACE {
+            return Err(NotReady::CannotStore(DISK_FULL));
+        }
+        match self.db.health().due_for_probe() {
+            None => Ok(()),
+            Some((reason, false)) => Err(NotReady::CannotStore(reason)),
+            Some((reason, true)) => {
+                // Room again: the next write will tell for sure.
+                if free >= 2 * LOW_SPACE {
+                    self.db.health().wrote();
+                    Ok(())
+                } else {
+                    Err(NotReady::CannotStore(reason))
+                }
+            }
+        }
     }
 
     fn redelivered_after(&self) -> Duration {

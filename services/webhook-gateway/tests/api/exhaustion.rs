@@ -1,0 +1,111 @@
+//! A JetStream that has no room left: webhooks are refused at once (not
+//! after PUBLISH_TIMEOUT_MS of retries), `/readyz` says why, and both
+//! recover by themselves once there is room again.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use test_support::{KillOnDrop, wait_until};
+
+use crate::helpers::{TestApp, config, error_message, spawn_app_with};
+
+/// A private nats-server whose JetStream may store `max_file_store` bytes.
+struct SmallNats {
+    url: String,
+    dir: std::path::PathBuf,
+    _server: KillOnDrop,
+}
+
+impl Drop for SmallNats {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+async fn small_nats(max_file_store: &str) -> SmallNats {
+    let dir = std::env::temp_dir().join(test_support::unique_name("nats-small"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = test_support::free_port();
+    let config = dir.join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nmax_payload: 8MB\n\
+             jetstream {{ store_dir: \"{}\", max_file_store: {max_file_store} }}\n",
+            dir.join("store").display()
+        ),
+    )
+    .unwrap();
+    let server = KillOnDrop::new(test_support::spawn_nats_server(&config, Stdio::null()));
+    test_support::wait_listening("the small nats-server", port).await;
+    SmallNats {
+        url: format!("nats://127.0.0.1:{port}"),
+        dir,
+        _server: server,
+    }
+}
+
+/// A valid webhook of about `size` bytes, different for every `n`.
+fn webhook(n: usize, size: usize) -> Vec<u8> {
+    let text = format!("{n} ").repeat(size / (n.to_string().len() + 1));
+    serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": "1"},
+        "contacts": [{"profile": {"name": "Filler"}, "wa_id": "447700900123"}],
+        "messages": [{"from": "447700900123", "id": format!("wamid.fill{n}"), "timestamp": "1754400000", "type": "text", "text": {"body": text}}]
+    }}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+async fn readiness(app: &TestApp) -> (u16, String) {
+    let response = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_full_jetstream_is_refused_at_once_and_readiness_says_why() {
+    let nats = small_nats("1MB").await;
+    let namespace = test_support::unique_name("gw-full");
+    let mut config = config(&nats.url, &namespace, None);
+    // The default: a refusal must not wait for it.
+    config.publish_timeout_ms = 10_000;
+    let app = spawn_app_with(config).await;
+    wait_until("ready", Duration::from_secs(20), || async {
+        readiness(&app).await.0 == 200
+    })
+    .await;
+
+    // Fill JetStream with webhooks of 64 KB until it refuses one.
+    let mut accepted = 0;
+    let refused = loop {
+        assert!(accepted < 200, "JetStream never filled up");
+        let started = Instant::now();
+        let response = app.post_webhook(webhook(accepted, 64 * 1024)).await;
+        match response.status().as_u16() {
+            200 => accepted += 1,
+            503 => break (started.elapsed(), response),
+            other => panic!("unexpected status {other}"),
+        }
+    };
+    let (took, response) = refused;
+    assert!(accepted > 0, "some webhooks fit");
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    assert!(response.headers().contains_key("retry-after"));
+    let message = error_message(response).await;
+    assert!(message.contains("out of storage"), "{message}");
+    assert!(!message.contains("10023"), "no driver text: {message}");
+    // Every webhook answered 200 is stored; the refused one is not.
+    assert_eq!(app.stored_payloads().await, accepted as u64);
+
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("out of storage"), "{body}");
+    assert!(!body.contains("error code"), "no driver text: {body}");
+}
