@@ -4,6 +4,8 @@
 
 mod access;
 mod binary;
+mod exhaustion;
 mod helpers;
 mod in_process;
 mod resume;
+mod sending;
