@@ -1,7 +1,8 @@
 # Sourced by scripts/test.sh and scripts/bench.sh (not run on its own):
 # installs what is missing and starts the servers the tests and benchmarks
 # need (a NATS server with JetStream and a MongoDB-wire server), exports
-# TEST_NATS_URL, TEST_MONGODB_URI and NATS_SERVER_BIN, and stops what it
+# TEST_NATS_URL, TEST_MONGODB_URI, TEST_MONGODB_RS_URI (a replica set, where
+# transactions run) and NATS_SERVER_BIN, and stops what it
 # started when the calling script exits.
 #
 # Expects ROOT (the repository) to be set and the caller to run under
@@ -214,6 +215,16 @@ else
     PIDS+=("$!")
     MONGO_PID=$!
     MONGO_LOGS=("$TMP/nx.log" "$TMP/nx.out")
+    # And a second one that answers as a one-member replica set, so that
+    # the tests also run the production path: each batch one transaction.
+    MONGO_RS_PORT="$(free_port)"
+    mkdir -p "$TMP/mongo-rs"
+    log "starting nx-27017 as replica set rs0 on port $MONGO_RS_PORT"
+    "$VENV/bin/python" "$ROOT/scripts/nx-replica-set.py" --data-dir "$TMP/mongo-rs" \
+        --host 127.0.0.1 -p "$MONGO_RS_PORT" --log-file "$TMP/nx-rs.log" --pid-file "$TMP/nx-rs.pid" \
+        </dev/null >"$TMP/nx-rs.out" 2>&1 &
+    PIDS+=("$!")
+    MONGO_RS_PID=$!
 fi
 
 # --- 3. shared NATS server with JetStream -------------------------------------
@@ -239,6 +250,15 @@ fi
 if [ -n "$MONGO_PORT" ]; then
     wait_port "MongoDB server" "$MONGO_PORT" "$MONGO_PID" "${MONGO_LOGS[@]}"
     export TEST_MONGODB_URI="mongodb://127.0.0.1:$MONGO_PORT"
+fi
+# Tests of the transactional path use TEST_MONGODB_RS_URI: the replica-set
+# stand-in, or the same server when that is a replica set already (mongod
+# above) or was given.
+if [ -n "${MONGO_RS_PORT:-}" ]; then
+    wait_port "MongoDB replica-set stand-in" "$MONGO_RS_PORT" "$MONGO_RS_PID" "$TMP/nx-rs.log" "$TMP/nx-rs.out"
+    export TEST_MONGODB_RS_URI="mongodb://127.0.0.1:$MONGO_RS_PORT"
+else
+    export TEST_MONGODB_RS_URI="${TEST_MONGODB_RS_URI:-$TEST_MONGODB_URI}"
 fi
 if [ -n "$NATS_PORT" ]; then
     wait_port "nats-server" "$NATS_PORT" "$NATS_PID" "$TMP/nats.log"

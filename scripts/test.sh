@@ -8,6 +8,9 @@
 # Environment:
 #   TEST_NATS_URL     use this NATS server instead of starting one
 #   TEST_MONGODB_URI  use this MongoDB server instead of starting one
+#   TEST_MONGODB_RS_URI  the replica set (transactions) for the tests of that
+#                     path; started as a stand-in with the one above, else
+#                     TEST_MONGODB_URI itself
 #                     (no database path: tests append their own names)
 #   NATS_SERVER_BIN   nats-server binary (found or installed if unset);
 #                     tests start private servers with it to simulate outages
@@ -62,7 +65,7 @@ install_cargo_deny() {
 }
 
 # --- 5. lint and test ---------------------------------------------------------
-log "TEST_NATS_URL=$TEST_NATS_URL TEST_MONGODB_URI=$TEST_MONGODB_URI NATS_SERVER_BIN=$NATS_SERVER_BIN"
+log "TEST_NATS_URL=$TEST_NATS_URL TEST_MONGODB_URI=$TEST_MONGODB_URI TEST_MONGODB_RS_URI=$TEST_MONGODB_RS_URI NATS_SERVER_BIN=$NATS_SERVER_BIN"
 if [ "${SKIP_LINT:-0}" != "1" ]; then
     log "cargo fmt --all -- --check"
     cargo fmt --all -- --check

@@ -47,6 +47,15 @@ pub fn status_rank(status: &str) -> Option<i32> {
     })
 }
 
+/// Whether an id is one we give a message the business sends, until
+/// WhatsApp gives it its own (`local.<32 hex or uuid>`).
+pub fn is_local_id(id: &str) -> bool {
+    id.len() <= 64
+        && id
+            .strip_prefix("local.")
+            .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
 /// Status names safe to use as a field name in a store (`statusTimestamps.<s>`).
 pub fn is_safe_status_name(status: &str) -> bool {
     !status.is_empty()
@@ -191,6 +200,20 @@ pub struct QueuedSend {
     /// Why the last attempt did not go through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Waiting behind an earlier send of its conversation (its due time is
+    /// then that one's), not in backoff: whoever finishes the earlier one
+    /// may take it at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+}
+
+impl QueuedSend {
+    /// Its place in its conversation's queue (microseconds since the
+    /// epoch it was queued at; ties go by id): sends to a customer leave
+    /// in this order.
+    pub fn order(&self) -> i64 {
+        self.queued_at.unwrap_or(self.due).timestamp_micros()
+    }
 }
 
 /// A webhook body exactly as received, kept because Meta offers no way to
@@ -214,6 +237,11 @@ pub struct StatusChange {
     pub conversation_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<Value>,
+    /// The local id of our message this status is for, when WhatsApp
+    /// echoes it (`biz_opaque_callback_data`): it names the message even
+    /// if its sender never stored WhatsApp's id (killed in between).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<String>,
 }
 
 /// A conversation's precomputed summary, as listed by the API.

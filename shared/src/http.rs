@@ -189,18 +189,32 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    run_until_signalled_within(SHUTDOWN_GRACE, run).await
+}
+
+/// Like [`run_until_signalled`] with a longer `grace`: a service that sends
+/// through WhatsApp waits for the answers in flight (up to the Graph
+/// timeout) so that nothing is sent twice after a restart.
+pub async fn run_until_signalled_within<F, Fut>(
+    grace: std::time::Duration,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let token = shutdown_on_signals();
     let mut running = tokio::spawn(run(token.clone()));
     tokio::select! {
         result = &mut running => return result?,
         () = token.cancelled() => {}
     }
-    match tokio::time::timeout(SHUTDOWN_GRACE, &mut running).await {
+    match tokio::time::timeout(grace, &mut running).await {
         Ok(result) => result?,
         Err(_) => {
             tracing::warn!(
-                grace = ?SHUTDOWN_GRACE,
-                "not stopped in time (NATS or MongoDB unreachable?): exiting; unfinished work is redelivered"
+                ?grace,
+                "not stopped within the grace period (a store, broker or WhatsApp not answering): exiting; unfinished work is redelivered"
             );
             // Blocking tasks (SQLite, file I/O) would hold the runtime up.
             std::process::exit(0);

@@ -2,18 +2,26 @@
 //! stores what WhatsApp answered. Runs in every processor (and in the
 //! all-in-one); replicas share the queue.
 //!
+//! Order: only a conversation's first queued send (by when it was
+//! accepted) may go out. One that waits for a retry, or is leased to a
+//! sender (even a dead one, until its lease runs out), holds back the rest
+//! of its conversation, never the other conversations.
+//!
 //! A send is claimed by moving its due time forward by a lease: only one
 //! sender's guarded update can move it from the time it read. WhatsApp's
 //! id is noted on the send the moment WhatsApp accepts it, before the
 //! outcome is stored with its events; a sender that finds a send with an
 //! id (its first sender stopped in between) stores the outcome without
-//! sending again. A send is sent twice only if a sender stops between
-//! WhatsApp's answer and that one write, or WhatsApp's answer is lost.
+//! sending again. Stopping (SIGTERM), a sender starts no new request and
+//! waits for the answers in flight. A send goes out twice only if a sender
+//! is killed between WhatsApp's answer and that one write, or the answer is
+//! lost, and even then not if a status webhook naming the message
+//! (`biz_opaque_callback_data`) arrives before the lease runs out.
 
-use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,8 +42,11 @@ const POLL: Duration = Duration::from_millis(250);
 /// A send whose message is not stored after this long was not stored at
 /// all (the request that queued it failed); it is dropped.
 const ORPHAN_AGE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
-/// Conversations sent to at once; within one, sends go in order.
+/// Conversations sent to at once; within one, sends go one by one, in order.
 const CONVERSATIONS_AT_ONCE: usize = 8;
+/// Sends of one conversation a round takes, so that a long queue does not
+/// keep the round (and a stop) waiting.
+const MAX_PER_CONVERSATION: usize = 20;
 
 pub struct Sender {
     processor: Processor,
@@ -44,6 +55,8 @@ pub struct Sender {
     limiter: Arc<DefaultDirectRateLimiter>,
     /// How long a claimed send is left to its sender.
     lease: chrono::TimeDelta,
+    /// Requests to WhatsApp not answered yet (reported when stopping).
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Sender {
@@ -59,18 +72,31 @@ impl Sender {
             graph,
             limiter: Arc::new(RateLimiter::direct(Quota::per_second(rate))),
             lease,
+            in_flight: Arc::default(),
         }
     }
 
-    /// Sends until `cancel`; the sends in hand are finished first.
+    /// Sends until `cancel`. Then no new request starts; those WhatsApp
+    /// has not answered yet are waited for (each at most the Graph
+    /// timeout) and their answers stored, so a deploy sends nothing twice.
     pub async fn run(self, cancel: CancellationToken) {
         tracing::info!(
             phone_number_id = self.graph.phone_number_id(),
             rate = self.graph.send_rate(),
             "sending queued messages through the WhatsApp Cloud API"
         );
+        let announce = {
+            let (cancel, in_flight) = (cancel.clone(), self.in_flight.clone());
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                tracing::info!(
+                    in_flight = in_flight.load(Ordering::Relaxed),
+                    "stopping the sender: no new sends; waiting for WhatsApp's answers to those in flight"
+                );
+            })
+        };
         while !cancel.is_cancelled() {
-            let sent = match self.round().await {
+            let sent = match self.round(&cancel).await {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the send queue; retrying");
@@ -79,49 +105,119 @@ impl Sender {
             };
             if sent == 0 {
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(POLL) => {}
                 }
             }
         }
+        announce.abort();
+        tracing::info!("sender stopped: every send in flight was answered and stored");
     }
 
-    /// Claims the sends due now (a second's worth at the send rate) and
-    /// sends them; returns how many were claimed.
-    async fn round(&self) -> StoreResult<usize> {
-        let now = now();
+    /// Sends the queues of the conversations with sends due now (a
+    /// second's worth at the send rate), each from its first send, in
+    /// order; returns how many were claimed.
+    async fn round(&self, cancel: &CancellationToken) -> StoreResult<usize> {
         let store = self.processor.store();
         let due = store
-            .due_sends(now, self.graph.send_rate().max(1) as usize)
+            .due_sends(now(), self.graph.send_rate().max(1) as usize)
             .await?;
-        let mut claimed: BTreeMap<String, Vec<QueuedSend>> = BTreeMap::new();
-        let mut n = 0;
+        let mut conversations: Vec<(String, Vec<QueuedSend>)> = Vec::new();
         for send in due {
-            let mut claim = send.clone();
-            claim.due = now + self.lease;
-            if store.update_send(&claim, send.due).await? {
-                n += 1;
-                claimed
-                    .entry(claim.conversation_id.clone())
-                    .or_default()
-                    .push(claim);
+            match conversations
+                .iter_mut()
+                .find(|(id, _)| *id == send.conversation_id)
+            {
+                Some((_, sends)) => sends.push(send),
+                None => conversations.push((send.conversation_id.clone(), vec![send])),
             }
         }
-        futures::stream::iter(claimed.into_values())
-            .for_each_concurrent(CONVERSATIONS_AT_ONCE, |sends| async move {
-                for send in sends {
-                    if let Err(e) = self.send(send).await {
+        let claimed = AtomicUsize::new(0);
+        futures::stream::iter(conversations)
+            .for_each_concurrent(CONVERSATIONS_AT_ONCE, |(id, due)| {
+                let claimed = &claimed;
+                async move {
+                    match self.drain(&id, &due, cancel).await {
+                        Ok(n) => {
+                            claimed.fetch_add(n, Ordering::Relaxed);
+                        }
                         // Left claimed: tried again when the lease runs out.
-                        tracing::warn!(error = %e, "send not finished; retried later");
+                        Err(e) => tracing::warn!(error = %e, "send not finished; retried later"),
                     }
                 }
             })
             .await;
-        Ok(n)
+        Ok(claimed.into_inner())
     }
 
-    /// Sends one claimed send and stores the outcome.
-    async fn send(&self, send: QueuedSend) -> StoreResult<()> {
+    /// Sends a conversation's queue from its first send while that one is
+    /// ours to take: due, or held behind one we just finished. A first
+    /// send that waits (for a retry, or leased to another sender, perhaps
+    /// one that died) holds back the others: `due` (those that came due
+    /// this round) are moved behind it, so they neither overtake it nor
+    /// fill the next rounds. Returns how many were claimed.
+    async fn drain(
+        &self,
+        conversation_id: &str,
+        due: &[QueuedSend],
+        cancel: &CancellationToken,
+    ) -> StoreResult<usize> {
+        let store = self.processor.store();
+        let mut claimed = 0;
+        let mut after_ours = false;
+        while claimed < MAX_PER_CONVERSATION && !cancel.is_cancelled() {
+            let Some(first) = store.first_send(conversation_id).await? else {
+                return Ok(claimed);
+            };
+            let now = now();
+            let takeable = first.due <= now || (after_ours && first.held);
+            let mut claim = first.clone();
+            claim.due = now + self.lease;
+            claim.held = false;
+            if !takeable || !store.update_send(&claim, first.due).await? {
+                // Waiting, or another sender's: the rest wait behind it.
+                let until = if takeable { claim.due } else { first.due };
+                self.hold_back(due, &first.id, until).await?;
+                return Ok(claimed);
+            }
+            claimed += 1;
+            match self.send(claim, cancel).await? {
+                Step::Finished => after_ours = true,
+                Step::Left => {
+                    let until = store
+                        .first_send(conversation_id)
+                        .await?
+                        .map_or(now, |first| first.due);
+                    self.hold_back(due, &first.id, until).await?;
+                    return Ok(claimed);
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Moves sends due now behind `first` (of their conversation), which
+    /// is next due `until`; each move is guarded by the due time read, so
+    /// one already sent or claimed meanwhile is left alone.
+    async fn hold_back(
+        &self,
+        due: &[QueuedSend],
+        first: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let until = until.max(now() + chrono::TimeDelta::from_std(POLL).unwrap_or_default());
+        for send in due.iter().filter(|s| s.id != first) {
+            let mut held = send.clone();
+            held.due = until;
+            held.held = true;
+            self.processor.store().update_send(&held, send.due).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one claimed send and stores the outcome; `Left` when it stays
+    /// queued (a retry, a wait, or another sender's).
+    async fn send(&self, send: QueuedSend, cancel: &CancellationToken) -> StoreResult<Step> {
         if let Some(wamid) = send.wamid.clone() {
             // Accepted by WhatsApp before its sender stopped.
             let outcome = SendOutcome::Accepted { wamid, at: now() };
@@ -137,8 +233,9 @@ impl Sender {
             return self.later(send, chrono::TimeDelta::seconds(1)).await;
         };
         if message.message_id != send.id {
-            // Accepted and renamed, by a sender that stopped before the
-            // rest of the outcome was stored: finish it.
+            // Accepted and renamed: by a sender that stopped before the
+            // rest of the outcome was stored, or by a status webhook that
+            // named this message (`biz_opaque_callback_data`): finish it.
             let outcome = SendOutcome::Accepted {
                 wamid: message.message_id,
                 at: now(),
@@ -178,15 +275,25 @@ impl Sender {
                 return self.finish(&send, &outcome).await;
             }
         }
-        self.limiter.until_ready().await;
+        tokio::select! {
+            () = self.limiter.until_ready() => {}
+            () = cancel.cancelled() => return self.release(send).await,
+        }
+        if cancel.is_cancelled() {
+            return self.release(send).await;
+        }
         // Claimed again for this one request: the round's claim may have
         // run low while earlier sends of the conversation went out.
         let Some(mut send) = self.reclaim(send).await? else {
-            return Ok(());
+            return Ok(Step::Left);
         };
         send.attempts += 1;
         let claimed = send.due;
-        match self.graph.send(&send.request).await {
+        let answer = {
+            let _in_flight = InFlight::new(&self.in_flight);
+            self.graph.send(&send.request).await
+        };
+        match answer {
             Ok(wamid) => {
                 metrics::counter!("messages_sent_total").increment(1);
                 send.wamid = Some(wamid.clone());
@@ -200,7 +307,8 @@ impl Sender {
                 tracing::info!(id = %send.id, attempt = send.attempts, error = %e, ?wait, "WhatsApp did not take the message; trying again");
                 send.last_error = Some(e.to_string());
                 send.due = now() + chrono::TimeDelta::from_std(wait).unwrap_or_default();
-                store.update_send(&send, claimed).await.map(drop)
+                store.update_send(&send, claimed).await?;
+                Ok(Step::Left)
             }
             Err(e) => {
                 metrics::counter!("send_failures_total").increment(1);
@@ -214,9 +322,16 @@ impl Sender {
         }
     }
 
+    /// Gives a claimed send back at once (stopping): the next sender, here
+    /// or on another replica, takes it without waiting out the lease.
+    async fn release(&self, send: QueuedSend) -> StoreResult<Step> {
+        self.later(send, chrono::TimeDelta::zero()).await
+    }
+
     /// Leaves a claimed send for `wait` (its attempts unchanged).
-    async fn later(&self, send: QueuedSend, wait: chrono::TimeDelta) -> StoreResult<()> {
-        self.move_due(send, wait).await.map(drop)
+    async fn later(&self, send: QueuedSend, wait: chrono::TimeDelta) -> StoreResult<Step> {
+        self.move_due(send, wait).await?;
+        Ok(Step::Left)
     }
 
     /// Claims a send again for one request (`None`: another sender has it).
@@ -274,10 +389,10 @@ impl Sender {
 
     /// Stores the outcome (the message's new state and its events, the
     /// send dropped from the queue) and relays the events.
-    async fn finish(&self, send: &QueuedSend, outcome: &SendOutcome) -> StoreResult<()> {
+    async fn finish(&self, send: &QueuedSend, outcome: &SendOutcome) -> StoreResult<Step> {
         let events = self.processor.send_outcome(send, outcome).await?;
         self.relay.relay(&events).await;
-        Ok(())
+        Ok(Step::Finished)
     }
 }
 
@@ -289,6 +404,30 @@ fn now() -> DateTime<Utc> {
 /// When the send was queued (sends queued without the time: their due time).
 fn queued_at(send: &QueuedSend) -> DateTime<Utc> {
     send.queued_at.unwrap_or(send.due)
+}
+
+/// Where a send stands after a turn of the sender.
+enum Step {
+    /// Out of the queue: WhatsApp's answer (or why it was not sent) stored.
+    Finished,
+    /// Still queued.
+    Left,
+}
+
+/// Counts a request to WhatsApp while it is in flight.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Whether the messages a send refers to have WhatsApp's ids.

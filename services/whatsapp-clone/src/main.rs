@@ -8,8 +8,10 @@ async fn main() -> anyhow::Result<()> {
     shared::config::init_tracing(&cli.log);
     match cli.command.unwrap_or_default() {
         Command::Serve(config) => {
+            let grace = config.graph.shutdown_grace();
             let app = whatsapp_clone::Application::build(*config).await?;
-            shared::http::run_until_signalled(|stop| app.run_until_stopped(stop)).await
+            shared::http::run_until_signalled_within(grace, |stop| app.run_until_stopped(stop))
+                .await
         }
         Command::Import(import) => {
             let report = whatsapp_clone::import::run(&import.paths, &import.url, true).await?;

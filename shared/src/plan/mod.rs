@@ -29,7 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Direction, Event, Message, QueuedSend, RawPayload, StatusChange, StatusUpdate, status_rank,
+    Direction, Event, Message, PENDING, QueuedSend, RawPayload, StatusChange, StatusUpdate,
+    status_rank,
 };
 use counts::{Counts, journal_key, stats_shard};
 use summary::{Last, Name};
@@ -66,6 +67,7 @@ impl Batch {
             .iter()
             .map(|m| m.message_id.as_str())
             .chain(self.statuses.iter().map(|s| s.message_id.as_str()))
+            .chain(self.statuses.iter().filter_map(|s| s.callback.as_deref()))
             .collect();
         let conversation_ids: BTreeSet<&str> = self
             .messages
@@ -283,6 +285,7 @@ pub fn plan_batch(batch: &Batch, known: &Known) -> ChangeSet {
     statuses
         .sort_by(|(a, _), (b, _)| status::application_order(a).cmp(&status::application_order(b)));
     for (change, was_parked) in statuses {
+        planner.adopt(change);
         planner.apply_status(change, was_parked);
     }
     let seed = batch.payloads.first().map_or("", |p| p.id.as_str());
@@ -379,6 +382,7 @@ pub fn plan_send_outcome(local_id: &str, outcome: &SendOutcome, known: &Known) -
                 timestamp: *at,
                 conversation_id: String::new(),
                 errors: None,
+                callback: None,
             };
             if planner.work.contains_key(wamid) {
                 planner.apply_status(&sent, false);
@@ -397,6 +401,7 @@ pub fn plan_send_outcome(local_id: &str, outcome: &SendOutcome, known: &Known) -
                 timestamp: *at,
                 conversation_id: String::new(),
                 errors: Some(errors.clone()),
+                callback: None,
             };
             if planner.work.contains_key(local_id) {
                 planner.apply_status(&failed, false);
@@ -480,6 +485,34 @@ impl<'k> Planner<'k> {
                 renamed_from: None,
                 new_times: BTreeSet::new(),
             });
+    }
+
+    /// A status for a WhatsApp id we do not know that names, by its
+    /// `biz_opaque_callback_data`, one of our messages still waiting to be
+    /// sent: WhatsApp accepted it under that id, but its sender was stopped
+    /// before storing the answer. The message takes the id, as if the
+    /// answer had been stored, so its send finishes without going out again.
+    fn adopt(&mut self, change: &StatusChange) {
+        let Some(local) = change.callback.as_deref() else {
+            return;
+        };
+        if self.work.contains_key(&change.message_id) {
+            return;
+        }
+        let waiting = self.work.get(local).is_some_and(|w| {
+            w.message.id == local
+                && w.message.message_id == local
+                && w.message.status == PENDING
+                && w.message.direction == Direction::Outbound
+        });
+        if !waiting {
+            return;
+        }
+        if let Some(mut working) = self.work.remove(local) {
+            working.message.message_id.clone_from(&change.message_id);
+            working.renamed_from = Some(local.to_owned());
+            self.work.insert(change.message_id.clone(), working);
+        }
     }
 
     fn apply_status(&mut self, change: &StatusChange, was_parked: bool) {

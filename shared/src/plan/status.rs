@@ -132,6 +132,7 @@ mod tests {
             timestamp: at(seconds),
             conversation_id: "conv_4477".to_owned(),
             errors: None,
+            callback: None,
         }
     }
 

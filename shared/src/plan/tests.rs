@@ -45,6 +45,7 @@ fn status(id: &str, status: &str, seconds: i64) -> StatusChange {
         timestamp: at(seconds),
         conversation_id: "conv_4477".to_owned(),
         errors: None,
+        callback: None,
     }
 }
 
@@ -490,6 +491,7 @@ fn a_new_last_message_also_raises_the_status_of_the_same_last_set_by_another_wri
         timestamp: at(30),
         conversation_id: "conv_4477".into(),
         errors: None,
+        callback: None,
     };
     let changes = plan_batch(&batch(vec![b], vec![read]), &known);
     let conversation = &changes.conversations[0];

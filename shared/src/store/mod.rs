@@ -75,6 +75,28 @@ pub trait Store: Send + Sync + 'static {
         send: &QueuedSend,
         expected_due: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// The send its conversation queued first (by [`QueuedSend::order`],
+    /// then id): the only one of the conversation that may go out, so a
+    /// customer gets the business's messages in the order they were
+    /// accepted.
+    async fn first_send(&self, conversation_id: &str) -> StoreResult<Option<QueuedSend>>;
+
+    /// Claims an idempotency key for the request with this fingerprint, in
+    /// one atomic write: of concurrent requests with one key, exactly one
+    /// gets [`KeyClaim::New`] (whatever the store: no transaction needed).
+    async fn claim_key(&self, key: &str, fingerprint: &str) -> StoreResult<KeyClaim>;
+}
+
+/// What claiming an idempotency key found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The key is ours: store and send the message.
+    New,
+    /// Claimed before by a request with the same fingerprint: a repeat.
+    Same,
+    /// Claimed before by a request with another fingerprint.
+    Other,
 }
 
 /// The lower bound of a newest-first page of conversations: keys of

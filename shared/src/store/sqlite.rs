@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 
-use super::{Store, StoreError, StoreResult, conversations_before};
+use super::{KeyClaim, Store, StoreError, StoreResult, conversations_before};
 use crate::domain::{
     Conversation, Direction, Event, Message, Page, QueuedSend, RECEIVED, RawPayload,
     SERVICE_WINDOW, Stats, StatusChange, status_rank,
@@ -420,12 +420,16 @@ fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
         outbox.execute(params![event.id(), n as i64, to_json(event)?, now])?;
     }
     for send in &changes.enqueue {
-        t.prepare_cached("INSERT OR IGNORE INTO sends (id, due, doc) VALUES (?1, ?2, ?3)")?
-            .execute(params![
-                send.id,
-                send.due.timestamp_millis(),
-                to_json(send)?
-            ])?;
+        t.prepare_cached(
+            "INSERT OR IGNORE INTO sends (id, due, doc, conversation_id, ord) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            send.id,
+            send.due.timestamp_millis(),
+            to_json(send)?,
+            send.conversation_id,
+            send.order()
+        ])?;
     }
     for id in &changes.dequeue {
         t.prepare_cached("DELETE FROM sends WHERE id = ?1")?
@@ -574,8 +578,15 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             due INTEGER NOT NULL,
             doc TEXT NOT NULL
          );
-         CREATE INDEX IF NOT EXISTS sends_by_due ON sends (due);",
+         CREATE INDEX IF NOT EXISTS sends_by_due ON sends (due);
+         -- Idempotency keys of POST /api/messages, with what they were used for.
+         CREATE TABLE IF NOT EXISTS idempotency_keys (
+            key TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            at INTEGER NOT NULL
+         );",
     )?;
+    add_send_order(t)?;
     let version: i64 = t.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < SCHEMA_VERSION {
         migrate_from_v1(t)?;
@@ -593,6 +604,26 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
     let expired_before = Utc::now().timestamp_millis() - ttl;
     t.prepare_cached("DELETE FROM pending_statuses WHERE parked_at < ?1")?
         .execute([expired_before])?;
+    Ok(())
+}
+
+/// Sends carry their conversation and place in its queue (columns added
+/// to stores created before; sends queued then keep their due time's order).
+fn add_send_order(t: &Transaction<'_>) -> Result<(), Error> {
+    let has_order: bool = t
+        .prepare_cached("SELECT COUNT(*) FROM pragma_table_info('sends') WHERE name = 'ord'")?
+        .query_row([], |r| r.get::<_, i64>(0))?
+        > 0;
+    if !has_order {
+        t.execute_batch(
+            "ALTER TABLE sends ADD COLUMN conversation_id TEXT NOT NULL DEFAULT '';
+             ALTER TABLE sends ADD COLUMN ord INTEGER NOT NULL DEFAULT 0;
+             UPDATE sends SET conversation_id = json_extract(doc, '$.conversationId'), ord = due * 1000;",
+        )?;
+    }
+    t.execute_batch(
+        "CREATE INDEX IF NOT EXISTS sends_by_conversation ON sends (conversation_id, ord, id);",
+    )?;
     Ok(())
 }
 
@@ -835,6 +866,43 @@ impl Store for SqliteStore {
                 .iter()
                 .map(|d| from_json(d))
                 .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn first_send(&self, conversation_id: &str) -> StoreResult<Option<QueuedSend>> {
+        let id = conversation_id.to_owned();
+        self.run(move |t| {
+            let doc: Option<String> = t
+                .prepare_cached(
+                    "SELECT doc FROM sends WHERE conversation_id = ?1 ORDER BY ord, id LIMIT 1",
+                )?
+                .query_row([id], |r| r.get(0))
+                .optional()?;
+            Ok(doc.as_deref().map(from_json).transpose()?)
+        })
+        .await
+    }
+
+    async fn claim_key(&self, key: &str, fingerprint: &str) -> StoreResult<KeyClaim> {
+        let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
+        self.run(move |t| {
+            let inserted = t
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO idempotency_keys (key, fingerprint, at) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![key, fingerprint, Utc::now().timestamp_millis()])?;
+            if inserted == 1 {
+                return Ok(KeyClaim::New);
+            }
+            let first: String = t
+                .prepare_cached("SELECT fingerprint FROM idempotency_keys WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))?;
+            Ok(if first == fingerprint {
+                KeyClaim::Same
+            } else {
+                KeyClaim::Other
+            })
         })
         .await
     }

@@ -17,7 +17,9 @@ use serde_json::value::RawValue;
 pub use body::readable_body;
 use model::{Contact, InboundMessage, MessagesValue, Payload, Status, UnixTime};
 
-use crate::domain::{self, BUSINESS_USER_NAME, Direction, Message, RECEIVED, StatusChange};
+use crate::domain::{
+    self, BUSINESS_USER_NAME, Direction, Message, RECEIVED, StatusChange, is_local_id,
+};
 
 /// Why a body is not a webhook we can process; shown to the sender.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -156,6 +158,13 @@ fn status_change(status: Status) -> Result<StatusChange, String> {
         timestamp: to_datetime(status.timestamp),
         conversation_id,
         errors: status.errors.map(storable),
+        // Only our own local ids: anything else names no message of ours.
+        callback: status
+            .biz_opaque_callback_data
+            .as_ref()
+            .and_then(Value::as_str)
+            .filter(|c| is_local_id(c))
+            .map(str::to_owned),
     })
 }
 

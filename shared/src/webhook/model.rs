@@ -139,6 +139,9 @@ pub struct Status {
     pub recipient_id: String,
     #[serde(default)]
     pub errors: Option<Value>,
+    /// What the send carried as `biz_opaque_callback_data` (our local id).
+    #[serde(default)]
+    pub biz_opaque_callback_data: Option<Value>,
 }
 
 /// Meta sends Unix seconds as a string; accept a number too.

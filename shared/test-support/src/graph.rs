@@ -111,7 +111,13 @@ struct Shared {
 
 struct MediaItem {
     bytes: Vec<u8>,
+    /// Served from [`generated_bytes`] instead of `bytes`, streamed.
+    generated: Option<Generated>,
+    /// Where the media-URL answer points instead of the fake's own
+    /// download URL ([`FakeGraph::add_media_at`]).
+    url: Option<String>,
     mime_type: String,
+    sha256: String,
     /// Path segment of its download URL.
     opaque: String,
     /// `hash` query parameter of its download URL.
@@ -121,6 +127,11 @@ struct MediaItem {
 #[derive(Default)]
 struct GraphState {
     script: VecDeque<Reply>,
+    /// Until then, unscripted sends are answered [`Reply::ServerError`].
+    outage_until: Option<Instant>,
+    /// How long answers to sends take (held after the send is recorded and,
+    /// if accepted, given its wamid: as when Meta's answer is slow).
+    send_delay: Duration,
     requests: Vec<Recorded>,
     invalid: Vec<(Recorded, String)>,
     reads: Vec<String>,
@@ -193,6 +204,18 @@ impl FakeGraph {
         self.shared.lock().script.extend(replies);
     }
 
+    /// For `length` from now, sends that the script does not cover get
+    /// HTTP 500 (code 131000), as in a Graph API outage.
+    pub fn outage(&self, length: Duration) {
+        self.shared.lock().outage_until = Some(Instant::now() + length);
+    }
+
+    /// Answers to message sends take `delay` from now on (each request is
+    /// recorded, and an accepted one gets its wamid, before the wait).
+    pub fn delay_sends(&self, delay: Duration) {
+        self.shared.lock().send_delay = delay;
+    }
+
     /// Every request received, in order (including invalid ones).
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().requests.clone()
@@ -262,6 +285,42 @@ impl FakeGraph {
         );
     }
 
+    /// A media of `length` bytes of [`generated_bytes`], streamed when
+    /// downloaded (never held whole, on either side). With `sized` false,
+    /// neither `file_size` nor `Content-Length` tells its size, so a
+    /// client has to count.
+    pub fn add_generated_media(&self, media_id: &str, length: u64, mime_type: &str, sized: bool) {
+        let generated = Generated { length, sized };
+        let mut sha256 = sha2::Sha256::new();
+        let mut offset = 0;
+        while offset < length {
+            let len = (length - offset).min(GENERATED_CHUNK as u64) as usize;
+            sha256.update(generated_bytes(offset, len));
+            offset += len as u64;
+        }
+        let sha256 = hex::encode(sha256.finalize());
+        let item = MediaItem::with(media_id, Vec::new(), Some(generated), mime_type, sha256);
+        self.shared.lock().media.insert(media_id.to_owned(), item);
+    }
+
+    /// A media whose media-URL answer names `url` (another server, say)
+    /// with `file_size` `length`: what a backend does with a URL it should
+    /// not fetch.
+    pub fn add_media_at(&self, media_id: &str, url: &str, length: u64, mime_type: &str) {
+        let mut item = MediaItem::with(
+            media_id,
+            Vec::new(),
+            Some(Generated {
+                length,
+                sized: true,
+            }),
+            mime_type,
+            String::new(),
+        );
+        item.url = Some(url.to_owned());
+        self.shared.lock().media.insert(media_id.to_owned(), item);
+    }
+
     /// How many times the bytes of that media were downloaded.
     pub fn downloads(&self, media_id: &str) -> usize {
         self.shared
@@ -296,13 +355,72 @@ impl Shared {
     }
 }
 
+/// A media made of [`generated_bytes`].
+#[derive(Debug, Clone, Copy)]
+struct Generated {
+    length: u64,
+    /// Whether its size is told (`file_size`, `Content-Length`).
+    sized: bool,
+}
+
+/// Length of the pattern generated media repeat: a prime, so it never
+/// lines up with chunk or buffer sizes.
+const PATTERN_LENGTH: usize = 65_521;
+/// Bytes per chunk of a generated media's download.
+const GENERATED_CHUNK: usize = 64 * 1024;
+
+fn pattern() -> &'static [u8] {
+    static PATTERN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PATTERN.get_or_init(|| {
+        // xorshift64: arbitrary-looking bytes, the same every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..PATTERN_LENGTH)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    })
+}
+
+/// Bytes `offset..offset + len` of every media added with
+/// [`FakeGraph::add_generated_media`] (the same pattern, repeated), to
+/// check a download against without holding it whole.
+pub fn generated_bytes(offset: u64, len: usize) -> Vec<u8> {
+    let pattern = pattern();
+    let mut bytes = Vec::with_capacity(len);
+    let mut at = (offset % PATTERN_LENGTH as u64) as usize;
+    while bytes.len() < len {
+        let take = (len - bytes.len()).min(PATTERN_LENGTH - at);
+        bytes.extend_from_slice(&pattern[at..at + take]);
+        at = 0;
+    }
+    bytes
+}
+
 impl MediaItem {
     fn new(media_id: &str, bytes: Vec<u8>, mime_type: &str) -> Self {
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        Self::with(media_id, bytes, None, mime_type, sha256)
+    }
+
+    fn with(
+        media_id: &str,
+        bytes: Vec<u8>,
+        generated: Option<Generated>,
+        mime_type: &str,
+        sha256: String,
+    ) -> Self {
         let seq = next_seq();
         let digest = sha2::Sha256::digest(format!("{media_id}/{seq}").as_bytes());
         let token = hex::encode(digest);
         Self {
             bytes,
+            generated,
+            url: None,
+            sha256,
             mime_type: mime_type.to_owned(),
             opaque: format!("{}{seq}", &token[..16]),
             hash: token[16..48].to_owned(),
@@ -380,16 +498,21 @@ fn unix_now() -> u64 {
 enum Answer {
     Json(u16, Value),
     Bytes(String, Vec<u8>),
+    /// A generated media, streamed: its type and facts.
+    Generated(String, Generated),
     /// [`Reply::NoAnswer`]: wait until the fake is dropped.
     Hold,
+    /// The answer, after a wait ([`FakeGraph::delay_sends`]).
+    Later(Duration, Box<Answer>),
 }
 
 impl Answer {
     fn status(&self) -> u16 {
         match self {
             Answer::Json(status, _) => *status,
-            Answer::Bytes(..) => 200,
+            Answer::Bytes(..) | Answer::Generated(..) => 200,
             Answer::Hold => 0,
+            Answer::Later(_, answer) => answer.status(),
         }
     }
 }
@@ -585,14 +708,23 @@ async fn handle(
         let mut state = shared.lock();
         process(&mut state, &shared.url, &method, &uri, &headers, &body)
     };
+    let answer = match answer {
+        Answer::Later(delay, answer) => {
+            tokio::time::sleep(delay).await;
+            *answer
+        }
+        answer => answer,
+    };
     match answer {
         Answer::Json(status, value) => json_response(status, &value),
         Answer::Bytes(mime_type, bytes) => bytes_response(&mime_type, bytes),
+        Answer::Generated(mime_type, generated) => generated_response(&mime_type, generated),
         Answer::Hold => {
             let mut shutdown = shared.shutdown.clone();
             let _ = shutdown.wait_for(|stop| *stop).await;
             plain(StatusCode::SERVICE_UNAVAILABLE, "FakeGraph stopped")
         }
+        Answer::Later(..) => plain(StatusCode::INTERNAL_SERVER_ERROR, "FakeGraph: nested delay"),
     }
 }
 
@@ -721,6 +853,29 @@ fn bytes_response(mime_type: &str, bytes: Vec<u8>) -> Response {
     response
 }
 
+/// A generated media, a chunk at a time as the client reads.
+fn generated_response(mime_type: &str, generated: Generated) -> Response {
+    let chunks = futures::stream::unfold(0u64, move |offset| async move {
+        if offset >= generated.length {
+            return None;
+        }
+        let len = (generated.length - offset).min(GENERATED_CHUNK as u64) as usize;
+        let chunk = Bytes::from(generated_bytes(offset, len));
+        Some((Ok::<_, std::io::Error>(chunk), offset + len as u64))
+    });
+    let mut response = Response::new(Body::from_stream(chunks));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(mime_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if generated.sized {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(generated.length));
+    }
+    response
+}
+
 fn plain(status: StatusCode, text: &'static str) -> Response {
     let mut response = Response::new(Body::from(text));
     *response.status_mut() = status;
@@ -762,12 +917,19 @@ fn messages(state: &mut GraphState, headers: &HeaderMap, body: &Bytes) -> Outcom
     if let Err(why) = check_send(&object) {
         return invalid_parameter(&why);
     }
-    let reply = state.script.pop_front().unwrap_or(Reply::Accept);
+    let in_outage = state
+        .outage_until
+        .is_some_and(|until| Instant::now() < until);
+    let reply = state.script.pop_front().unwrap_or(if in_outage {
+        Reply::ServerError
+    } else {
+        Reply::Accept
+    });
     if reply == Reply::NoAnswer {
         return Outcome::ok(Answer::Hold);
     }
     if let Some((status, body)) = error_reply(&reply) {
-        return Outcome::ok(Answer::Json(status, body));
+        return Outcome::ok(delayed(state.send_delay, Answer::Json(status, body)));
     }
     let to = object["to"].as_str().unwrap_or_default();
     let wamid = new_wamid();
@@ -781,9 +943,18 @@ fn messages(state: &mut GraphState, headers: &HeaderMap, body: &Bytes) -> Outcom
         "messages": [message],
     });
     Outcome {
-        answer: Answer::Json(200, answer),
+        answer: delayed(state.send_delay, Answer::Json(200, answer)),
         invalid: None,
         wamid: Some(wamid),
+    }
+}
+
+/// `answer`, after `delay` (none: at once).
+fn delayed(delay: Duration, answer: Answer) -> Answer {
+    if delay.is_zero() {
+        answer
+    } else {
+        Answer::Later(delay, Box::new(answer))
     }
 }
 
@@ -1140,23 +1311,28 @@ fn media_url(
         outcome.invalid = None;
         return outcome;
     };
-    let url = format!(
-        "{base_url}/media-download/{}?mid={media_id}&ext={}&hash={}",
-        media.opaque,
-        unix_now() + 300,
-        media.hash
-    );
-    Outcome::ok(Answer::Json(
-        200,
-        json!({
-            "url": url,
-            "mime_type": media.mime_type,
-            "sha256": hex::encode(sha2::Sha256::digest(&media.bytes)),
-            "file_size": media.bytes.len(),
-            "id": media_id,
-            "messaging_product": "whatsapp",
-        }),
-    ))
+    let url = media.url.clone().unwrap_or_else(|| {
+        format!(
+            "{base_url}/media-download/{}?mid={media_id}&ext={}&hash={}",
+            media.opaque,
+            unix_now() + 300,
+            media.hash
+        )
+    });
+    let mut answer = json!({
+        "url": url,
+        "mime_type": media.mime_type,
+        "sha256": media.sha256,
+        "file_size": media.generated.map_or(media.bytes.len() as u64, |g| g.length),
+        "id": media_id,
+        "messaging_product": "whatsapp",
+    });
+    if media.generated.is_some_and(|g| !g.sized) {
+        answer
+            .as_object_mut()
+            .map(|fields| fields.remove("file_size"));
+    }
+    Outcome::ok(Answer::Json(200, answer))
 }
 
 /// `DELETE /{VERSION}/{media_id}` → `{"success":true}`.
@@ -1222,7 +1398,10 @@ fn download(
         );
     }
     let media_id = media_id.clone();
-    let answer = Answer::Bytes(media.mime_type.clone(), media.bytes.clone());
+    let answer = match media.generated {
+        Some(generated) => Answer::Generated(media.mime_type.clone(), generated),
+        None => Answer::Bytes(media.mime_type.clone(), media.bytes.clone()),
+    };
     *state.downloads.entry(media_id).or_default() += 1;
     Outcome::ok(answer)
 }

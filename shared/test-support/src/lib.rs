@@ -35,16 +35,40 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// URI of a database of its own on the test MongoDB server.
 pub fn mongodb_uri(database: &str) -> String {
-    format!(
-        "{}/{database}",
-        required_env("TEST_MONGODB_URI").trim_end_matches('/')
-    )
+    Mongo::Default.uri(database)
 }
 
 pub async fn mongo_database(database: &str) -> mongodb::Database {
-    let client = mongodb::Client::with_uri_str(mongodb_uri(database))
-        .await
-        .unwrap();
+    mongo_database_at(&mongodb_uri(database), database).await
+}
+
+/// Which MongoDB-wire server a test uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mongo {
+    /// `TEST_MONGODB_URI`: standalone (no transactions) with the stand-in.
+    Default,
+    /// `TEST_MONGODB_RS_URI`: a replica set, where each batch is one
+    /// transaction (the production path).
+    ReplicaSet,
+}
+
+impl Mongo {
+    /// The URI of `database` on this server.
+    pub fn uri(self, database: &str) -> String {
+        let base = match self {
+            Mongo::Default => required_env("TEST_MONGODB_URI"),
+            Mongo::ReplicaSet => required_env("TEST_MONGODB_RS_URI"),
+        };
+        format!("{}/{database}", base.trim_end_matches('/'))
+    }
+
+    pub async fn database(self, database: &str) -> mongodb::Database {
+        mongo_database_at(&self.uri(database), database).await
+    }
+}
+
+async fn mongo_database_at(uri: &str, database: &str) -> mongodb::Database {
+    let client = mongodb::Client::with_uri_str(uri).await.unwrap();
     client.database(database)
 }
 
@@ -81,10 +105,10 @@ pub async fn wait_until_drained(js: &jetstream::Context, stream: &str, timeout: 
     loop {
         let seen = drain_state(js, stream).await;
         if seen.as_ref().is_ok_and(|state| {
-            state.messages > 0
+            state.published > 0
                 && state.pending == 0
                 && state.unacknowledged == 0
-                && state.delivered >= state.messages
+                && state.delivered >= state.published
         }) {
             return;
         }
@@ -100,7 +124,8 @@ pub async fn wait_until_drained(js: &jetstream::Context, stream: &str, timeout: 
 #[derive(Debug)]
 #[allow(dead_code)] // read through Debug
 struct DrainState {
-    messages: u64,
+    /// Ever published (a work queue drops what was acknowledged).
+    published: u64,
     pending: u64,
     unacknowledged: usize,
     delivered: u64,
@@ -109,19 +134,19 @@ struct DrainState {
 
 async fn drain_state(js: &jetstream::Context, stream: &str) -> Result<DrainState, String> {
     let mut stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-    let messages = stream
+    let published = stream
         .info()
         .await
         .map_err(|e| e.to_string())?
         .state
-        .messages;
+        .last_sequence;
     let mut consumer = stream
         .get_consumer::<jetstream::consumer::pull::Config>("processor")
         .await
         .map_err(|e| e.to_string())?;
     let info = consumer.info().await.map_err(|e| e.to_string())?;
     Ok(DrainState {
-        messages,
+        published,
         pending: info.num_pending,
         unacknowledged: info.num_ack_pending,
         delivered: info.delivered.stream_sequence,

@@ -14,6 +14,7 @@ use shared::domain::{
 };
 use shared::http::ApiError;
 use shared::outbound::Draft;
+use shared::store::KeyClaim;
 
 use super::store_failure;
 use crate::ApiState;
@@ -105,6 +106,26 @@ pub async fn send(
         }
         // Pending: the first request may have stopped half-way; sending
         // it again below finishes it (and changes nothing otherwise).
+    } else if request.key.is_some() {
+        // The key is claimed in one atomic write before anything is stored,
+        // so concurrent requests with it store one message, with the body
+        // of the one that claimed it (a store without transactions too).
+        match state
+            .store
+            .claim_key(&local_id, &request.fingerprint())
+            .await
+            .map_err(store_failure)?
+        {
+            KeyClaim::New => {}
+            KeyClaim::Other => return Err(key_reused()),
+            KeyClaim::Same => {
+                if let Some(stored) = stored_by_first(&state, &local_id).await? {
+                    check_same(&stored, &request)?;
+                    return Ok((StatusCode::OK, Json(stored)));
+                }
+                // The first request stopped before storing it: this one does.
+            }
+        }
     }
 
     let conversation = state
@@ -174,6 +195,7 @@ pub async fn send(
         attempts: 0,
         wamid: None,
         last_error: None,
+        held: false,
     });
     let events = state
         .processor
@@ -281,18 +303,51 @@ fn local_id(key: Option<&str>) -> String {
     }
 }
 
+impl Validated {
+    /// What a repeat with the same key must match: the conversation, the
+    /// kind, the Graph API content and the message replied to.
+    fn fingerprint(&self) -> String {
+        let what = serde_json::json!([
+            self.conversation_id,
+            self.draft.kind,
+            self.draft.content,
+            self.draft.reply_to,
+        ]);
+        hex::encode(Sha256::digest(what.to_string().as_bytes()))
+    }
+}
+
 /// A repeated key must come with the same message.
 fn check_same(first: &Message, request: &Validated) -> Result<(), ApiError> {
     let same = first.conversation_id == request.conversation_id
         && first.kind == request.draft.kind
         && first.body == request.draft.body;
-    if same {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "this Idempotency-Key was used for another message",
-        ))
+    if same { Ok(()) } else { Err(key_reused()) }
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "this Idempotency-Key was used for another message",
+    )
+}
+
+/// How long a repeat waits for the request that claimed its key to store
+/// the message; past it, that request is taken to have stopped.
+const FIRST_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The message the request that claimed the key stores, once stored
+/// (`None`: not within [`FIRST_REQUEST_WAIT`]).
+async fn stored_by_first(state: &ApiState, local_id: &str) -> Result<Option<Message>, ApiError> {
+    let deadline = tokio::time::Instant::now() + FIRST_REQUEST_WAIT;
+    loop {
+        if let Some(stored) = state.store.message(local_id).await.map_err(store_failure)? {
+            return Ok(Some(stored));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

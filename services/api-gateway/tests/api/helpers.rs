@@ -4,6 +4,7 @@ use async_nats::jetstream;
 use clap::Parser;
 use serde_json::Value;
 use shared::broker::Names;
+use test_support::Mongo;
 use tokio_util::sync::CancellationToken;
 
 /// webhook-gateway, processor and `replicas` api-gateways, in this
@@ -94,8 +95,19 @@ pub async fn spawn_stack_on(
     api_args: &[&str],
     processor_args: &[String],
 ) -> Stack {
+    spawn_stack_in(Mongo::Default, nats, replicas, api_args, processor_args).await
+}
+
+/// [`spawn_stack_on`] with its data on `mongo`.
+pub async fn spawn_stack_in(
+    mongo: Mongo,
+    nats: &Nats,
+    replicas: usize,
+    api_args: &[&str],
+    processor_args: &[String],
+) -> Stack {
     let namespace = test_support::unique_name("api");
-    let uri = test_support::mongodb_uri(&namespace);
+    let uri = mongo.uri(&namespace);
     let shutdown = CancellationToken::new();
 
     let mut gateway_args = args("webhook-gateway", &namespace, None, nats);
@@ -146,7 +158,7 @@ pub async fn spawn_stack_on(
         api,
         names,
         js,
-        db: test_support::mongo_database(&namespace).await,
+        db: mongo.database(&namespace).await,
         http,
         shutdown,
     };

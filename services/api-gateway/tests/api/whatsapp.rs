@@ -9,11 +9,17 @@ use serde_json::{Value, json};
 use test_support::SocketClient;
 use test_support::graph::{FakeGraph, PHONE_NUMBER_ID, Recorded, Reply, TOKEN};
 
-use crate::helpers::{RAVI, Stack, graph_args, spawn_stack_configured};
+use test_support::Mongo;
+
+use crate::helpers::{Nats, RAVI, Stack, graph_args, spawn_stack_in};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn stack_with(graph: &FakeGraph, replicas: usize) -> Stack {
+    stack_in(Mongo::Default, graph, replicas).await
+}
+
+async fn stack_in(mongo: Mongo, graph: &FakeGraph, replicas: usize) -> Stack {
     let args = graph_args(graph);
     let media = std::env::temp_dir().join(test_support::unique_name("media"));
     let mut api_args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -24,7 +30,7 @@ async fn stack_with(graph: &FakeGraph, replicas: usize) -> Stack {
         "--media-allowed-hosts=127.0.0.1",
         "--media-allow-private-addresses",
     ]);
-    let stack = spawn_stack_configured(replicas, &api_args, &args).await;
+    let stack = spawn_stack_in(mongo, &Nats::default(), replicas, &api_args, &args).await;
     // The stack's own first message goes out before a test scripts replies.
     let marker = crate::helpers::MARKER
         .trim_start_matches("conv_")
@@ -503,6 +509,81 @@ async fn a_repeated_idempotency_key_returns_the_first_message_and_sends_once() {
         .get(0, &format!("/api/conversations/conv_{customer}/messages"))
         .await;
     assert_eq!(messages.as_array().unwrap().len(), 2, "{messages}");
+}
+
+/// 20 POSTs at once with one key, spread over two replicas: with the same
+/// body, one 201, 19 × 200 with that message, one Graph request; with
+/// different bodies, one 201 and 19 × 422, and WhatsApp gets the text that
+/// was stored. On a standalone server (no transactions) and a replica set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_idempotency_key_store_and_send_one_message() {
+    one_message_per_key_under_concurrency(Mongo::Default).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_idempotency_key_store_and_send_one_message_on_a_replica_set()
+{
+    one_message_per_key_under_concurrency(Mongo::ReplicaSet).await;
+}
+
+async fn one_message_per_key_under_concurrency(mongo: Mongo) {
+    let graph = FakeGraph::start().await;
+    let stack = stack_in(mongo, &graph, 2).await;
+    let customer = "447700900108";
+    customer_wrote(&stack, customer).await;
+    let conversation = format!("conv_{customer}");
+    let post_all = |key: &'static str, bodies: Vec<Value>| {
+        let requests = bodies.into_iter().enumerate().map(|(n, body)| {
+            let http = stack.http.clone();
+            let url = format!("{}/api/messages", stack.api[n % 2]);
+            async move {
+                let response = http
+                    .post(url)
+                    .header("Idempotency-Key", key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    response.status().as_u16(),
+                    response.json::<Value>().await.unwrap(),
+                )
+            }
+        });
+        futures::future::join_all(requests)
+    };
+    let statuses = |answers: &[(u16, Value)], status: u16| {
+        answers.iter().filter(|(s, _)| *s == status).count()
+    };
+
+    let same = json!({"conversationId": conversation, "message": "Your parcel left Pune"});
+    let answers = post_all("parcel-1", vec![same; 20]).await;
+    assert_eq!(statuses(&answers, 201), 1, "{answers:?}");
+    assert_eq!(statuses(&answers, 200), 19, "{answers:?}");
+    let ids: std::collections::BTreeSet<String> =
+        answers.iter().map(|(_, m)| m["_id"].to_string()).collect();
+    assert_eq!(ids.len(), 1, "one message: {ids:?}");
+
+    let different: Vec<Value> = (0..20)
+        .map(|n| json!({"conversationId": conversation, "message": format!("variant {n}")}))
+        .collect();
+    let answers = post_all("parcel-2", different).await;
+    assert_eq!(statuses(&answers, 201), 1, "{answers:?}");
+    assert_eq!(statuses(&answers, 422), 19, "{answers:?}");
+    let stored = answers
+        .iter()
+        .find(|(s, _)| *s == 201)
+        .map(|(_, m)| m["body"].clone())
+        .unwrap();
+
+    message_when(&stack, &conversation, "parcel-2", |m| m["status"] == "sent").await;
+    message_when(&stack, &conversation, "parcel-1", |m| m["status"] == "sent").await;
+    let sends = sends_to(&graph, customer);
+    assert_eq!(sends.len(), 2, "one Graph request per key: {sends:#?}");
+    assert!(
+        sends.iter().any(|r| r.body["text"]["body"] == stored),
+        "WhatsApp got another text than the one stored ({stored}): {sends:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,11 @@ impl Server {
     pub fn kill(self) {
         self.child.kill();
     }
+
+    /// SIGTERM: how long it took to exit (`None`: not within 15 s).
+    pub async fn terminate(self) -> Option<Duration> {
+        test_support::time_to_exit_after_sigterm(self.child).await
+    }
 }
 
 pub async fn get_json(url: &str) -> serde_json::Value {

@@ -281,6 +281,7 @@ fn parked_from_document(d: &Document) -> Option<StatusChange> {
         timestamp: super::documents::date_from_bson(d.get("timestamp")?)?,
         conversation_id: d.get_str("conversationId").ok()?.to_owned(),
         errors: d.get("errors").map(|e| e.clone().into_relaxed_extjson()),
+        callback: None,
     })
 }
 

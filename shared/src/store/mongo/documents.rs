@@ -43,8 +43,14 @@ pub fn send_document(send: &crate::domain::QueuedSend) -> StoreResult<Document> 
     Ok(doc! {
         "conversationId": &send.conversation_id,
         "due": send.due.timestamp_millis(),
+        "order": send.order(),
         "send": text,
     })
+}
+
+/// Whether a single write failed on a unique index (another writer first).
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    matches!(&*e.kind, DriverErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000)
 }
 
 pub fn send_from_document(d: &Document) -> StoreResult<crate::domain::QueuedSend> {

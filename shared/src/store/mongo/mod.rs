@@ -26,7 +26,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
-use super::{Store, StoreError, StoreResult, conversations_before};
+use super::{KeyClaim, Store, StoreError, StoreResult, conversations_before};
 use crate::domain::{Conversation, Event, Message, Page, QueuedSend, Stats};
 use crate::plan::counts::Counts;
 use crate::plan::{ChangeSet, Known, Lookup, PARKED_STATUS_TTL, STATS_SHARDS};
@@ -46,6 +46,7 @@ pub const META: &str = "meta";
 pub const OUTBOX: &str = "outbox";
 pub const REJECTED: &str = "rejected_items";
 pub const SENDS: &str = "sends";
+pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 
 /// `_id` of a stats counter document.
 pub fn stats_id(shard: u32) -> String {
@@ -204,7 +205,14 @@ impl MongoStore {
             .await
             .map_err(store_error)?;
         self.collection(SENDS)
-            .create_index(IndexModel::builder().keys(doc! {"due": 1}).build())
+            .create_indexes([
+                IndexModel::builder().keys(doc! {"due": 1}).build(),
+                // A conversation's first send: the one that may go out
+                // (ties of `order`, the same microsecond, are rare).
+                IndexModel::builder()
+                    .keys(doc! {"conversationId": 1, "order": 1})
+                    .build(),
+            ])
             .await
             .map_err(store_error)?;
         // The stats documents exist from the start: counter changes are
@@ -332,6 +340,44 @@ impl Store for MongoStore {
             .iter()
             .map(documents::send_from_document)
             .collect()
+    }
+
+    async fn first_send(&self, conversation_id: &str) -> StoreResult<Option<QueuedSend>> {
+        let found = self
+            .collection(SENDS)
+            .find_one(doc! {"conversationId": conversation_id})
+            .sort(doc! {"order": 1, "_id": 1})
+            .await
+            .map_err(store_error)?;
+        found
+            .as_ref()
+            .map(documents::send_from_document)
+            .transpose()
+    }
+
+    async fn claim_key(&self, key: &str, fingerprint: &str) -> StoreResult<KeyClaim> {
+        let keys = self.collection(IDEMPOTENCY_KEYS);
+        // One insert: the unique `_id` lets exactly one concurrent claim in.
+        let inserted = keys
+            .insert_one(
+                doc! {"_id": key, "fingerprint": fingerprint, "at": mongodb::bson::DateTime::now()},
+            )
+            .await;
+        match inserted {
+            Ok(_) => return Ok(KeyClaim::New),
+            Err(e) if documents::is_duplicate_key(&e) => {}
+            Err(e) => return Err(store_error(e)),
+        }
+        let first = keys
+            .find_one(doc! {"_id": key})
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| StoreError::transient("an idempotency key vanished while read"))?;
+        Ok(if first.get_str("fingerprint").ok() == Some(fingerprint) {
+            KeyClaim::Same
+        } else {
+            KeyClaim::Other
+        })
     }
 
     async fn update_send(
