@@ -458,7 +458,8 @@ impl reqwest::dns::Resolve for FencedResolver {
             if allowed.is_empty() {
                 return Err(Box::new(FenceRefusal(format!(
                     "{host} resolves to no public address (MEDIA_ALLOW_PRIVATE_ADDRESSES)"
-                ))) as Box<dyn std::error::Error + Send + Sync>);
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
@@ -1454,7 +1455,8 @@ mod tests {
         assert!(why.contains("127.0.0.1"), "{why}");
         assert_eq!(take(&fake).len(), 1, "only the Graph API was asked");
         // Allowed by name but private: refused too, unless allowed.
-        let fence = MediaFence::new(&["127.0.0.1".to_owned()], false, Duration::from_secs(1)).unwrap();
+        let fence =
+            MediaFence::new(&["127.0.0.1".to_owned()], false, Duration::from_secs(1)).unwrap();
         assert!(matches!(
             download(&graph, &fence, "m1", 1000).await,
             Err(MediaError::Refused(_))
@@ -1468,7 +1470,8 @@ mod tests {
             let hosts: Vec<String> = hosts.split(',').map(str::to_owned).collect();
             MediaFence::new(&hosts, allow_private, Duration::from_secs(1)).unwrap()
         };
-        let allowed = |fence: &MediaFence, url: &str| fence.check(&Url::parse(url).unwrap()).is_ok();
+        let allowed =
+            |fence: &MediaFence, url: &str| fence.check(&Url::parse(url).unwrap()).is_ok();
         let meta = fence(META_MEDIA_HOSTS, false);
         assert!(allowed(
             &meta,
@@ -1476,10 +1479,19 @@ mod tests {
         ));
         assert!(allowed(&meta, "https://scontent.xx.fbcdn.net/v/x.jpg"));
         assert!(allowed(&meta, "https://MMG.WhatsApp.net./d/f"));
-        assert!(!allowed(&meta, "http://lookaside.fbsbx.com/x"), "https only");
-        assert!(!allowed(&meta, "https://fbcdn.net/x"), "subdomains, not the domain");
+        assert!(
+            !allowed(&meta, "http://lookaside.fbsbx.com/x"),
+            "https only"
+        );
+        assert!(
+            !allowed(&meta, "https://fbcdn.net/x"),
+            "subdomains, not the domain"
+        );
         assert!(!allowed(&meta, "https://evilfbcdn.net/x"));
-        assert!(!allowed(&meta, "https://lookaside.fbsbx.com.evil.example/x"));
+        assert!(!allowed(
+            &meta,
+            "https://lookaside.fbsbx.com.evil.example/x"
+        ));
         assert!(!allowed(&meta, "https://127.0.0.1/x"));
         assert!(!allowed(&meta, "ftp://lookaside.fbsbx.com/x"));
         // Named explicitly, an address is still refused when private...
@@ -1496,7 +1508,13 @@ mod tests {
         let both = fence("media.example.com,127.0.0.1", true);
         assert!(!allowed(&both, "http://media.example.com/x"));
         assert!(allowed(&both, "https://media.example.com/x"));
-        for bad in ["https://lookaside.fbsbx.com", "host:443", "*.1.2.3.4", "a/b", "*"] {
+        for bad in [
+            "https://lookaside.fbsbx.com",
+            "host:443",
+            "*.1.2.3.4",
+            "a/b",
+            "*",
+        ] {
             assert!(
                 MediaFence::new(&[bad.to_owned()], false, Duration::from_secs(1)).is_err(),
                 "{bad}"

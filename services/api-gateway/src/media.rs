@@ -211,9 +211,7 @@ impl Flights {
         });
         let flight = async move {
             task.await.unwrap_or_else(|e| {
-                Err(MediaFailure::Disk(format!(
-                    "the download task failed: {e}"
-                )))
+                Err(MediaFailure::Disk(format!("the download task failed: {e}")))
             })
         }
         .boxed()
@@ -228,7 +226,9 @@ impl Flights {
 enum MediaFailure {
     NoWhatsApp,
     Graph(GraphError),
-    TooLarge { max_bytes: u64 },
+    TooLarge {
+        max_bytes: u64,
+    },
     /// The media URL (or a redirect) leads where the token must not go.
     Refused(String),
     /// Writing or reading the file failed.
@@ -279,7 +279,9 @@ impl MediaFailure {
             MediaFailure::Graph(e) => graph_failure(e),
             MediaFailure::TooLarge { max_bytes } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the media is larger than the {max_bytes} bytes this service serves (MEDIA_MAX_BYTES)"),
+                format!(
+                    "the media is larger than the {max_bytes} bytes this service serves (MEDIA_MAX_BYTES)"
+                ),
             ),
             MediaFailure::Refused(_) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -645,7 +647,11 @@ mod tests {
         let part = |start, end| Span::Part { start, end };
         assert_eq!(requested_span(None, 100), Span::Whole);
         assert_eq!(span("bytes=0-9", 100), part(0, 9));
-        assert_eq!(span("bytes=90-200", 100), part(90, 99), "clamped to the end");
+        assert_eq!(
+            span("bytes=90-200", 100),
+            part(90, 99),
+            "clamped to the end"
+        );
         assert_eq!(span("bytes=50-", 100), part(50, 99));
         assert_eq!(span("bytes=-10", 100), part(90, 99));
         assert_eq!(span("bytes=-500", 100), part(0, 99));

@@ -476,7 +476,10 @@ fn is_entry_name(name: &str) -> bool {
 
 /// `WAMC1 <length, zero-padded>\n<content type>\n`, then the bytes.
 fn header(length: u64, mime_type: &str) -> String {
-    format!("{MAGIC} {length:0width$}\n{mime_type}\n", width = LENGTH_DIGITS)
+    format!(
+        "{MAGIC} {length:0width$}\n{mime_type}\n",
+        width = LENGTH_DIGITS
+    )
 }
 
 /// Fit for a `Content-Type` header: visible ASCII and spaces, not too long.
@@ -575,10 +578,12 @@ mod tests {
         let (a, b) = bytes.split_at(bytes.len() / 2);
         writer.write(a).await.unwrap();
         writer.write(b).await.unwrap();
-        let media = cache
-            .keep(media_id, writer.finish().await.unwrap())
-            .await;
-        assert_eq!(media.read_at(0, usize::MAX).unwrap(), bytes, "served whole either way");
+        let media = cache.keep(media_id, writer.finish().await.unwrap()).await;
+        assert_eq!(
+            media.read_at(0, usize::MAX).unwrap(),
+            bytes,
+            "served whole either way"
+        );
     }
 
     /// The cached bytes and type.
@@ -594,8 +599,7 @@ mod tests {
         let dir = temp_dir("roundtrip");
         let cache = MediaCache::open(dir.clone(), 1 << 20).unwrap();
         assert!(get(&cache, "1234").await.is_none());
-        put(&cache, "1234", b"\xff\xd8 jpeg\n\nbytes", "image/jpeg")
-            .await;
+        put(&cache, "1234", b"\xff\xd8 jpeg\n\nbytes", "image/jpeg").await;
         let (bytes, mime_type) = get(&cache, "1234").await.unwrap();
         assert_eq!(&bytes[..], b"\xff\xd8 jpeg\n\nbytes");
         assert_eq!(mime_type, "image/jpeg");
@@ -702,7 +706,11 @@ mod tests {
             put(&cache, id, id.as_bytes(), "text/plain").await;
         }
         for id in ids {
-            assert_eq!(&get(&cache, id).await.unwrap().0[..], id.as_bytes(), "{id:?}");
+            assert_eq!(
+                &get(&cache, id).await.unwrap().0[..],
+                id.as_bytes(),
+                "{id:?}"
+            );
         }
         assert_eq!(on_disk(&dir).1, ids.len());
         for item in fs::read_dir(&dir).unwrap() {
