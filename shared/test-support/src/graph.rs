@@ -127,6 +127,11 @@ struct MediaItem {
 #[derive(Default)]
 struct GraphState {
     script: VecDeque<Reply>,
+    /// Until then, unscripted sends are answered [`Reply::ServerError`].
+    outage_until: Option<Instant>,
+    /// How long answers to sends take (held after the send is recorded and,
+    /// if accepted, given its wamid: as when Meta's answer is slow).
+    send_delay: Duration,
     requests: Vec<Recorded>,
     invalid: Vec<(Recorded, String)>,
     reads: Vec<String>,
@@ -197,6 +202,18 @@ impl FakeGraph {
     /// is still scripted; once the script runs out: [`Reply::Accept`].
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.shared.lock().script.extend(replies);
+    }
+
+    /// For `length` from now, sends that the script does not cover get
+    /// HTTP 500 (code 131000), as in a Graph API outage.
+    pub fn outage(&self, length: Duration) {
+        self.shared.lock().outage_until = Some(Instant::now() + length);
+    }
+
+    /// Answers to message sends take `delay` from now on (each request is
+    /// recorded, and an accepted one gets its wamid, before the wait).
+    pub fn delay_sends(&self, delay: Duration) {
+        self.shared.lock().send_delay = delay;
     }
 
     /// Every request received, in order (including invalid ones).
@@ -485,6 +502,8 @@ enum Answer {
     Generated(String, Generated),
     /// [`Reply::NoAnswer`]: wait until the fake is dropped.
     Hold,
+    /// The answer, after a wait ([`FakeGraph::delay_sends`]).
+    Later(Duration, Box<Answer>),
 }
 
 impl Answer {
@@ -493,6 +512,7 @@ impl Answer {
             Answer::Json(status, _) => *status,
             Answer::Bytes(..) | Answer::Generated(..) => 200,
             Answer::Hold => 0,
+            Answer::Later(_, answer) => answer.status(),
         }
     }
 }
@@ -688,6 +708,13 @@ async fn handle(
         let mut state = shared.lock();
         process(&mut state, &shared.url, &method, &uri, &headers, &body)
     };
+    let answer = match answer {
+        Answer::Later(delay, answer) => {
+            tokio::time::sleep(delay).await;
+            *answer
+        }
+        answer => answer,
+    };
     match answer {
         Answer::Json(status, value) => json_response(status, &value),
         Answer::Bytes(mime_type, bytes) => bytes_response(&mime_type, bytes),
@@ -697,6 +724,7 @@ async fn handle(
             let _ = shutdown.wait_for(|stop| *stop).await;
             plain(StatusCode::SERVICE_UNAVAILABLE, "FakeGraph stopped")
         }
+        Answer::Later(..) => plain(StatusCode::INTERNAL_SERVER_ERROR, "FakeGraph: nested delay"),
     }
 }
 
@@ -889,12 +917,19 @@ fn messages(state: &mut GraphState, headers: &HeaderMap, body: &Bytes) -> Outcom
     if let Err(why) = check_send(&object) {
         return invalid_parameter(&why);
     }
-    let reply = state.script.pop_front().unwrap_or(Reply::Accept);
+    let in_outage = state
+        .outage_until
+        .is_some_and(|until| Instant::now() < until);
+    let reply = state.script.pop_front().unwrap_or(if in_outage {
+        Reply::ServerError
+    } else {
+        Reply::Accept
+    });
     if reply == Reply::NoAnswer {
         return Outcome::ok(Answer::Hold);
     }
     if let Some((status, body)) = error_reply(&reply) {
-        return Outcome::ok(Answer::Json(status, body));
+        return Outcome::ok(delayed(state.send_delay, Answer::Json(status, body)));
     }
     let to = object["to"].as_str().unwrap_or_default();
     let wamid = new_wamid();
@@ -908,9 +943,18 @@ fn messages(state: &mut GraphState, headers: &HeaderMap, body: &Bytes) -> Outcom
         "messages": [message],
     });
     Outcome {
-        answer: Answer::Json(200, answer),
+        answer: delayed(state.send_delay, Answer::Json(200, answer)),
         invalid: None,
         wamid: Some(wamid),
+    }
+}
+
+/// `answer`, after `delay` (none: at once).
+fn delayed(delay: Duration, answer: Answer) -> Answer {
+    if delay.is_zero() {
+        answer
+    } else {
+        Answer::Later(delay, Box::new(answer))
     }
 }
 
