@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use shared::domain::{Conversation, Direction, Event, Page};
+use shared::domain::{Conversation, Direction, Event, PENDING, Page, QueuedSend};
 use shared::plan::counts::journal_key;
 use shared::processing::Processor;
-use shared::store::Store;
 use shared::store::mongo::MongoStore;
 use shared::store::sqlite::SqliteStore;
+use shared::store::{KeyClaim, Store};
 use shared::webhook;
 
 mod common;
@@ -28,6 +28,15 @@ const NEHA_REPLY: &str =
 async fn mongo() -> Arc<dyn Store> {
     let database = test_support::unique_name("behaviour");
     let store = MongoStore::connect(&test_support::mongodb_uri(&database), "tests")
+        .await
+        .unwrap();
+    store.prepare().await.unwrap();
+    Arc::new(store)
+}
+
+async fn mongo_replica_set() -> Arc<dyn Store> {
+    let database = test_support::unique_name("behaviour");
+    let store = MongoStore::connect(&test_support::Mongo::ReplicaSet.uri(&database), "tests")
         .await
         .unwrap();
     store.prepare().await.unwrap();
@@ -457,11 +466,127 @@ async fn one_bad_item_of_three_is_kept_aside_and_the_others_stored(store: Arc<dy
     );
 }
 
-/// Runs each scenario on both stores.
+/// What `POST /api/messages` queues: message `n` of the business to `customer`.
+fn queued_send(customer: &str, n: u32) -> (QueuedSend, shared::domain::Message) {
+    let id = format!("local.q{customer}n{n:03}");
+    let now = Utc::now();
+    let mut message = shared::domain::Message::outbound_text(
+        id.clone(),
+        customer,
+        "15550783881".to_owned(),
+        format!("message {n}"),
+        now,
+    );
+    message.status = PENDING.to_owned();
+    let send = QueuedSend {
+        id: id.clone(),
+        conversation_id: message.conversation_id.clone(),
+        request: serde_json::json!({"to": customer, "biz_opaque_callback_data": id}),
+        due: DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap(),
+        // Later messages were accepted later, whatever their due times.
+        queued_at: Some(now + chrono::TimeDelta::microseconds(i64::from(n))),
+        attempts: 0,
+        wamid: None,
+        last_error: None,
+        held: false,
+    };
+    (send, message)
+}
+
+/// A conversation's first queued send is the one accepted first, whatever
+/// due times retries gave the others; the others' come after it.
+async fn each_conversation_sends_its_first_queued_message_first(store: Arc<dyn Store>) {
+    let processor = Processor::new(store.clone());
+    for n in [0, 1, 2] {
+        for customer in ["4477001", "4477002"] {
+            let (send, message) = queued_send(customer, n);
+            processor.send(Some(&send), &message).await.unwrap();
+        }
+    }
+    let first = store.first_send("conv_4477001").await.unwrap().unwrap();
+    assert_eq!(first.id, "local.q4477001n000");
+    // In backoff: still first, while later ones of its conversation are due.
+    let mut backoff = first.clone();
+    backoff.due = first.due + chrono::TimeDelta::seconds(60);
+    assert!(store.update_send(&backoff, first.due).await.unwrap());
+    assert!(
+        !store.update_send(&backoff, first.due).await.unwrap(),
+        "claimed by the first update"
+    );
+    let again = store.first_send("conv_4477001").await.unwrap().unwrap();
+    assert_eq!(
+        (again.id.as_str(), again.due),
+        (first.id.as_str(), backoff.due)
+    );
+    let due = store.due_sends(Utc::now(), 100).await.unwrap();
+    assert_eq!(due.len(), 5, "the one in backoff is not due");
+    // Done: the next one of that conversation is first; the other untouched.
+    let outcome = shared::plan::SendOutcome::Refused {
+        errors: serde_json::json!([{"code": 131047}]),
+        at: Utc::now(),
+    };
+    processor.send_outcome(&again, &outcome).await.unwrap();
+    let next = store.first_send("conv_4477001").await.unwrap().unwrap();
+    assert_eq!(next.id, "local.q4477001n001");
+    let other = store.first_send("conv_4477002").await.unwrap().unwrap();
+    assert_eq!(other.id, "local.q4477002n000");
+    assert!(store.first_send("conv_0000").await.unwrap().is_none());
+}
+
+/// One claim of a key wins, however many race; repeats are told apart
+/// by what they were used for.
+async fn an_idempotency_key_is_claimed_once(store: Arc<dyn Store>) {
+    let claims = futures::future::join_all((0..20).map(|_| {
+        let store = store.clone();
+        async move { store.claim_key("local.k1", "body-a").await.unwrap() }
+    }))
+    .await;
+    assert_eq!(claims.iter().filter(|c| **c == KeyClaim::New).count(), 1);
+    assert_eq!(claims.iter().filter(|c| **c == KeyClaim::Same).count(), 19);
+    assert_eq!(
+        store.claim_key("local.k1", "body-b").await.unwrap(),
+        KeyClaim::Other
+    );
+    assert_eq!(
+        store.claim_key("local.k2", "body-b").await.unwrap(),
+        KeyClaim::New
+    );
+}
+
+/// A message we sent keeps its key once it has WhatsApp's id, and a status
+/// naming that key (`biz_opaque_callback_data`) finds it there.
+async fn a_sent_message_is_found_by_its_key_for_a_status_naming_it(store: Arc<dyn Store>) {
+    let processor = Processor::new(store.clone());
+    let (send, message) = queued_send("4477003", 0);
+    processor.send(Some(&send), &message).await.unwrap();
+    let accepted = shared::plan::SendOutcome::Accepted {
+        wamid: "wamid.SECOND".to_owned(),
+        at: Utc::now(),
+    };
+    processor.send_outcome(&send, &accepted).await.unwrap();
+    let status = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550783881", "phone_number_id": "1"},
+        "statuses": [{"id": "wamid.FIRST", "status": "delivered", "recipient_id": "4477003",
+            "timestamp": Utc::now().timestamp().to_string(), "biz_opaque_callback_data": send.id}]}}]}]});
+    let events = feed(&processor, &[status.to_string().into_bytes()]).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let stored = store.message(&send.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.message_id.as_str(), stored.status.as_str()),
+        ("wamid.SECOND", "delivered")
+    );
+}
+
+/// Runs each scenario on every store: SQLite, MongoDB standalone (no
+/// transactions: each change set in steps) and as a replica set (each
+/// change set one transaction, as in production).
 macro_rules! on_both_stores {
     ($($scenario:ident),* $(,)?) => {
         mod on_mongodb {
             $( #[tokio::test] async fn $scenario() { super::$scenario(super::mongo().await).await } )*
+        }
+        mod on_mongodb_replica_set {
+            $( #[tokio::test] async fn $scenario() { super::$scenario(super::mongo_replica_set().await).await } )*
         }
         mod on_sqlite {
             $( #[tokio::test] async fn $scenario() { super::$scenario(super::sqlite().await).await } )*
@@ -478,6 +603,9 @@ on_both_stores!(
     paging_through_ties_skips_nothing,
     counters_agree_with_the_messages_after_every_kind_of_change,
     one_bad_item_of_three_is_kept_aside_and_the_others_stored,
+    each_conversation_sends_its_first_queued_message_first,
+    an_idempotency_key_is_claimed_once,
+    a_sent_message_is_found_by_its_key_for_a_status_naming_it,
 );
 
 /// A MongoDB store (no transactions on the test server) stopped after

@@ -285,8 +285,8 @@ pub fn plan_batch(batch: &Batch, known: &Known) -> ChangeSet {
     statuses
         .sort_by(|(a, _), (b, _)| status::application_order(a).cmp(&status::application_order(b)));
     for (change, was_parked) in statuses {
-        planner.adopt(change);
-        planner.apply_status(change, was_parked);
+        let change = planner.adopt(change);
+        planner.apply_status(&change, was_parked);
     }
     let seed = batch.payloads.first().map_or("", |p| p.id.as_str());
     let mut changes = planner.finish(batch.payloads.clone(), seed);
@@ -487,32 +487,49 @@ impl<'k> Planner<'k> {
             });
     }
 
-    /// A status for a WhatsApp id we do not know that names, by its
-    /// `biz_opaque_callback_data`, one of our messages still waiting to be
-    /// sent: WhatsApp accepted it under that id, but its sender was stopped
-    /// before storing the answer. The message takes the id, as if the
-    /// answer had been stored, so its send finishes without going out again.
-    fn adopt(&mut self, change: &StatusChange) {
+    /// A status for a WhatsApp id we do not know that names one of our
+    /// messages by its `biz_opaque_callback_data` (its local id):
+    /// - still waiting to be sent: WhatsApp accepted it under that id, but
+    ///   its sender was stopped before storing the answer. The message
+    ///   takes the id, as if the answer had been stored, so its send
+    ///   finishes without going out again;
+    /// - known by another WhatsApp id: it went out twice (a sender killed
+    ///   in between, or an answer lost). The status applies to it all the
+    ///   same (forward only), instead of waiting for a message that never
+    ///   comes.
+    ///
+    /// Returns the status to apply.
+    fn adopt<'c>(&mut self, change: &'c StatusChange) -> std::borrow::Cow<'c, StatusChange> {
+        let unchanged = std::borrow::Cow::Borrowed(change);
         let Some(local) = change.callback.as_deref() else {
-            return;
+            return unchanged;
         };
         if self.work.contains_key(&change.message_id) {
-            return;
+            return unchanged;
         }
-        let waiting = self.work.get(local).is_some_and(|w| {
-            w.message.id == local
-                && w.message.message_id == local
-                && w.message.status == PENDING
-                && w.message.direction == Direction::Outbound
-        });
-        if !waiting {
-            return;
+        let Some(current) = self
+            .work
+            .values()
+            .find(|w| w.message.id == local && w.message.direction == Direction::Outbound)
+            .map(|w| w.message.message_id.clone())
+        else {
+            return unchanged;
+        };
+        if current != local {
+            let mut retargeted = change.clone();
+            retargeted.message_id = current;
+            return std::borrow::Cow::Owned(retargeted);
         }
-        if let Some(mut working) = self.work.remove(local) {
+        let waiting = self
+            .work
+            .get(local)
+            .is_some_and(|w| w.message.status == PENDING);
+        if waiting && let Some(mut working) = self.work.remove(local) {
             working.message.message_id.clone_from(&change.message_id);
             working.renamed_from = Some(local.to_owned());
             self.work.insert(change.message_id.clone(), working);
         }
+        unchanged
     }
 
     fn apply_status(&mut self, change: &StatusChange, was_parked: bool) {

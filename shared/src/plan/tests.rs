@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::domain::{Direction, Message, RECEIVED, RawPayload, StatusChange};
+use crate::domain::{Direction, Message, PENDING, RECEIVED, RawPayload, StatusChange};
 
 fn at(seconds: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(seconds, 0).unwrap_or_default()
@@ -509,4 +509,74 @@ fn a_new_last_message_also_raises_the_status_of_the_same_last_set_by_another_wri
             .map(|s| (s.message_id.as_str(), s.rank)),
         Some(("b", 3))
     );
+}
+
+/// Ours, waiting to be sent: key and WhatsApp id both `local`.
+fn pending(local: &str, seconds: i64) -> Message {
+    let mut m = outbound(local, "4477", seconds);
+    m.status = PENDING.to_owned();
+    m.status_timestamps = BTreeMap::from([(PENDING.to_owned(), at(seconds))]);
+    m
+}
+
+fn naming(mut change: StatusChange, local: &str) -> StatusChange {
+    change.callback = Some(local.to_owned());
+    change
+}
+
+#[test]
+fn a_status_naming_a_message_still_waiting_gives_it_the_wamid_and_the_status() {
+    let waiting = pending("local.a1", 10);
+    let known = known_with(std::slice::from_ref(&waiting));
+    let delivered = naming(status("wamid.X", "delivered", 12), "local.a1");
+    let lookup = batch(vec![], vec![delivered.clone()]).lookup();
+    let Lookup::Items { message_ids, .. } = lookup else {
+        panic!("items")
+    };
+    assert!(
+        message_ids.contains(&"local.a1".to_owned()),
+        "the callback is read too"
+    );
+
+    let changes = plan_batch(&batch(vec![], vec![delivered]), &known);
+    assert!(changes.park.is_empty(), "applied, not parked");
+    let update = &changes.updates[0];
+    assert_eq!(update.message.id, "local.a1");
+    assert_eq!(update.message.message_id, "wamid.X");
+    assert_eq!(update.message.status, "delivered");
+    assert_eq!(update.renamed_from.as_deref(), Some("local.a1"));
+}
+
+#[test]
+fn a_status_for_the_first_of_two_sends_applies_to_the_message_by_its_callback() {
+    // Sent twice: it took the second send's id, then the first's statuses come.
+    let mut sent = pending("local.b2", 10);
+    sent.message_id = "wamid.SECOND".to_owned();
+    sent.status = "sent".to_owned();
+    let known = known_with(std::slice::from_ref(&sent));
+    let read = naming(status("wamid.FIRST", "read", 15), "local.b2");
+    let changes = plan_batch(&batch(vec![], vec![read]), &known);
+    assert!(
+        changes.park.is_empty(),
+        "not parked for a message that never comes"
+    );
+    let update = &changes.updates[0];
+    assert_eq!(update.message.message_id, "wamid.SECOND");
+    assert_eq!(update.message.status, "read");
+    assert_eq!(
+        statuses_announced(&changes),
+        [("wamid.SECOND".to_owned(), "read".to_owned())]
+    );
+}
+
+#[test]
+fn a_callback_naming_nothing_of_ours_changes_nothing() {
+    let known = known_with(&[inbound("wamid.in", "4477", 10, None)]);
+    // An inbound message's id, or an unknown one: parked as ever.
+    for callback in ["wamid.in", "local.unknown"] {
+        let change = naming(status("wamid.Y", "delivered", 12), callback);
+        let changes = plan_batch(&batch(vec![], vec![change]), &known);
+        assert!(changes.updates.is_empty(), "{callback}");
+        assert_eq!(changes.park.len(), 1, "{callback}");
+    }
 }

@@ -17,7 +17,7 @@ use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 use super::{KeyClaim, Store, StoreError, StoreResult, conversations_before};
 use crate::domain::{
     Conversation, Direction, Event, Message, Page, QueuedSend, RECEIVED, RawPayload,
-    SERVICE_WINDOW, Stats, StatusChange, status_rank,
+    SERVICE_WINDOW, Stats, StatusChange, is_local_id, status_rank,
 };
 use crate::error::Error;
 use crate::plan::counts::Counts;
@@ -454,14 +454,28 @@ fn load_in(t: &Transaction<'_>, lookup: &Lookup) -> Result<Known, Error> {
                 "SELECT doc FROM pending_statuses WHERE message_id IN ({})",
                 message_ids,
             )?;
-            (
-                docs_in(
-                    t,
-                    "SELECT doc FROM messages WHERE message_id IN ({})",
-                    message_ids,
-                )?,
-                conversation_ids.clone(),
-            )
+            // By WhatsApp's id, or by the key of one we sent (a status may
+            // name it by key once it has WhatsApp's id).
+            let keys: Vec<String> = message_ids
+                .iter()
+                .filter(|id| is_local_id(id))
+                .cloned()
+                .collect();
+            let mut messages: Vec<Message> = docs_in(
+                t,
+                "SELECT doc FROM messages WHERE message_id IN ({})",
+                message_ids,
+            )?;
+            if !keys.is_empty() {
+                let by_key: Vec<Message> =
+                    docs_in(t, "SELECT doc FROM messages WHERE id IN ({})", &keys)?;
+                for message in by_key {
+                    if !messages.iter().any(|m| m.id == message.id) {
+                        messages.push(message);
+                    }
+                }
+            }
+            (messages, conversation_ids.clone())
         }
         Lookup::Unread { conversation_id } => {
             let docs: Vec<String> = t

@@ -31,7 +31,7 @@ use super::{
     CONVERSATIONS, MESSAGES, MongoStore, OUTBOX, PAYLOADS, PENDING_STATUSES, REJECTED, SENDS,
     STATS, stats_id,
 };
-use crate::domain::{Event, RECEIVED, StatusChange};
+use crate::domain::{Event, RECEIVED, StatusChange, is_local_id};
 use crate::error::Error;
 use crate::plan::counts::Counts;
 use crate::plan::status::parked_key;
@@ -54,7 +54,7 @@ impl MongoStore {
                 message_ids,
                 conversation_ids,
             } => (
-                (!message_ids.is_empty()).then(|| doc! {"messageId": {"$in": message_ids}}),
+                (!message_ids.is_empty()).then(|| messages_named(message_ids)),
                 (!message_ids.is_empty()).then(|| doc! {"messageId": {"$in": message_ids}}),
                 conversation_ids.clone(),
             ),
@@ -251,6 +251,17 @@ async fn commit(session: &mut ClientSession) -> StoreResult<()> {
             }
             Err(e) => return Err(store_error(e)),
         }
+    }
+}
+
+/// Messages by WhatsApp's id, or by the local key of one we sent (it
+/// keeps that key once it has WhatsApp's id: a status may name it by key).
+fn messages_named(ids: &[String]) -> Document {
+    let keys: Vec<&String> = ids.iter().filter(|id| is_local_id(id)).collect();
+    if keys.is_empty() {
+        doc! {"messageId": {"$in": ids}}
+    } else {
+        doc! {"$or": [{"messageId": {"$in": ids}}, {"_id": {"$in": keys}}]}
     }
 }
 
