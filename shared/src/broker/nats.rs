@@ -1,8 +1,12 @@
 //! The broker on NATS: JetStream for the queue, core NATS for events.
 //!
 //! Webhook bodies, and messages sent through the API, travel through the
-//! `<NS>_WEBHOOKS` stream (Limits retention, so they stay replayable and
-//! other consumers can be added);
+//! `<NS>_WEBHOOKS` stream, a work queue: a payload the processors
+//! acknowledged is dropped, so storage frees itself as webhooks are
+//! processed (their raw bodies are kept in the store); what is not yet
+//! processed stays up to `WEBHOOK_STREAM_MAX_AGE_SECS`. A stream created
+//! by an older version keeps its Limits retention (NATS cannot change a
+//! stream's retention): see [`ensure_streams`];
 //! payloads that can never be processed go to `<NS>_DLQ`; the event log is
 //! the `<NS>_EVENTS` stream (subject `<ns>.events`): its sequence numbers
 //! are the events' `seq`, the same for every api-gateway reading it.
@@ -12,10 +16,12 @@
 //! bucket `<NS>_BODIES` under its SHA-256, and the stream gets a small
 //! reference message instead (headers [`BODY_REF`], [`BODY_BUCKET`],
 //! [`BODY_SIZE`], same subject and `Nats-Msg-Id`); deliveries carry the
-//! fetched body, so callers never see the difference. Objects are not
-//! deleted on ack: they expire with the bucket's `max_age`, the stream's
-//! 7 days, so a reference stays readable as long as the stream keeps it
-//! (replays, other consumers, the same body referenced twice).
+//! fetched body, so callers never see the difference. An object is
+//! deleted when the message referring to it is acknowledged (else it
+//! expires with the bucket's `max_age`, the stream's): a later message
+//! with the same body (its name is the body's hash) is the same webhook
+//! posted again, already processed, so nothing is lost if it finds the
+//! object gone.
 
 use std::time::Duration;
 
@@ -238,6 +244,15 @@ pub fn jetstream(client: Client, timeout: Duration) -> jetstream::Context {
 
 /// Creates the streams, or updates them to these settings; idempotent.
 ///
+/// The webhook stream is a work queue (what the processors acknowledged
+/// is dropped; the one durable consumer all processors share is allowed
+/// on it, no other). One created with Limits retention by an older
+/// version is kept so, with a warning: NATS refuses to change a stream's
+/// retention, and deleting it here could drop webhooks a gateway is
+/// publishing at that moment. To move it: stop the gateways, let the
+/// processors drain it, delete it (`nats stream rm <NS>_WEBHOOKS`), start
+/// them again.
+///
 /// When full, the webhook and dead-letter streams refuse new messages
 /// (a webhook is then answered 503 and Meta retries it; a payload that
 /// cannot be dead-lettered stays in the webhook stream and is retried):
@@ -289,7 +304,7 @@ pub async fn ensure_streams(
         stream::Config {
             name: names.webhook_stream(),
             subjects: vec![names.ingest()],
-            retention: stream::RetentionPolicy::Limits,
+            retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             max_age: settings.webhook_max_age(),
             max_bytes: settings.webhook_stream_max_bytes,
@@ -308,9 +323,21 @@ pub async fn ensure_streams(
 /// An update is only sent on a real difference: every service replica runs
 /// this at startup, and nats-server 2.9 has crashed (a nil dereference in
 /// `updateWithAdvisory`) under a stream update racing other requests on it.
-async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config) -> anyhow::Result<()> {
+async fn ensure_stream(js: &jetstream::Context, mut wanted: stream::Config) -> anyhow::Result<()> {
     if let Ok(mut existing) = js.get_stream(&wanted.name).await {
         let current = existing.info().await?.config.clone();
+        if current.retention != wanted.retention {
+            // NATS refuses the change: keep it, and say how to move.
+            tracing::warn!(
+                stream = %wanted.name,
+                current = ?current.retention,
+                wanted = ?wanted.retention,
+                "the stream keeps its retention (NATS cannot change it): processed webhooks \
+                 stay until they age out; to free their space as they are processed, stop the \
+                 gateways, let the processors drain the stream, delete it and start again"
+            );
+            wanted.retention = current.retention;
+        }
         if !same_settings(&current, &wanted) {
             tracing::info!(stream = %wanted.name, "updating the stream's configuration");
             if let Err(e) = js.update_stream(wanted.clone()).await {
@@ -1366,6 +1393,34 @@ impl NatsBroker {
     }
 }
 
+impl NatsSettle {
+    /// Deletes the object a processed message referred to, freeing its
+    /// space now rather than when the bucket's `max_age` expires it. A
+    /// failure only leaves it to expire.
+    /// The object this message refers to, and its bucket.
+    fn body_ref(&self) -> Option<(&str, &str)> {
+        let headers = self.message.headers.as_ref()?;
+        Some((
+            headers.get(BODY_REF)?.as_str(),
+            headers.get(BODY_BUCKET)?.as_str(),
+        ))
+    }
+
+    async fn forget_body(&self) {
+        let Some((name, bucket)) = self.body_ref() else {
+            return;
+        };
+        let deleted = async {
+            let store = self.js.get_object_store(bucket).await?;
+            store.delete(name).await?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        if let Err(e) = deleted.await {
+            tracing::debug!(error = %e, object = name, "a processed body is left to expire");
+        }
+    }
+}
+
 /// Settles a JetStream message.
 struct NatsSettle {
     message: jetstream::Message,
@@ -1379,10 +1434,16 @@ struct NatsSettle {
 #[async_trait]
 impl Settle for NatsSettle {
     async fn ack(&self) -> Result<(), BrokerError> {
-        self.message
-            .ack()
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+        let unavailable = |e: async_nats::Error| BrokerError::Unavailable(e.to_string());
+        if self.body_ref().is_none() {
+            return self.message.ack().await.map_err(unavailable);
+        }
+        // A reference is acknowledged with the server's reply (double
+        // ack): only then is it certain the stream dropped it, and its
+        // body may go too.
+        self.message.double_ack().await.map_err(unavailable)?;
+        self.forget_body().await;
+        Ok(())
     }
 
     async fn in_progress(&self) -> Result<(), BrokerError> {

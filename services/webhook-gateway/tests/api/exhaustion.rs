@@ -5,6 +5,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use shared::broker::nats::NatsBroker;
+use shared::broker::{BatchLimits, Queue};
 use test_support::{KillOnDrop, wait_until};
 
 use crate::helpers::{TestApp, config, error_message, spawn_app_with};
@@ -108,4 +110,49 @@ async fn a_full_jetstream_is_refused_at_once_and_readiness_says_why() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("out of storage"), "{body}");
     assert!(!body.contains("error code"), "no driver text: {body}");
+
+    // A processor takes them: acknowledged webhooks free their space (a
+    // work queue), and the gateway is ready and accepts webhooks again
+    // by itself.
+    let processor = NatsBroker::connect(
+        &nats.url,
+        &namespace,
+        "test-processor",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut processed = 0;
+    while processed < accepted {
+        let batch = tokio::time::timeout(
+            Duration::from_secs(20),
+            processor.next_batch(BatchLimits {
+                count: 100,
+                bytes: 16 << 20,
+            }),
+        )
+        .await
+        .expect("the stored webhooks are delivered")
+        .unwrap();
+        for delivery in batch {
+            delivery.ack().await.unwrap();
+            processed += 1;
+        }
+    }
+    wait_until(
+        "processed webhooks dropped",
+        Duration::from_secs(10),
+        || async { app.stored_payloads().await == 0 },
+    )
+    .await;
+    wait_until("ready again", Duration::from_secs(10), || async {
+        readiness(&app).await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        app.post_webhook(webhook(1_000_000, 64 * 1024))
+            .await
+            .status(),
+        200
+    );
 }

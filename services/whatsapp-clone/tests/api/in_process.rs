@@ -172,7 +172,7 @@ async fn given_nats_and_mongodb_it_uses_them() {
         .await
         .unwrap();
     assert_eq!(
-        stream.info().await.unwrap().state.messages,
+        stream.info().await.unwrap().state.last_sequence,
         7,
         "the payloads went through JetStream"
     );
