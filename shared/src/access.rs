@@ -138,14 +138,38 @@ fn needs_token(path: &str) -> bool {
     (path == "/metrics" || path == "/api" || path.starts_with("/api/")) && path != "/api/webhook"
 }
 
-/// Middleware: `401` unless the request carries an admitted token.
-pub async fn require_token(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
+/// What [`require_token`] checks: the tokens, and a per-IP limit on
+/// failed authentications (`None`: no limit).
+#[derive(Clone)]
+pub struct TokenGuard {
+    pub tokens: Tokens,
+    pub failures: Option<PerIp>,
+}
+
+/// Middleware: `401` unless the request carries an admitted token; past
+/// the per-IP rate, failed attempts get `429` (guessing tokens costs as
+/// much as any other request, though it never reaches the API's limiter).
+pub async fn require_token(
+    State(guard): State<TokenGuard>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let tokens = &guard.tokens;
     if tokens.is_open()
         || !needs_token(request.uri().path())
         || tokens.admits_request(request.headers())
     {
         return next.run(request).await;
     }
+    if let Some(failures) = &guard.failures
+        && !failures.admits(&request)
+    {
+        return too_many("too many failed authentications; retry in 1 s");
+    }
+    unauthorized()
+}
+
+fn unauthorized() -> Response {
     let mut response = ApiError::new(
         StatusCode::UNAUTHORIZED,
         "missing or unknown bearer token (Authorization: Bearer <token>)",
@@ -154,6 +178,62 @@ pub async fn require_token(State(tokens): State<Tokens>, request: Request, next:
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Who may read `/metrics` of the services without a REST API (the
+/// processor and the webhook-gateway), which listen on all addresses.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsAccess {
+    /// Bearer tokens that may read /metrics, comma-separated (the
+    /// api-gateway's API_TOKENS); unset: /metrics answers clients on this
+    /// host (loopback) only.
+    #[arg(long, env = "API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<String>,
+    /// A file of such tokens, one per line (added to API_TOKENS).
+    #[arg(long, env = "API_TOKENS_FILE")]
+    pub api_tokens_file: Option<std::path::PathBuf>,
+}
+
+impl MetricsAccess {
+    pub fn tokens(&self) -> anyhow::Result<Tokens> {
+        Tokens::load(self.api_tokens.as_deref(), self.api_tokens_file.as_deref())
+    }
+}
+
+/// Middleware: `/metrics` needs a token when tokens are set, else a
+/// client on this host; everything else passes.
+pub async fn guard_metrics(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
+    if request.uri().path() != "/metrics" {
+        return next.run(request).await;
+    }
+    if !tokens.is_open() {
+        return if tokens.admits_request(request.headers()) {
+            next.run(request).await
+        } else {
+            unauthorized()
+        };
+    }
+    let local = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|peer| peer.0.ip().is_loopback());
+    if local {
+        return next.run(request).await;
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "without API_TOKENS, /metrics answers clients on this host only; set API_TOKENS to scrape it from elsewhere",
+    )
+    .into_response()
+}
+
+/// `429` with `Retry-After: 1`.
+fn too_many(why: &str) -> Response {
+    let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, why).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
@@ -256,17 +336,16 @@ fn too_many_requests(error: tower_governor::GovernorError) -> Response<Body> {
     }
 }
 
-/// Per-IP limit on new Socket.IO sessions (handshakes: requests under
-/// `/socket.io/` without a session id), which cost memory until they time
-/// out whether or not they then authenticate. Requests of established
-/// sessions are not limited.
+/// A per-client-IP rate, for requests that cost the service without
+/// reaching the REST API's limiter: new Socket.IO sessions and failed
+/// authentications.
 #[derive(Clone)]
-pub struct Handshakes {
+pub struct PerIp {
     limiter: Arc<governor::DefaultKeyedRateLimiter<IpAddr>>,
     key: ClientIp,
 }
 
-impl Handshakes {
+impl PerIp {
     /// `None` when the limit is off.
     pub fn new(limit: RateLimit) -> Option<Self> {
         let per_second = std::num::NonZeroU32::new(limit.per_second)?;
@@ -291,14 +370,26 @@ impl Handshakes {
             },
         })
     }
+
+    /// Counts the request against its client's rate: `false` past it.
+    fn admits(&self, request: &Request) -> bool {
+        use tower_governor::key_extractor::KeyExtractor;
+        match self.key.extract(request) {
+            Ok(ip) => self.limiter.check_key(&ip).is_ok(),
+            Err(_) => true,
+        }
+    }
 }
 
+/// Middleware: limits new Socket.IO sessions (handshakes: requests under
+/// `/socket.io/` without a session id) per IP; they cost memory until they
+/// time out whether or not they then authenticate. Requests of established
+/// sessions are not limited.
 pub async fn limit_handshakes(
-    State(handshakes): State<Handshakes>,
+    State(handshakes): State<PerIp>,
     request: Request,
     next: Next,
 ) -> Response {
-    use tower_governor::key_extractor::KeyExtractor;
     let uri = request.uri();
     let handshake = uri.path().starts_with("/socket.io")
         && !uri
@@ -306,19 +397,8 @@ pub async fn limit_handshakes(
             .unwrap_or_default()
             .split('&')
             .any(|p| p.starts_with("sid="));
-    if handshake
-        && let Ok(ip) = handshakes.key.extract(&request)
-        && handshakes.limiter.check_key(&ip).is_err()
-    {
-        let mut response = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many new connections; retry in 1 s",
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+    if handshake && !handshakes.admits(&request) {
+        return too_many("too many new connections; retry in 1 s");
     }
     next.run(request).await
 }
@@ -484,6 +564,41 @@ mod tests {
             assert!(check_exposure(host, true, false, "the API", "ALLOW_ANONYMOUS").is_ok());
             assert!(check_exposure(host, false, true, "the API", "ALLOW_ANONYMOUS").is_ok());
         }
+    }
+
+    /// Without tokens, /metrics of the processor and webhook-gateway
+    /// answers clients on this host only; other paths pass.
+    #[tokio::test]
+    async fn metrics_without_tokens_answer_loopback_clients_only() {
+        use tower::ServiceExt;
+        let tokens = Tokens::load(None, None).unwrap();
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(|| async { "m" }))
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(tokens, guard_metrics));
+        let from = |path: &str, ip: [u8; 4]| {
+            let mut request = Request::builder().uri(path).body(Body::empty()).unwrap();
+            request.extensions_mut().insert(axum::extract::ConnectInfo(
+                std::net::SocketAddr::from((ip, 40000)),
+            ));
+            request
+        };
+        let status = |request: Request| {
+            let app = app.clone();
+            async move { app.oneshot(request).await.unwrap().status() }
+        };
+        assert_eq!(
+            status(from("/metrics", [127, 0, 0, 1])).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(from("/metrics", [10, 1, 2, 3])).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(from("/healthz", [10, 1, 2, 3])).await,
+            StatusCode::OK
+        );
     }
 
     #[test]

@@ -123,7 +123,10 @@ pub fn api_router(
     let guarded = rest
         .merge(others)
         .layer(axum::middleware::from_fn_with_state(
-            access.tokens.clone(),
+            shared::access::TokenGuard {
+                tokens: access.tokens.clone(),
+                failures: shared::access::PerIp::new(config.rate_limit()),
+            },
             shared::access::require_token,
         ));
     let inner = shared::http::service(guarded, &access.limits);
@@ -135,7 +138,7 @@ pub fn api_router(
         .layer(tower::util::MapRequestLayer::new(
             realtime::detach_from_read_buffer::<axum::body::Body>,
         ));
-    if let Some(handshakes) = shared::access::Handshakes::new(config.rate_limit()) {
+    if let Some(handshakes) = shared::access::PerIp::new(config.rate_limit()) {
         router = router.layer(axum::middleware::from_fn_with_state(
             handshakes,
             shared::access::limit_handshakes,

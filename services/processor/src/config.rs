@@ -1,4 +1,5 @@
 use clap::Parser;
+use shared::access::MetricsAccess;
 use shared::config::{LimitsConfig, LogConfig, MongoConfig, NatsConfig, WorkerConfig};
 use shared::graph::GraphConfig;
 
@@ -22,6 +23,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[command(flatten)]
     pub limits: LimitsConfig,
+    #[command(flatten)]
+    pub metrics: MetricsAccess,
     #[command(flatten)]
     pub graph: GraphConfig,
     #[command(flatten)]

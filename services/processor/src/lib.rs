@@ -66,7 +66,11 @@ impl Application {
         let (queue, store): (Arc<dyn Queue>, Arc<dyn Store>) =
             (self.broker.clone(), self.store.clone());
         let ready = readiness(queue, Some(store));
-        let router = shared::http::service(ops_routes(ready), &self.config.limits);
+        let router = ops_routes(ready).layer(axum::middleware::from_fn_with_state(
+            self.config.metrics.tokens()?,
+            shared::access::guard_metrics,
+        ));
+        let router = shared::http::service(router, &self.config.limits);
         tracing::info!(port = self.port(), "processor health endpoints listening");
         let server = shared::server::serve(
             self.listener,

@@ -21,6 +21,8 @@ pub struct Config {
     #[command(flatten)]
     pub limits: LimitsConfig,
     #[command(flatten)]
+    pub metrics: shared::access::MetricsAccess,
+    #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]
     pub log: LogConfig,

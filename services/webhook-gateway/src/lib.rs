@@ -81,7 +81,11 @@ impl Application {
         let queue: Arc<dyn Queue> = broker.clone();
         let ready = readiness(queue, None);
         let router = webhook_routes(WebhookState::new(broker.clone(), &config.webhook))
-            .merge(ops_routes(ready));
+            .merge(ops_routes(ready))
+            .layer(axum::middleware::from_fn_with_state(
+                config.metrics.tokens()?,
+                shared::access::guard_metrics,
+            ));
         let router = shared::http::service(router, &config.limits);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {

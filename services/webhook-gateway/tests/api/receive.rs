@@ -182,3 +182,35 @@ async fn health_readiness_and_metrics_are_served() {
         .unwrap();
     assert!(metrics.contains("webhooks_accepted_total"), "{metrics}");
 }
+
+/// With API_TOKENS set, /metrics takes a token (health and the webhook do not).
+#[tokio::test]
+async fn metrics_need_a_token_when_tokens_are_set() {
+    let token = "metrics-token-0123456789abcdef";
+    let mut config = crate::helpers::config(
+        &test_support::nats_url(),
+        &test_support::unique_name("gw"),
+        None,
+    );
+    config.webhook.allow_unsigned_webhooks = true;
+    config.metrics.api_tokens = Some(token.to_owned());
+    let app = crate::helpers::spawn_app_with(config).await;
+    let metrics = format!("{}/metrics", app.address);
+    let anonymous = app.http.get(&metrics).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let with_token = app
+        .http
+        .get(&metrics)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}

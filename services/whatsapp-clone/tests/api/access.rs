@@ -229,6 +229,39 @@ async fn one_client_past_its_rate_gets_429_while_health_answers() {
     assert!(checks.iter().all(|(status, _, _)| *status == 200));
 }
 
+/// Guessing tokens is limited like any other traffic: past the per-IP
+/// rate, wrong tokens get 429 with Retry-After instead of 401 at any pace.
+#[tokio::test]
+async fn wrong_tokens_past_the_rate_get_429() {
+    let dir = temp_dir();
+    let app = start(
+        &dir,
+        &[("API_TOKENS", TOKEN), ("RATE_LIMIT_PER_IP", "20")],
+        &dir.join("log.txt"),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let stats = format!("{}/api/stats", app.url);
+    let burst = futures::future::join_all(
+        (0..200).map(|n| call(http.get(&stats).bearer_auth(format!("guess-{n}")))),
+    )
+    .await;
+    let unauthorized = burst.iter().filter(|(status, _, _)| *status == 401).count();
+    let limited: Vec<_> = burst
+        .iter()
+        .filter(|(status, _, _)| *status == 429)
+        .collect();
+    assert!(
+        unauthorized >= 20,
+        "the burst allowance is answered: {unauthorized}"
+    );
+    assert!(limited.len() >= 100, "{} of 200 limited", limited.len());
+    for (_, body, headers) in &limited {
+        assert!(is_error(body), "{body}");
+        assert!(headers.contains_key("retry-after"));
+    }
+}
+
 #[tokio::test]
 async fn idle_and_half_sent_connections_do_not_hold_the_service() {
     let dir = temp_dir();
