@@ -183,7 +183,7 @@ fn unauthorized() -> Response {
 
 /// Who may read `/metrics` of the services without a REST API (the
 /// processor and the webhook-gateway), which listen on all addresses.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct MetricsAccess {
     /// Bearer tokens that may read /metrics, comma-separated (the
     /// api-gateway's API_TOKENS); unset: /metrics answers clients on this

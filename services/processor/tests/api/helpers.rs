@@ -39,6 +39,7 @@ pub fn processor_config(namespace: &str, database: &str) -> Config {
         },
         ack_wait_secs: 3,
         limits: Default::default(),
+        metrics: Default::default(),
         graph: Default::default(),
         nats: NatsConfig {
             nats_url: test_support::nats_url(),
@@ -86,6 +87,7 @@ pub async fn spawn_gateway_only() -> Pipeline {
             allow_unsigned_webhooks: false,
         },
         limits: Default::default(),
+        metrics: Default::default(),
         publish_timeout_ms: 5000,
         nats: NatsConfig {
             nats_url: test_support::nats_url(),

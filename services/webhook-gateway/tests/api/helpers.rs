@@ -33,10 +33,7 @@ pub fn config(nats_url: &str, namespace: &str, app_secret: Option<&str>) -> Conf
             allow_unsigned_webhooks: false,
         },
         limits: Default::default(),
-        metrics: shared::access::MetricsAccess {
-            api_tokens: None,
-            api_tokens_file: None,
-        },
+        metrics: Default::default(),
         publish_timeout_ms: 2000,
         nats: NatsConfig {
             nats_url: nats_url.into(),
