@@ -209,7 +209,17 @@ pub struct LimitsConfig {
     /// an idle keep-alive connection stays open.
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
     pub header_read_timeout_secs: u64,
+    /// Bytes of webhook bodies held at once (being received, checked and
+    /// stored); past it a webhook gets 503 with Retry-After (Meta retries)
+    /// instead of the process running out of memory. A body without a
+    /// Content-Length counts as WEBHOOK_BODY_LIMIT. The default suits a
+    /// 512 MB container (see BENCHMARKS.md for memory per body byte).
+    #[arg(long, env = "BODY_BUDGET_BYTES", default_value_t = DEFAULT_BODY_BUDGET)]
+    pub body_budget_bytes: usize,
 }
+
+/// 48 MiB of bodies: sixteen of Meta's largest (3 MB) at once.
+const DEFAULT_BODY_BUDGET: usize = 48 * 1024 * 1024;
 
 /// The flags' defaults (for configurations built in code, e.g. tests).
 impl Default for LimitsConfig {
@@ -218,6 +228,7 @@ impl Default for LimitsConfig {
             max_requests_in_flight: 1024,
             request_timeout_secs: 30,
             header_read_timeout_secs: 10,
+            body_budget_bytes: DEFAULT_BODY_BUDGET,
         }
     }
 }
@@ -234,8 +245,10 @@ pub struct WorkerConfig {
     /// Most payloads stored in one round of writes.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 1024)]
     pub batch_size: usize,
-    /// Most bytes of payloads held and stored in one round of writes.
-    #[arg(long, env = "BATCH_BYTES", default_value_t = 16 * 1024 * 1024)]
+    /// Most bytes of payloads held and stored in one round of writes (a
+    /// larger payload goes alone). Memory of a batch is a multiple of it
+    /// (about 20 times for webhooks of many messages: BENCHMARKS.md).
+    #[arg(long, env = "BATCH_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub batch_bytes: usize,
     /// Deliveries of a payload the store keeps refusing before it goes to
     /// the dead letters (store outages are retried forever instead).
@@ -320,6 +333,7 @@ mod tests {
             parsed.header_read_timeout_secs,
             default.header_read_timeout_secs
         );
+        assert_eq!(parsed.body_budget_bytes, default.body_budget_bytes);
     }
 
     #[test]

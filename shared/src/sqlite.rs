@@ -46,8 +46,16 @@ pub const DISK_FULL: &str = "the disk is full";
 
 impl Database {
     /// Opens (creating) the file in WAL mode with full fsync on commit, so
-    /// a committed transaction survives a crash or power loss.
+    /// a committed transaction survives a crash or power loss; 64 MiB of
+    /// page cache (the default is 2 MiB): the indexes of a million
+    /// messages stay in memory.
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        Self::open_with_cache(path, 64 * 1024 * 1024)
+    }
+
+    /// [`Database::open`] with `cache_bytes` of page cache: a queue or a
+    /// log, read once in order, needs little (and held large bodies in it).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> rusqlite::Result<Self> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
@@ -56,9 +64,9 @@ impl Database {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "busy_timeout", 5000)?;
-        // 64 MiB of page cache (the default is 2 MiB): the indexes of a
-        // million messages stay in memory.
-        connection.pragma_update(None, "cache_size", -65536)?;
+        // Negative: in KiB.
+        let cache_kib = i64::try_from(cache_bytes / 1024).unwrap_or(i64::MAX);
+        connection.pragma_update(None, "cache_size", -cache_kib.max(1))?;
         // Every statement is prepared once (`prepare_cached`), not parsed per call.
         connection.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = mpsc::channel::<Job>();

@@ -78,7 +78,8 @@ impl Application {
             data_dir = %config.data_dir.display(),
             "whatsapp-clone starting"
         );
-        let webhook = WebhookState::new(queue.clone(), &config.webhook);
+        let webhook = WebhookState::new(queue.clone(), &config.webhook)
+            .with_body_budget(config.limits.body_budget_bytes);
         let graph = config.graph.client()?;
         shared::graph::announce(graph.as_ref());
         let media = MediaConfig::open(&config.media, &config.data_dir.join("media"))?;

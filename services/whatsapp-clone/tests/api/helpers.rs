@@ -86,6 +86,10 @@ impl Server {
         Self { url, child }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no graceful anything.
     pub fn kill(self) {
         self.child.kill();

@@ -34,7 +34,8 @@ const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl EmbeddedEvents {
     pub async fn open(path: &Path) -> Result<Self, BrokerError> {
-        let db = Database::open(path).map_err(|e| {
+        // A small page cache: large bodies pass through once.
+        let db = Database::open_with_cache(path, 8 * 1024 * 1024).map_err(|e| {
             BrokerError::Unavailable(format!("cannot open {}: {e}", path.display()))
         })?;
         let unavailable = |e: crate::error::Error| BrokerError::Unavailable(e.message);

@@ -55,7 +55,8 @@ pub struct EmbeddedQueue {
 
 impl EmbeddedQueue {
     pub async fn open(path: &Path) -> Result<Self, BrokerError> {
-        let db = Database::open(path).map_err(|e| {
+        // A small page cache: large bodies pass through once.
+        let db = Database::open_with_cache(path, 4 * 1024 * 1024).map_err(|e| {
             BrokerError::Unavailable(format!("cannot open {}: {e}", path.display()))
         })?;
         db.transaction(|t| {
