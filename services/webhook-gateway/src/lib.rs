@@ -2,6 +2,7 @@
 //! to the queue (NATS JetStream). It answers 200 only once the queue has
 //! acknowledged the body, so an accepted webhook is durable.
 
+mod budget;
 mod config;
 mod routes;
 mod signature;
@@ -17,6 +18,7 @@ use shared::http::{ops_routes, readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use budget::BodyBudget;
 pub use config::Config;
 pub use routes::webhook_routes;
 
@@ -27,6 +29,8 @@ pub struct WebhookState {
     pub verify_token: Option<Arc<str>>,
     pub app_secret: Option<Arc<[u8]>>,
     pub body_limit: usize,
+    /// Bytes of bodies in memory at once.
+    pub budget: BodyBudget,
 }
 
 impl WebhookState {
@@ -45,7 +49,17 @@ impl WebhookState {
             verify_token: verify_token.map(Into::into),
             app_secret: app_secret.map(|s| s.into_bytes().into()),
             body_limit: config.body_limit,
+            budget: BodyBudget::new(
+                shared::config::LimitsConfig::default().body_budget_bytes,
+                config.body_limit,
+            ),
         }
+    }
+
+    /// Holds at most `bytes` of webhook bodies at once (`BODY_BUDGET_BYTES`).
+    pub fn with_body_budget(mut self, bytes: usize) -> Self {
+        self.budget = BodyBudget::new(bytes, self.body_limit);
+        self
     }
 }
 
@@ -80,12 +94,14 @@ impl Application {
         );
         let queue: Arc<dyn Queue> = broker.clone();
         let ready = readiness(queue, None);
-        let router = webhook_routes(WebhookState::new(broker.clone(), &config.webhook))
-            .merge(ops_routes(ready))
-            .layer(axum::middleware::from_fn_with_state(
+        let webhooks = WebhookState::new(broker.clone(), &config.webhook)
+            .with_body_budget(config.limits.body_budget_bytes);
+        let router = webhook_routes(webhooks).merge(ops_routes(ready)).layer(
+            axum::middleware::from_fn_with_state(
                 config.metrics.tokens()?,
                 shared::access::guard_metrics,
-            ));
+            ),
+        );
         let router = shared::http::service(router, &config.limits);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
