@@ -10,6 +10,7 @@
 //! from the last `seq` they saw.
 
 mod config;
+mod inbox;
 mod media;
 mod media_cache;
 mod openapi;
@@ -99,7 +100,7 @@ pub struct Api {
     header_read_timeout: Duration,
 }
 
-/// The whole HTTP surface of the API: REST routes plus `others` (health,
+/// The whole HTTP surface of the API: REST routes, the web inbox, plus `others` (health,
 /// metrics; the webhook routes in the all-in-one binary), finished with
 /// the shared layers, Socket.IO on the same port, and CORS.
 pub fn api_router(
@@ -122,6 +123,8 @@ pub fn api_router(
     let rest = shared::access::rate_limited(routes::router(state.clone()), config.rate_limit())?;
     let guarded = rest
         .merge(others)
+        // The web inbox at `/`: public static files; the API keeps its tokens.
+        .merge(inbox::routes())
         .layer(axum::middleware::from_fn_with_state(
             shared::access::TokenGuard {
                 tokens: access.tokens.clone(),
