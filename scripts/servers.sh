@@ -138,6 +138,29 @@ if [ ! -d "$SIO_CLIENT/node_modules/socket.io-client" ]; then
     (cd "$SIO_CLIENT" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in $SIO_CLIENT"
 fi
 
+# --- 1b2. the web inbox's tools: tsc, puppeteer-core and Debian's chromium ---
+# web/package.json pins them (typescript for the lint step's type check,
+# puppeteer-core for the browser tests); puppeteer-core downloads no
+# browser: the tests drive Debian's chromium.
+if [ "${SERVERS_FOR:-test}" != bench ]; then
+    WEB="$ROOT/web"
+    if [ ! -d "$WEB/node_modules/puppeteer-core" ] || [ ! -x "$WEB/node_modules/.bin/tsc" ]; then
+        log "installing the web inbox's tools (npm ci in web/)"
+        (cd "$WEB" && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error) \
+            || die "npm ci failed in $WEB"
+    fi
+    if [ -z "${CHROMIUM_BIN:-}" ]; then
+        CHROMIUM_BIN="$(command -v chromium || true)"
+        if [ -z "$CHROMIUM_BIN" ]; then
+            is_root || die "chromium not found; install it (Debian: apt-get install chromium) or set CHROMIUM_BIN"
+            log "installing chromium (apt)"
+            apt_install chromium || die "apt-get install chromium failed"
+            CHROMIUM_BIN="$(command -v chromium || echo /usr/bin/chromium)"
+        fi
+    fi
+    export CHROMIUM_BIN
+fi
+
 # --- 1c. nginx (the edge proxy of deploy/) and docker-compose (to validate) --
 # The local topology test runs Debian's nginx with deploy/nginx/; the
 # compose file is checked with Debian's docker-compose (no engine needed).

@@ -14,7 +14,8 @@
 #                     (no database path: tests append their own names)
 #   NATS_SERVER_BIN   nats-server binary (found or installed if unset);
 #                     tests start private servers with it to simulate outages
-#   SKIP_LINT=1       skip cargo fmt --check, cargo deny and cargo clippy
+#   SKIP_LINT=1       skip cargo fmt --check, cargo deny, cargo clippy and tsc
+#   CHROMIUM_BIN      the browser of the web inbox's tests (found or installed if unset)
 #   DENY_ADVISORIES=1 also check RustSec advisories (needs GitHub: see deny.toml)
 set -euo pipefail
 
@@ -81,8 +82,11 @@ if [ "${SKIP_LINT:-0}" != "1" ]; then
     "$CARGO_DENY" check --hide-inclusion-graph "${deny_checks[@]}"
     log "cargo clippy --workspace --all-targets -- -D warnings"
     cargo clippy --workspace --all-targets -- -D warnings
+    # The web inbox's JavaScript, checked by its JSDoc types (web/jsconfig.json).
+    log "tsc -p web/jsconfig.json (the web inbox)"
+    "$ROOT/web/node_modules/.bin/tsc" -p "$ROOT/web/jsconfig.json"
 else
-    log "SKIP_LINT=1: skipping fmt, cargo deny and clippy"
+    log "SKIP_LINT=1: skipping fmt, cargo deny, clippy and tsc"
 fi
 log "docker-compose config -q (the stack and the all-in-one profile)"
 docker-compose -f docker-compose.yml config -q

@@ -164,7 +164,10 @@ function App() {
   /** @type {{current: import("./vendor/socket.io-client-4.8.4.js").Socket | null}} */
   const socketRef = useRef(null);
   const loadingMore = useRef(false);
-  const searchAvailable = useRef(true);
+  /** Whether the server has `GET /api/search` (its OpenAPI document says; asked once). */
+  const searchAvailable = useRef(/** @type {Promise<boolean> | null} */ (null));
+  /** Whether the next chat opened should focus the composer (not when moving through the list by keyboard). */
+  const focusComposer = useRef(true);
 
   /** A failure shown to the user (a 401 asks for the token instead). @param {unknown} e */
   const fail = (e) => {
@@ -331,20 +334,30 @@ function App() {
   useEffect(() => {
     const q = search.trim();
     setResults(null);
-    if (q.length < 2 || !searchAvailable.current) return;
-    const t = setTimeout(() => {
-      request(`/api/search${query({ q, limit: "20" })}`)
-        .then((r) => setResults(Array.isArray(r?.results) ? r.results : []))
-        .catch((e) => {
-          if (e instanceof ApiFailure && (e.status === 404 || e.status === 405)) searchAvailable.current = false;
-          else fail(e);
-        });
+    if (q.length < 2) return;
+    let live = true;
+    const t = setTimeout(async () => {
+      try {
+        searchAvailable.current ??= request("/api/openapi.json").then(
+          (doc) => !!doc?.paths?.["/api/search"],
+          () => false,
+        );
+        if (!(await searchAvailable.current)) return;
+        const r = await request(`/api/search${query({ q, limit: "20" })}`);
+        if (live) setResults(Array.isArray(r?.results) ? r.results : []);
+      } catch (e) {
+        if (!(e instanceof ApiFailure && e.status === 400)) fail(e);
+      }
     }, 250);
-    return () => clearTimeout(t);
+    return () => {
+      live = false;
+      clearTimeout(t);
+    };
   }, [search]);
 
-  /** @param {string | null} id */
-  const select = (id) => {
+  /** @param {string | null} id @param {boolean} [byKeyboard] */
+  const select = (id, byKeyboard = false) => {
+    focusComposer.current = !byKeyboard;
     dispatch({ type: "select", id });
     if (!id) return;
     loadMessages(id).catch(fail);
@@ -531,6 +544,7 @@ function App() {
           >
             <${Composer}
               conversationId=${state.selected}
+              focus=${focusComposer.current}
               windowOpen=${windowOpen(open)}
               onText=${sendText}
               onFile=${sendFile}

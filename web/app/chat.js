@@ -95,15 +95,20 @@ function Content({ m }) {
   }
 }
 
-/** @param {{m: Message, byId: Map<string, Message>, reactions: Message[], onRetry: (m: Message) => void}} props */
-function Bubble({ m, byId, reactions, onRetry }) {
+/** Types whose bubble ends with a line of text (the time goes on that line). */
+const ENDS_IN_BLOCK = new Set(["image", "video", "audio", "document", "sticker", "location", "contacts"]);
+
+/** @param {{m: Message, byId: Map<string, Message>, reactions: Message[], onRetry: (m: Message) => void, tail: boolean}} props */
+function Bubble({ m, byId, reactions, onRetry, tail }) {
   const outgoing = m.direction === "outbound";
   const failed = outgoing && m.status === "failed";
   const quotedId = m.context?.id || m.context?.message_id;
   const quoted = quotedId ? byId.get(quotedId) : undefined;
   const errorId = `error-${m._id}`;
   return html`<div
-    class=${`message ${outgoing ? "out" : "in"}${m.type === "sticker" ? " bare" : ""}${failed ? " is-failed" : ""}`}
+    class=${`message ${outgoing ? "out" : "in"}${tail ? " tail" : ""}${m.type === "sticker" ? " bare" : ""}${failed ? " is-failed" : ""}${
+      ENDS_IN_BLOCK.has(m.type) && !m.content?.caption ? " block-end" : ""
+    }`}
     data-message-id=${m.messageId}
     data-status=${outgoing ? m.status : undefined}
   >
@@ -208,9 +213,12 @@ export function Chat({ conversation, conversationId, messages, more, onOlder, on
 
   const items = [];
   let day = "";
+  let side = "";
   for (const m of messages) {
     if (m.type === "reaction" && byId.has(m.content?.message_id || m.content?.messageId || "")) continue;
     const key = dayKey(m.timestamp);
+    const tail = key !== day || side !== m.direction;
+    side = m.direction;
     if (key !== day) {
       day = key;
       items.push(html`<div class="day" key=${`day-${key}`}><span>${dayLabel(m.timestamp)}</span></div>`);
@@ -221,6 +229,7 @@ export function Chat({ conversation, conversationId, messages, more, onOlder, on
       byId=${byId}
       reactions=${reactionsOf.get(m.messageId) || []}
       onRetry=${onRetry}
+      tail=${tail}
     />`);
   }
 

@@ -49,13 +49,14 @@ function TemplateForm({ onSend, onClose }) {
 /**
  * @param {{
  *   conversationId: string,
+ *   focus: boolean,
  *   windowOpen: boolean,
  *   onText: (text: string) => void,
  *   onFile: (file: File, caption: string) => void,
  *   onTemplate: (t: Template) => void,
  * }} props
  */
-export function Composer({ conversationId, windowOpen, onText, onFile, onTemplate }) {
+export function Composer({ conversationId, focus, windowOpen, onText, onFile, onTemplate }) {
   const [text, setText] = useState("");
   const [templateOpen, setTemplateOpen] = useState(false);
   /** @type {{current: HTMLTextAreaElement | null}} */
@@ -66,7 +67,7 @@ export function Composer({ conversationId, windowOpen, onText, onFile, onTemplat
   useEffect(() => {
     setText("");
     setTemplateOpen(false);
-    box.current?.focus();
+    if (focus) box.current?.focus();
   }, [conversationId]);
 
   useEffect(() => {

@@ -27,7 +27,7 @@ export function Avatar({ name, id, small }) {
  * @param {{
  *   conversations: Conversation[],
  *   selected: string | null,
- *   onSelect: (id: string) => void,
+ *   onSelect: (id: string, byKeyboard?: boolean) => void,
  *   onMore: () => void,
  *   more: boolean,
  *   children?: unknown,
@@ -77,7 +77,7 @@ export function ConversationList({ conversations, selected, onSelect, onMore, mo
     else return;
     e.preventDefault();
     reveal(next);
-    onSelect(conversations[next].conversationId);
+    onSelect(conversations[next].conversationId, true);
   };
 
   const rows = [];
