@@ -28,6 +28,7 @@ pub mod outbound;
 pub mod plan;
 pub mod processing;
 pub mod relay;
+pub mod search;
 pub mod sender;
 pub mod server;
 pub mod sqlite;

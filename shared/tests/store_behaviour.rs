@@ -12,7 +12,7 @@ use shared::plan::counts::journal_key;
 use shared::processing::Processor;
 use shared::store::mongo::MongoStore;
 use shared::store::sqlite::SqliteStore;
-use shared::store::{KeyClaim, Store};
+use shared::store::{KeyClaim, SearchScope, Store};
 use shared::webhook;
 
 mod common;
@@ -577,6 +577,135 @@ async fn a_sent_message_is_found_by_its_key_for_a_status_naming_it(store: Arc<dy
     );
 }
 
+/// A customer's text message at `seconds`, to business number `phone`.
+fn said(id: &str, customer: &str, phone: &str, text: &str, seconds: i64) -> Vec<u8> {
+    serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550783881", "phone_number_id": phone},
+        "contacts": [{"wa_id": customer, "profile": {"name": "Ravi"}}],
+        "messages": [{"from": customer, "id": id, "timestamp": (1_754_400_000 + seconds).to_string(),
+            "type": "text", "text": {"body": text}}]}}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+async fn search(
+    store: &Arc<dyn Store>,
+    q: &str,
+    scope: SearchScope,
+    limit: usize,
+) -> (Vec<String>, Option<String>) {
+    let query = shared::search::Query::parse(q).unwrap();
+    let page = store.search(&query, &scope, limit).await.unwrap();
+    (
+        page.messages.into_iter().map(|m| m.message_id).collect(),
+        page.next,
+    )
+}
+
+async fn ids(store: &Arc<dyn Store>, q: &str) -> Vec<String> {
+    search(store, q, SearchScope::default(), 100).await.0
+}
+
+/// Words in any script, case and accents ignored, every word needed, the
+/// last as a prefix; newest first, in pages; narrowed by conversation and
+/// by number; messages the business sent are found too.
+async fn search_finds_any_word_newest_first_in_pages_and_scopes(store: Arc<dyn Store>) {
+    let processor = Processor::new(store.clone());
+    feed(
+        &processor,
+        &[
+            said(
+                "wamid.s1",
+                "919900000001",
+                "111",
+                "Can you deliver to Pune tomorrow?",
+                10,
+            ),
+            said(
+                "wamid.s2",
+                "919900000001",
+                "111",
+                "पुणे में डिलीवरी कब होगी?",
+                20,
+            ),
+            said(
+                "wamid.s3",
+                "919900000002",
+                "222",
+                "Le CAFÉ est fermé, livraison à Pune?",
+                30,
+            ),
+            said("wamid.s4", "919900000002", "222", "東京駅に着きました", 40),
+            said(
+                "wamid.s5",
+                "919900000003",
+                "111",
+                "my nameplate order #4711",
+                50,
+            ),
+        ],
+    )
+    .await;
+    let (send, mut message) = queued_send("919900000003", 9);
+    message.body = "Your nameplate ships today".to_owned();
+    processor.send(Some(&send), &message).await.unwrap();
+
+    assert_eq!(ids(&store, "pune").await, ["wamid.s3", "wamid.s1"]);
+    assert_eq!(ids(&store, "PUNE deliver").await, ["wamid.s1"]);
+    assert_eq!(ids(&store, "cafe").await, ["wamid.s3"]);
+    assert_eq!(ids(&store, "fermé livr").await, ["wamid.s3"]);
+    assert_eq!(ids(&store, "डिली").await, ["wamid.s2"]);
+    assert_eq!(ids(&store, "पुणे").await, ["wamid.s2"]);
+    assert_eq!(ids(&store, "東京").await, ["wamid.s4"]);
+    assert!(ids(&store, "京東").await.is_empty(), "in that order only");
+    assert_eq!(ids(&store, "namepl").await, [send.id.as_str(), "wamid.s5"]);
+    assert_eq!(ids(&store, "4711").await, ["wamid.s5"]);
+    assert!(
+        ids(&store, "pune xyz").await.is_empty(),
+        "every word must match"
+    );
+    assert_eq!(
+        ids(&store, "\"pune\" * ^").await.len(),
+        2,
+        "quotes and stars are no syntax"
+    );
+    assert!(
+        ids(&store, "pune OR cafe").await.is_empty(),
+        "OR is a word like any other"
+    );
+
+    // Pages: newest first, each after the last.
+    let (first, next) = search(&store, "pune", SearchScope::default(), 1).await;
+    assert_eq!(first, ["wamid.s3"]);
+    let before = next.expect("a next page");
+    let (second, _) = search(
+        &store,
+        "pune",
+        SearchScope {
+            before: Some(before),
+            ..Default::default()
+        },
+        1,
+    )
+    .await;
+    assert_eq!(second, ["wamid.s1"]);
+
+    // Scopes.
+    let in_conversation = SearchScope {
+        conversation_id: Some("conv_919900000001".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        search(&store, "pune", in_conversation, 10).await.0,
+        ["wamid.s1"]
+    );
+    let of_number = SearchScope {
+        phone_number_id: Some("222".into()),
+        ..Default::default()
+    };
+    assert_eq!(search(&store, "pune", of_number, 10).await.0, ["wamid.s3"]);
+}
+
 /// Runs each scenario on every store: SQLite, MongoDB standalone (no
 /// transactions: each change set in steps) and as a replica set (each
 /// change set one transaction, as in production).
@@ -606,6 +735,7 @@ on_both_stores!(
     each_conversation_sends_its_first_queued_message_first,
     an_idempotency_key_is_claimed_once,
     a_sent_message_is_found_by_its_key_for_a_status_naming_it,
+    search_finds_any_word_newest_first_in_pages_and_scopes,
 );
 
 /// A MongoDB store (no transactions on the test server) stopped after
@@ -875,6 +1005,20 @@ fn version_1_data() -> (Vec<shared::domain::Message>, Vec<Conversation>) {
 /// After migrating, the store serves what version 1 did and keeps
 /// counting right.
 async fn migrated_store_keeps_counting(store: Arc<dyn Store>, before: &[Conversation]) {
+    // Messages stored before search existed are found (MongoDB indexes
+    // them in the background, SQLite at the upgrade).
+    let neha = shared::search::Query::parse("absolutely").unwrap();
+    test_support::wait_until(
+        "older messages to be searchable",
+        std::time::Duration::from_secs(20),
+        || async {
+            store
+                .search(&neha, &SearchScope::default(), 10)
+                .await
+                .is_ok_and(|page| page.messages.len() == 1)
+        },
+    )
+    .await;
     let mut after = store.conversations(page(50)).await.unwrap();
     after.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
     assert_eq!(after, before);

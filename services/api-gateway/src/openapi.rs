@@ -18,6 +18,7 @@ use crate::routes;
         routes::conversations::mark_read,
         routes::messages::send,
         routes::stats::stats,
+        routes::search::search,
         routes::events::list,
         crate::media::download,
         crate::media::upload,

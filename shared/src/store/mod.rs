@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{Conversation, Event, Message, Page, QueuedSend, Stats};
 use crate::plan::{ChangeSet, Known, Lookup};
+use crate::search::Query;
 
 pub use crate::error::{Error as StoreError, ErrorKind, Result as StoreResult};
 
@@ -86,6 +87,31 @@ pub trait Store: Send + Sync + 'static {
     /// one atomic write: of concurrent requests with one key, exactly one
     /// gets [`KeyClaim::New`] (whatever the store: no transaction needed).
     async fn claim_key(&self, key: &str, fingerprint: &str) -> StoreResult<KeyClaim>;
+
+    /// Messages matching `query` within `scope`, newest first, served by an
+    /// index (its cost follows the hits read, not the messages stored).
+    async fn search(
+        &self,
+        query: &Query,
+        scope: &SearchScope,
+        limit: usize,
+    ) -> StoreResult<SearchPage>;
+}
+
+/// Where a search looks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchScope {
+    pub conversation_id: Option<String>,
+    pub phone_number_id: Option<String>,
+    /// The `next` cursor of the previous page.
+    pub before: Option<String>,
+}
+
+/// A page of hits, and the cursor of the next (`None`: this was the last).
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    pub messages: Vec<Message>,
+    pub next: Option<String>,
 }
 
 /// What claiming an idempotency key found.

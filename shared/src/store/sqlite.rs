@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 
-use super::{KeyClaim, Store, StoreError, StoreResult, conversations_before};
+use super::{
+    KeyClaim, SearchPage, SearchScope, Store, StoreError, StoreResult, conversations_before,
+};
 use crate::domain::{
     Conversation, Direction, Event, Message, Page, QueuedSend, RECEIVED, RawPayload,
     SERVICE_WINDOW, Stats, StatusChange, is_local_id, status_rank,
@@ -25,6 +27,7 @@ use crate::plan::summary::Last;
 use crate::plan::{
     ChangeSet, ConversationChange, Known, Lookup, PARKED_STATUS_TTL, Stored, Summary,
 };
+use crate::search::{self, Query};
 use crate::sqlite::Database;
 
 /// `PRAGMA user_version` of the current schema.
@@ -366,6 +369,8 @@ fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
                 m.message_id
             )));
         }
+        // In the same transaction: searchable once `GET` shows it.
+        index_for_search(t, m)?;
     }
     let mut update = t.prepare_cached(
         "UPDATE messages SET status = ?2, status_rank = ?3, doc = ?4, message_id = ?6
@@ -601,6 +606,7 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
          );",
     )?;
     add_send_order(t)?;
+    create_search_index(t)?;
     let version: i64 = t.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < SCHEMA_VERSION {
         migrate_from_v1(t)?;
@@ -619,6 +625,87 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
     t.prepare_cached("DELETE FROM pending_statuses WHERE parked_at < ?1")?
         .execute([expired_before])?;
     Ok(())
+}
+
+/// The search index (FTS5), created once; messages stored before it
+/// existed are indexed then. Each row's id orders it by the message's
+/// time, so newest-first pages read the index backwards, with no sort.
+fn create_search_index(t: &Transaction<'_>) -> Result<(), Error> {
+    let exists: i64 = t.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'message_search'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists > 0 {
+        return Ok(());
+    }
+    t.execute_batch(
+        // `words`: the message's words, normalized and split in Rust (see
+        // `crate::search`), space-separated; `scope`: tokens of its
+        // conversation and number. The `ascii` tokenizer splits at ASCII
+        // spaces and punctuation only, so each of those words stays whole
+        // (`unicode61` would split Devanagari at its vowel signs).
+        "CREATE VIRTUAL TABLE message_search USING fts5(
+            words, scope, key UNINDEXED,
+            tokenize = 'ascii'
+         );",
+    )?;
+    let docs: Vec<String> = t
+        .prepare("SELECT doc FROM messages")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for doc in docs {
+        index_for_search(t, &from_json::<Message>(&doc)?)?;
+    }
+    Ok(())
+}
+
+/// Rows of the search index one millisecond can hold.
+const SEARCH_SLOTS: i64 = 1024;
+
+/// Indexes a new message for search, under a row id ordered by its time.
+fn index_for_search(t: &Transaction<'_>, m: &Message) -> rusqlite::Result<()> {
+    let base = m
+        .timestamp
+        .timestamp_millis()
+        .clamp(0, i64::MAX / SEARCH_SLOTS)
+        * SEARCH_SLOTS;
+    let mut taken = t.prepare_cached("SELECT 1 FROM message_search WHERE rowid = ?1")?;
+    for slot in 0..SEARCH_SLOTS {
+        if !taken.exists([base + slot])? {
+            t.prepare_cached(
+                "INSERT INTO message_search (rowid, words, scope, key) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                base + slot,
+                search::indexed_text(m),
+                search_scope(m.conversation_id.as_str(), m.phone_number_id.as_deref()),
+                m.id
+            ])?;
+            return Ok(());
+        }
+    }
+    // More messages in one millisecond than slots: this one is not found.
+    tracing::warn!(id = %m.id, "too many messages in one millisecond to index this one for search");
+    Ok(())
+}
+
+/// The scope tokens of a message: its conversation and its number, hashed
+/// to letters and digits (what the tokenizer keeps whole).
+fn search_scope(conversation_id: &str, phone_number_id: Option<&str>) -> String {
+    format!(
+        "{} {}",
+        scope_token('c', conversation_id),
+        scope_token('p', phone_number_id.unwrap_or_default())
+    )
+}
+
+fn scope_token(kind: char, id: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "{kind}{}",
+        &hex::encode(sha2::Sha256::digest(id.as_bytes()))[..20]
+    )
 }
 
 /// Sends carry their conversation and place in its queue (columns added
@@ -894,6 +981,58 @@ impl Store for SqliteStore {
                 .query_row([id], |r| r.get(0))
                 .optional()?;
             Ok(doc.as_deref().map(from_json).transpose()?)
+        })
+        .await
+    }
+
+    async fn search(
+        &self,
+        query: &Query,
+        scope: &SearchScope,
+        limit: usize,
+    ) -> StoreResult<SearchPage> {
+        let mut expression = format!("words : ({})", query.fts5());
+        if let Some(id) = &scope.conversation_id {
+            expression.push_str(&format!(" AND scope : \"{}\"", scope_token('c', id)));
+        }
+        if let Some(id) = &scope.phone_number_id {
+            expression.push_str(&format!(" AND scope : \"{}\"", scope_token('p', id)));
+        }
+        let before = match scope.before.as_deref() {
+            None => i64::MAX,
+            Some(cursor) => cursor
+                .parse::<i64>()
+                .map_err(|_| StoreError::rejected("not a cursor of this search (next)"))?,
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |t| {
+            let hits: Vec<(i64, String)> = t
+                .prepare_cached(
+                    "SELECT rowid, key FROM message_search
+                     WHERE message_search MATCH ?1 AND rowid < ?2
+                     ORDER BY rowid DESC LIMIT ?3",
+                )?
+                .query_map(params![expression, before, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut read = t.prepare_cached("SELECT doc FROM messages WHERE id = ?1")?;
+            let mut messages = Vec::with_capacity(hits.len());
+            for (_, key) in &hits {
+                if let Some(doc) = read
+                    .query_row([key], |r| r.get::<_, String>(0))
+                    .optional()?
+                {
+                    messages.push(from_json::<Message>(&doc)?.with_media_url());
+                }
+            }
+            let full = i64::try_from(hits.len()).unwrap_or(0) == limit;
+            Ok(SearchPage {
+                messages,
+                next: full
+                    .then(|| hits.last().map(|(row, _)| row.to_string()))
+                    .flatten(),
+            })
         })
         .await
     }

@@ -1,6 +1,7 @@
 pub mod conversations;
 pub mod events;
 pub mod messages;
+pub mod search;
 pub mod stats;
 
 use axum::Router;
@@ -27,6 +28,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/messages", post(messages::send))
         .route("/api/stats", get(stats::stats))
+        .route("/api/search", get(search::search))
         .route("/api/events", get(events::list))
         .route("/api/media/{media_id}", get(crate::media::download))
         .route("/api/openapi.json", get(crate::openapi::document))

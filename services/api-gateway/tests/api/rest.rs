@@ -231,3 +231,36 @@ async fn health_metrics_cors_and_request_ids() {
         .unwrap();
     assert_eq!(response.headers()["x-request-id"], "abc-123");
 }
+
+/// Search on MongoDB: the samples' words, newest first, with the
+/// conversation's name; a message sent through the API is found as soon
+/// as its 201 is back; documented in the OpenAPI.
+#[tokio::test]
+async fn messages_are_found_by_their_words_on_mongodb() {
+    let stack = spawn_stack(1).await;
+    stack.load_samples().await;
+    let (status, found) = stack.get(0, "/api/search?q=hi").await;
+    assert_eq!(status, 200, "{found}");
+    let results = found["results"].as_array().unwrap();
+    assert!(!results.is_empty(), "{found}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["conversationName"].is_string() && r["highlight"].is_array())
+    );
+
+    let sent = stack.send(0, RAVI, "Your nameplate is engraved").await;
+    assert_eq!(sent["conversationId"], RAVI);
+    let (_, found) = stack.get(0, "/api/search?q=Nameplate%20engr").await;
+    let results = found["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{found}");
+    assert_eq!(results[0]["conversationName"], "Ravi Kumar");
+    let (_, scoped) = stack
+        .get(0, &format!("/api/search?q=engraved&conversationId={NEHA}"))
+        .await;
+    assert!(scoped["results"].as_array().unwrap().is_empty(), "{scoped}");
+    let (status, _) = stack.get(0, "/api/search?q=x").await;
+    assert_eq!(status, 400);
+    let (_, openapi) = stack.get(0, "/api/openapi.json").await;
+    assert!(openapi["paths"]["/api/search"]["get"].is_object());
+}

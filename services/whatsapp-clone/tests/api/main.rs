@@ -8,4 +8,5 @@ mod exhaustion;
 mod helpers;
 mod in_process;
 mod resume;
+mod search;
 mod sending;

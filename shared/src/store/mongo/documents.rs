@@ -31,6 +31,7 @@ pub fn message_to_document(message: &Message) -> StoreResult<Document> {
         .collect();
     document.insert("statusTimestamps", times);
     document.insert("statusRank", status_rank(&message.status).unwrap_or(0));
+    document.insert(super::search::SEARCH, super::search::search_field(message));
     Ok(document)
 }
 
@@ -78,6 +79,7 @@ pub fn message_from_document(mut document: Document) -> StoreResult<Message> {
     document.insert("timestamp", timestamp.to_rfc3339());
     document.remove("statusRank");
     document.remove(SETTLED);
+    document.remove(super::search::SEARCH);
     // Stored before media messages carried their URL: derived on reading.
     bson::from_document::<Message>(document)
         .map(Message::with_media_url)

@@ -16,6 +16,7 @@
 mod changes;
 mod documents;
 mod migrate;
+mod search;
 
 use std::time::Duration;
 
@@ -180,6 +181,10 @@ impl MongoStore {
                 IndexModel::builder()
                     .keys(doc! {"conversationId": 1, documents::SETTLED: 1})
                     .build(),
+                // Search: a word's messages, newest first (multikey).
+                IndexModel::builder()
+                    .keys(doc! {search::SEARCH: 1, "timestamp": -1})
+                    .build(),
             ])
             .await
             .map_err(store_error)?;
@@ -243,6 +248,8 @@ impl Store for MongoStore {
     async fn prepare(&self) -> StoreResult<()> {
         self.ensure_indexes().await?;
         migrate::to_current(&self.db).await?;
+        // Messages stored before search existed: indexed in the background.
+        tokio::spawn(search::backfill(self.clone()));
         self.transactions().await.map(drop)
     }
 
@@ -353,6 +360,15 @@ impl Store for MongoStore {
             .as_ref()
             .map(documents::send_from_document)
             .transpose()
+    }
+
+    async fn search(
+        &self,
+        query: &crate::search::Query,
+        scope: &crate::store::SearchScope,
+        limit: usize,
+    ) -> StoreResult<crate::store::SearchPage> {
+        self.search_messages(query, scope, limit).await
     }
 
     async fn claim_key(&self, key: &str, fingerprint: &str) -> StoreResult<KeyClaim> {
