@@ -139,6 +139,19 @@ async fn the_stack_behind_the_edge_serves_everything_on_one_port_and_survives_lo
     })
     .await;
 
+    // The web inbox, through the edge like everything else.
+    let page = reqwest::get(format!("{edge}/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    assert!(page.text().await.unwrap().contains("/assets/app.js"));
+    let script = reqwest::get(format!("{edge}/assets/app.js")).await.unwrap();
+    assert_eq!(script.status(), 200);
+
     let mut polling = SocketClient::connect(&edge, "polling,websocket").await;
     let mut websocket = SocketClient::connect(&edge, "websocket").await;
     assert_eq!(
