@@ -178,7 +178,14 @@ export function Chat({ conversation, conversationId, messages, more, onOlder, on
     } else if (stick.current) {
       el.scrollTop = el.scrollHeight;
     }
-  }, [messages, conversationId]);
+    // Too few to scroll: older ones come in without waiting for a scroll.
+    if (more && !loading.current && messages.length > 0 && el.scrollHeight <= el.clientHeight + 8) {
+      loading.current = true;
+      onOlder().finally(() => {
+        loading.current = false;
+      });
+    }
+  }, [messages, conversationId, more]);
 
   const onScroll = () => {
     const el = log.current;
