@@ -216,6 +216,17 @@ pub struct LimitsConfig {
     /// 512 MB container (see BENCHMARKS.md for memory per body byte).
     #[arg(long, env = "BODY_BUDGET_BYTES", default_value_t = DEFAULT_BODY_BUDGET)]
     pub body_budget_bytes: usize,
+    /// Connections open at once (WebSockets included); at the cap the
+    /// oldest idle one is closed for a new one, and WebSockets may not
+    /// take the last eighth (health checks and webhooks keep room). 0: the
+    /// file descriptor limit less 64.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Connections open at once from one client IP; past it new ones are
+    /// closed at once. 0: no limit of its own (behind a proxy every client
+    /// has the proxy's address).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
 }
 
 /// 48 MiB of bodies: sixteen of Meta's largest (3 MB) at once.
@@ -229,6 +240,8 @@ impl Default for LimitsConfig {
             request_timeout_secs: 30,
             header_read_timeout_secs: 10,
             body_budget_bytes: DEFAULT_BODY_BUDGET,
+            max_connections: 0,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -307,6 +320,9 @@ pub fn init_tracing(config: &LogConfig) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+    // Every binary starts here: before it opens sockets, as soon as it can
+    // say so in the log.
+    crate::server::raise_fd_limit();
 }
 
 #[cfg(test)]
@@ -334,6 +350,11 @@ mod tests {
             default.header_read_timeout_secs
         );
         assert_eq!(parsed.body_budget_bytes, default.body_budget_bytes);
+        assert_eq!(parsed.max_connections, default.max_connections);
+        assert_eq!(
+            parsed.max_connections_per_ip,
+            default.max_connections_per_ip
+        );
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub fn service(router: Router, limits: &LimitsConfig) -> Router {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+    // Every service builds its router here before serving: its connection caps too.
+    crate::server::ConnectionLimits::set_for_process(limits);
     router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(TimeoutLayer::with_status_code(

@@ -156,3 +156,62 @@ async fn a_full_jetstream_is_refused_at_once_and_readiness_says_why() {
         200
     );
 }
+
+/// At `ulimit -n 256`, twice that many idle connections: the gateway
+/// closes the oldest idle ones to make room (not waiting for them to time
+/// out), so a health check and a webhook still get through at once.
+#[tokio::test]
+async fn idle_connections_past_the_fd_limit_do_not_starve_health_checks_and_webhooks() {
+    shared::server::raise_fd_limit();
+    let port = test_support::free_port();
+    let namespace = test_support::unique_name("gw-fds");
+    let child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 256 && exec \"$0\""])
+        .arg(env!("CARGO_BIN_EXE_webhook-gateway"))
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .env("NATS_URL", test_support::nats_url())
+        .env("NATS_NAMESPACE", &namespace)
+        // Idle connections would stay a minute: only shedding frees them.
+        .env("HEADER_READ_TIMEOUT_SECS", "60")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop::new(child);
+    test_support::wait_listening("the gateway", port).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let webhook = || {
+        http.post(format!("{url}/webhook"))
+            .body(test_support::sample_files()[0].1.clone())
+            .send()
+    };
+    wait_until("accepting webhooks", Duration::from_secs(20), || async {
+        webhook().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    let mut idle = Vec::new();
+    for _ in 0..512 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    let health = http.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let accepted = webhook().await.unwrap();
+    assert_eq!(accepted.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
