@@ -41,8 +41,8 @@ const LENGTH_DIGITS: usize = 20;
 /// Enough to hold any header (content types are at most 255 bytes).
 const HEADER_MAX: usize = MAGIC.len() + 1 + LENGTH_DIGITS + 1 + 255 + 1;
 const FALLBACK_TYPE: &str = "application/octet-stream";
-/// Buffer of a file being written.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Buffer of a file being written (one per download under way).
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// The cache; clones share it.
 #[derive(Clone)]
@@ -725,6 +725,26 @@ mod tests {
         assert!(get(&cache, &long).await.is_none());
         assert!(get(&cache, "").await.is_none());
         fs::remove_dir_all(&parent).ok();
+    }
+
+    #[tokio::test]
+    async fn an_entry_evicted_while_it_is_read_is_still_read_whole() {
+        let dir = temp_dir("evicted-reader");
+        let cache = MediaCache::open(dir.clone(), entry_size(1000, "video/mp4")).unwrap();
+        put(&cache, "first", &[1; 1000], "video/mp4").await;
+        let reader = cache.open_entry("first").await.unwrap();
+        // The next entry pushes the first out (its file is unlinked).
+        put(&cache, "second", &[2; 1000], "video/mp4").await;
+        assert!(get(&cache, "first").await.is_none());
+        assert_eq!(on_disk(&dir).1, 1);
+        assert_eq!(reader.read_at(0, usize::MAX).unwrap(), vec![1; 1000]);
+        assert_eq!(
+            reader.read_at(990, 100).unwrap(),
+            vec![1; 10],
+            "to the end only"
+        );
+        assert!(reader.read_at(1000, 10).unwrap().is_empty());
+        fs::remove_dir_all(&dir).ok();
     }
 
     #[tokio::test]
