@@ -26,6 +26,7 @@ use serde::Serialize;
 use shared::graph::{Graph, GraphError, META_MEDIA_HOSTS, MediaError, MediaFence};
 use shared::http::ApiError;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::sync::Semaphore;
 
 use crate::ApiState;
 use crate::media_cache::{CachedMedia, EntryWriter, MediaCache, TempFile};
@@ -65,7 +66,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from a media file per chunk of a response.
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes of an upload buffered before they go to its spool file.
-const SPOOL_BUFFER: usize = 256 * 1024;
+const SPOOL_BUFFER: usize = 64 * 1024;
+/// Downloads from WhatsApp at once (of different media); more wait their
+/// turn. Each holds a few buffers, so this bounds their memory in total.
+const MAX_DOWNLOADS: usize = 32;
 const NOT_A_FORM: &str = "expected a multipart/form-data body with a `file` field";
 
 /// The media settings in use.
@@ -76,6 +80,7 @@ pub struct MediaConfig {
     /// `None` only if no HTTP client could be built: downloads then fail.
     fence: Option<MediaFence>,
     flights: Flights,
+    downloads: Arc<Semaphore>,
 }
 
 /// No cache, Meta's media hosts: configurations built in code (tests).
@@ -87,6 +92,7 @@ impl Default for MediaConfig {
             max_bytes: 100 * 1024 * 1024,
             fence: MediaFence::new(&meta, false, CONNECT_TIMEOUT).ok(),
             flights: Flights::default(),
+            downloads: Arc::new(Semaphore::new(MAX_DOWNLOADS)),
         }
     }
 }
@@ -116,6 +122,7 @@ impl MediaConfig {
             max_bytes: settings.media_max_bytes,
             fence: Some(fence),
             flights: Flights::default(),
+            downloads: Arc::new(Semaphore::new(MAX_DOWNLOADS)),
         })
     }
 
@@ -156,8 +163,10 @@ impl MediaConfig {
             MediaFailure::Disk("no HTTP client for media downloads could be built".to_owned())
         })?;
         let (cache, max_bytes, spool_dir) = (self.cache.clone(), self.max_bytes, self.spool_dir());
-        let id = media_id.to_owned();
+        let (id, downloads) = (media_id.to_owned(), self.downloads.clone());
         let flight = self.flights.join_or_start(media_id, async move {
+            // Never closed, so only a wait.
+            let _turn = downloads.acquire_owned().await;
             let downloaded =
                 download_to_disk(&graph, &fence, cache.as_ref(), max_bytes, &spool_dir, &id).await;
             if let Err(e) = &downloaded {
