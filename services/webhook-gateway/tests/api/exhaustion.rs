@@ -215,3 +215,40 @@ async fn idle_connections_past_the_fd_limit_do_not_starve_health_checks_and_webh
     );
     drop(idle);
 }
+
+/// A webhook stream made by an older version (Limits retention, which NATS
+/// cannot change) is kept as it is and keeps working; a new one is a work
+/// queue.
+#[tokio::test]
+async fn an_existing_limits_stream_is_kept_and_a_new_one_is_a_work_queue() {
+    use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy};
+    let js = test_support::jetstream_context().await;
+    let namespace = test_support::unique_name("gw-old");
+    let names = shared::broker::Names::new(&namespace);
+    js.create_stream(StreamConfig {
+        name: names.webhook_stream(),
+        subjects: vec![names.ingest()],
+        retention: RetentionPolicy::Limits,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let app = spawn_app_with(config(&test_support::nats_url(), &namespace, None)).await;
+    wait_until("accepting webhooks", Duration::from_secs(20), || async {
+        app.post_webhook(webhook(1, 1024)).await.status() == 200
+    })
+    .await;
+    let mut stream = js.get_stream(names.webhook_stream()).await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.retention, RetentionPolicy::Limits);
+    assert_eq!(info.state.messages, 1);
+
+    let fresh = crate::helpers::spawn_app(None).await;
+    wait_until("accepting webhooks", Duration::from_secs(20), || async {
+        fresh.post_webhook(webhook(2, 1024)).await.status() == 200
+    })
+    .await;
+    let mut stream = js.get_stream(fresh.names.webhook_stream()).await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.retention, RetentionPolicy::WorkQueue);
+}
