@@ -152,11 +152,10 @@ proptest! {
             queries.push(queries.join(" "));
             for q in queries {
                 let Ok(query) = Query::parse(&q) else { continue };
-                let mut expected: Vec<&Message> = messages
+                let expected: Vec<&Message> = messages
                     .iter()
                     .filter(|m| query.matches(&searchable_text(m)))
                     .collect();
-                expected.sort_by(|a, b| b.timestamp.cmp(&a.timestamp));
                 let found = all_hits(&store, &query).await;
                 let mut found_sorted = found.clone();
                 found_sorted.sort();
