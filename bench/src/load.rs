@@ -78,7 +78,7 @@ where
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub fn new_histogram() -> Histogram<u64> {
     // 1 µs .. 60 s, 3 significant digits: cannot fail for these bounds.
     Histogram::new_with_bounds(1, 60_000_000, 3)
         .unwrap_or_else(|_| unreachable!("valid histogram bounds"))

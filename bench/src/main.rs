@@ -17,6 +17,7 @@ mod load;
 mod processor;
 mod reads;
 mod replicas;
+mod search;
 mod services;
 mod socketio;
 mod stored;
@@ -33,7 +34,7 @@ pub struct Options {
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
     /// Only these scenarios (ingest, processor, reads, e2e, fanout, stored,
-    /// crash, replicas, footprint). `stored` includes `crash` (crash recovery).
+    /// crash, replicas, search, footprint). `stored` includes `crash` (crash recovery).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Payloads per batch in the processor scenario.
@@ -94,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         "stored",
         "crash",
         "replicas",
+        "search",
         "footprint",
     ] {
         if !options.wants(scenario) {
@@ -110,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             "stored" => stored::run(&options).await,
             "crash" => stored::crash(&options).await,
             "replicas" => replicas::run(&options).await,
+            "search" => search::run(&options).await,
             _ => footprint::run(&options).await,
         };
         // A scenario that cannot run is reported; the others still run.

@@ -36,13 +36,24 @@ const SCHEMA_VERSION: i64 = 3;
 #[derive(Clone)]
 pub struct SqliteStore {
     db: Database,
+    /// Whether new messages go into the search index (always, but in the
+    /// benchmark that measures what the index costs).
+    indexed: bool,
 }
 
 impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let db = Database::open(path)
             .map_err(|e| StoreError::transient(format!("cannot open {}: {e}", path.display())))?;
-        Ok(Self { db })
+        Ok(Self { db, indexed: true })
+    }
+
+    /// Benchmarks only: stores messages without indexing them for search,
+    /// to measure what the index costs the write path.
+    #[doc(hidden)]
+    pub fn without_search_index(mut self) -> Self {
+        self.indexed = false;
+        self
     }
 
     async fn run<T, F>(&self, work: F) -> StoreResult<T>
@@ -330,7 +341,7 @@ fn archive(t: &Transaction<'_>, payloads: &[RawPayload]) -> rusqlite::Result<()>
     Ok(())
 }
 
-fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
+fn apply_in(t: &Transaction<'_>, changes: &ChangeSet, indexed: bool) -> Result<(), Error> {
     archive(t, &changes.payloads)?;
     let mut reject = t.prepare_cached(
         "INSERT OR IGNORE INTO rejected_items (id, payload_id, path, reason, item, at)
@@ -370,7 +381,9 @@ fn apply_in(t: &Transaction<'_>, changes: &ChangeSet) -> Result<(), Error> {
             )));
         }
         // In the same transaction: searchable once `GET` shows it.
-        index_for_search(t, m)?;
+        if indexed {
+            index_for_search(t, m)?;
+        }
     }
     let mut update = t.prepare_cached(
         "UPDATE messages SET status = ?2, status_rank = ?3, doc = ?4, message_id = ?6
@@ -849,7 +862,8 @@ impl Store for SqliteStore {
     /// One transaction: one commit (and fsync) for the whole change set.
     async fn apply(&self, changes: &ChangeSet) -> StoreResult<()> {
         let changes = changes.clone();
-        self.run(move |t| apply_in(t, &changes)).await
+        let indexed = self.indexed;
+        self.run(move |t| apply_in(t, &changes, indexed)).await
     }
 
     async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
