@@ -193,6 +193,17 @@ impl Sender {
                 }
             }
         }
+        // Stopped at the round's share or by a stop: the next one, held
+        // behind those just sent, is due at once for whoever comes next
+        // (not when the lease of the one before it would have run out).
+        if let Some(next) = store.first_send(conversation_id).await?
+            && next.held
+        {
+            let mut due_now = next.clone();
+            due_now.due = now();
+            due_now.held = false;
+            store.update_send(&due_now, next.due).await?;
+        }
         Ok(claimed)
     }
 

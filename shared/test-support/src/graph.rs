@@ -93,6 +93,8 @@ pub struct Recorded {
     pub answer_status: u16,
     /// The `wamid` answered, for accepted sends.
     pub wamid: Option<String>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 /// The fake Graph API server. It listens on `127.0.0.1` on a free port and
@@ -231,6 +233,11 @@ impl FakeGraph {
             .filter(|r| is_send(r))
             .cloned()
             .collect()
+    }
+
+    /// When each message send arrived, in order.
+    pub fn send_times(&self) -> Vec<Instant> {
+        self.sends().iter().map(|r| r.at).collect()
     }
 
     /// `message_id`s of the read receipts accepted, in order.
@@ -739,6 +746,7 @@ fn process(
 ) -> Answer {
     let outcome = dispatch(state, base_url, method, uri, headers, body);
     let recorded = Recorded {
+        at: Instant::now(),
         method: method.as_str().to_owned(),
         path: uri.path().to_owned(),
         authorization: headers

@@ -286,3 +286,54 @@ async fn a_status_naming_our_message_stands_for_the_answer_its_sender_never_stor
         "the first went out once"
     );
 }
+
+/// A long queue in one conversation goes out in order without pausing for
+/// a lease between the rounds that share it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_queue_in_one_conversation_goes_out_in_order_without_pauses() {
+    let graph = FakeGraph::start().await;
+    let mut config = embedded_config(&temp_dir());
+    config.graph.whatsapp_access_token = Some(TOKEN.to_owned());
+    config.graph.whatsapp_phone_number_id = Some(PHONE_NUMBER_ID.to_owned());
+    config.graph.graph_api_url = graph.url();
+    config.graph.graph_timeout_secs = 10;
+    config.graph.send_rate = 100;
+    let app = spawn(config).await;
+    let http = reqwest::Client::new();
+    let customer = "447700900303";
+    customer_wrote(&http, &app.url, customer).await;
+    // Queued while WhatsApp is down, so they are all waiting at once.
+    graph.outage(Duration::from_secs(1));
+    for n in 0..60 {
+        let response = http
+            .post(format!("{}/api/messages", app.url))
+            .json(&json!({"conversationId": format!("conv_{customer}"), "message": format!("line {n:02}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    graph
+        .wait_for("60 accepted sends", Duration::from_secs(60), |r| {
+            r.iter().filter(|r| r.wamid.is_some()).count() >= 60
+        })
+        .await;
+    let accepted: Vec<String> = graph
+        .sends()
+        .iter()
+        .filter(|r| r.wamid.is_some())
+        .map(|r| r.body["text"]["body"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..60).map(|n| format!("line {n:02}")).collect();
+    assert_eq!(accepted, expected);
+    let times = graph.send_times();
+    let longest = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        longest < Duration::from_secs(8),
+        "a pause of {longest:?} between two sends"
+    );
+}
