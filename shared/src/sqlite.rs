@@ -258,6 +258,22 @@ mod tests {
             .unwrap()
     }
 
+    #[test]
+    fn a_full_disk_is_told_apart() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let error = Error::from(full);
+        assert!(error.out_of_space);
+        assert_eq!(error.kind, ErrorKind::Transient);
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(!Error::from(busy).out_of_space);
+    }
+
     /// Concurrent units share commits, yet each stays atomic: a failing or
     /// panicking unit is undone alone and its caller is told.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1507,6 +1507,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_room_is_told_apart_from_an_outage() {
+        // As async-nats words a JetStream error, also inside the object
+        // store's text.
+        let full = "failed chunk publish: insufficient resources (code 503, error code 10023)";
+        assert_eq!(no_room_in_text(full), Some(JETSTREAM_FULL));
+        assert_eq!(
+            no_room_in_text("maximum bytes exceeded (code 503, error code 10077)"),
+            Some(STREAM_FULL)
+        );
+        assert_eq!(
+            no_room_in_text("timed out: didn't receive ack in time"),
+            None
+        );
+        assert_eq!(
+            no_room_in_text("no responders (code 503, error code 10100)"),
+            None
+        );
+    }
+
+    #[test]
     fn a_stream_as_the_server_describes_it_has_the_settings_asked_for() {
         let wanted = stream::Config {
             name: "S".to_owned(),
