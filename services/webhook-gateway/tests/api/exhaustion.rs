@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use shared::broker::nats::NatsBroker;
-use shared::broker::{BatchLimits, Queue};
+use shared::broker::{BatchLimits, BrokerError, EventBus, NotReady, Queue};
 use test_support::{KillOnDrop, wait_until};
 
 use crate::helpers::{TestApp, config, error_message, spawn_app_with};
@@ -111,9 +111,8 @@ async fn a_full_jetstream_is_refused_at_once_and_readiness_says_why() {
     assert!(body.contains("out of storage"), "{body}");
     assert!(!body.contains("error code"), "no driver text: {body}");
 
-    // A processor takes them: acknowledged webhooks free their space (a
-    // work queue), and the gateway is ready and accepts webhooks again
-    // by itself.
+    // A processor cannot append its events either: it is not ready, and
+    // says why.
     let processor = NatsBroker::connect(
         &nats.url,
         &namespace,
@@ -122,6 +121,24 @@ async fn a_full_jetstream_is_refused_at_once_and_readiness_says_why() {
     )
     .await
     .unwrap();
+    let event: shared::domain::Event = serde_json::from_value(serde_json::json!({
+        "event": "statusUpdate",
+        "data": {"messageId": "wamid.fill0", "status": "read",
+                 "conversationId": "conv_447700900123", "timestamp": "2026-12-07T00:00:00Z"}
+    }))
+    .unwrap();
+    assert!(matches!(
+        processor.append(std::slice::from_ref(&event)).await,
+        Err(BrokerError::Full { .. })
+    ));
+    assert!(matches!(
+        processor.ready().await,
+        Err(NotReady::CannotStore(reason)) if reason.contains("out of storage")
+    ));
+
+    // It takes the webhooks: acknowledged ones free their space (a work
+    // queue), and the gateway is ready and accepts webhooks again by
+    // itself; so is the processor, and its event goes through.
     let mut processed = 0;
     while processed < accepted {
         let batch = tokio::time::timeout(
@@ -155,6 +172,13 @@ async fn a_full_jetstream_is_refused_at_once_and_readiness_says_why() {
             .status(),
         200
     );
+    wait_until(
+        "the processor ready again",
+        Duration::from_secs(10),
+        || async { processor.ready().await.is_ok() },
+    )
+    .await;
+    processor.append(&[event]).await.unwrap();
 }
 
 /// At `ulimit -n 256`, twice that many idle connections: the gateway
