@@ -26,6 +26,21 @@ import {
 /** @typedef {import("./composer.js").Template} Template */
 
 const PAGE = 50;
+/** Most messages kept per conversation: a busier chat drops its oldest (paged in again on scroll). */
+const KEPT = 1000;
+
+/**
+ * A chat's messages capped at the newest `KEPT` (`more` then: older ones can be paged in).
+ * @param {State} s @param {string} id @param {Message[]} list
+ * @returns {Pick<State, "messages" | "moreMessages">}
+ */
+function keep(s, id, list) {
+  if (list.length <= KEPT) return { messages: { ...s.messages, [id]: list }, moreMessages: s.moreMessages };
+  return {
+    messages: { ...s.messages, [id]: list.slice(list.length - KEPT) },
+    moreMessages: { ...s.moreMessages, [id]: true },
+  };
+}
 const TITLE = "WhatsApp clone · Inbox";
 
 /**
@@ -62,7 +77,8 @@ const initial = {
  *   | {type: "read", id: string}
  *   | {type: "connection", state: State["connection"]}
  *   | {type: "needToken", value: boolean}
- *   | {type: "notice", text: string}} Action
+ *   | {type: "notice", text: string}
+ *   | {type: "batch", actions: Action[]}} Action
  */
 
 /** @param {State} s @param {Action} a @returns {State} */
@@ -86,7 +102,7 @@ function reducer(s, a) {
       return {
         ...s,
         conversations: conversationsWithMessage(s.conversations, m, a.countUnread),
-        messages: loaded ? { ...s.messages, [m.conversationId]: upsertMessage(loaded, m) } : s.messages,
+        ...(loaded ? keep(s, m.conversationId, upsertMessage(loaded, m)) : {}),
       };
     }
     case "local": {
@@ -94,7 +110,7 @@ function reducer(s, a) {
       return {
         ...s,
         conversations: conversationsWithMessage(s.conversations, m, false),
-        messages: { ...s.messages, [m.conversationId]: upsertMessage(s.messages[m.conversationId] || [], m) },
+        ...keep(s, m.conversationId, upsertMessage(s.messages[m.conversationId] || [], m)),
       };
     }
     case "status": {
@@ -119,6 +135,8 @@ function reducer(s, a) {
       return { ...s, needToken: a.value };
     case "notice":
       return { ...s, notice: a.text };
+    case "batch":
+      return a.actions.reduce(reducer, s);
   }
 }
 
@@ -275,16 +293,47 @@ function App() {
         setTimeout(() => socket.connect(), 2000);
       }
     });
+    // Events are applied in batches, one render per batch: a burst of
+    // hundreds of messages costs a few renders, not hundreds.
+    /** @type {Action[]} */
+    let queue = [];
+    let flush = 0;
+    /** @param {Action} action */
+    const enqueue = (action) => {
+      queue.push(action);
+      if (!flush) {
+        flush = setTimeout(() => {
+          flush = 0;
+          const actions = queue;
+          queue = [];
+          dispatch({ type: "batch", actions });
+        }, 16);
+      }
+    };
+    /** Marks a chat read once a burst of its messages is over. @type {Map<string, number>} */
+    const reading = new Map();
+    /** @param {string} id */
+    const readSoon = (id) => {
+      if (!reading.has(id)) {
+        reading.set(
+          id,
+          setTimeout(() => {
+            reading.delete(id);
+            markRead(id);
+          }, 500),
+        );
+      }
+    };
     socket.on("newMessage", (/** @type {Message} */ m) => {
       track(m);
       const s = now.current;
       const looking = s.selected === m.conversationId && document.visibilityState === "visible";
-      dispatch({ type: "newMessage", message: m, countUnread: m.direction === "inbound" && !looking });
-      if (looking && m.direction === "inbound") markRead(m.conversationId);
+      enqueue({ type: "newMessage", message: m, countUnread: m.direction === "inbound" && !looking });
+      if (looking && m.direction === "inbound") readSoon(m.conversationId);
     });
     socket.on("statusUpdate", (/** @type {StatusUpdate} */ u) => {
       track(u);
-      dispatch({ type: "status", update: u });
+      enqueue({ type: "status", update: u });
     });
     socket.on("resync", () => {
       delete socket.auth.lastSeq;
@@ -292,6 +341,8 @@ function App() {
     });
     return () => {
       clearTimeout(fallback);
+      clearTimeout(flush);
+      reading.forEach((t) => clearTimeout(t));
       socket.disconnect();
     };
   }, []);

@@ -95,6 +95,11 @@ function Content({ m }) {
   }
 }
 
+/** Messages put in the DOM at a time: the DOM stays small however long the chat. */
+const WINDOW = 150;
+/** Room in the window for a page of older messages arriving. */
+const PAGE_GUESS = 60;
+
 /** Types whose bubble ends with a line of text (the time goes on that line). */
 const ENDS_IN_BLOCK = new Set(["image", "video", "audio", "document", "sticker", "location", "contacts"]);
 
@@ -162,10 +167,13 @@ export function Chat({ conversation, conversationId, messages, more, onOlder, on
   const stick = useRef(true);
   const anchor = useRef(/** @type {{height: number, top: number} | null} */ (null));
   const loading = useRef(false);
+  /** How many of the newest messages are in the DOM (more as the user scrolls up). */
+  const [shown, setShown] = useState(WINDOW);
   const name = conversation ? displayName(conversation) : phoneOf(conversationId);
 
   useLayoutEffect(() => {
     stick.current = true;
+    setShown(WINDOW);
   }, [conversationId]);
 
   useLayoutEffect(() => {
@@ -185,13 +193,18 @@ export function Chat({ conversation, conversationId, messages, more, onOlder, on
         loading.current = false;
       });
     }
-  }, [messages, conversationId, more]);
+  }, [messages, conversationId, more, shown]);
 
   const onScroll = () => {
     const el = log.current;
     if (!el) return;
     stick.current = el.scrollHeight - el.scrollTop - el.clientHeight < 80;
-    if (el.scrollTop < 120 && more && !loading.current) {
+    if (el.scrollTop < 120 && shown < messages.length) {
+      // Older ones already here: put more of them in the DOM.
+      anchor.current = { height: el.scrollHeight, top: el.scrollTop };
+      setShown(shown + WINDOW);
+    } else if (el.scrollTop < 120 && more && !loading.current) {
+      setShown(messages.length + PAGE_GUESS);
       loading.current = true;
       anchor.current = { height: el.scrollHeight, top: el.scrollTop };
       onOlder().finally(() => {
@@ -219,9 +232,10 @@ export function Chat({ conversation, conversationId, messages, more, onOlder, on
   }
 
   const items = [];
+  const visible = messages.length > shown ? messages.slice(messages.length - shown) : messages;
   let day = "";
   let side = "";
-  for (const m of messages) {
+  for (const m of visible) {
     if (m.type === "reaction" && byId.has(m.content?.message_id || m.content?.messageId || "")) continue;
     const key = dayKey(m.timestamp);
     const tail = key !== day || side !== m.direction;
@@ -250,7 +264,7 @@ export function Chat({ conversation, conversationId, messages, more, onOlder, on
       </div>
     </header>
     <div class="log" role="log" aria-label="Messages" aria-live="polite" ref=${log} onScroll=${onScroll}>
-      ${more ? html`<div class="older-hint">Scroll up for older messages</div>` : null}
+      ${more || visible.length < messages.length ? html`<div class="older-hint">Scroll up for older messages</div>` : null}
       ${items}
     </div>
     ${children}

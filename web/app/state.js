@@ -70,7 +70,14 @@ export function mergeMessage(old, incoming) {
  * @param {Message} incoming
  */
 export function upsertMessage(messages, incoming) {
-  const index = messages.findIndex((m) => sameMessage(m, incoming));
+  // From the end: a message changing is nearly always a recent one.
+  let index = -1;
+  for (let i = messages.length - 1; i >= 0; i--) {
+    if (sameMessage(messages[i], incoming)) {
+      index = i;
+      break;
+    }
+  }
   if (index >= 0) {
     const next = messages.slice();
     next[index] = mergeMessage(messages[index], incoming);

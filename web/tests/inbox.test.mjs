@@ -310,6 +310,9 @@ test("sending shows a pending, then a sent bubble that is still there after a re
 });
 
 test("a webhook posted while the page is open shows at once, in the list and the open chat", async () => {
+  // WhatsApp's timestamps are whole seconds: a second after our reply, so
+  // that this message is the conversation's newest for the server too.
+  await sleep(1000);
   await server.webhook(inbound(ADA, "Ada Lovelace", "Thanks, got the tracking number"));
   await waitBubble(page, "Thanks, got the tracking number");
   await waitFor(async () => (await rows(page))[0]?.preview === "Thanks, got the tracking number", 5000, "Ada's row to show the new message");
