@@ -166,11 +166,11 @@ impl Query {
                 "q has no word to search for (letters or digits)".to_owned(),
             ));
         }
-        // A lone ideograph is a whole word already; prefixes are for words
-        // being typed.
-        let last_is_prefix = terms
-            .last()
-            .is_some_and(|t| t.len() == 1 && !t[0].chars().all(is_ideograph));
+        // A lone ideograph is a whole word already, and a single letter
+        // would start too many; prefixes are for words being typed.
+        let last_is_prefix = terms.last().is_some_and(|t| {
+            t.len() == 1 && t[0].chars().count() > 1 && !t[0].chars().all(is_ideograph)
+        });
         Ok(Self {
             terms,
             last_is_prefix,

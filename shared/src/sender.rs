@@ -122,22 +122,18 @@ impl Sender {
         let due = store
             .due_sends(now(), self.graph.send_rate().max(1) as usize)
             .await?;
-        let mut conversations: Vec<(String, Vec<QueuedSend>)> = Vec::new();
+        let mut conversations: Vec<String> = Vec::new();
         for send in due {
-            match conversations
-                .iter_mut()
-                .find(|(id, _)| *id == send.conversation_id)
-            {
-                Some((_, sends)) => sends.push(send),
-                None => conversations.push((send.conversation_id.clone(), vec![send])),
+            if !conversations.contains(&send.conversation_id) {
+                conversations.push(send.conversation_id);
             }
         }
         let claimed = AtomicUsize::new(0);
         futures::stream::iter(conversations)
-            .for_each_concurrent(CONVERSATIONS_AT_ONCE, |(id, due)| {
+            .for_each_concurrent(CONVERSATIONS_AT_ONCE, |id| {
                 let claimed = &claimed;
                 async move {
-                    match self.drain(&id, &due, cancel).await {
+                    match self.drain(&id, cancel).await {
                         Ok(n) => {
                             claimed.fetch_add(n, Ordering::Relaxed);
                         }
@@ -153,18 +149,14 @@ impl Sender {
     /// Sends a conversation's queue from its first send while that one is
     /// ours to take: due, or held behind one we just finished. A first
     /// send that waits (for a retry, or leased to another sender, perhaps
-    /// one that died) holds back the others: `due` (those that came due
-    /// this round) are moved behind it, so they neither overtake it nor
-    /// fill the next rounds. Returns how many were claimed.
-    async fn drain(
-        &self,
-        conversation_id: &str,
-        due: &[QueuedSend],
-        cancel: &CancellationToken,
-    ) -> StoreResult<usize> {
+    /// one that died) holds back the rest of its conversation, in one
+    /// write, so they neither overtake it nor fill the next rounds.
+    /// Returns how many were claimed.
+    async fn drain(&self, conversation_id: &str, cancel: &CancellationToken) -> StoreResult<usize> {
         let store = self.processor.store();
         let mut claimed = 0;
         let mut after_ours = false;
+        let mut lost_race = false;
         while claimed < MAX_PER_CONVERSATION && !cancel.is_cancelled() {
             let Some(first) = store.first_send(conversation_id).await? else {
                 return Ok(claimed);
@@ -174,21 +166,32 @@ impl Sender {
             let mut claim = first.clone();
             claim.due = now + self.lease;
             claim.held = false;
-            if !takeable || !store.update_send(&claim, first.due).await? {
-                // Waiting, or another sender's: the rest wait behind it.
-                let until = if takeable { claim.due } else { first.due };
-                self.hold_back(due, &first.id, until).await?;
+            if takeable && !store.update_send(&claim, first.due).await? {
+                if after_ours && !std::mem::replace(&mut lost_race, true) {
+                    // Held by another sender just as we read it: read again.
+                    continue;
+                }
+                // Another sender's now: the rest wait behind it.
+                store
+                    .hold_sends(conversation_id, &first.id, claim.due)
+                    .await?;
+                return Ok(claimed);
+            }
+            if !takeable {
+                store
+                    .hold_sends(conversation_id, &first.id, first.due)
+                    .await?;
                 return Ok(claimed);
             }
             claimed += 1;
             match self.send(claim, cancel).await? {
                 Step::Finished => after_ours = true,
                 Step::Left => {
-                    let until = store
-                        .first_send(conversation_id)
-                        .await?
-                        .map_or(now, |first| first.due);
-                    self.hold_back(due, &first.id, until).await?;
+                    if let Some(first) = store.first_send(conversation_id).await? {
+                        store
+                            .hold_sends(conversation_id, &first.id, first.due.max(now))
+                            .await?;
+                    }
                     return Ok(claimed);
                 }
             }
@@ -205,25 +208,6 @@ impl Sender {
             store.update_send(&due_now, next.due).await?;
         }
         Ok(claimed)
-    }
-
-    /// Moves sends due now behind `first` (of their conversation), which
-    /// is next due `until`; each move is guarded by the due time read, so
-    /// one already sent or claimed meanwhile is left alone.
-    async fn hold_back(
-        &self,
-        due: &[QueuedSend],
-        first: &str,
-        until: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        let until = until.max(now() + chrono::TimeDelta::from_std(POLL).unwrap_or_default());
-        for send in due.iter().filter(|s| s.id != first) {
-            let mut held = send.clone();
-            held.due = until;
-            held.held = true;
-            self.processor.store().update_send(&held, send.due).await?;
-        }
-        Ok(())
     }
 
     /// Sends one claimed send and stores the outcome; `Left` when it stays
@@ -298,6 +282,9 @@ impl Sender {
         let Some(mut send) = self.reclaim(send).await? else {
             return Ok(Step::Left);
         };
+        if cancel.is_cancelled() {
+            return self.release(send).await;
+        }
         send.attempts += 1;
         let claimed = send.due;
         let answer = {

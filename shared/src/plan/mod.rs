@@ -507,15 +507,26 @@ impl<'k> Planner<'k> {
         if self.work.contains_key(&change.message_id) {
             return unchanged;
         }
+        // Ours, sent to the customer the status is about (a callback naming
+        // another conversation's message is not taken at its word).
         let Some(current) = self
             .work
             .values()
-            .find(|w| w.message.id == local && w.message.direction == Direction::Outbound)
+            .find(|w| {
+                w.message.id == local
+                    && w.message.direction == Direction::Outbound
+                    && w.message.conversation_id == change.conversation_id
+            })
             .map(|w| w.message.message_id.clone())
         else {
             return unchanged;
         };
         if current != local {
+            if change.status == "failed" {
+                // The other copy failed; the one the message is known by
+                // may have arrived: kept parked, not applied.
+                return unchanged;
+            }
             let mut retargeted = change.clone();
             retargeted.message_id = current;
             return std::borrow::Cow::Owned(retargeted);

@@ -580,3 +580,25 @@ fn a_callback_naming_nothing_of_ours_changes_nothing() {
         assert_eq!(changes.park.len(), 1, "{callback}");
     }
 }
+
+#[test]
+fn a_callback_naming_another_conversations_message_is_not_taken_at_its_word() {
+    let waiting = pending("local.c3", 10);
+    let known = known_with(std::slice::from_ref(&waiting));
+    let mut elsewhere = naming(status("wamid.Z", "delivered", 12), "local.c3");
+    elsewhere.conversation_id = "conv_9999".to_owned();
+    let changes = plan_batch(&batch(vec![], vec![elsewhere]), &known);
+    assert!(changes.updates.is_empty(), "{:?}", changes.updates);
+    assert_eq!(changes.park.len(), 1);
+}
+
+#[test]
+fn a_failed_status_of_the_other_copy_does_not_fail_the_message() {
+    let mut sent = pending("local.d4", 10);
+    sent.message_id = "wamid.SECOND".to_owned();
+    sent.status = "delivered".to_owned();
+    let known = known_with(std::slice::from_ref(&sent));
+    let failed = naming(status("wamid.FIRST", "failed", 15), "local.d4");
+    let changes = plan_batch(&batch(vec![], vec![failed]), &known);
+    assert!(changes.updates.is_empty(), "{:?}", changes.updates);
+}

@@ -70,12 +70,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces a queued send if its due time is still `expected_due`
     /// (millisecond precision): `false` if another sender changed it first
-    /// or it is gone. The due time is what senders claim a send by.
+    /// or it is gone. The due time is what senders claim a send by; the
+    /// store's own due time and held flag are what reads return.
     async fn update_send(
         &self,
         send: &QueuedSend,
         expected_due: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// Holds the conversation's sends other than `first` behind it: those
+    /// due before `until` become due then, marked held (whoever finishes
+    /// `first` may take the next at once). One write, whatever their number.
+    async fn hold_sends(
+        &self,
+        conversation_id: &str,
+        first: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     /// The send its conversation queued first (by [`QueuedSend::order`],
     /// then id): the only one of the conversation that may go out, so a
@@ -87,6 +98,10 @@ pub trait Store: Send + Sync + 'static {
     /// one atomic write: of concurrent requests with one key, exactly one
     /// gets [`KeyClaim::New`] (whatever the store: no transaction needed).
     async fn claim_key(&self, key: &str, fingerprint: &str) -> StoreResult<KeyClaim>;
+
+    /// Gives a claimed key back (its request stored nothing), so that it
+    /// can be used again, with any body.
+    async fn release_key(&self, key: &str, fingerprint: &str) -> StoreResult<()>;
 
     /// Messages matching `query` within `scope`, newest first, served by an
     /// index (its cost follows the hits read, not the messages stored).

@@ -439,14 +439,16 @@ fn apply_in(t: &Transaction<'_>, changes: &ChangeSet, indexed: bool) -> Result<(
     }
     for send in &changes.enqueue {
         t.prepare_cached(
-            "INSERT OR IGNORE INTO sends (id, due, doc, conversation_id, ord) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO sends (id, due, doc, conversation_id, ord, held)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             send.id,
             send.due.timestamp_millis(),
             to_json(send)?,
             send.conversation_id,
-            send.order()
+            send.order(),
+            send.held
         ])?;
     }
     for id in &changes.dequeue {
@@ -619,13 +621,14 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
          );",
     )?;
     add_send_order(t)?;
-    create_search_index(t)?;
     let version: i64 = t.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < SCHEMA_VERSION {
         migrate_from_v1(t)?;
         migrate_to_v3(t)?;
         t.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     }
+    // After the migrations: it reads messages in the current form.
+    create_search_index(t)?;
     // Pages of a conversation, ordered like MongoDB's (by WhatsApp's id);
     // after the migrations (`message_id`), and on stores already at this
     // version, which had the index ordered by key.
@@ -658,48 +661,53 @@ fn create_search_index(t: &Transaction<'_>) -> Result<(), Error> {
         // conversation and number. The `ascii` tokenizer splits at ASCII
         // spaces and punctuation only, so each of those words stays whole
         // (`unicode61` would split Devanagari at its vowel signs).
+        // `prefix`: 2- and 3-character prefixes are indexed too, so a word
+        // being typed does not merge the lists of every word it starts.
         "CREATE VIRTUAL TABLE message_search USING fts5(
             words, scope, key UNINDEXED,
-            tokenize = 'ascii'
+            tokenize = 'ascii', prefix = '2 3'
          );",
     )?;
-    let docs: Vec<String> = t
-        .prepare("SELECT doc FROM messages")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for doc in docs {
-        index_for_search(t, &from_json::<Message>(&doc)?)?;
+    // One message at a time from a cursor: memory stays flat however many.
+    let mut all = t.prepare("SELECT doc FROM messages")?;
+    let mut rows = all.query([])?;
+    while let Some(row) = rows.next()? {
+        index_for_search(t, &from_json::<Message>(&row.get::<_, String>(0)?)?)?;
     }
     Ok(())
 }
 
-/// Rows of the search index one millisecond can hold.
-const SEARCH_SLOTS: i64 = 1024;
+/// Row ids of the search index one millisecond has: WhatsApp's times are
+/// whole seconds, so a busy second's messages share 1,000 × this.
+const SEARCH_SLOTS: i64 = 1 << 20;
 
-/// Indexes a new message for search, under a row id ordered by its time.
+/// Indexes a new message for search, under a row id ordered by its time:
+/// the next free one of its millisecond (one index lookup).
 fn index_for_search(t: &Transaction<'_>, m: &Message) -> rusqlite::Result<()> {
-    let base = m
-        .timestamp
-        .timestamp_millis()
-        .clamp(0, i64::MAX / SEARCH_SLOTS)
-        * SEARCH_SLOTS;
-    let mut taken = t.prepare_cached("SELECT 1 FROM message_search WHERE rowid = ?1")?;
-    for slot in 0..SEARCH_SLOTS {
-        if !taken.exists([base + slot])? {
-            t.prepare_cached(
-                "INSERT INTO message_search (rowid, words, scope, key) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![
-                base + slot,
-                search::indexed_text(m),
-                search_scope(m.conversation_id.as_str(), m.phone_number_id.as_deref()),
-                m.id
-            ])?;
-            return Ok(());
-        }
+    let millis = m.timestamp.timestamp_millis();
+    let base = millis.clamp(0, i64::MAX / SEARCH_SLOTS - 1) * SEARCH_SLOTS;
+    let last: Option<i64> = t
+        .prepare_cached(
+            "SELECT rowid FROM message_search WHERE rowid BETWEEN ?1 AND ?2
+             ORDER BY rowid DESC LIMIT 1",
+        )?
+        .query_row([base, base + SEARCH_SLOTS - 1], |r| r.get(0))
+        .optional()?;
+    let row = last.map_or(base, |last| last + 1);
+    if row >= base + SEARCH_SLOTS {
+        // Over a million messages in one millisecond: this one is not found.
+        tracing::warn!(id = %m.id, "too many messages in one millisecond to index this one for search");
+        return Ok(());
     }
-    // More messages in one millisecond than slots: this one is not found.
-    tracing::warn!(id = %m.id, "too many messages in one millisecond to index this one for search");
+    t.prepare_cached(
+        "INSERT INTO message_search (rowid, words, scope, key) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        row,
+        search::indexed_text(m),
+        search_scope(m.conversation_id.as_str(), m.phone_number_id.as_deref()),
+        m.id
+    ])?;
     Ok(())
 }
 
@@ -721,6 +729,17 @@ fn scope_token(kind: char, id: &str) -> String {
     )
 }
 
+/// The columns a send is read from: the columns `due` and `held` are the
+/// ones senders claim and hold by (moved without rewriting the document).
+const SEND_COLUMNS: &str = "doc, due, held";
+
+fn send_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedSend> {
+    let mut send: QueuedSend = from_json(&row.get::<_, String>(0)?)?;
+    send.due = DateTime::from_timestamp_millis(row.get(1)?).unwrap_or(send.due);
+    send.held = row.get(2)?;
+    Ok(send)
+}
+
 /// Sends carry their conversation and place in its queue (columns added
 /// to stores created before; sends queued then keep their due time's order).
 fn add_send_order(t: &Transaction<'_>) -> Result<(), Error> {
@@ -729,11 +748,23 @@ fn add_send_order(t: &Transaction<'_>) -> Result<(), Error> {
         .query_row([], |r| r.get::<_, i64>(0))?
         > 0;
     if !has_order {
+        // `ord`: when it was queued, in microseconds (its due time's for
+        // sends queued without the time).
         t.execute_batch(
             "ALTER TABLE sends ADD COLUMN conversation_id TEXT NOT NULL DEFAULT '';
              ALTER TABLE sends ADD COLUMN ord INTEGER NOT NULL DEFAULT 0;
-             UPDATE sends SET conversation_id = json_extract(doc, '$.conversationId'), ord = due * 1000;",
+             UPDATE sends SET conversation_id = json_extract(doc, '$.conversationId'),
+                ord = COALESCE(
+                    CAST((julianday(json_extract(doc, '$.queuedAt')) - 2440587.5) * 86400000000 AS INTEGER),
+                    due * 1000);",
         )?;
+    }
+    let has_held: bool = t
+        .prepare_cached("SELECT COUNT(*) FROM pragma_table_info('sends') WHERE name = 'held'")?
+        .query_row([], |r| r.get::<_, i64>(0))?
+        > 0;
+    if !has_held {
+        t.execute_batch("ALTER TABLE sends ADD COLUMN held INTEGER NOT NULL DEFAULT 0;")?;
     }
     t.execute_batch(
         "CREATE INDEX IF NOT EXISTS sends_by_conversation ON sends (conversation_id, ord, id);",
@@ -973,14 +1004,11 @@ impl Store for SqliteStore {
     async fn due_sends(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<QueuedSend>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |t| {
-            let docs: Vec<String> = t
-                .prepare_cached("SELECT doc FROM sends WHERE due <= ?1 ORDER BY due LIMIT ?2")?
-                .query_map(params![now.timestamp_millis(), limit], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(docs
-                .iter()
-                .map(|d| from_json(d))
-                .collect::<rusqlite::Result<_>>()?)
+            Ok(t.prepare_cached(&format!(
+                "SELECT {SEND_COLUMNS} FROM sends WHERE due <= ?1 ORDER BY due LIMIT ?2"
+            ))?
+            .query_map(params![now.timestamp_millis(), limit], send_row)?
+            .collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
@@ -988,13 +1016,12 @@ impl Store for SqliteStore {
     async fn first_send(&self, conversation_id: &str) -> StoreResult<Option<QueuedSend>> {
         let id = conversation_id.to_owned();
         self.run(move |t| {
-            let doc: Option<String> = t
-                .prepare_cached(
-                    "SELECT doc FROM sends WHERE conversation_id = ?1 ORDER BY ord, id LIMIT 1",
-                )?
-                .query_row([id], |r| r.get(0))
-                .optional()?;
-            Ok(doc.as_deref().map(from_json).transpose()?)
+            Ok(t
+                .prepare_cached(&format!(
+                    "SELECT {SEND_COLUMNS} FROM sends WHERE conversation_id = ?1 ORDER BY ord, id LIMIT 1"
+                ))?
+                .query_row([id], send_row)
+                .optional()?)
         })
         .await
     }
@@ -1051,6 +1078,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn release_key(&self, key: &str, fingerprint: &str) -> StoreResult<()> {
+        let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
+        self.run(move |t| {
+            t.prepare_cached("DELETE FROM idempotency_keys WHERE key = ?1 AND fingerprint = ?2")?
+                .execute([key, fingerprint])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn claim_key(&self, key: &str, fingerprint: &str) -> StoreResult<KeyClaim> {
         let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
         self.run(move |t| {
@@ -1082,14 +1119,35 @@ impl Store for SqliteStore {
         let send = send.clone();
         self.run(move |t| {
             let updated = t
-                .prepare_cached("UPDATE sends SET due = ?2, doc = ?3 WHERE id = ?1 AND due = ?4")?
+                .prepare_cached(
+                    "UPDATE sends SET due = ?2, doc = ?3, held = ?5 WHERE id = ?1 AND due = ?4",
+                )?
                 .execute(params![
                     send.id,
                     send.due.timestamp_millis(),
                     to_json(&send)?,
-                    expected_due.timestamp_millis()
+                    expected_due.timestamp_millis(),
+                    send.held
                 ])?;
             Ok(updated == 1)
+        })
+        .await
+    }
+
+    async fn hold_sends(
+        &self,
+        conversation_id: &str,
+        first: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (conversation_id, first) = (conversation_id.to_owned(), first.to_owned());
+        self.run(move |t| {
+            t.prepare_cached(
+                "UPDATE sends SET due = ?3, held = 1
+                 WHERE conversation_id = ?1 AND id <> ?2 AND due < ?3",
+            )?
+            .execute(params![conversation_id, first, until.timestamp_millis()])?;
+            Ok(())
         })
         .await
     }

@@ -106,28 +106,7 @@ pub async fn send(
         }
         // Pending: the first request may have stopped half-way; sending
         // it again below finishes it (and changes nothing otherwise).
-    } else if request.key.is_some() {
-        // The key is claimed in one atomic write before anything is stored,
-        // so concurrent requests with it store one message, with the body
-        // of the one that claimed it (a store without transactions too).
-        match state
-            .store
-            .claim_key(&local_id, &request.fingerprint())
-            .await
-            .map_err(store_failure)?
-        {
-            KeyClaim::New => {}
-            KeyClaim::Other => return Err(key_reused()),
-            KeyClaim::Same => {
-                if let Some(stored) = stored_by_first(&state, &local_id).await? {
-                    check_same(&stored, &request)?;
-                    return Ok((StatusCode::OK, Json(stored)));
-                }
-                // The first request stopped before storing it: this one does.
-            }
-        }
     }
-
     let conversation = state
         .store
         .conversation(&request.conversation_id)
@@ -135,6 +114,39 @@ pub async fn send(
         .map_err(store_failure)?;
     if first.is_none() {
         check_window(&state, conversation.as_ref(), &request)?;
+    }
+    // The key is claimed in one atomic write before anything is stored (and
+    // after the checks, so a refused request leaves it unused): concurrent
+    // requests with it store one message, with the body of the one that
+    // claimed it, on a store without transactions too.
+    let fingerprint = request.fingerprint();
+    let mut claim = None;
+    if first.is_none() && request.key.is_some() {
+        let claimed = state
+            .store
+            .claim_key(&local_id, &fingerprint)
+            .await
+            .map_err(store_failure)?;
+        match claimed {
+            KeyClaim::New => {}
+            KeyClaim::Other => return Err(key_reused()),
+            KeyClaim::Same => {
+                if let Some(stored) = stored_by_first(&state, &local_id).await? {
+                    check_same(&stored, &request)?;
+                    let waiting = stored.message_id == local_id && stored.status == PENDING;
+                    // Whole unless known otherwise: a check that fails (a
+                    // busy store) leaves it to the first request.
+                    let whole =
+                        !waiting || state.processor.stored_whole(&stored).await.unwrap_or(true);
+                    if whole {
+                        return Ok((StatusCode::OK, Json(stored)));
+                    }
+                }
+                // Its first request stopped before storing it whole: this
+                // repeat finishes it (answered as a repeat).
+            }
+        }
+        claim = Some(claimed);
     }
     let mut draft = request.draft.clone();
     for id in draft.referenced_id_mut() {
@@ -191,17 +203,31 @@ pub async fn send(
         conversation_id: message.conversation_id.clone(),
         request: draft.request(&wa_id, &local_id),
         due: now,
-        queued_at: Some(now),
+        // To the microsecond: the order of a conversation's sends.
+        queued_at: Some(chrono::Utc::now()),
         attempts: 0,
         wamid: None,
         last_error: None,
         held: false,
     });
-    let events = state
-        .processor
-        .send(send.as_ref(), &message)
-        .await
-        .map_err(store_failure)?;
+    let events = match state.processor.send(send.as_ref(), &message).await {
+        Ok(events) => events,
+        Err(e) => {
+            if claim == Some(KeyClaim::New)
+                && state
+                    .store
+                    .message(&local_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+            {
+                // Nothing stored: the key is free again (best effort).
+                let _ = state.store.release_key(&local_id, &fingerprint).await;
+            }
+            return Err(store_failure(e));
+        }
+    };
     // Into the event log, so every replica's sockets hear about it.
     state.relay.relay(&events).await;
     let stored = state
@@ -210,7 +236,9 @@ pub async fn send(
         .await
         .map_err(store_failure)?
         .unwrap_or(message);
-    let created = first.is_none() && events.iter().any(|e| matches!(e, Event::NewMessage(_)));
+    let created = first.is_none()
+        && claim != Some(KeyClaim::Same)
+        && events.iter().any(|e| matches!(e, Event::NewMessage(_)));
     if !created {
         // Stored before (a retry, or a concurrent request with the key).
         check_same(&stored, &request)?;

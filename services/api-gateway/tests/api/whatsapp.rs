@@ -537,17 +537,25 @@ async fn one_message_per_key_under_concurrency(mongo: Mongo) {
             let http = stack.http.clone();
             let url = format!("{}/api/messages", stack.api[n % 2]);
             async move {
-                let response = http
-                    .post(url)
-                    .header("Idempotency-Key", key)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
-                (
-                    response.status().as_u16(),
-                    response.json::<Value>().await.unwrap(),
-                )
+                // A 503 means "not stored, retry" (the stand-in's replica
+                // set refuses writes while another transaction holds its
+                // lock): retried as a client would, keeping the key.
+                for _ in 0..100 {
+                    let response = http
+                        .post(&url)
+                        .header("Idempotency-Key", key)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status().as_u16();
+                    let answer = response.json::<Value>().await.unwrap();
+                    if status != 503 {
+                        return (status, answer);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("503 a hundred times");
             }
         });
         futures::future::join_all(requests)

@@ -219,17 +219,46 @@ async fn open_store(p: &Pipeline) -> (Arc<dyn Store>, Processor) {
     (store.clone(), Processor::new(store))
 }
 
+/// Waits until every queued message is sent; past 120 s, fails naming the
+/// sends still queued (due time, held, attempts, last error).
 async fn wait_all_sent(p: &Pipeline, total: usize) {
-    test_support::wait_until(
-        "every queued message to be sent",
-        Duration::from_secs(120),
-        || async {
-            test_support::count(&p.db, "processed_messages", doc! {"status": "sent"}).await
-                == total as u64
-                && test_support::count(&p.db, "sends", doc! {}).await == 0
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let sent = test_support::count(&p.db, "processed_messages", doc! {"status": "sent"}).await;
+        let queued = test_support::count(&p.db, "sends", doc! {}).await;
+        if sent == total as u64 && queued == 0 {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            use futures::TryStreamExt;
+            let left: Vec<mongodb::bson::Document> =
+                p.db.collection::<mongodb::bson::Document>("sends")
+                    .find(doc! {})
+                    .await
+                    .unwrap()
+                    .try_collect()
+                    .await
+                    .unwrap();
+            let now = chrono::Utc::now().timestamp_millis();
+            let described: Vec<String> = left
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{} due {:?} ms from now, held {:?}, send {}",
+                        d.get_str("_id").unwrap_or("?"),
+                        d.get_i64("due").map(|due| due - now),
+                        d.get_bool("held"),
+                        d.get_str("send").unwrap_or("?"),
+                    )
+                })
+                .collect();
+            panic!(
+                "{sent} of {total} sent after 120 s; still queued:\n{}",
+                described.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Through 20 s of Graph API 500s, a `kill -9` of the sender holding a

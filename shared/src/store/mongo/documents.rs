@@ -44,6 +44,7 @@ pub fn send_document(send: &crate::domain::QueuedSend) -> StoreResult<Document> 
     Ok(doc! {
         "conversationId": &send.conversation_id,
         "due": send.due.timestamp_millis(),
+        "held": send.held,
         "order": send.order(),
         "send": text,
     })
@@ -54,11 +55,28 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     matches!(&*e.kind, DriverErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000)
 }
 
+/// A queued send as stored; its `due` and `held` fields are what senders
+/// claim and hold it by (moved without rewriting the send's text).
 pub fn send_from_document(d: &Document) -> StoreResult<crate::domain::QueuedSend> {
     let text = d
         .get_str("send")
         .map_err(|e| Error::rejected(format!("queued send unreadable: {e}")))?;
-    serde_json::from_str(text).map_err(|e| Error::rejected(format!("queued send unreadable: {e}")))
+    let mut send: crate::domain::QueuedSend = serde_json::from_str(text)
+        .map_err(|e| Error::rejected(format!("queued send unreadable: {e}")))?;
+    if let Some(due) = d
+        .get("due")
+        .and_then(integer)
+        .and_then(DateTime::from_timestamp_millis)
+    {
+        send.due = due;
+    }
+    // A boolean; read leniently (a server may keep `true` as 1).
+    send.held = match d.get("held") {
+        Some(Bson::Boolean(held)) => *held,
+        Some(other) => integer(other).is_some_and(|n| n != 0),
+        None => false,
+    };
+    Ok(send)
 }
 
 /// Reads a stored message back into the API shape.

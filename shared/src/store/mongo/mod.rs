@@ -181,9 +181,10 @@ impl MongoStore {
                 IndexModel::builder()
                     .keys(doc! {"conversationId": 1, documents::SETTLED: 1})
                     .build(),
-                // Search: a word's messages, newest first (multikey).
+                // Search: a word's messages, newest first, in the order
+                // pages are read (multikey).
                 IndexModel::builder()
-                    .keys(doc! {search::SEARCH: 1, "timestamp": -1})
+                    .keys(doc! {search::SEARCH: 1, "timestamp": -1, "messageId": -1})
                     .build(),
             ])
             .await
@@ -349,11 +350,30 @@ impl Store for MongoStore {
             .collect()
     }
 
+    async fn hold_sends(
+        &self,
+        conversation_id: &str,
+        first: &str,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        let until = until.timestamp_millis();
+        self.collection(SENDS)
+            .update_many(
+                doc! {"conversationId": conversation_id, "_id": {"$ne": first}, "due": {"$lt": until}},
+                doc! {"$set": {"due": until, "held": true}},
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
     async fn first_send(&self, conversation_id: &str) -> StoreResult<Option<QueuedSend>> {
         let found = self
             .collection(SENDS)
             .find_one(doc! {"conversationId": conversation_id})
-            .sort(doc! {"order": 1, "_id": 1})
+            // Served by the index in order (a tie, the same microsecond,
+            // is rare; sorting by `_id` too would sort the whole queue).
+            .sort(doc! {"order": 1})
             .await
             .map_err(store_error)?;
         found
@@ -369,6 +389,14 @@ impl Store for MongoStore {
         limit: usize,
     ) -> StoreResult<crate::store::SearchPage> {
         self.search_messages(query, scope, limit).await
+    }
+
+    async fn release_key(&self, key: &str, fingerprint: &str) -> StoreResult<()> {
+        self.collection(IDEMPOTENCY_KEYS)
+            .delete_one(doc! {"_id": key, "fingerprint": fingerprint})
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 
     async fn claim_key(&self, key: &str, fingerprint: &str) -> StoreResult<KeyClaim> {
