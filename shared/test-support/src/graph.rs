@@ -235,6 +235,21 @@ impl FakeGraph {
             .collect()
     }
 
+    /// The local id each message send carried (`biz_opaque_callback_data`),
+    /// in order; `accepted`: only of the sends WhatsApp accepted.
+    pub fn sent_ids(&self, accepted: bool) -> Vec<String> {
+        self.sends()
+            .iter()
+            .filter(|r| !accepted || r.wamid.is_some())
+            .map(|r| {
+                r.body["biz_opaque_callback_data"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+
     /// When each message send arrived, in order.
     pub fn send_times(&self) -> Vec<Instant> {
         self.sends().iter().map(|r| r.at).collect()
