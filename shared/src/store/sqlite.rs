@@ -645,7 +645,8 @@ fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
 
 /// The search index (FTS5), created once; messages stored before it
 /// existed are indexed then. Each row's id orders it by the message's
-/// time, so newest-first pages read the index backwards, with no sort.
+/// time, newest first, so a page of the newest hits is the first rows of
+/// each word's list, with no sort.
 fn create_search_index(t: &Transaction<'_>) -> Result<(), Error> {
     let exists: i64 = t.query_row(
         "SELECT COUNT(*) FROM sqlite_master WHERE name = 'message_search'",
@@ -681,11 +682,15 @@ fn create_search_index(t: &Transaction<'_>) -> Result<(), Error> {
 /// whole seconds, so a busy second's messages share 1,000 × this.
 const SEARCH_SLOTS: i64 = 1 << 20;
 
-/// Indexes a new message for search, under a row id ordered by its time:
-/// the next free one of its millisecond (one index lookup).
+/// Indexes a new message for search, under a row id ordered by its time,
+/// newest first: the next free one of its millisecond (one index lookup).
 fn index_for_search(t: &Transaction<'_>, m: &Message) -> rusqlite::Result<()> {
-    let millis = m.timestamp.timestamp_millis();
-    let base = millis.clamp(0, i64::MAX / SEARCH_SLOTS - 1) * SEARCH_SLOTS;
+    // Newer messages get smaller row ids: FTS5 reads a word's list forwards
+    // cheaply (backwards it loads each segment's whole list), and a page of
+    // the newest hits is the first rows.
+    let last_millis = i64::MAX / SEARCH_SLOTS - 1;
+    let millis = m.timestamp.timestamp_millis().clamp(0, last_millis);
+    let base = (last_millis - millis) * SEARCH_SLOTS;
     let last: Option<i64> = t
         .prepare_cached(
             "SELECT rowid FROM message_search WHERE rowid BETWEEN ?1 AND ?2
@@ -1039,8 +1044,9 @@ impl Store for SqliteStore {
         if let Some(id) = &scope.phone_number_id {
             expression.push_str(&format!(" AND scope : \"{}\"", scope_token('p', id)));
         }
-        let before = match scope.before.as_deref() {
-            None => i64::MAX,
+        // Rows after the cursor's: older hits (row ids count down in time).
+        let after = match scope.before.as_deref() {
+            None => -1,
             Some(cursor) => cursor
                 .parse::<i64>()
                 .map_err(|_| StoreError::rejected("not a cursor of this search (next)"))?,
@@ -1050,10 +1056,10 @@ impl Store for SqliteStore {
             let hits: Vec<(i64, String)> = t
                 .prepare_cached(
                     "SELECT rowid, key FROM message_search
-                     WHERE message_search MATCH ?1 AND rowid < ?2
-                     ORDER BY rowid DESC LIMIT ?3",
+                     WHERE message_search MATCH ?1 AND rowid > ?2
+                     ORDER BY rowid LIMIT ?3",
                 )?
-                .query_map(params![expression, before, limit], |r| {
+                .query_map(params![expression, after, limit], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
