@@ -30,13 +30,18 @@ function betterId(a, b) {
 /** Newest first. @param {Conversation} a @param {Conversation} b */
 export function byNewest(a, b) {
   const t = Date.parse(b.lastTimestamp) - Date.parse(a.lastTimestamp);
-  return t !== 0 ? t : (b.lastMessageId ?? "").localeCompare(a.lastMessageId ?? "");
+  return t !== 0 ? t : compare(b.lastMessageId ?? "", a.lastMessageId ?? "");
 }
 
 /** Oldest first. @param {Message} a @param {Message} b */
 export function byOldest(a, b) {
   const t = Date.parse(a.timestamp) - Date.parse(b.timestamp);
-  return t !== 0 ? t : a.messageId.localeCompare(b.messageId);
+  return t !== 0 ? t : compare(a.messageId, b.messageId);
+}
+
+/** Code-unit order, as the stores order ids (and far cheaper than localeCompare). @param {string} a @param {string} b */
+function compare(a, b) {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 /** Whether two records are the same message. @param {Message} a @param {Message} b */
@@ -83,9 +88,11 @@ export function upsertMessage(messages, incoming) {
     next[index] = mergeMessage(messages[index], incoming);
     return next;
   }
-  const next = messages.concat([incoming]);
-  // Usually the newest: only sort when it is not.
-  if (messages.length > 0 && byOldest(messages[messages.length - 1], incoming) > 0) next.sort(byOldest);
+  // Usually the newest: found from the end.
+  let at = messages.length;
+  while (at > 0 && byOldest(messages[at - 1], incoming) > 0) at--;
+  const next = messages.slice();
+  next.splice(at, 0, incoming);
   return next;
 }
 

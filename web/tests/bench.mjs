@@ -35,6 +35,7 @@ while (!seeded && (await total()) < start + 10_000) await sleep(200);
 const browser = await puppeteer.launch({
   executablePath: process.env.CHROMIUM_BIN || "/usr/bin/chromium",
   headless: true,
+  protocolTimeout: 600_000,
   args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync", "--enable-precise-memory-info"],
 });
 try {
@@ -76,9 +77,10 @@ try {
   await page.waitForSelector("[data-message-id]");
   const from = String(first).slice(5);
   for (let batch = 0; batch < 20; batch++) {
-    await webhook(Array.from({ length: 500 }, (_, i) => ({ from, id: `wamid.bench.live.${began}.${batch}.${i}`, timestamp: String(Math.floor(Date.now() / 1000)), type: "text", text: { body: `Live message ${batch * 500 + i}` } })));
+    await webhook(Array.from({ length: 500 }, (_, i) => ({ from, id: `wamid.bench.live.${began}.${String(batch * 500 + i).padStart(5, "0")}`, timestamp: String(Math.floor(Date.now() / 1000)), type: "text", text: { body: `Live message ${batch * 500 + i}` } })));
   }
-  // The chat keeps its newest messages in the DOM: wait for the last one.
+  // The chat keeps its newest messages in the DOM: wait for the last one
+  // (the newest: same second, the highest id).
   await page.waitForFunction(() => !!document.evaluate("//*[@data-message-id][contains(., 'Live message 9999')]", document, null, 9, null).singleNodeValue, { timeout: 300_000, polling: 1000 });
   await page.evaluate(() => new Promise((r) => setTimeout(r, 1000)));
   await cdp.send("HeapProfiler.collectGarbage");
