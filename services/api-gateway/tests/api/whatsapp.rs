@@ -532,8 +532,13 @@ async fn one_message_per_key_under_concurrency(mongo: Mongo) {
     let customer = "447700900108";
     customer_wrote(&stack, customer).await;
     let conversation = format!("conv_{customer}");
+    // 503s retried: a request that got one may have been stored after all,
+    // and its retry is then a repeat (200), so "one 201" holds only
+    // without them.
+    let retried = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let post_all = |key: &'static str, bodies: Vec<Value>| {
         let requests = bodies.into_iter().enumerate().map(|(n, body)| {
+            let retried = retried.clone();
             let http = stack.http.clone();
             let url = format!("{}/api/messages", stack.api[n % 2]);
             async move {
@@ -553,6 +558,7 @@ async fn one_message_per_key_under_concurrency(mongo: Mongo) {
                     if status != 503 {
                         return (status, answer);
                     }
+                    retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 panic!("503 a hundred times");
@@ -566,8 +572,10 @@ async fn one_message_per_key_under_concurrency(mongo: Mongo) {
 
     let same = json!({"conversationId": conversation, "message": "Your parcel left Pune"});
     let answers = post_all("parcel-1", vec![same; 20]).await;
-    assert_eq!(statuses(&answers, 201), 1, "{answers:?}");
-    assert_eq!(statuses(&answers, 200), 19, "{answers:?}");
+    let created = statuses(&answers, 201);
+    assert_eq!(created + statuses(&answers, 200), 20, "{answers:?}");
+    let no_503 = retried.load(std::sync::atomic::Ordering::Relaxed) == 0;
+    assert!(created == 1 || (created == 0 && !no_503), "{answers:?}");
     let ids: std::collections::BTreeSet<String> =
         answers.iter().map(|(_, m)| m["_id"].to_string()).collect();
     assert_eq!(ids.len(), 1, "one message: {ids:?}");
@@ -576,11 +584,14 @@ async fn one_message_per_key_under_concurrency(mongo: Mongo) {
         .map(|n| json!({"conversationId": conversation, "message": format!("variant {n}")}))
         .collect();
     let answers = post_all("parcel-2", different).await;
-    assert_eq!(statuses(&answers, 201), 1, "{answers:?}");
+    let no_503 = retried.load(std::sync::atomic::Ordering::Relaxed) == 0;
+    let created = statuses(&answers, 201);
+    assert!(created == 1 || (created == 0 && !no_503), "{answers:?}");
+    assert_eq!(created + statuses(&answers, 200), 1, "{answers:?}");
     assert_eq!(statuses(&answers, 422), 19, "{answers:?}");
     let stored = answers
         .iter()
-        .find(|(s, _)| *s == 201)
+        .find(|(s, _)| *s == 201 || *s == 200)
         .map(|(_, m)| m["body"].clone())
         .unwrap();
 
