@@ -49,6 +49,9 @@ async fn the_web_inbox_in_headless_chromium() {
         .env("CHROMIUM_BIN", &chromium)
         .env("INBOX_IMAGE_MEDIA_ID", "inboximage1")
         .envs(graph.env())
+        // The fake Graph API's media URLs are on 127.0.0.1, over http.
+        .env("MEDIA_ALLOWED_HOSTS", "127.0.0.1")
+        .env("MEDIA_ALLOW_PRIVATE_ADDRESSES", "true")
         .kill_on_drop(true)
         .status()
         .await
