@@ -23,8 +23,26 @@ use crate::{Options, Row};
 
 /// Words most messages are made of.
 const FILLER: &[&str] = &[
-    "hello", "price", "when", "delivery", "thanks", "please", "tomorrow", "size", "colour", "shop",
-    "नमस्ते", "कीमत", "डिलीवरी", "café", "livraison", "東京", "مرحبا", "box", "gift", "paid",
+    "hello",
+    "price",
+    "when",
+    "delivery",
+    "thanks",
+    "please",
+    "tomorrow",
+    "size",
+    "colour",
+    "shop",
+    "नमस्ते",
+    "कीमत",
+    "डिलीवरी",
+    "café",
+    "livraison",
+    "東京",
+    "مرحبا",
+    "box",
+    "gift",
+    "paid",
 ];
 const COMMON: &str = "nameplate";
 const RARE: &str = "zanzibar";
@@ -32,7 +50,9 @@ const RARE: &str = "zanzibar";
 /// Message `n` of a data set of `total`: filler words, the common word in
 /// one of ten, the rare word in ten messages spread over the set.
 fn message(n: usize, total: usize) -> Message {
-    let mut words: Vec<&str> = (0..8).map(|i| FILLER[(n * 7 + i * 13) % FILLER.len()]).collect();
+    let mut words: Vec<&str> = (0..8)
+        .map(|i| FILLER[(n * 7 + i * 13) % FILLER.len()])
+        .collect();
     if n % 10 == 3 {
         words.push(COMMON);
     }
@@ -67,7 +87,11 @@ async fn load(store: Arc<dyn Store>, total: usize) -> anyhow::Result<f64> {
 }
 
 /// p50/p99 of `q` searched `rounds` times (one at a time), newest 20.
-async fn latency(store: &Arc<dyn Store>, q: &str, rounds: usize) -> anyhow::Result<(String, usize)> {
+async fn latency(
+    store: &Arc<dyn Store>,
+    q: &str,
+    rounds: usize,
+) -> anyhow::Result<(String, usize)> {
     let query = Query::parse(q).map_err(|e| anyhow::anyhow!(e.0))?;
     let mut histogram = new_histogram();
     let mut hits = 0;
@@ -78,10 +102,18 @@ async fn latency(store: &Arc<dyn Store>, q: &str, rounds: usize) -> anyhow::Resu
         hits = page.messages.len();
     }
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    Ok((format!("p50 {:.2} ms, p99 {:.2} ms", ms(0.5), ms(0.99)), hits))
+    Ok((
+        format!("p50 {:.2} ms, p99 {:.2} ms", ms(0.5), ms(0.99)),
+        hits,
+    ))
 }
 
-async fn measure(label: &str, store: Arc<dyn Store>, total: usize, rounds: usize) -> anyhow::Result<Vec<Row>> {
+async fn measure(
+    label: &str,
+    store: Arc<dyn Store>,
+    total: usize,
+    rounds: usize,
+) -> anyhow::Result<Vec<Row>> {
     let loaded_in = load(store.clone(), total).await?;
     let mut rows = vec![Row {
         scenario: format!("search, {label}, {total} messages: stored"),
@@ -129,9 +161,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     let plain = load(Arc::new(store.without_search_index()), sizes[0]).await?;
     std::fs::remove_dir_all(&dir).ok();
     rows.push(Row {
-        scenario: format!("search, SQLite, {} messages: stored without the index", sizes[0]),
+        scenario: format!(
+            "search, SQLite, {} messages: stored without the index",
+            sizes[0]
+        ),
         result: format!("{:.0} messages/s", sizes[0] as f64 / plain),
-        detail: "the same messages and change sets, no FTS5 rows (compare with the row with the index)".to_owned(),
+        detail:
+            "the same messages and change sets, no FTS5 rows (compare with the row with the index)"
+                .to_owned(),
     });
 
     if std::env::var("TEST_MONGODB_URI").is_err() {
