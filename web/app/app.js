@@ -7,7 +7,7 @@ import { io } from "./vendor/socket.io-client-4.8.4.js";
 import { ApiFailure, Unauthorized, post, query, request, setToken, token } from "./api.js";
 import { Chat } from "./chat.js";
 import { Composer } from "./composer.js";
-import { phoneOf } from "./format.js";
+import { listTime, phoneOf } from "./format.js";
 import { ChatIcon, SearchIcon } from "./icons.js";
 import { ConversationList, displayName } from "./list.js";
 import {
@@ -175,6 +175,8 @@ function App() {
   const [state, dispatch] = useReducer(reducer, initial);
   const [search, setSearch] = useState("");
   const [results, setResults] = useState(/** @type {Message[] | null} */ (null));
+  /** The message a search hit opened: scrolled to and marked. */
+  const [found, setFound] = useState(/** @type {{conversationId: string, messageId: string} | null} */ (null));
   const [triedToken, setTriedToken] = useState(false);
   /** Current state for the socket's handlers. */
   const now = useRef(state);
@@ -409,10 +411,37 @@ function App() {
   /** @param {string | null} id @param {boolean} [byKeyboard] */
   const select = (id, byKeyboard = false) => {
     focusComposer.current = !byKeyboard;
+    setFound(null);
     dispatch({ type: "select", id });
     if (!id) return;
     loadMessages(id).catch(fail);
     markRead(id);
+  };
+
+  /**
+   * Opens a search hit's conversation at that message: older pages are
+   * read until it is there (a bounded number of them).
+   * @param {Message} hit
+   */
+  const openHit = async (hit) => {
+    const id = hit.conversationId;
+    focusComposer.current = false;
+    dispatch({ type: "select", id });
+    markRead(id);
+    setFound({ conversationId: id, messageId: hit.messageId });
+    try {
+      await loadMessages(id);
+      const has = () => (now.current.messages[id] || []).some((m) => m.messageId === hit.messageId || m._id === hit._id);
+      // A macrotask between pages: the state the page rendered is what `has` reads.
+      const rendered = () => new Promise((resolve) => setTimeout(resolve, 0));
+      await rendered();
+      for (let page = 0; page < 40 && !has() && now.current.moreMessages[id]; page++) {
+        await olderMessages(id);
+        await rendered();
+      }
+    } catch (e) {
+      fail(e);
+    }
   };
 
   /**
@@ -573,9 +602,16 @@ function App() {
           ? html`<div class="results" role="list" aria-label="Messages found">
               <h2>Messages</h2>
               ${results.map(
-                (m) => html`<div role="listitem" class="result" key=${m._id} onClick=${() => select(m.conversationId)}>
-                  <div class="row-name">${m.direction === "outbound" ? "You" : m.userName || phoneOf(m.conversationId)}</div>
-                  <div class="preview-text">${m.body}</div>
+                (m) => html`<div role="listitem" class="result" key=${m._id}>
+                  <button type="button" class="result-button" onClick=${() => openHit(m)}>
+                    <span class="row-top">
+                      <span class="row-name">${m.conversationName || m.userName || phoneOf(m.conversationId)}</span>
+                      <span class="row-time">${listTime(m.timestamp)}</span>
+                    </span>
+                    <span class="preview-text">${m.direction === "outbound" ? "You: " : ""}${m.highlight
+                      ? m.highlight.map((p) => (p.hit ? html`<mark>${p.text}</mark>` : p.text))
+                      : m.body}</span>
+                  </button>
                 </div>`,
               )}
             </div>`
@@ -592,6 +628,7 @@ function App() {
             onOlder=${() => olderMessages(/** @type {string} */ (state.selected))}
             onBack=${() => select(null)}
             onRetry=${retry}
+            found=${found && found.conversationId === state.selected ? found.messageId : null}
           >
             <${Composer}
               conversationId=${state.selected}

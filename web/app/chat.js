@@ -103,19 +103,20 @@ const PAGE_GUESS = 60;
 /** Types whose bubble ends with a line of text (the time goes on that line). */
 const ENDS_IN_BLOCK = new Set(["image", "video", "audio", "document", "sticker", "location", "contacts"]);
 
-/** @param {{m: Message, byId: Map<string, Message>, reactions: Message[], onRetry: (m: Message) => void, tail: boolean}} props */
-function Bubble({ m, byId, reactions, onRetry, tail }) {
+/** @param {{m: Message, byId: Map<string, Message>, reactions: Message[], onRetry: (m: Message) => void, tail: boolean, found?: boolean}} props */
+function Bubble({ m, byId, reactions, onRetry, tail, found = false }) {
   const outgoing = m.direction === "outbound";
   const failed = outgoing && m.status === "failed";
   const quotedId = m.context?.id || m.context?.message_id;
   const quoted = quotedId ? byId.get(quotedId) : undefined;
   const errorId = `error-${m._id}`;
   return html`<div
-    class=${`message ${outgoing ? "out" : "in"}${tail ? " tail" : ""}${m.type === "sticker" ? " bare" : ""}${failed ? " is-failed" : ""}${
+    class=${`message ${outgoing ? "out" : "in"}${tail ? " tail" : ""}${m.type === "sticker" ? " bare" : ""}${failed ? " is-failed" : ""}${found ? " found" : ""}${
       ENDS_IN_BLOCK.has(m.type) && !m.content?.caption ? " block-end" : ""
     }`}
     data-message-id=${m.messageId}
     data-status=${outgoing ? m.status : undefined}
+    aria-current=${found ? "true" : undefined}
   >
     <div class="bubble">
       ${quotedId
@@ -158,10 +159,11 @@ function Bubble({ m, byId, reactions, onRetry, tail }) {
  *   onOlder: () => Promise<void>,
  *   onBack: () => void,
  *   onRetry: (m: Message) => void,
+ *   found?: string | null,
  *   children?: unknown,
  * }} props
  */
-export function Chat({ conversation, conversationId, messages, more, onOlder, onBack, onRetry, children }) {
+export function Chat({ conversation, conversationId, messages, more, onOlder, onBack, onRetry, found = null, children }) {
   /** @type {{current: HTMLDivElement | null}} */
   const log = useRef(null);
   const stick = useRef(true);
@@ -176,9 +178,26 @@ export function Chat({ conversation, conversationId, messages, more, onOlder, on
     setShown(WINDOW);
   }, [conversationId]);
 
+  // A search hit opened here: its message in the DOM, scrolled to, marked.
+  const foundAt = found ? messages.findIndex((m) => m.messageId === found) : -1;
+  useLayoutEffect(() => {
+    if (foundAt < 0) return;
+    const needed = messages.length - foundAt;
+    if (needed > shown) {
+      setShown(needed + 10);
+      return;
+    }
+    const el = log.current?.querySelector(`[data-message-id="${CSS.escape(/** @type {string} */ (found))}"]`);
+    if (el) {
+      stick.current = false;
+      el.scrollIntoView({ block: "center" });
+    }
+  }, [found, foundAt, shown]);
+
   useLayoutEffect(() => {
     const el = log.current;
     if (!el) return;
+    if (foundAt >= 0) return;
     if (anchor.current) {
       // Older messages went in above: keep what was in view where it was.
       el.scrollTop = el.scrollHeight - anchor.current.height + anchor.current.top;
@@ -251,6 +270,7 @@ export function Chat({ conversation, conversationId, messages, more, onOlder, on
       reactions=${reactionsOf.get(m.messageId) || []}
       onRetry=${onRetry}
       tail=${tail}
+      found=${m.messageId === found}
     />`);
   }
 

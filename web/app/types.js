@@ -46,6 +46,8 @@
  * @property {string} [localPreview] object URL of a file being sent (ours)
  * @property {() => void} [retry] how to send it again (ours: a send the API refused)
  * @property {boolean} [retried] sent again already (ours)
+ * @property {string} [conversationName] its conversation's name (search hits)
+ * @property {{text: string, hit: boolean}[]} [highlight] its text in pieces, the matched words marked (search hits)
  */
 
 /**

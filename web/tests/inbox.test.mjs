@@ -402,6 +402,29 @@ test("search filters by name and number", async () => {
   });
 });
 
+test("search shows message hits with their words marked; a hit opens its chat at that message", async () => {
+  await page.click(`${SEARCH}`);
+  await page.type(SEARCH, "tracking num");
+  const HIT = '::-p-aria([name="Messages found"]) button';
+  await page.waitForSelector(HIT, { timeout: 5000 });
+  const marked = await page.$$eval('[aria-label="Messages found"] mark', (ms) => ms.map((m) => m.textContent));
+  assert.deepEqual(marked, ["tracking", "number"]);
+  await page.click(HIT);
+  await page.waitForSelector(`${LOG} [aria-current="true"]`, { timeout: 5000 });
+  const found = await page.$eval('[role="log"] [aria-current="true"]', (el) => {
+    const box = el.getBoundingClientRect();
+    const log = /** @type {Element} */ (el.closest('[role="log"]')).getBoundingClientRect();
+    return { text: el.textContent || "", visible: box.bottom > log.top && box.top < log.bottom };
+  });
+  assert.ok(found.text.includes("Thanks, got the tracking number"), found.text);
+  assert.ok(found.visible, "scrolled into view");
+  await page.$eval(SEARCH, (e) => {
+    e.value = "";
+    e.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+  await page.waitForSelector(`[role="option"][aria-selected="true"][data-conversation-id="conv_${ADA}"]`, { timeout: 5000 });
+});
+
 test("no console errors so far", () => {
   assert.deepEqual(errors, []);
 });
