@@ -8,11 +8,17 @@ function startOfDay(d) {
   return new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
 }
 
+/** One formatter for every bubble: `toLocaleTimeString` with options builds a new one per call. */
+const CLOCK = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const WEEKDAY = new Intl.DateTimeFormat([], { weekday: "long" });
+const DATE = new Intl.DateTimeFormat([], { day: "2-digit", month: "2-digit", year: "numeric" });
+const LONG_DATE = new Intl.DateTimeFormat([], { day: "numeric", month: "long", year: "numeric" });
+
 /** @param {string} iso @returns {string} "14:05" */
 export function clock(iso) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return "";
-  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return CLOCK.format(d);
 }
 
 /**
@@ -27,8 +33,8 @@ export function listTime(iso, now = new Date()) {
   const days = Math.round((startOfDay(now) - startOfDay(d)) / DAY);
   if (days <= 0) return clock(iso);
   if (days === 1) return "Yesterday";
-  if (days < 7) return d.toLocaleDateString([], { weekday: "long" });
-  return d.toLocaleDateString([], { day: "2-digit", month: "2-digit", year: "numeric" });
+  if (days < 7) return WEEKDAY.format(d);
+  return DATE.format(d);
 }
 
 /**
@@ -42,8 +48,8 @@ export function dayLabel(iso, now = new Date()) {
   const days = Math.round((startOfDay(now) - startOfDay(d)) / DAY);
   if (days <= 0) return "Today";
   if (days === 1) return "Yesterday";
-  if (days < 7) return d.toLocaleDateString([], { weekday: "long" });
-  return d.toLocaleDateString([], { day: "numeric", month: "long", year: "numeric" });
+  if (days < 7) return WEEKDAY.format(d);
+  return LONG_DATE.format(d);
 }
 
 /** @param {string} iso */
