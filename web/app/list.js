@@ -136,7 +136,7 @@ export function ConversationList({ conversations, selected, onSelect, onMore, mo
     >
       ${rows}
     </div>
-    ${count === 0 ? html`<p class="list-empty">No conversations</p>` : null}
+    ${count === 0 && !children ? html`<p class="list-empty">No conversations</p>` : null}
     ${children}
   </div>`;
 }

@@ -141,7 +141,14 @@ export function conversationsWithMessage(list, m, countUnread) {
   const index = list.findIndex((c) => c.conversationId === m.conversationId);
   const old = index >= 0 ? list[index] : undefined;
   if (old && (old.lastMessageId === m.messageId || old.lastMessageId === m._id)) return list;
-  if (old && Date.parse(old.lastTimestamp) > Date.parse(m.timestamp)) return list;
+  if (old && Date.parse(old.lastTimestamp) > Date.parse(m.timestamp)) {
+    // Not the newest (WhatsApp's times are whole seconds): it still opens
+    // the 24-hour window.
+    const opened = windowAfter(old, m);
+    return opened === old.windowExpiresAt
+      ? list
+      : list.map((c, i) => (i === index ? { ...c, windowExpiresAt: opened } : c));
+  }
   /** @type {Conversation} */
   const updated = {
     ...(old ?? {
@@ -162,12 +169,25 @@ export function conversationsWithMessage(list, m, countUnread) {
   if (m.direction === "inbound") {
     if (m.userName && !m.userName.startsWith("+")) updated.userName = m.userName;
     if (countUnread) updated.unreadCount = (old?.unreadCount ?? 0) + 1;
-    // A customer's message opens the 24-hour window.
-    const closes = new Date(Date.parse(m.timestamp) + 24 * 3600 * 1000).toISOString();
-    if (!updated.windowExpiresAt || updated.windowExpiresAt < closes) updated.windowExpiresAt = closes;
+    updated.windowExpiresAt = windowAfter(updated, m);
   }
   const rest = index >= 0 ? list.slice(0, index).concat(list.slice(index + 1)) : list;
   return [updated].concat(rest);
+}
+
+/**
+ * When the 24-hour window closes after message `m`: a customer's message
+ * opens it for 24 hours from its time (compared as times: the server's and
+ * the browser's ISO strings differ in their fractions).
+ * @param {Conversation} c
+ * @param {Message} m
+ * @returns {string | null | undefined}
+ */
+function windowAfter(c, m) {
+  if (m.direction !== "inbound") return c.windowExpiresAt;
+  const closes = Date.parse(m.timestamp) + 24 * 3600 * 1000;
+  const now = c.windowExpiresAt ? Date.parse(c.windowExpiresAt) : Number.NaN;
+  return Number.isNaN(now) || now < closes ? new Date(closes).toISOString() : c.windowExpiresAt;
 }
 
 /**

@@ -362,6 +362,12 @@ test("a closed 24-hour window offers a template, which is sent", async () => {
   await page.type('::-p-aria([name="Parameters (one per line)"])', "A-1042");
   await page.click('::-p-aria([name="Send template"][role="button"])');
   await waitBubble(page, "order_update", "sent");
+  // The customer answers (in whole seconds, so a moment "before" the
+  // template): the window opens and the notice goes, without a reload.
+  const waId = old.conversationId.replace("conv_", "");
+  await server.webhook(inbound(waId, old.userName, "Yes please, send it"));
+  await waitBubble(page, "Yes please, send it");
+  await page.waitForFunction(() => !document.body.innerText.includes("The 24-hour window is closed"), { timeout: 5000 });
 });
 
 test("an image message shows the image", { skip: !IMAGE_ID && "no INBOX_IMAGE_MEDIA_ID" }, async () => {
