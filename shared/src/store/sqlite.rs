@@ -745,14 +745,18 @@ fn send_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedSend> {
     Ok(send)
 }
 
+/// Whether a table of an older store has the column yet.
+fn has_column(t: &Transaction<'_>, table: &str, column: &str) -> rusqlite::Result<bool> {
+    t.prepare(&format!(
+        "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+    ))?
+    .exists([column])
+}
+
 /// Sends carry their conversation and place in its queue (columns added
 /// to stores created before; sends queued then keep their due time's order).
 fn add_send_order(t: &Transaction<'_>) -> Result<(), Error> {
-    let has_order: bool = t
-        .prepare_cached("SELECT COUNT(*) FROM pragma_table_info('sends') WHERE name = 'ord'")?
-        .query_row([], |r| r.get::<_, i64>(0))?
-        > 0;
-    if !has_order {
+    if !has_column(t, "sends", "ord")? {
         // `ord`: when it was queued, in microseconds (its due time's for
         // sends queued without the time).
         t.execute_batch(
@@ -764,11 +768,7 @@ fn add_send_order(t: &Transaction<'_>) -> Result<(), Error> {
                     due * 1000);",
         )?;
     }
-    let has_held: bool = t
-        .prepare_cached("SELECT COUNT(*) FROM pragma_table_info('sends') WHERE name = 'held'")?
-        .query_row([], |r| r.get::<_, i64>(0))?
-        > 0;
-    if !has_held {
+    if !has_column(t, "sends", "held")? {
         t.execute_batch("ALTER TABLE sends ADD COLUMN held INTEGER NOT NULL DEFAULT 0;")?;
     }
     t.execute_batch(
@@ -780,16 +780,10 @@ fn add_send_order(t: &Transaction<'_>) -> Result<(), Error> {
 /// Version 3 keeps WhatsApp's id apart from a message's key, and the time
 /// of each conversation's newest inbound message.
 fn migrate_to_v3(t: &Transaction<'_>) -> Result<(), Error> {
-    let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
-        t.prepare(&format!(
-            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
-        ))?
-        .exists([column])
-    };
-    if !has_column("messages", "message_id")? {
+    if !has_column(t, "messages", "message_id")? {
         t.execute_batch("ALTER TABLE messages ADD COLUMN message_id TEXT")?;
     }
-    if !has_column("summaries", "last_inbound_ts")? {
+    if !has_column(t, "summaries", "last_inbound_ts")? {
         t.execute_batch("ALTER TABLE summaries ADD COLUMN last_inbound_ts INTEGER")?;
     }
     t.execute_batch(

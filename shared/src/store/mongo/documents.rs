@@ -31,7 +31,7 @@ pub fn message_to_document(message: &Message) -> StoreResult<Document> {
         .collect();
     document.insert("statusTimestamps", times);
     document.insert("statusRank", status_rank(&message.status).unwrap_or(0));
-    document.insert(super::search::SEARCH, super::search::search_field(message));
+    document.insert(super::search::SEARCH, crate::search::message_words(message));
     Ok(document)
 }
 

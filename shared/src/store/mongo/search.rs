@@ -18,11 +18,6 @@ pub const SEARCH: &str = "search";
 /// Messages indexed per round of the backfill.
 const BACKFILL_BATCH: i64 = 500;
 
-/// The field as stored with a message.
-pub fn search_field(message: &Message) -> Vec<String> {
-    search::message_words(message)
-}
-
 impl MongoStore {
     pub(super) async fn search_messages(
         &self,
@@ -152,7 +147,7 @@ async fn backfill_all(store: &MongoStore) -> StoreResult<()> {
             let Ok(id) = document.get_str("_id").map(str::to_owned) else {
                 continue;
             };
-            let words = search_field(&message_from_document(document)?);
+            let words = search::message_words(&message_from_document(document)?);
             messages
                 .update_one(doc! {"_id": &id}, doc! {"$set": {SEARCH: words}})
                 .await
