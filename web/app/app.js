@@ -258,7 +258,15 @@ function App() {
 
   // The live connection first, then REST: nothing falls in between.
   useEffect(() => {
-    const socket = io({ auth: { token: token() }, reconnectionDelayMax: 3000 });
+    // WebSocket first, long-polling only where it fails: a session the
+    // client closes (signing in, leaving) has no poll left hanging to be
+    // answered 400, and connecting takes one round trip less.
+    const socket = io({
+      auth: { token: token() },
+      reconnectionDelayMax: 3000,
+      transports: ["websocket", "polling"],
+      tryAllTransports: true,
+    });
     socketRef.current = socket;
     let loaded = false;
     /** @param {{seq?: number}} event */

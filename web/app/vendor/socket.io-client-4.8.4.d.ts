@@ -15,6 +15,7 @@ export interface Options {
   auth?: Record<string, unknown>;
   path?: string;
   transports?: string[];
+  tryAllTransports?: boolean;
   reconnectionDelayMax?: number;
 }
 export function io(options?: Options): Socket;
