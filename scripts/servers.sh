@@ -127,7 +127,7 @@ export NATS_SERVER_BIN
 
 # --- 1b. Node.js and the official socket.io-client ---------------------------
 # The Socket.IO tests drive a real socket.io-client v4 under Node.js.
-SIO_CLIENT="$ROOT/shared/test-support/socketio-client"
+SIO_CLIENT="$ROOT/crates/test-support/socketio-client"
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     is_root || die "node and npm not found; install Node.js (Debian: apt-get install nodejs npm)"
     log "installing nodejs and npm (apt)"

@@ -88,6 +88,16 @@ if [ "${SKIP_LINT:-0}" != "1" ]; then
 else
     log "SKIP_LINT=1: skipping fmt, cargo deny, clippy and tsc"
 fi
+# The layers (CONTRIBUTING.md): the rules depend on nothing that does I/O,
+# and the webhook-gateway links no database and no HTTP client.
+log "cargo tree: the layers hold"
+layer_violation() { # crate, pattern of what it must not depend on
+    cargo tree -p "$1" -e normal --prefix none --format '{p}' | { grep -E "^($2) v" || true; } | sort -u
+}
+bad="$(layer_violation wa-core 'tokio|mongodb|rusqlite|reqwest|async-nats|axum|clap|utoipa')"
+[ -z "$bad" ] || die "wa-core must stay pure, but depends on: $bad"
+bad="$(layer_violation webhook-gateway 'mongodb|rusqlite|reqwest')"
+[ -z "$bad" ] || die "webhook-gateway must link no store or HTTP client, but depends on: $bad"
 log "docker-compose config -q (the stack and the all-in-one profile)"
 docker-compose -f docker-compose.yml config -q
 docker-compose -f docker-compose.yml --profile all-in-one config -q

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use shared::broker::nats::Names;
-use shared::domain::{Event, Message};
+use wa_broker_nats::Names;
+use wa_core::domain::{Event, Message};
 
 use crate::services::{Service, stack_env};
 use crate::socketio::{Clients, now_micros};

@@ -216,7 +216,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     }
 
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    let subject = shared::broker::Names::new(&namespace).webhooks();
+    let subject = wa_broker_nats::Names::new(&namespace).webhooks();
     let (own_before, nats_before) = (own_cpu(), nats_cpu());
     let measured = closed_loop(options.connections, options.duration(), move |worker, n| {
         let (js, subject) = (js.clone(), subject.clone());

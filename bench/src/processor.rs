@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use shared::domain::RawPayload;
-use shared::processing::Processor;
-use shared::store::Store;
-use shared::store::mongo::MongoStore;
-use shared::store::sqlite::SqliteStore;
+use wa_core::domain::RawPayload;
+use wa_engine::processing::Processor;
+use wa_store::Store;
+use wa_store_mongo::MongoStore;
+use wa_store_sqlite::SqliteStore;
 
 use crate::ingest::webhook;
 use crate::services::mongo_label;
@@ -77,11 +77,11 @@ async fn measure(
             .iter()
             .map(|body| {
                 let raw = RawPayload {
-                    id: shared::broker::payload_id(body),
+                    id: wa_broker::payload_id(body),
                     body: body.clone(),
                     received_at: chrono::Utc::now(),
                 };
-                shared::webhook::parse(body).map(|parsed| (raw, parsed))
+                wa_core::webhook::parse(body).map(|parsed| (raw, parsed))
             })
             .collect::<Result<Vec<_>, _>>()?;
         processor.process(parsed).await?;
@@ -107,12 +107,12 @@ fn parse_cost(total: usize) -> anyhow::Result<Row> {
         .collect();
     let started = Instant::now();
     for body in &bodies {
-        shared::webhook::parse(body)?;
+        wa_core::webhook::parse(body)?;
     }
     let parse = started.elapsed();
     let started = Instant::now();
     for body in &bodies {
-        std::hint::black_box(shared::broker::payload_id(body));
+        std::hint::black_box(wa_broker::payload_id(body));
     }
     let hash = started.elapsed();
     let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / bodies.len() as f64;

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use shared::domain::{Message, conversation_id};
-use shared::plan::Batch;
-use shared::processing::Processor;
-use shared::store::Store;
-use shared::store::mongo::MongoStore;
-use shared::store::sqlite::SqliteStore;
+use wa_core::domain::{Message, conversation_id};
+use wa_core::plan::Batch;
+use wa_engine::processing::Processor;
+use wa_store::Store;
+use wa_store_mongo::MongoStore;
+use wa_store_sqlite::SqliteStore;
 
 use crate::load::closed_loop;
 use crate::services::{Service, mongo_label, stack_env};

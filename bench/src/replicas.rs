@@ -98,7 +98,7 @@ async fn leader_change(cluster: &mut NatsCluster) -> anyhow::Result<Row> {
         ],
     )
     .await?;
-    let stream = shared::broker::Names::new(&namespace).webhook_stream();
+    let stream = wa_broker_nats::Names::new(&namespace).webhook_stream();
     let url = format!("{}/webhook", gateway.url());
     let client = reqwest::Client::new();
     // Warm: the streams exist and have a leader.

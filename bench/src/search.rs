@@ -9,13 +9,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use shared::domain::Message;
-use shared::plan::Batch;
-use shared::processing::Processor;
-use shared::search::Query;
-use shared::store::mongo::MongoStore;
-use shared::store::sqlite::SqliteStore;
-use shared::store::{SearchScope, Store};
+use wa_core::domain::Message;
+use wa_core::plan::Batch;
+use wa_core::search::Query;
+use wa_engine::processing::Processor;
+use wa_store::{SearchScope, Store};
+use wa_store_mongo::MongoStore;
+use wa_store_sqlite::SqliteStore;
 
 use crate::load::new_histogram;
 use crate::services::mongo_label;

@@ -128,7 +128,7 @@ struct Build {
 
 struct Queue {
     js: jetstream::Context,
-    names: shared::broker::Names,
+    names: wa_broker_nats::Names,
     namespace: String,
 }
 
@@ -165,7 +165,7 @@ impl Running {
             services: vec![gateway, processor],
             queue: Some(Queue {
                 js: jetstream::new(async_nats::connect(nats.url()).await?),
-                names: shared::broker::Names::new(&namespace),
+                names: wa_broker_nats::Names::new(&namespace),
                 namespace: namespace.clone(),
             }),
             _nats: Some(nats),
@@ -331,7 +331,7 @@ async fn preload(
             );
             async move {
                 let message = PublishMessage::build()
-                    .message_id(shared::broker::payload_id(&body))
+                    .message_id(wa_broker::payload_id(&body))
                     .payload(body.into());
                 js.send_publish(subject, message).await?.await?;
                 anyhow::Ok(())
@@ -392,9 +392,9 @@ async fn preload(
 /// (every payload stored and acknowledged), else 0.
 async fn processor_idle(
     js: &jetstream::Context,
-    names: &shared::broker::Names,
+    names: &wa_broker_nats::Names,
 ) -> anyhow::Result<u64> {
-    use shared::broker::nats::PROCESSOR_CONSUMER;
+    use wa_broker_nats::PROCESSOR_CONSUMER;
     let stream = js.get_stream(names.webhook_stream()).await?;
     // Not there yet: the processor has not started consuming.
     let Ok(mut consumer) = stream
@@ -765,7 +765,7 @@ pub async fn crash(options: &Options) -> anyhow::Result<Vec<Row>> {
         // Summaries follow the inserts: wait until the processor has
         // nothing left, pending or unacknowledged, before reading them.
         let js = jetstream::new(async_nats::connect(nats.url()).await?);
-        let names = shared::broker::Names::new(&namespace);
+        let names = wa_broker_nats::Names::new(&namespace);
         let (idle, _) = wait_for(1, Duration::from_secs(60), Duration::from_secs(1), false, || {
             processor_idle(&js, &names)
         })

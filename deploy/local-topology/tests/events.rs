@@ -153,7 +153,7 @@ async fn every_stored_message_reaches_every_client_once_through_crashes() {
     // and before the rest of its batch leaves that to the redelivery, an
     // ack wait later. So: every payload acknowledged...
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let names = shared::broker::Names::new(&stack.namespace);
+    let names = wa_broker_nats::Names::new(&stack.namespace);
     test_support::wait_until_drained(&js, &names.webhook_stream(), WAIT).await;
     // ...and events a killed processor committed but did not relay taken
     // to the log by the sweeper, a few seconds later.

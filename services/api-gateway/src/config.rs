@@ -1,6 +1,8 @@
 use clap::Parser;
-use shared::config::{ApiConfig, LimitsConfig, LogConfig, MongoConfig, NatsConfig};
-use shared::graph::GraphConfig;
+use wa_broker_nats::config::NatsConfig;
+use wa_graph::GraphConfig;
+use wa_service::config::{ApiConfig, LimitsConfig, LogConfig};
+use wa_store_mongo::MongoConfig;
 
 use crate::media::MediaSettings;
 

@@ -21,19 +21,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use shared::access::Tokens;
-use shared::broker::nats::NatsBroker;
-use shared::broker::{EventBus, Queue};
-use shared::config::{ApiConfig, LimitsConfig};
-use shared::graph::Graph;
-use shared::http::{ops_routes, readiness};
-use shared::processing::Processor;
-use shared::relay::Relay;
-use shared::store::Store;
-use shared::store::mongo::MongoStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use wa_broker::{EventBus, Queue};
+use wa_broker_nats::NatsBroker;
+use wa_engine::processing::Processor;
+use wa_engine::relay::Relay;
+use wa_graph::Graph;
+use wa_service::access::Tokens;
+use wa_service::config::{ApiConfig, LimitsConfig};
+use wa_service::http::{ops_routes, readiness};
+use wa_store::Store;
+use wa_store_mongo::MongoStore;
 
 pub use config::Config;
 pub use media::{MediaConfig, MediaSettings};
@@ -120,19 +120,20 @@ pub fn api_router(
     );
     // Rate limits on the REST API only: health checks and Meta's webhook
     // deliveries are not a client's traffic.
-    let rest = shared::access::rate_limited(routes::router(state.clone()), config.rate_limit())?;
+    let rest =
+        wa_service::access::rate_limited(routes::router(state.clone()), config.rate_limit())?;
     let guarded = rest
         .merge(others)
         // The web inbox at `/`: public static files; the API keeps its tokens.
         .merge(inbox::routes())
         .layer(axum::middleware::from_fn_with_state(
-            shared::access::TokenGuard {
+            wa_service::access::TokenGuard {
                 tokens: access.tokens.clone(),
-                failures: shared::access::PerIp::new(config.rate_limit()),
+                failures: wa_service::access::PerIp::new(config.rate_limit()),
             },
-            shared::access::require_token,
+            wa_service::access::require_token,
         ));
-    let inner = shared::http::service(guarded, &access.limits);
+    let inner = wa_service::http::service(guarded, &access.limits);
     // Socket.IO wraps the whole router as one service: each `layer()` call
     // makes its own engine (sessions), and `Router::layer` would call it
     // once per route, so polling requests would land on different engines.
@@ -141,10 +142,10 @@ pub fn api_router(
         .layer(tower::util::MapRequestLayer::new(
             realtime::detach_from_read_buffer::<axum::body::Body>,
         ));
-    if let Some(handshakes) = shared::access::PerIp::new(config.rate_limit()) {
+    if let Some(handshakes) = wa_service::access::PerIp::new(config.rate_limit()) {
         router = router.layer(axum::middleware::from_fn_with_state(
             handshakes,
-            shared::access::limit_handshakes,
+            wa_service::access::limit_handshakes,
         ));
     }
     Ok(Api {
@@ -178,7 +179,7 @@ impl Application {
             .with_streams(config.nats.streams.clone()),
         );
         let graph = config.graph.client()?;
-        shared::graph::announce(graph.as_ref());
+        wa_graph::announce(graph.as_ref());
         let state = ApiState::new(store.clone(), broker.clone(), graph).with_media(
             MediaConfig::open(&config.media, &media::default_cache_dir())?,
         );
@@ -194,7 +195,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        shared::http::local_port(&self.listener)
+        wa_service::http::local_port(&self.listener)
     }
 
     /// Serves until `shutdown`; Socket.IO clients are then disconnected with
@@ -227,7 +228,7 @@ impl Api {
             io.clone(),
             shutdown.clone(),
         ));
-        shared::server::serve(listener, router, header_read_timeout, async move {
+        wa_service::server::serve(listener, router, header_read_timeout, async move {
             shutdown.cancelled().await;
             io.close().await;
         })

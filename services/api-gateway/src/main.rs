@@ -3,9 +3,9 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::config::load_dotenv();
+    wa_service::config::load_dotenv();
     let config = Config::parse();
-    shared::config::init_tracing(&config.log);
+    wa_service::config::init_tracing(&config.log);
     let app = Application::build(config).await?;
-    shared::http::run_until_signalled(|stop| app.run_until_stopped(stop)).await
+    wa_service::http::run_until_signalled(|stop| app.run_until_stopped(stop)).await
 }

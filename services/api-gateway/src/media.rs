@@ -23,10 +23,10 @@ use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use serde::Serialize;
-use shared::graph::{Graph, GraphError, META_MEDIA_HOSTS, MediaError, MediaFence};
-use shared::http::ApiError;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tokio::sync::Semaphore;
+use wa_graph::{Graph, GraphError, META_MEDIA_HOSTS, MediaError, MediaFence};
+use wa_service::http::ApiError;
 
 use crate::ApiState;
 use crate::media_cache::{CachedMedia, EntryWriter, MediaCache, TempFile};

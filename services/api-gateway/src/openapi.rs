@@ -23,7 +23,7 @@ use crate::routes;
         crate::media::download,
         crate::media::upload,
     ),
-    components(schemas(ErrorBody, shared::domain::StatusUpdate))
+    components(schemas(ErrorBody, wa_core::domain::StatusUpdate))
 )]
 pub struct ApiDoc;
 
@@ -31,7 +31,7 @@ pub struct ApiDoc;
 /// (`data` is the message, or `{messageId, status, conversationId,
 /// timestamp}`).
 #[derive(Serialize, utoipa::ToSchema)]
-#[allow(dead_code)] // documents the shape; responses serialise `shared::domain::Sequenced`
+#[allow(dead_code)] // documents the shape; responses serialise `wa_core::domain::Sequenced`
 pub struct SequencedEvent {
     seq: u64,
     event: String,

@@ -21,10 +21,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use futures::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use shared::access::Tokens;
-use shared::broker::{EventBus, ReadError};
-use shared::domain::{Sequenced, is_conversation_id};
-use shared::http::ReadinessCheck;
 use socketioxide::SendError;
 use socketioxide::SocketError;
 use socketioxide::SocketIo;
@@ -32,6 +28,10 @@ use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use tokio_util::sync::CancellationToken;
+use wa_broker::{EventBus, ReadError};
+use wa_core::domain::{Sequenced, is_conversation_id};
+use wa_service::access::Tokens;
+use wa_service::http::ReadinessCheck;
 
 /// Room of sockets that get every event.
 const ALL: &str = "*";

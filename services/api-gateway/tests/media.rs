@@ -16,13 +16,13 @@ use std::time::Duration;
 use api_gateway::{Access, ApiState, MediaConfig, api_router};
 use clap::Parser;
 use serde_json::Value;
-use shared::broker::embedded::EmbeddedEvents;
-use shared::store::Store;
-use shared::store::sqlite::SqliteStore;
 use test_support::graph::{FakeGraph, TOKEN, generated_bytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wa_broker_embedded::EmbeddedEvents;
+use wa_store::Store;
+use wa_store_sqlite::SqliteStore;
 
 const MB: u64 = 1024 * 1024;
 /// What lets the API fetch the fake's media URLs (127.0.0.1, plain http).

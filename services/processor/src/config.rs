@@ -1,7 +1,9 @@
 use clap::Parser;
-use shared::access::MetricsAccess;
-use shared::config::{LimitsConfig, LogConfig, MongoConfig, NatsConfig, WorkerConfig};
-use shared::graph::GraphConfig;
+use wa_broker_nats::config::NatsConfig;
+use wa_graph::GraphConfig;
+use wa_service::access::MetricsAccess;
+use wa_service::config::{LimitsConfig, LogConfig, WorkerConfig};
+use wa_store_mongo::MongoConfig;
 
 /// Consumes webhooks from NATS JetStream, stores them in MongoDB and
 /// publishes `newMessage` / `statusUpdate` events.

@@ -4,7 +4,7 @@
 //! the event log the api-gateways read. Run as many replicas as you like:
 //! they share one durable consumer, so each payload is handled by one of
 //! them at a time. With `WHATSAPP_ACCESS_TOKEN` set, each also runs a
-//! sender ([`shared::sender`]): the messages the API queued go to
+//! sender ([`wa_engine::sender`]): the messages the API queued go to
 //! WhatsApp's Cloud API.
 
 mod config;
@@ -12,17 +12,17 @@ mod config;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::broker::nats::NatsBroker;
-use shared::broker::{EventBus, Queue};
-use shared::http::{ops_routes, readiness};
-use shared::processing::Processor;
-use shared::relay::Relay;
-use shared::sender::Sender;
-use shared::store::Store;
-use shared::store::mongo::MongoStore;
-use shared::worker::Worker;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wa_broker::{EventBus, Queue};
+use wa_broker_nats::NatsBroker;
+use wa_engine::processing::Processor;
+use wa_engine::relay::Relay;
+use wa_engine::sender::Sender;
+use wa_engine::worker::Worker;
+use wa_service::http::{ops_routes, readiness};
+use wa_store::Store;
+use wa_store_mongo::MongoStore;
 
 pub use config::Config;
 
@@ -57,7 +57,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        shared::http::local_port(&self.listener)
+        wa_service::http::local_port(&self.listener)
     }
 
     /// Runs the worker and the health endpoints until `shutdown` is
@@ -68,11 +68,11 @@ impl Application {
         let ready = readiness(queue, Some(store));
         let router = ops_routes(ready).layer(axum::middleware::from_fn_with_state(
             self.config.metrics.tokens()?,
-            shared::access::guard_metrics,
+            wa_service::access::guard_metrics,
         ));
-        let router = shared::http::service(router, &self.config.limits);
+        let router = wa_service::http::service(router, &self.config.limits);
         tracing::info!(port = self.port(), "processor health endpoints listening");
-        let server = shared::server::serve(
+        let server = wa_service::server::serve(
             self.listener,
             router,
             self.config.limits.header_read_timeout(),
@@ -81,7 +81,7 @@ impl Application {
         let events: Arc<dyn EventBus> = self.broker.clone();
         let relay = Relay::new(self.store.clone(), events);
         let graph = self.config.graph.client()?;
-        shared::graph::announce(graph.as_ref());
+        wa_graph::announce(graph.as_ref());
         let sender = graph.map(|graph| {
             let sender = Sender::new(
                 Processor::new(self.store.clone()),

@@ -8,8 +8,8 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use shared::http::ApiError;
 use tokio::sync::Semaphore;
+use wa_service::http::ApiError;
 
 /// Counted in KiB, so that a budget of any size fits a semaphore's permits.
 const UNIT: usize = 1024;

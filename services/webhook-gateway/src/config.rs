@@ -1,5 +1,6 @@
 use clap::Parser;
-use shared::config::{LimitsConfig, LogConfig, NatsConfig, WebhookConfig};
+use wa_broker_nats::config::NatsConfig;
+use wa_service::config::{LimitsConfig, LogConfig, WebhookConfig};
 
 /// Receives WhatsApp webhooks and publishes them to NATS JetStream.
 #[derive(Debug, Clone, Parser)]
@@ -21,7 +22,7 @@ pub struct Config {
     #[command(flatten)]
     pub limits: LimitsConfig,
     #[command(flatten)]
-    pub metrics: shared::access::MetricsAccess,
+    pub metrics: wa_service::access::MetricsAccess,
     #[command(flatten)]
     pub nats: NatsConfig,
     #[command(flatten)]

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use shared::broker::nats::NatsBroker;
-use shared::broker::{Queue, retry_until};
-use shared::config::WebhookConfig;
-use shared::http::{ops_routes, readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wa_broker::{Queue, retry_until};
+use wa_broker_nats::NatsBroker;
+use wa_service::config::WebhookConfig;
+use wa_service::http::{ops_routes, readiness};
 
 pub use budget::BodyBudget;
 pub use config::Config;
@@ -50,7 +50,7 @@ impl WebhookState {
             app_secret: app_secret.map(|s| s.into_bytes().into()),
             body_limit: config.body_limit,
             budget: BodyBudget::new(
-                shared::config::LimitsConfig::default().body_budget_bytes,
+                wa_service::config::LimitsConfig::default().body_budget_bytes,
                 config.body_limit,
             ),
         }
@@ -99,10 +99,10 @@ impl Application {
         let router = webhook_routes(webhooks).merge(ops_routes(ready)).layer(
             axum::middleware::from_fn_with_state(
                 config.metrics.tokens()?,
-                shared::access::guard_metrics,
+                wa_service::access::guard_metrics,
             ),
         );
-        let router = shared::http::service(router, &config.limits);
+        let router = wa_service::http::service(router, &config.limits);
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
             listener,
@@ -113,7 +113,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        shared::http::local_port(&self.listener)
+        wa_service::http::local_port(&self.listener)
     }
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests
@@ -129,7 +129,7 @@ impl Application {
             .await;
         });
         tracing::info!(port = self.port(), "webhook-gateway listening");
-        shared::server::serve(
+        wa_service::server::serve(
             self.listener,
             self.router,
             self.header_read_timeout,

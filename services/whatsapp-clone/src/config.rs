@@ -2,10 +2,9 @@ use std::path::PathBuf;
 
 use api_gateway::MediaSettings;
 use clap::{Args, Parser, Subcommand};
-use shared::config::{
-    ApiConfig, LimitsConfig, LogConfig, StreamSettings, WebhookConfig, WorkerConfig,
-};
-use shared::graph::GraphConfig;
+use wa_broker_nats::config::StreamSettings;
+use wa_graph::GraphConfig;
+use wa_service::config::{ApiConfig, LimitsConfig, LogConfig, WebhookConfig, WorkerConfig};
 
 /// The WhatsApp Web clone backend in one process: webhook gateway,
 /// processor, REST API and Socket.IO on one port, with an embedded store

@@ -59,7 +59,7 @@ fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 /// 0 for files with messages (or that can't be read here: the server will
 /// say why), 1 for files with only statuses.
 fn order(body: &[u8]) -> u8 {
-    match shared::webhook::parse(body) {
+    match wa_core::webhook::parse(body) {
         Ok(parsed) if parsed.messages.is_empty() && !parsed.statuses.is_empty() => 1,
         _ => 0,
     }

@@ -13,18 +13,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_gateway::{Access, Api, ApiState, MediaConfig, api_router};
-use shared::broker::embedded::{EmbeddedEvents, EmbeddedQueue};
-use shared::broker::nats::NatsBroker;
-use shared::broker::{EventBus, Queue};
-use shared::http::{ops_routes, readiness};
-use shared::processing::Processor;
-use shared::sender::Sender;
-use shared::store::Store;
-use shared::store::mongo::MongoStore;
-use shared::store::sqlite::SqliteStore;
-use shared::worker::Worker;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wa_broker::{EventBus, Queue};
+use wa_broker_embedded::{EmbeddedEvents, EmbeddedQueue};
+use wa_broker_nats::NatsBroker;
+use wa_engine::processing::Processor;
+use wa_engine::sender::Sender;
+use wa_engine::worker::Worker;
+use wa_service::http::{ops_routes, readiness};
+use wa_store::Store;
+use wa_store_mongo::MongoStore;
+use wa_store_sqlite::SqliteStore;
 use webhook_gateway::{WebhookState, webhook_routes};
 
 pub use config::{Cli, Command, ImportArgs, ServeConfig};
@@ -81,7 +81,7 @@ impl Application {
         let webhook = WebhookState::new(queue.clone(), &config.webhook)
             .with_body_budget(config.limits.body_budget_bytes);
         let graph = config.graph.client()?;
-        shared::graph::announce(graph.as_ref());
+        wa_graph::announce(graph.as_ref());
         let media = MediaConfig::open(&config.media, &config.data_dir.join("media"))?;
         let state = ApiState::new(store.clone(), events.clone(), graph.clone()).with_media(media);
         let (ready_queue, ready_store) = (queue.clone(), store.clone());
@@ -118,7 +118,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        shared::http::local_port(&self.listener)
+        wa_service::http::local_port(&self.listener)
     }
 
     /// Serves and processes until `shutdown`; the batch in hand is finished.

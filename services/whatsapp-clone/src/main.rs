@@ -3,14 +3,16 @@ use whatsapp_clone::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::config::load_dotenv();
+    wa_service::config::load_dotenv();
     let cli = Cli::parse();
-    shared::config::init_tracing(&cli.log);
+    wa_service::config::init_tracing(&cli.log);
     match cli.command.unwrap_or_default() {
         Command::Serve(config) => {
-            let grace = config.graph.shutdown_grace();
+            let grace = config
+                .graph
+                .shutdown_grace(wa_service::http::SHUTDOWN_GRACE);
             let app = whatsapp_clone::Application::build(*config).await?;
-            shared::http::run_until_signalled_within(grace, |stop| app.run_until_stopped(stop))
+            wa_service::http::run_until_signalled_within(grace, |stop| app.run_until_stopped(stop))
                 .await
         }
         Command::Import(import) => {

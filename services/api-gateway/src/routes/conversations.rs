@@ -2,8 +2,8 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use serde::Serialize;
-use shared::domain::{Conversation, Message};
-use shared::http::ApiError;
+use wa_core::domain::{Conversation, Message};
+use wa_service::http::ApiError;
 
 use super::{PageQuery, check_conversation_id, store_failure};
 use crate::ApiState;

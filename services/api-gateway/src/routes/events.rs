@@ -6,9 +6,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use shared::broker::ReadError;
-use shared::domain::Sequenced;
-use shared::http::ApiError;
+use wa_broker::ReadError;
+use wa_core::domain::Sequenced;
+use wa_service::http::ApiError;
 
 use crate::ApiState;
 

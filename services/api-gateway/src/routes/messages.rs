@@ -1,6 +1,6 @@
 //! `POST /api/messages`: the business sends a message. It is stored, with
 //! its send queued for WhatsApp in the same commit, and answered at once;
-//! the processor's sender sends it (see `shared::sender`).
+//! the processor's sender sends it (see `wa_engine::sender`).
 
 use axum::Json;
 use axum::extract::State;
@@ -8,13 +8,13 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use shared::domain::{
+use wa_core::domain::{
     BUSINESS_USER_NAME, Conversation, Direction, Event, Message, PENDING, QueuedSend,
     conversation_id, is_conversation_id,
 };
-use shared::http::ApiError;
-use shared::outbound::Draft;
-use shared::store::KeyClaim;
+use wa_core::outbound::Draft;
+use wa_service::http::ApiError;
+use wa_store::KeyClaim;
 
 use super::store_failure;
 use crate::ApiState;

@@ -9,9 +9,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use shared::domain::{Page, is_conversation_id};
-use shared::http::ApiError;
-use shared::store::StoreError;
+use wa_core::domain::{Page, is_conversation_id};
+use wa_service::http::ApiError;
+use wa_store::StoreError;
 
 use crate::ApiState;
 

@@ -7,10 +7,10 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
-use shared::domain::Message;
-use shared::http::ApiError;
-use shared::search::{self, Piece};
-use shared::store::{ErrorKind, SearchScope};
+use wa_core::domain::Message;
+use wa_core::search::{self, Piece};
+use wa_service::http::ApiError;
+use wa_store::{ErrorKind, SearchScope};
 
 use super::{check_conversation_id, parse_limit, store_failure};
 use crate::ApiState;

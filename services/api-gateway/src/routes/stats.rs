@@ -1,7 +1,7 @@
 use axum::Json;
 use axum::extract::State;
-use shared::domain::Stats;
-use shared::http::ApiError;
+use wa_core::domain::Stats;
+use wa_service::http::ApiError;
 
 use super::store_failure;
 use crate::ApiState;

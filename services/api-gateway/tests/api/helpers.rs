@@ -3,9 +3,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use clap::Parser;
 use serde_json::Value;
-use shared::broker::Names;
 use test_support::Mongo;
 use tokio_util::sync::CancellationToken;
+use wa_broker_nats::Names;
 
 /// webhook-gateway, processor and `replicas` api-gateways, in this
 /// process, on a fresh namespace and database.

@@ -282,7 +282,7 @@ async fn a_client_slower_than_the_events_catches_up_and_misses_none() {
 async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync() {
     let mut nats = test_support::NatsServer::start().await;
     let namespace = test_support::unique_name("early");
-    let bus = shared::broker::nats::NatsBroker::connect(
+    let bus = wa_broker_nats::NatsBroker::connect(
         &nats.url(),
         &namespace,
         "tests",
@@ -291,7 +291,7 @@ async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync
     .await
     .unwrap();
     bus.ensure_streams().await.unwrap();
-    let earlier = shared::domain::Event::StatusUpdate(shared::domain::StatusUpdate {
+    let earlier = wa_core::domain::Event::StatusUpdate(wa_core::domain::StatusUpdate {
         message_id: "wamid.earlier".to_owned(),
         status: "delivered".to_owned(),
         conversation_id: MARKER.to_owned(),
@@ -300,9 +300,7 @@ async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync
         previous_message_id: None,
         errors: None,
     });
-    shared::broker::EventBus::append(&bus, &[earlier])
-        .await
-        .unwrap();
+    wa_broker::EventBus::append(&bus, &[earlier]).await.unwrap();
     nats.stop();
 
     let nats_args = Nats {

@@ -4,8 +4,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use mongodb::bson::doc;
 
-use shared::store::Store;
-use shared::store::mongo::MongoStore;
+use wa_store::Store;
+use wa_store_mongo::MongoStore;
 
 use crate::helpers::{Pipeline, spawn_gateway_only};
 

@@ -1,5 +1,5 @@
 use futures::StreamExt;
-use shared::domain::Event;
+use wa_core::domain::Event;
 
 use crate::helpers::spawn_pipeline;
 

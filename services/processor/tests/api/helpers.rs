@@ -4,9 +4,11 @@ use async_nats::jetstream;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use processor::{Application, Config};
-use shared::broker::Names;
-use shared::config::{LogConfig, LogFormat, MongoConfig, NatsConfig, WebhookConfig, WorkerConfig};
 use tokio_util::sync::CancellationToken;
+use wa_broker_nats::Names;
+use wa_broker_nats::config::NatsConfig;
+use wa_service::config::{LogConfig, LogFormat, WebhookConfig, WorkerConfig};
+use wa_store_mongo::MongoConfig;
 
 /// A gateway and a processor sharing a fresh namespace and database.
 pub struct Pipeline {
@@ -70,7 +72,7 @@ pub async fn spawn_pipeline() -> Pipeline {
 pub async fn spawn_gateway_only() -> Pipeline {
     // Logs show with RUST_LOG=info (off unless asked for).
     if std::env::var_os("RUST_LOG").is_some() {
-        shared::config::init_tracing(&LogConfig {
+        wa_service::config::init_tracing(&LogConfig {
             log_format: LogFormat::Pretty,
         });
     }

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use mongodb::bson::doc;
-use shared::domain::{BUSINESS_USER_NAME, Direction, Message, PENDING, QueuedSend};
-use shared::processing::Processor;
-use shared::store::Store;
-use shared::store::mongo::MongoStore;
 use test_support::graph::{FakeGraph, Reply};
+use wa_core::domain::{BUSINESS_USER_NAME, Direction, Message, PENDING, QueuedSend};
+use wa_engine::processing::Processor;
+use wa_store::Store;
+use wa_store_mongo::MongoStore;
 
 use crate::helpers::{Pipeline, spawn_gateway_only};
 

@@ -9,9 +9,9 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use shared::broker::{BrokerError, Ingest, payload_id};
-use shared::http::ApiError;
 use subtle::ConstantTimeEq;
+use wa_broker::{BrokerError, Ingest, payload_id};
+use wa_service::http::ApiError;
 
 use crate::{WebhookState, signature};
 
@@ -73,7 +73,8 @@ pub async fn receive(
         signature::verify(secret, header, &body)
             .map_err(|e| reject(StatusCode::UNAUTHORIZED, e))?;
     }
-    let parsed = shared::webhook::parse(&body).map_err(|e| reject(StatusCode::BAD_REQUEST, e.0))?;
+    let parsed =
+        wa_core::webhook::parse(&body).map_err(|e| reject(StatusCode::BAD_REQUEST, e.0))?;
 
     // The body's hash de-duplicates a webhook posted twice.
     let started = Instant::now();

@@ -5,9 +5,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use shared::broker::nats::NatsBroker;
-use shared::broker::{BatchLimits, BrokerError, EventBus, NotReady, Queue};
 use test_support::{KillOnDrop, wait_until};
+use wa_broker::{BatchLimits, BrokerError, EventBus, NotReady, Queue};
+use wa_broker_nats::NatsBroker;
 
 use crate::helpers::{TestApp, config, error_message, spawn_app_with};
 
@@ -121,7 +121,7 @@ async fn a_full_jetstream_is_refused_at_once_and_readiness_says_why() {
     )
     .await
     .unwrap();
-    let event: shared::domain::Event = serde_json::from_value(serde_json::json!({
+    let event: wa_core::domain::Event = serde_json::from_value(serde_json::json!({
         "event": "statusUpdate",
         "data": {"messageId": "wamid.fill0", "status": "read",
                  "conversationId": "conv_447700900123", "timestamp": "2026-12-07T00:00:00Z"}
@@ -186,7 +186,7 @@ async fn a_full_jetstream_is_refused_at_once_and_readiness_says_why() {
 /// out), so a health check and a webhook still get through at once.
 #[tokio::test]
 async fn idle_connections_past_the_fd_limit_do_not_starve_health_checks_and_webhooks() {
-    shared::server::raise_fd_limit();
+    wa_service::server::raise_fd_limit();
     let port = test_support::free_port();
     let namespace = test_support::unique_name("gw-fds");
     let child = std::process::Command::new("sh")
@@ -248,7 +248,7 @@ async fn an_existing_limits_stream_is_kept_and_a_new_one_is_a_work_queue() {
     use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy};
     let js = test_support::jetstream_context().await;
     let namespace = test_support::unique_name("gw-old");
-    let names = shared::broker::Names::new(&namespace);
+    let names = wa_broker_nats::Names::new(&namespace);
     js.create_stream(StreamConfig {
         name: names.webhook_stream(),
         subjects: vec![names.ingest()],

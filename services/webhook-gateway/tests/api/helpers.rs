@@ -1,7 +1,8 @@
 use async_nats::jetstream;
-use shared::broker::Names;
-use shared::config::{LogConfig, LogFormat, NatsConfig, WebhookConfig};
 use tokio_util::sync::CancellationToken;
+use wa_broker_nats::Names;
+use wa_broker_nats::config::NatsConfig;
+use wa_service::config::{LogConfig, LogFormat, WebhookConfig};
 use webhook_gateway::{Application, Config};
 
 pub const VERIFY_TOKEN: &str = "let-me-in";

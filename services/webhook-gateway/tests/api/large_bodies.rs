@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use shared::broker::nats::{BODY_REF, NatsBroker};
-use shared::broker::{BatchLimits, Delivery, Ingest, Queue, payload_id};
 use test_support::NatsServer;
 use tokio::io::AsyncReadExt;
+use wa_broker::{BatchLimits, Delivery, Ingest, Queue, payload_id};
+use wa_broker_nats::{BODY_REF, NatsBroker};
 
 use crate::helpers::{TestApp, error_message, spawn_app_on};
 

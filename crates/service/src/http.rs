@@ -1,0 +1,255 @@
+//! HTTP pieces every service shares: the JSON error type, the operational
+//! endpoints (`/healthz`, `/readyz`, `/metrics`) and shutdown on signals.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LimitsConfig;
+use wa_broker::{NotReady, Queue};
+use wa_store::Store;
+
+/// Every error a service answers with: a status and `{"error": "..."}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    /// A `503` saying in words what is unavailable; the `cause` (a driver's
+    /// text, which can name hosts or users) goes to the log only.
+    pub fn unavailable_because(message: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "{message}");
+        Self::unavailable(message)
+    }
+}
+
+/// `Retry-After` of a `503` that sets none: every refusal says when to
+/// try again (Meta and load balancers have their own schedules; clients
+/// of ours read it).
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, error = %self.message, "request failed");
+        }
+        let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        response
+    }
+}
+
+/// Finishes a service's router with what every request gets: an
+/// `x-request-id` (kept from the caller or generated), echoed in the
+/// response and recorded in the request's log span; a JSON 404 for unknown
+/// paths; a 500 instead of a dropped connection if a handler panics; a
+/// time limit (408) and a bound on requests in flight (503); and JSON
+/// bodies for every error (see [`crate::access::json_errors`]).
+pub fn service(router: Router, limits: &LimitsConfig) -> Router {
+    use crate::access::{InFlight, json_errors, limit_in_flight};
+    use tower_http::catch_panic::CatchPanicLayer;
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::timeout::TimeoutLayer;
+    use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|request: &axum::http::Request<_>| {
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            // The path only: a query can carry a secret (`hub.verify_token`).
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        })
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+    // Every service builds its router here before serving: its connection caps too.
+    crate::server::ConnectionLimits::set_for_process(limits);
+    router
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(limits.request_timeout_secs.max(1)),
+        ))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn_with_state(
+            InFlight::new(limits.max_requests_in_flight),
+            limit_in_flight,
+        ))
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// A readiness check: `Err` names the dependency that is not reachable.
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Ready when the queue can take and give payloads and, if given, the
+/// store answers a ping.
+pub fn readiness(queue: Arc<dyn Queue>, store: Option<Arc<dyn Store>>) -> ReadinessCheck {
+    Arc::new(move || {
+        let (queue, store) = (queue.clone(), store.clone());
+        Box::pin(async move {
+            // Which dependency, in words; its error text only in the log.
+            match queue.ready().await {
+                Ok(()) => {}
+                Err(NotReady::Unreachable(e)) => {
+                    tracing::warn!(error = %e, "not ready: the message queue");
+                    return Err("the message queue is not reachable".to_owned());
+                }
+                Err(NotReady::CannotStore(reason)) => {
+                    return Err(format!("the message queue cannot store: {reason}"));
+                }
+            }
+            if let Some(store) = store
+                && let Err(e) = store.ping().await
+            {
+                tracing::warn!(error = %e, "not ready: the database");
+                return Err("the database is not reachable".to_owned());
+            }
+            Ok(())
+        })
+    })
+}
+
+/// The port a listener got (useful with port 0).
+pub fn local_port(listener: &tokio::net::TcpListener) -> u16 {
+    listener.local_addr().map(|a| a.port()).unwrap_or_default()
+}
+
+/// `/healthz` (the process answers), `/readyz` (its dependencies answer)
+/// and `/metrics` (Prometheus text).
+pub fn ops_routes<S: Clone + Send + Sync + 'static>(ready: ReadinessCheck) -> Router<S> {
+    // Install the recorder now, so metrics recorded before the first scrape count.
+    let metrics = metrics_handle();
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match ready().await {
+                        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+                        Err(e) => ApiError::unavailable(format!("not ready: {e}")).into_response(),
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(move || async move { metrics.render() }))
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was set first; metrics then go there.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Longest a service takes to stop after SIGTERM: past it, whatever it was
+/// finishing (a batch whose store is unreachable, a flush to a NATS server
+/// that is gone) is left to be redelivered, and the process exits.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs a service until SIGINT or SIGTERM, then gives it
+/// [`SHUTDOWN_GRACE`] to stop gracefully before exiting anyway.
+pub async fn run_until_signalled<F, Fut>(run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    run_until_signalled_within(SHUTDOWN_GRACE, run).await
+}
+
+/// Like [`run_until_signalled`] with a longer `grace`: a service that sends
+/// through WhatsApp waits for the answers in flight (up to the Graph
+/// timeout) so that nothing is sent twice after a restart.
+pub async fn run_until_signalled_within<F, Fut>(
+    grace: std::time::Duration,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let token = shutdown_on_signals();
+    let mut running = tokio::spawn(run(token.clone()));
+    tokio::select! {
+        result = &mut running => return result?,
+        () = token.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, &mut running).await {
+        Ok(result) => result?,
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "not stopped within the grace period (a store, broker or WhatsApp not answering): exiting; unfinished work is redelivered"
+            );
+            // Blocking tasks (SQLite, file I/O) would hold the runtime up.
+            std::process::exit(0);
+        }
+    }
+}
+
+/// A token cancelled on SIGINT or SIGTERM: the start of a graceful shutdown.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate => {}
+        }
+        tracing::info!("shutdown signal received");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,561 @@
+//! The MongoDB store (MongoDB 6+).
+//!
+//! Collections: `processed_messages` (one document per message, `_id` =
+//! `messageId` except for messages sent through the API, which keep their
+//! local id as `_id` when `messageId` becomes WhatsApp's), `sends` (the
+//! messages waiting to be sent through WhatsApp), `conversations` (summaries with their counters),
+//! `stats` (the deployment's counters, in [`STATS_SHARDS`] documents),
+//! `pending_statuses` (statuses that arrived before their message),
+//! `webhook_payloads` (raw bodies), `rejected_items` (malformed webhook
+//! items, with the reason), `outbox` (events committed with their
+//! changes, until relayed to the event log) and `meta` (the schema
+//! version). Only
+//! plain CRUD operators are used; a batch costs a handful of round trips
+//! whatever the size of the data (see [`changes`]).
+
+mod changes;
+mod config;
+mod documents;
+mod migrate;
+mod search;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+use tokio::sync::OnceCell;
+
+use documents::{
+    conversation_from_document, integer, message_from_document, store_error, to_bson_date,
+};
+use wa_core::domain::{Conversation, Event, Message, Page, QueuedSend, Stats};
+use wa_core::plan::counts::Counts;
+use wa_core::plan::{ChangeSet, Known, Lookup, PARKED_STATUS_TTL, STATS_SHARDS};
+use wa_store::{KeyClaim, Store, StoreError, StoreResult, conversations_before};
+
+pub use changes::durable;
+pub use config::MongoConfig;
+pub use documents::{message_from_document as read_message, message_to_document};
+
+pub const MESSAGES: &str = "processed_messages";
+pub const CONVERSATIONS: &str = "conversations";
+pub const STATS: &str = "stats";
+pub const PENDING_STATUSES: &str = "pending_statuses";
+pub const PAYLOADS: &str = "webhook_payloads";
+pub const META: &str = "meta";
+pub const OUTBOX: &str = "outbox";
+pub const REJECTED: &str = "rejected_items";
+pub const SENDS: &str = "sends";
+pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
+
+/// `_id` of a stats counter document.
+pub fn stats_id(shard: u32) -> String {
+    format!("shard-{shard:02}")
+}
+
+#[derive(Clone)]
+pub struct MongoStore {
+    db: Database,
+    /// Whether the server runs multi-document transactions (a replica set
+    /// member or mongos), found out on first use.
+    transactions: std::sync::Arc<OnceCell<bool>>,
+    /// Set once the data is known to be in the current schema.
+    current: std::sync::Arc<OnceCell<()>>,
+    /// Tests: the next change set stops after this many steps, as if the
+    /// process died there.
+    stop_after: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl MongoStore {
+    /// Connects to the database named in the URI's path (default
+    /// `whatsapp_clone`). The driver connects lazily; call [`Store::ping`]
+    /// or [`Store::prepare`] to find out whether it is up.
+    pub async fn connect(uri: &str, app_name: &str) -> StoreResult<Self> {
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .map_err(|e| StoreError::rejected(format!("invalid MONGODB_URI: {e}")))?;
+        options.app_name = Some(app_name.to_owned());
+        options.server_selection_timeout = Some(Duration::from_secs(5));
+        options.connect_timeout = Some(Duration::from_secs(5));
+        if options.write_concern.is_none() {
+            options.write_concern = Some(durable());
+        }
+        let database = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| "whatsapp_clone".to_owned());
+        let client = Client::with_options(options).map_err(store_error)?;
+        Ok(Self::from_client(&client, &database))
+    }
+
+    /// A store on a client configured elsewhere (tests watch its commands).
+    pub fn from_client(client: &Client, database: &str) -> Self {
+        Self {
+            db: client.database(database),
+            transactions: Default::default(),
+            current: Default::default(),
+            stop_after: std::sync::Arc::new(usize::MAX.into()),
+        }
+    }
+
+    /// Makes the next change set stop after `steps` of its write steps and
+    /// fail, as a crash there would (for tests of what a retry finishes).
+    #[doc(hidden)]
+    pub fn stop_next_change_set_after(&self, steps: usize) {
+        self.stop_after
+            .store(steps, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn take_stop(&self) -> usize {
+        self.stop_after
+            .swap(usize::MAX, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn collection(&self, name: &str) -> Collection<Document> {
+        self.db.collection(name)
+    }
+
+    /// Transactions need a replica set member or a mongos; a standalone
+    /// server refuses them (and so does nothing claim them falsely).
+    async fn transactions(&self) -> StoreResult<bool> {
+        self.transactions
+            .get_or_try_init(|| async {
+                let hello = self
+                    .db
+                    .run_command(doc! {"hello": 1})
+                    .await
+                    .map_err(store_error)?;
+                let replicated =
+                    hello.get_str("setName").is_ok() || hello.get_str("msg") == Ok("isdbgrid");
+                if replicated {
+                    tracing::info!("MongoDB replica set: each batch is one transaction");
+                } else {
+                    tracing::warn!(
+                        "MongoDB is a standalone server: no transactions; each batch is applied in \
+                         steps that a retry completes (run MongoDB as a replica set, even of one \
+                         member, for atomic batches)"
+                    );
+                }
+                Ok(replicated)
+            })
+            .await
+            .copied()
+    }
+
+    /// Refuses to write into data of an older schema until a processor
+    /// has migrated it (at its start).
+    async fn ensure_current(&self) -> StoreResult<()> {
+        self.current
+            .get_or_try_init(|| async {
+                if migrate::is_current(&self.db).await? {
+                    Ok(())
+                } else {
+                    Err(StoreError::transient(
+                        "the database is being migrated to this version; try again shortly",
+                    ))
+                }
+            })
+            .await
+            .copied()
+    }
+
+    /// Creates the indexes every query relies on; idempotent.
+    async fn ensure_indexes(&self) -> StoreResult<()> {
+        let unique = IndexOptions::builder().unique(true).build();
+        self.collection(MESSAGES)
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! {"messageId": 1})
+                    .options(unique)
+                    .build(),
+                // A conversation's messages, newest first.
+                IndexModel::builder()
+                    .keys(doc! {"conversationId": 1, "timestamp": -1, "messageId": -1})
+                    .build(),
+                // Its messages counted as unread, when it is marked read.
+                IndexModel::builder()
+                    .keys(doc! {"conversationId": 1, documents::SETTLED: 1})
+                    .build(),
+                // Search: a word's messages, newest first, in the order
+                // pages are read (multikey).
+                IndexModel::builder()
+                    .keys(doc! {search::SEARCH: 1, "timestamp": -1, "messageId": -1})
+                    .build(),
+            ])
+            .await
+            .map_err(store_error)?;
+        self.collection(CONVERSATIONS)
+            .create_index(IndexModel::builder().keys(doc! {"sortKey": -1}).build())
+            .await
+            .map_err(store_error)?;
+        let ttl = IndexOptions::builder()
+            .expire_after(PARKED_STATUS_TTL)
+            .build();
+        self.collection(PENDING_STATUSES)
+            .create_indexes([
+                IndexModel::builder().keys(doc! {"messageId": 1}).build(),
+                IndexModel::builder()
+                    .keys(doc! {"parkedAt": 1})
+                    .options(ttl)
+                    .build(),
+            ])
+            .await
+            .map_err(store_error)?;
+        self.collection(OUTBOX)
+            .create_index(IndexModel::builder().keys(doc! {"at": 1, "n": 1}).build())
+            .await
+            .map_err(store_error)?;
+        self.collection(SENDS)
+            .create_indexes([
+                IndexModel::builder().keys(doc! {"due": 1}).build(),
+                // A conversation's first send: the one that may go out
+                // (ties of `order`, the same microsecond, are rare).
+                IndexModel::builder()
+                    .keys(doc! {"conversationId": 1, "order": 1})
+                    .build(),
+            ])
+            .await
+            .map_err(store_error)?;
+        // The stats documents exist from the start: counter changes are
+        // guarded updates, never upserts.
+        let shards: Vec<Document> = (0..STATS_SHARDS)
+            .map(|shard| {
+                doc! {"q": {"_id": stats_id(shard)}, "u": {"$setOnInsert": {"messages": 0_i64}}, "upsert": true}
+            })
+            .collect();
+        self.db
+            .run_command(doc! {"update": STATS, "updates": shards, "ordered": false})
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.db
+            .run_command(doc! {"ping": 1})
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn prepare(&self) -> StoreResult<()> {
+        self.ensure_indexes().await?;
+        migrate::to_current(&self.db).await?;
+        // Messages stored before search existed: indexed in the background.
+        tokio::spawn(search::backfill(self.clone()));
+        self.transactions().await.map(drop)
+    }
+
+    async fn load(&self, lookup: &Lookup) -> StoreResult<Known> {
+        self.load_known(lookup).await
+    }
+
+    async fn apply(&self, changes: &ChangeSet) -> StoreResult<()> {
+        self.ensure_current().await?;
+        self.apply_changes(changes).await
+    }
+
+    async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
+        let filter = match conversations_before(&page) {
+            Some(key) => doc! {"sortKey": {"$lt": key}},
+            None => doc! {},
+        };
+        let docs: Vec<Document> = self
+            .collection(CONVERSATIONS)
+            .find(filter)
+            .sort(doc! {"sortKey": -1})
+            .limit(page.limit)
+            .projection(doc! {documents::JOURNAL: 0})
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        Ok(docs.iter().map(conversation_from_document).collect())
+    }
+
+    async fn messages(&self, conversation_id: &str, page: Page) -> StoreResult<Vec<Message>> {
+        let mut filter = doc! {"conversationId": conversation_id};
+        if let Some(before) = page.before {
+            let at = to_bson_date(before);
+            match &page.before_id {
+                Some(id) => filter.insert(
+                    "$or",
+                    vec![
+                        doc! {"timestamp": {"$lt": at}},
+                        doc! {"timestamp": at, "messageId": {"$lt": id}},
+                    ],
+                ),
+                None => filter.insert("timestamp", doc! {"$lt": at}),
+            };
+        }
+        let docs: Vec<Document> = self
+            .collection(MESSAGES)
+            .find(filter)
+            .sort(doc! {"timestamp": -1, "messageId": -1})
+            .limit(page.limit)
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        docs.into_iter().rev().map(message_from_document).collect()
+    }
+
+    async fn message(&self, message_id: &str) -> StoreResult<Option<Message>> {
+        let found = self
+            .collection(MESSAGES)
+            .find_one(doc! {"$or": [{"messageId": message_id}, {"_id": message_id}]})
+            .await
+            .map_err(store_error)?;
+        found.map(message_from_document).transpose()
+    }
+
+    async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>> {
+        let found = self
+            .collection(CONVERSATIONS)
+            .find_one(doc! {"_id": conversation_id})
+            .projection(doc! {documents::JOURNAL: 0})
+            .await
+            .map_err(store_error)?;
+        Ok(found.as_ref().map(conversation_from_document))
+    }
+
+    async fn due_sends(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<QueuedSend>> {
+        let documents: Vec<Document> = self
+            .collection(SENDS)
+            .find(doc! {"due": {"$lte": now.timestamp_millis()}})
+            .sort(doc! {"due": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        documents
+            .iter()
+            .map(documents::send_from_document)
+            .collect()
+    }
+
+    async fn hold_sends(
+        &self,
+        conversation_id: &str,
+        first: &str,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        let until = until.timestamp_millis();
+        self.collection(SENDS)
+            .update_many(
+                doc! {"conversationId": conversation_id, "_id": {"$ne": first}, "due": {"$lt": until}},
+                doc! {"$set": {"due": until, "held": true}},
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn first_send(&self, conversation_id: &str) -> StoreResult<Option<QueuedSend>> {
+        let found = self
+            .collection(SENDS)
+            .find_one(doc! {"conversationId": conversation_id})
+            // Served by the index in order (a tie, the same microsecond,
+            // is rare; sorting by `_id` too would sort the whole queue).
+            .sort(doc! {"order": 1})
+            .await
+            .map_err(store_error)?;
+        found
+            .as_ref()
+            .map(documents::send_from_document)
+            .transpose()
+    }
+
+    async fn search(
+        &self,
+        query: &wa_core::search::Query,
+        scope: &wa_store::SearchScope,
+        limit: usize,
+    ) -> StoreResult<wa_store::SearchPage> {
+        self.search_messages(query, scope, limit).await
+    }
+
+    async fn release_key(&self, key: &str, fingerprint: &str) -> StoreResult<()> {
+        self.collection(IDEMPOTENCY_KEYS)
+            .delete_one(doc! {"_id": key, "fingerprint": fingerprint})
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn claim_key(&self, key: &str, fingerprint: &str) -> StoreResult<KeyClaim> {
+        let keys = self.collection(IDEMPOTENCY_KEYS);
+        // One insert: the unique `_id` lets exactly one concurrent claim in.
+        let inserted = keys
+            .insert_one(
+                doc! {"_id": key, "fingerprint": fingerprint, "at": mongodb::bson::DateTime::now()},
+            )
+            .await;
+        match inserted {
+            Ok(_) => return Ok(KeyClaim::New),
+            Err(e) if documents::is_duplicate_key(&e) => {}
+            Err(e) => return Err(store_error(e)),
+        }
+        let first = keys
+            .find_one(doc! {"_id": key})
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| StoreError::transient("an idempotency key vanished while read"))?;
+        Ok(if first.get_str("fingerprint").ok() == Some(fingerprint) {
+            KeyClaim::Same
+        } else {
+            KeyClaim::Other
+        })
+    }
+
+    async fn update_send(
+        &self,
+        send: &QueuedSend,
+        expected_due: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<bool> {
+        let updated = self
+            .collection(SENDS)
+            .update_one(
+                doc! {"_id": &send.id, "due": expected_due.timestamp_millis()},
+                doc! {"$set": documents::send_document(send)?},
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(updated.matched_count == 1)
+    }
+
+    /// The stats documents summed, and the numbers of summaries and
+    /// rejected items from their collections' metadata: no scan.
+    async fn stats(&self) -> StoreResult<Stats> {
+        let (shards, conversations, rejected) = futures::try_join!(
+            async {
+                self.collection(STATS)
+                    .find(doc! {})
+                    .projection(doc! {documents::JOURNAL: 0})
+                    .await
+                    .map_err(store_error)?
+                    .try_collect::<Vec<Document>>()
+                    .await
+                    .map_err(store_error)
+            },
+            async {
+                self.collection(CONVERSATIONS)
+                    .estimated_document_count()
+                    .await
+                    .map_err(store_error)
+            },
+            async {
+                self.collection(REJECTED)
+                    .estimated_document_count()
+                    .await
+                    .map_err(store_error)
+            },
+        )?;
+        let mut counts = Counts::default();
+        for shard in &shards {
+            add_counter_fields(&mut counts, shard, "");
+        }
+        let mut stats = counts.to_stats(i64::try_from(conversations).unwrap_or(i64::MAX));
+        stats.rejected_items = i64::try_from(rejected).unwrap_or(i64::MAX);
+        Ok(stats)
+    }
+
+    async fn outbox(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
+        self.outbox_events(age, limit).await
+    }
+
+    async fn relayed(&self, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.collection(OUTBOX)
+            .delete_many(doc! {"_id": {"$in": ids}})
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+}
+
+impl MongoStore {
+    /// Whole outbox documents, oldest first, until `limit` events.
+    async fn outbox_events(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
+        let before = chrono::Utc::now().timestamp_millis()
+            - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let mut documents = self
+            .collection(OUTBOX)
+            .find(doc! {"at": {"$lt": before}})
+            .sort(doc! {"at": 1, "n": 1})
+            .batch_size(16)
+            .await
+            .map_err(store_error)?;
+        let mut events = Vec::new();
+        while events.len() < limit {
+            let Some(document) = documents.try_next().await.map_err(store_error)? else {
+                break;
+            };
+            let Ok(list) = document.get_array("events") else {
+                continue;
+            };
+            events.extend(list.iter().filter_map(|event| {
+                mongodb::bson::from_bson(event.clone())
+                    .map_err(|e| tracing::error!(error = %e, "outbox event not understood"))
+                    .ok()
+            }));
+        }
+        Ok(events)
+    }
+}
+
+/// Adds a stats document's counters (nested `status.<name>` included).
+fn add_counter_fields(counts: &mut Counts, document: &Document, prefix: &str) {
+    for (name, value) in document {
+        let name = format!("{prefix}{name}");
+        match value {
+            mongodb::bson::Bson::Document(inner) => {
+                add_counter_fields(counts, inner, &format!("{name}."))
+            }
+            value => {
+                if let Some(n) = integer(value) {
+                    counts.add_field(&name, n);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica set's URI lists its members; nothing is contacted yet.
+    #[tokio::test]
+    async fn a_replica_set_uri_names_every_member_and_the_database() {
+        let uri = "mongodb://mongo-0.mongo:27017,mongo-1.mongo:27017,mongo-2.mongo:27017/chats?replicaSet=rs0";
+        let store = MongoStore::connect(uri, "test").await;
+        let store = store.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.database().name(), "chats");
+        let options = ClientOptions::parse(uri)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(options.hosts.len(), 3);
+        assert_eq!(options.repl_set_name.as_deref(), Some("rs0"));
+    }
+}
