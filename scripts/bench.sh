@@ -8,6 +8,15 @@
 # `--quick` takes about two minutes; without it, about fifteen.
 # `scripts/bench.sh --help` lists the options (e.g. --only e2e,fanout).
 #
+# MongoDB: the scenarios use the replica set (TEST_MONGODB_RS_URI: mongod
+# started as a one-member replica set, or the stand-in nx-27017 announcing
+# itself as one, see scripts/nx-replica-set.py), as compose and k8s run
+# MongoDB: each batch is one transaction with majority, journaled writes.
+# `--mongo standalone` uses TEST_MONGODB_URI instead (the stand-in as a
+# standalone server: the fallback path without transactions).
+#
+# The release binaries go to $CARGO_TARGET_DIR (default target/).
+#
 # The stored-rate scenario (`--only stored`: messages/s the stack stores
 # under webhook load, empty and preloaded database, all-in-one, crash
 # recovery) can put another revision's build next to the working tree's:
@@ -78,5 +87,6 @@ fi
 
 log "cargo build --release --workspace --bins"
 cargo build --release --workspace --bins
+log "MongoDB: replica set $TEST_MONGODB_RS_URI, standalone $TEST_MONGODB_URI (bench --mongo chooses; default replica set)"
 log "bench $* ${extra[*]}"
-"$ROOT/target/release/bench" "$@" "${extra[@]+"${extra[@]}"}"
+"${CARGO_TARGET_DIR:-$ROOT/target}/release/bench" "$@" "${extra[@]+"${extra[@]}"}"

@@ -9,6 +9,7 @@
 //! replicas, and the pause a leader change causes. Numbers, never pass/fail: speed targets
 //! live here, not in tests.
 
+mod commands;
 mod e2e;
 mod fanout;
 mod footprint;
@@ -37,6 +38,12 @@ pub struct Options {
     /// crash, replicas, search, footprint). `stored` includes `crash` (crash recovery).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// The MongoDB-wire server of the MongoDB scenarios: the replica set
+    /// (`TEST_MONGODB_RS_URI`: each batch one transaction, as compose and
+    /// k8s run MongoDB) or a standalone server (`TEST_MONGODB_URI`: the
+    /// fallback without transactions).
+    #[arg(long, value_enum, default_value_t = services::MongoMode::ReplicaSet)]
+    pub mongo: services::MongoMode,
     /// Payloads per batch in the processor scenario.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 64, 256, 1024])]
     pub batch_sizes: Vec<usize>,
@@ -80,6 +87,7 @@ pub struct Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = Options::parse();
+    services::set_mongo(options.mongo);
     let mut rows = Vec::new();
     println!(
         "machine: {} cores; {}",

@@ -1,20 +1,24 @@
-//! Processor: messages/s stored through the processing rules (parse, then
-//! `Processor::process`), by batch size, into the embedded SQLite store and,
-//! when a MongoDB-wire server is given (`TEST_MONGODB_URI`), into MongoDB.
-//! Also the cost of parsing one webhook, which the gateway pays too.
+//! Processor: messages/s stored through the processing rules (parse,
+//! `Processor::process`, clear the outbox), by batch size, into the
+//! embedded SQLite store and, when a MongoDB-wire server is given, into
+//! MongoDB (`--mongo`: the replica set by default; the other server too at
+//! two batch sizes), with the documents written per stored message counted
+//! from the driver's command events. Also the cost of parsing one webhook,
+//! which the gateway pays too.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use wa_core::domain::RawPayload;
+use wa_core::domain::{Event, RawPayload};
 use wa_engine::processing::Processor;
 use wa_store::Store;
 use wa_store_mongo::MongoStore;
 use wa_store_sqlite::SqliteStore;
 
+use crate::commands::Tally;
 use crate::ingest::webhook;
-use crate::services::mongo_label;
+use crate::services::{MongoMode, has_mongo, mongo, no_mongo};
 use crate::{Options, Row};
 
 pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
@@ -29,49 +33,81 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     for &(batch, messages) in &runs {
         let dir = std::env::temp_dir().join(test_support::unique_name("bench-processor"));
         let store = Arc::new(SqliteStore::open(&dir.join("store.sqlite3"))?);
-        rows.push(measure("SQLite", store, batch, messages, total).await?);
+        rows.push(measure("SQLite", store, batch, messages, total, None).await?);
         std::fs::remove_dir_all(&dir).ok();
     }
-    match std::env::var("TEST_MONGODB_URI") {
-        Ok(_) => {
-            // The stand-in server is far slower than mongod: fewer messages,
-            // and in quick mode one batch size.
-            let (total, runs) = if options.quick {
-                (256, vec![(256, 1)])
-            } else {
-                (500, runs)
-            };
-            for &(batch, messages) in &runs {
-                let database = test_support::unique_name("bench_processor");
-                let uri = test_support::mongodb_uri(&database);
-                let store = Arc::new(MongoStore::connect(&uri, "bench").await?);
-                rows.push(measure(&mongo_label(), store, batch, messages, total).await?);
-            }
-        }
-        Err(_) => rows.push(Row {
+    if !has_mongo() {
+        rows.push(Row {
             scenario: "processor into MongoDB".to_owned(),
             result: "not run".to_owned(),
-            detail: "set TEST_MONGODB_URI (scripts/bench.sh does)".to_owned(),
-        }),
+            detail: no_mongo(),
+        });
+        return Ok(rows);
+    }
+    // The stand-in server is far slower than mongod: fewer messages, and in
+    // quick mode one batch size.
+    let (total, runs) = if options.quick {
+        (256, vec![(1, 1), (256, 1)])
+    } else {
+        (500, runs)
+    };
+    let chosen = mongo();
+    for &(batch, messages) in &runs {
+        rows.push(into_mongo(chosen, batch, messages, total).await?);
+    }
+    // The other server too (documents per message side by side: without
+    // transactions the store journals more), at two batch sizes.
+    let other = match chosen {
+        MongoMode::ReplicaSet => MongoMode::Standalone,
+        MongoMode::Standalone => MongoMode::ReplicaSet,
+    };
+    if other.available() && std::env::var(other.env()) != std::env::var(chosen.env()) {
+        for (batch, messages) in [(1, 1), (256, 1)] {
+            rows.push(into_mongo(other, batch, messages, 256).await?);
+        }
     }
     Ok(rows)
 }
 
+/// [`measure`] into a fresh database on `mode`'s server, counting what the
+/// store writes with the driver's command events.
+async fn into_mongo(
+    mode: MongoMode,
+    batch: usize,
+    messages: usize,
+    total: usize,
+) -> anyhow::Result<Row> {
+    let database = test_support::unique_name("bench_processor");
+    let (client, name, tally) = Tally::client(&mode.uri(&database)).await?;
+    let store = Arc::new(MongoStore::from_client(&client, &name));
+    let row = measure(&mode.label(), store, batch, messages, total, Some(&tally)).await;
+    client.database(&name).drop().await.ok();
+    row
+}
+
 /// `total` messages in payloads of `messages`, stored `batch` payloads at a
-/// time, as the worker does: parse, then process.
+/// time, as the worker does: parse, process, then clear the batch's events
+/// from the outbox (what the relay does once it has appended them; the
+/// append itself is not part of this scenario). With `tally`, what the
+/// store wrote per stored message.
 async fn measure(
     label: &str,
     store: Arc<dyn Store>,
     batch: usize,
     messages: usize,
     total: usize,
+    tally: Option<&Tally>,
 ) -> anyhow::Result<Row> {
     store.prepare().await?;
-    let processor = Processor::new(store);
+    let processor = Processor::new(store.clone());
     let bodies: Vec<Bytes> = (0..total / messages)
         .map(|n| Bytes::from(webhook(n % 100, n as u64, messages)))
         .collect();
+    if let Some(tally) = tally {
+        tally.reset();
+    }
     let started = Instant::now();
+    let mut events = 0;
     for chunk in bodies.chunks(batch) {
         let parsed = chunk
             .iter()
@@ -84,19 +120,35 @@ async fn measure(
                 wa_core::webhook::parse(body).map(|parsed| (raw, parsed))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        processor.process(parsed).await?;
+        let stored = processor.process(parsed).await?;
+        let ids: Vec<String> = stored.iter().map(Event::id).collect();
+        store.relayed(&ids).await?;
+        events += ids.len();
     }
     let elapsed = started.elapsed();
     let stored = bodies.len() * messages;
+    let batches = bodies.len().div_ceil(batch);
+    let mut detail = format!(
+        "{stored} messages in {:.1} s, 100 conversations; {:.2} events per message",
+        elapsed.as_secs_f64(),
+        events as f64 / stored as f64
+    );
+    if let Some(tally) = tally {
+        let counts = tally.counts();
+        detail.push_str(&format!(
+            "; **{:.2} documents written per message** ({}); per batch {:.1} write and {:.1} read commands",
+            counts.documents() as f64 / stored as f64,
+            counts.by_collection(stored as f64).join("; "),
+            counts.write_commands() as f64 / batches as f64,
+            counts.read_commands() as f64 / batches as f64,
+        ));
+    }
     Ok(Row {
         scenario: format!(
             "processor into {label}, {batch} payload(s) × {messages} message(s) per batch"
         ),
         result: format!("{:.0} messages/s", stored as f64 / elapsed.as_secs_f64()),
-        detail: format!(
-            "{stored} messages in {:.1} s, 100 conversations",
-            elapsed.as_secs_f64()
-        ),
+        detail,
     })
 }
 

@@ -1,6 +1,6 @@
 //! Reads at scale: `GET /api/conversations` and a conversation's messages,
 //! over HTTP, with a large store: the embedded SQLite store behind the
-//! all-in-one binary, and MongoDB (`TEST_MONGODB_URI`) behind the
+//! all-in-one binary, and MongoDB (`--mongo`: the replica set by default) behind the
 //! api-gateway.
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use wa_store_mongo::MongoStore;
 use wa_store_sqlite::SqliteStore;
 
 use crate::load::closed_loop;
-use crate::services::{Service, mongo_label, stack_env};
+use crate::services::{Service, has_mongo, mongo_label, mongo_uri, no_mongo, stack_env};
 use crate::{Options, Row};
 
 const PER_CONVERSATION: usize = 100;
@@ -120,18 +120,18 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
     }
     std::fs::remove_dir_all(&dir).ok();
 
-    if std::env::var("TEST_MONGODB_URI").is_err() {
+    if !has_mongo() {
         rows.push(Row {
             scenario: "reads, MongoDB".to_owned(),
             result: "not run".to_owned(),
-            detail: "set TEST_MONGODB_URI (scripts/bench.sh does)".to_owned(),
+            detail: no_mongo(),
         });
         return Ok(rows);
     }
     // The stand-in server loads slowly: a smaller data set.
     let conversations = if options.quick { 20 } else { 100 };
     let database = test_support::unique_name("bench_reads");
-    let uri = test_support::mongodb_uri(&database);
+    let uri = mongo_uri(&database);
     let store = Arc::new(MongoStore::connect(&uri, "bench").await?);
     let loaded_in = load(store, conversations).await?;
     let nats = test_support::NatsServer::start().await;

@@ -18,7 +18,7 @@ use wa_store_mongo::MongoStore;
 use wa_store_sqlite::SqliteStore;
 
 use crate::load::new_histogram;
-use crate::services::mongo_label;
+use crate::services::{has_mongo, mongo_label, mongo_uri, no_mongo};
 use crate::{Options, Row};
 
 /// Words most messages are made of.
@@ -171,17 +171,17 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
                 .to_owned(),
     });
 
-    if std::env::var("TEST_MONGODB_URI").is_err() {
+    if !has_mongo() {
         rows.push(Row {
             scenario: "search, MongoDB".to_owned(),
             result: "not run".to_owned(),
-            detail: "set TEST_MONGODB_URI (scripts/bench.sh does)".to_owned(),
+            detail: no_mongo(),
         });
         return Ok(rows);
     }
     let total = if options.quick { 10_000 } else { 100_000 };
     let database = test_support::unique_name("bench_search");
-    let store = MongoStore::connect(&test_support::mongodb_uri(&database), "bench").await?;
+    let store = MongoStore::connect(&mongo_uri(&database), "bench").await?;
     let rounds = rounds.min(300);
     rows.extend(measure(&mongo_label(), Arc::new(store), total, rounds).await?);
     Ok(rows)

@@ -156,17 +156,96 @@ pub fn stack_env(
     ]
 }
 
-/// `mongod`, or the SQLite-backed stand-in the test setup falls back to.
-pub fn mongo_label() -> String {
-    let stand_in = Command::new("sh")
-        .args(["-c", "command -v mongod"])
-        .output()
-        .map_or(true, |o| !o.status.success());
-    if stand_in {
-        "MongoDB wire (nx-27017)".to_owned()
-    } else {
-        "MongoDB (mongod)".to_owned()
+/// The MongoDB-wire server the MongoDB scenarios use (`--mongo`).
+static MONGO: std::sync::OnceLock<MongoMode> = std::sync::OnceLock::new();
+
+/// Which MongoDB-wire server: a replica set (the production path: each
+/// batch one transaction) or a standalone server (the fallback without
+/// transactions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MongoMode {
+    /// `TEST_MONGODB_RS_URI`, as compose and k8s run MongoDB.
+    ReplicaSet,
+    /// `TEST_MONGODB_URI`.
+    Standalone,
+}
+
+impl MongoMode {
+    pub fn env(self) -> &'static str {
+        match self {
+            MongoMode::ReplicaSet => "TEST_MONGODB_RS_URI",
+            MongoMode::Standalone => "TEST_MONGODB_URI",
+        }
     }
+
+    /// Whether the server is given (scripts/bench.sh gives both).
+    pub fn available(self) -> bool {
+        std::env::var(self.env()).is_ok()
+    }
+
+    /// The URI of `database` on this server.
+    pub fn uri(self, database: &str) -> String {
+        let base = std::env::var(self.env()).unwrap_or_default();
+        format!("{}/{database}", base.trim_end_matches('/'))
+    }
+
+    /// `mongod`, or the SQLite-backed stand-in the test setup falls back
+    /// to, and whether it is a replica set.
+    pub fn label(self) -> String {
+        let stand_in = Command::new("sh")
+            .args(["-c", "command -v mongod"])
+            .output()
+            .map_or(true, |o| !o.status.success());
+        let server = if stand_in { "nx-27017" } else { "mongod" };
+        let kind = match self {
+            MongoMode::ReplicaSet => "replica set",
+            MongoMode::Standalone => "standalone",
+        };
+        if stand_in {
+            format!("MongoDB wire ({server}, {kind})")
+        } else {
+            format!("MongoDB ({server}, {kind})")
+        }
+    }
+}
+
+/// Chooses the server of [`mongo`] (once, at start).
+pub fn set_mongo(mode: MongoMode) {
+    MONGO.set(mode).ok();
+}
+
+/// The MongoDB-wire server chosen with `--mongo` (default: the replica set).
+pub fn mongo() -> MongoMode {
+    MONGO.get().copied().unwrap_or(MongoMode::ReplicaSet)
+}
+
+/// Whether the chosen MongoDB server is given.
+pub fn has_mongo() -> bool {
+    mongo().available()
+}
+
+/// The URI of `database` on the chosen MongoDB server.
+pub fn mongo_uri(database: &str) -> String {
+    mongo().uri(database)
+}
+
+/// Why a MongoDB scenario did not run.
+pub fn no_mongo() -> String {
+    format!(
+        "needs a MongoDB server: set {} (scripts/bench.sh does)",
+        mongo().env()
+    )
+}
+
+/// A client of `database` on the chosen MongoDB server.
+pub async fn mongo_database(database: &str) -> anyhow::Result<mongodb::Database> {
+    let client = mongodb::Client::with_uri_str(mongo_uri(database)).await?;
+    Ok(client.database(database))
+}
+
+/// The chosen MongoDB server, named for the table.
+pub fn mongo_label() -> String {
+    mongo().label()
 }
 
 pub fn rss_kib(pid: u32) -> Option<u64> {

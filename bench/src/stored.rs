@@ -26,7 +26,9 @@ use serde_json::json;
 
 use crate::ingest::{Load, has_wrk, run_wrk};
 use crate::load::closed_loop;
-use crate::services::{Service, mongo_label, own_dir, stack_env};
+use crate::services::{
+    Service, has_mongo, mongo_database, mongo_label, mongo_uri, no_mongo, own_dir, stack_env,
+};
 use crate::{Options, Row};
 
 const CONNECTIONS: usize = 16;
@@ -155,7 +157,7 @@ impl Running {
     async fn stack(build: &Build) -> anyhow::Result<Self> {
         let nats = test_support::NatsServer::start().await;
         let namespace = test_support::unique_name("bench_stored");
-        let env = stack_env(&nats, &namespace, test_support::mongodb_uri(&namespace));
+        let env = stack_env(&nats, &namespace, mongo_uri(&namespace));
         let processor = Service::start_from(&build.dir, "processor", &env).await?;
         let gateway = Service::start_from(&build.dir, "webhook-gateway", &env).await?;
         Ok(Self {
@@ -224,7 +226,7 @@ impl Running {
         let Some(database) = &self.database else {
             bail!("the all-in-one's store is not MongoDB");
         };
-        let db = test_support::mongo_database(database).await;
+        let db = mongo_database(database).await?;
         let messages = db.collection::<serde_json::Value>("processed_messages");
         Ok(messages.count_documents(Default::default()).await?)
     }
@@ -232,8 +234,10 @@ impl Running {
     /// Stops the processes, then removes the data (best effort).
     async fn finish(mut self) {
         self.services.clear();
-        if let Some(database) = self.database.take() {
-            test_support::drop_database(&test_support::mongo_database(&database).await).await;
+        if let Some(database) = self.database.take()
+            && let Ok(db) = mongo_database(&database).await
+        {
+            test_support::drop_database(&db).await;
         }
         if let Some(dir) = self.dir.take() {
             std::fs::remove_dir_all(dir).ok();
@@ -612,14 +616,10 @@ async fn all_in_one_row(build: &Build, options: &Options) -> anyhow::Result<Row>
     })
 }
 
-fn no_mongo() -> String {
-    "needs a MongoDB server: set TEST_MONGODB_URI (scripts/bench.sh does)".to_owned()
-}
-
 /// [`stack_row`], or why it did not run.
 async fn stack_case(build: &Build, size: usize, options: &Options) -> (Row, f64) {
     let name = scenario("stack", &build.label, size);
-    if std::env::var("TEST_MONGODB_URI").is_err() {
+    if !has_mongo() {
         return (not_run(name, no_mongo()), 0.0);
     }
     match stack_row(build, size, options).await {
@@ -697,14 +697,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
 /// conversations' counts must add up.
 pub async fn crash(options: &Options) -> anyhow::Result<Vec<Row>> {
     let name = "crash recovery: 10000 messages, processor SIGKILLed twice".to_owned();
-    if std::env::var("TEST_MONGODB_URI").is_err() {
+    if !has_mongo() {
         return Ok(vec![not_run(name, no_mongo())]);
     }
     let cap = Duration::from_secs(if options.quick { 600 } else { 1_200 });
     let nats = test_support::NatsServer::start().await;
     let namespace = test_support::unique_name("bench_crash");
-    let env = stack_env(&nats, &namespace, test_support::mongodb_uri(&namespace));
-    let db = test_support::mongo_database(&namespace).await;
+    let env = stack_env(&nats, &namespace, mongo_uri(&namespace));
+    let db = mongo_database(&namespace).await?;
     let client = http_client()?;
     let stored = |service: &Service| {
         let (client, url) = (client.clone(), format!("{}/metrics", service.url()));
