@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::LimitsConfig;
 use wa_broker::{NotReady, Queue};
 use wa_store::Store;
+use wa_store::error::{Error as StoreError, ErrorKind as StoreErrorKind};
 
 /// Every error a service answers with: a status and `{"error": "..."}`.
 #[derive(Debug, Clone)]
@@ -46,6 +47,53 @@ impl ApiError {
     pub fn unavailable_because(message: &str, cause: &dyn std::fmt::Display) -> Self {
         tracing::warn!(error = %cause, "{message}");
         Self::unavailable(message)
+    }
+
+    /// How a store error is answered, by its kind (see [`StoreErrorKind`]):
+    ///
+    /// - unavailable (`Transient`): `503` + `Retry-After`, retry later;
+    /// - no room left (`out_of_space`, a full disk): `503` + `Retry-After`
+    ///   too, as `/readyz` says at the same time (transient: it passes
+    ///   once space is freed, and clients, load balancers and Meta retry a
+    ///   `503`, where a `507` would be taken as final);
+    /// - the data refused (`Rejected`: it would be refused again): `422`;
+    /// - a concurrent change (`Conflict`): `409`. Writers that can plan
+    ///   again (the processor's commits) retry conflicts themselves; one
+    ///   that reaches a request is answered so that the client retries.
+    ///
+    /// The body says what failed in words; the store's own text (a
+    /// driver's, which can name hosts or users) goes to the log only.
+    pub fn from_store(e: &StoreError) -> Self {
+        match e.kind {
+            _ if e.out_of_space => Self::unavailable_because(
+                "the database has no room left (the disk is full), retry later",
+                e,
+            ),
+            StoreErrorKind::Transient => {
+                Self::unavailable_because("the database is unavailable, retry later", e)
+            }
+            StoreErrorKind::Rejected => {
+                tracing::warn!(error = %e, "the database refused a request's data");
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "the database refuses this data",
+                )
+            }
+            StoreErrorKind::Conflict => {
+                tracing::info!(error = %e, "a concurrent change refused a request");
+                Self::new(
+                    StatusCode::CONFLICT,
+                    "the same data was changed concurrently, retry",
+                )
+            }
+        }
+    }
+}
+
+/// See [`ApiError::from_store`].
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::from_store(&e)
     }
 }
 
@@ -252,4 +300,62 @@ fn shutdown_on_signals() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status, `Retry-After` and JSON body an error is answered with.
+    async fn answer(error: ApiError) -> (StatusCode, bool, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .contains_key(axum::http::header::RETRY_AFTER);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&body).unwrap_or_default();
+        (status, retry_after, body)
+    }
+
+    #[tokio::test]
+    async fn only_an_unavailable_store_is_a_503() {
+        let driver = std::io::Error::other("connection refused by db.internal:27017");
+        let cases = [
+            (
+                StoreError::transient("MongoDB: connection refused by db.internal")
+                    .caused_by(driver),
+                StatusCode::SERVICE_UNAVAILABLE,
+                true,
+                "the database is unavailable, retry later",
+            ),
+            (
+                StoreError::out_of_space("SQLite: database or disk is full"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                true,
+                "the database has no room left (the disk is full), retry later",
+            ),
+            (
+                StoreError::rejected("MongoDB: document too large"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                false,
+                "the database refuses this data",
+            ),
+            (
+                StoreError::conflict("MongoDB: WriteConflict"),
+                StatusCode::CONFLICT,
+                false,
+                "the same data was changed concurrently, retry",
+            ),
+        ];
+        for (error, status, retry_after, message) in cases {
+            let text = error.to_string();
+            let answered = answer(ApiError::from(error)).await;
+            assert_eq!(answered.0, status, "{text}");
+            assert_eq!(answered.1, retry_after, "{text}: Retry-After");
+            assert_eq!(answered.2, serde_json::json!({"error": message}), "{text}");
+        }
+    }
 }

@@ -129,7 +129,9 @@ pub fn check_conversation_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Store failures are the server's problem, not the client's.
+/// A store failure answered by its kind: `503` only when the database is
+/// unavailable (or full), `422` when it refuses the data, `409` on a
+/// concurrent change (see [`ApiError::from_store`]).
 pub fn store_failure(e: StoreError) -> ApiError {
-    ApiError::unavailable_because("the database is unavailable, retry later", &e)
+    ApiError::from_store(&e)
 }
