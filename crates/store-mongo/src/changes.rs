@@ -33,6 +33,7 @@ use super::{
 };
 use wa_core::domain::{Event, RECEIVED, StatusChange, is_local_id};
 use wa_core::plan::counts::Counts;
+use wa_core::plan::forward::Forward;
 use wa_core::plan::status::parked_key;
 use wa_core::plan::{
     ChangeSet, ConversationChange, Counter, Entry, Known, Lookup, StatsChange, Stored, Update,
@@ -757,52 +758,59 @@ fn conversation_statements(
             false,
         ));
     }
-    match (&change.last, &change.name) {
-        // The usual case: the newest message brings the name too (a name
-        // is never newer than the last message, so one guard does).
-        (Some(last), Some(name)) if name.key == last.key => {
-            let mut set = last_fields(last);
-            set.extend(name_fields(name));
-            forward
-                .push(doc! {"q": {"_id": &id, "sortKey": {"$lt": &last.key}}, "u": {"$set": set}});
-        }
-        (last, name) => {
-            if let Some(last) = last {
-                forward.push(doc! {
-                    "q": {"_id": &id, "sortKey": {"$lt": &last.key}},
-                    "u": {"$set": last_fields(last)},
-                });
-            }
-            if let Some(name) = name {
-                forward.push(doc! {
-                    "q": {"_id": &id, "nameKey": {"$lt": &name.key}},
-                    "u": {"$set": name_fields(name)},
-                });
-            }
-        }
+    let mut writes: Vec<Forward<'_>> = change.forward().collect();
+    // The usual case: the newest message brings the name too (a name is
+    // never newer than the last message, so the last one's guard does).
+    if let (Some(last), Some(name)) = (&change.last, &change.name)
+        && name.key == last.key
+    {
+        writes.retain(|w| !matches!(w, Forward::Last(_) | Forward::Name(_)));
+        let mut set = last_fields(last);
+        set.extend(name_fields(name));
+        forward.push(doc! {"q": {"_id": &id, "sortKey": {"$lt": &last.key}}, "u": {"$set": set}});
     }
-    if let Some(moved) = &change.last_status {
-        let mut set = doc! {"lastMessageStatus": &moved.status, "lastStatusRank": moved.rank};
-        let shown_as = match &moved.renamed_from {
-            // Shown under its old id until now: the new id and its key.
-            Some(old) => {
-                set.insert("lastMessageId", &moved.message_id);
-                set.insert("sortKey", &moved.key);
-                vec![&moved.message_id, old]
+    forward.extend(
+        writes
+            .into_iter()
+            .map(|write| forward_statement(&id, write)),
+    );
+}
+
+/// The update a forward-only write stands for: its filter is
+/// `Forward::holds` (wa_core::plan::forward) in MongoDB's terms.
+fn forward_statement(id: &Bson, write: Forward<'_>) -> Document {
+    match write {
+        Forward::Last(last) => doc! {
+            "q": {"_id": id, "sortKey": {"$lt": &last.key}},
+            "u": {"$set": last_fields(last)},
+        },
+        Forward::Name(name) => doc! {
+            "q": {"_id": id, "nameKey": {"$lt": &name.key}},
+            "u": {"$set": name_fields(name)},
+        },
+        Forward::Status(moved) => {
+            let mut set = doc! {"lastMessageStatus": &moved.status, "lastStatusRank": moved.rank};
+            let shown_as = match &moved.renamed_from {
+                // Shown under its old id until now: the new id and its key.
+                Some(old) => {
+                    set.insert("lastMessageId", &moved.message_id);
+                    set.insert("sortKey", &moved.key);
+                    vec![&moved.message_id, old]
+                }
+                None => vec![&moved.message_id],
+            };
+            doc! {
+                "q": {"_id": id, "lastMessageId": {"$in": shown_as}, "lastStatusRank": {"$lt": moved.rank}},
+                "u": {"$set": set},
             }
-            None => vec![&moved.message_id],
-        };
-        forward.push(doc! {
-            "q": {"_id": &id, "lastMessageId": {"$in": shown_as}, "lastStatusRank": {"$lt": moved.rank}},
-            "u": {"$set": set},
-        });
-    }
-    if let Some(at) = change.last_inbound {
-        let at = to_bson_date(at);
-        forward.push(doc! {
-            "q": {"_id": &id, "$or": [{LAST_INBOUND: {"$lt": at}}, {LAST_INBOUND: {"$exists": false}}]},
-            "u": {"$set": {LAST_INBOUND: at}},
-        });
+        }
+        Forward::Inbound(at) => {
+            let at = to_bson_date(at);
+            doc! {
+                "q": {"_id": id, "$or": [{LAST_INBOUND: {"$lt": at}}, {LAST_INBOUND: {"$exists": false}}]},
+                "u": {"$set": {LAST_INBOUND: at}},
+            }
+        }
     }
 }
 

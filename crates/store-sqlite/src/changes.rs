@@ -7,6 +7,7 @@ use chrono::Utc;
 use rusqlite::{Transaction, params};
 
 use wa_core::domain::{Message, RECEIVED, RawPayload, StatusChange, is_local_id, status_rank};
+use wa_core::plan::forward::Forward;
 use wa_core::plan::{ChangeSet, ConversationChange, Known, Lookup, Stored};
 use wa_store::error::Error;
 
@@ -36,31 +37,29 @@ pub(crate) fn apply_summary(t: &Transaction<'_>, change: &ConversationChange) ->
     };
     row.message_count += change.counts.messages;
     row.unread_count += change.counts.unread;
-    if let Some(last) = change.last.as_ref().filter(|l| l.key > row.sort_key) {
-        row.set_last(last)?;
-    }
-    if let Some(moved) = &change.last_status
-        && (moved.message_id == row.last_message_id
-            || moved.renamed_from.as_ref() == Some(&row.last_message_id))
-        && moved.rank > row.last_status_rank
-    {
-        row.last_status.clone_from(&moved.status);
-        row.last_status_rank = moved.rank;
-        if moved.renamed_from.is_some() {
-            row.last_message_id.clone_from(&moved.message_id);
-            row.sort_key.clone_from(&moved.key);
+    // What only moves forward, each by its one guard (wa_core's `forward`),
+    // against the row as the previous writes left it.
+    for write in change.forward() {
+        // A new summary takes all of them (its name may have no key).
+        if !change.create && !write.holds(&row.summary()) {
+            continue;
         }
-    }
-    if let Some(at) = change.last_inbound.map(|at| at.timestamp_millis())
-        && row.last_inbound_ts.is_none_or(|stored| stored < at)
-    {
-        row.last_inbound_ts = Some(at);
-    }
-    if let Some(name) = &change.name
-        && (change.create || name.key > row.name_key)
-    {
-        row.user_name.clone_from(&name.name);
-        row.name_key.clone_from(&name.key);
+        match write {
+            Forward::Last(last) => row.set_last(last)?,
+            Forward::Name(name) => {
+                row.user_name.clone_from(&name.name);
+                row.name_key.clone_from(&name.key);
+            }
+            Forward::Status(moved) => {
+                row.last_status.clone_from(&moved.status);
+                row.last_status_rank = moved.rank;
+                if moved.renamed_from.is_some() {
+                    row.last_message_id.clone_from(&moved.message_id);
+                    row.sort_key.clone_from(&moved.key);
+                }
+            }
+            Forward::Inbound(at) => row.last_inbound_ts = Some(at.timestamp_millis()),
+        }
     }
     row.save(t)?;
     Ok(())

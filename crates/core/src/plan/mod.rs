@@ -7,7 +7,8 @@
 //! apply change sets. A change carries the guard it was planned under (a
 //! status rank, a journal entry) and a store refuses one whose guard no
 //! longer holds: the processor then reads and plans again. What only moves
-//! forward (a summary's last message and name) is applied only if newer.
+//! forward (a summary's last message and name) is applied only if newer
+//! ([`forward`]).
 //! Races between replicas are the guards' job.
 //!
 //! ## Counted once, even without transactions
@@ -21,6 +22,7 @@
 //! settled and the journal entries are dropped.
 
 pub mod counts;
+pub mod forward;
 pub mod status;
 pub mod summary;
 
@@ -33,6 +35,7 @@ use crate::domain::{
     status_rank,
 };
 use counts::{Counts, journal_key, stats_shard};
+use forward::Forward;
 use summary::{Last, Name};
 
 pub use counts::STATS_SHARDS;
@@ -783,8 +786,8 @@ fn summarise(
         .max_by(|a, b| a.key.cmp(&b.key));
     let (last, name) = match stored {
         Some(s) => (
-            newest(&plan.candidates).filter(|last| last.key > s.last_key),
-            named.filter(|n| n.key > s.name_key),
+            newest(&plan.candidates).filter(|last| Forward::Last(last).holds(s)),
+            named.filter(|n| Forward::Name(n).holds(s)),
         ),
         None => {
             // A new summary shows its newest message, whatever brought it
@@ -839,7 +842,7 @@ fn summarise(
         .filter(|m| m.direction == Direction::Inbound)
         .map(|m| m.timestamp)
         .max()
-        .filter(|at| stored.is_none_or(|s| s.last_inbound.is_none_or(|known| known < *at)));
+        .filter(|at| stored.is_none_or(|s| Forward::Inbound(*at).holds(s)));
     let unchanged = stored.is_some()
         && plan.counts.is_zero()
         && plan.journal.is_empty()
