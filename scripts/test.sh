@@ -88,9 +88,9 @@ if [ "${SKIP_LINT:-0}" != "1" ]; then
 else
     log "SKIP_LINT=1: skipping fmt, cargo deny, clippy and tsc"
 fi
-log "docker-compose config -q (the stack and the all-in-one profile)"
-docker-compose -f docker-compose.yml config -q
-docker-compose -f docker-compose.yml --profile all-in-one config -q
+# Compose files, Kubernetes overlays (kustomize, kubernetes-validate,
+# checkov) and the image tags: no Docker or cluster needed.
+"$ROOT/scripts/check-deploy.sh"
 # The local topology test runs the service binaries themselves.
 log "cargo build --workspace --bins"
 cargo build --workspace --bins
