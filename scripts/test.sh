@@ -94,6 +94,12 @@ fi
 # The local topology test runs the service binaries themselves.
 log "cargo build --workspace --bins"
 cargo build --workspace --bins
+# The documentation's runnable blocks, pasted as a reader would (the
+# quickstart, the frontend examples, the services-yourself snippet with a
+# signed import) against those binaries, and the links between the docs.
+log "scripts/doc-blocks.py (the docs' runnable blocks)"
+SIO_CLIENT_DIR="$SIO_CLIENT" NATS_SERVER_BIN="$NATS_SERVER_BIN" TEST_MONGODB_URI="$TEST_MONGODB_URI" \
+    python3 "$ROOT/scripts/doc-blocks.py"
 # What the tests leave in the temp dir (data dirs, media caches, a failed
 # cluster's logs) stays there until the next run, not for ever.
 export TMPDIR="$ROOT/target/test-tmp"
