@@ -98,12 +98,18 @@ bad="$(layer_violation wa-core 'tokio|mongodb|rusqlite|reqwest|async-nats|axum|c
 [ -z "$bad" ] || die "wa-core must stay pure, but depends on: $bad"
 bad="$(layer_violation webhook-gateway 'mongodb|rusqlite|reqwest')"
 [ -z "$bad" ] || die "webhook-gateway must link no store or HTTP client, but depends on: $bad"
-log "docker-compose config -q (the stack and the all-in-one profile)"
-docker-compose -f docker-compose.yml config -q
-docker-compose -f docker-compose.yml --profile all-in-one config -q
+# Compose files, Kubernetes overlays (kustomize, kubernetes-validate,
+# checkov) and the image tags: no Docker or cluster needed.
+"$ROOT/scripts/check-deploy.sh"
 # The local topology test runs the service binaries themselves.
 log "cargo build --workspace --bins"
 cargo build --workspace --bins
+# The documentation's runnable blocks, pasted as a reader would (the
+# quickstart, the frontend examples, the services-yourself snippet with a
+# signed import) against those binaries, and the links between the docs.
+log "scripts/doc-blocks.py (the docs' runnable blocks)"
+SIO_CLIENT_DIR="$SIO_CLIENT" NATS_SERVER_BIN="$NATS_SERVER_BIN" TEST_MONGODB_URI="$TEST_MONGODB_URI" \
+    python3 "$ROOT/scripts/doc-blocks.py"
 # What the tests leave in the temp dir (data dirs, media caches, a failed
 # cluster's logs) stays there until the next run, not for ever.
 export TMPDIR="$ROOT/target/test-tmp"

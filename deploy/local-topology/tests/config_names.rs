@@ -61,6 +61,21 @@ fn accepted(service: &str) -> (BTreeSet<String>, Option<String>) {
     (names, port)
 }
 
+/// Every `*.yaml` file under `dir`, at any depth.
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(yaml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
 fn yaml_documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
@@ -121,22 +136,23 @@ fn compose_gives_each_service_only_variables_it_reads_and_its_own_port() {
 
 #[test]
 fn kubernetes_and_render_use_the_binaries_variables() {
-    let dir = root().join("deploy/k8s");
     let mut config_maps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut deployments = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        for document in yaml_documents(&entry.unwrap().path()) {
+    // The base, the overlays' patches and the example Secret.
+    for path in yaml_files(&root().join("deploy/k8s")) {
+        for document in yaml_documents(&path) {
             match document["kind"].as_str() {
                 Some("ConfigMap") | Some("Secret") => {
-                    let keys = ["data", "stringData"]
+                    let keys: Vec<String> = ["data", "stringData"]
                         .iter()
                         .filter_map(|k| document[*k].as_mapping())
                         .flat_map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)))
                         .collect();
-                    config_maps.insert(
-                        document["metadata"]["name"].as_str().unwrap().to_owned(),
-                        keys,
-                    );
+                    // An overlay's patch adds to the base's keys.
+                    config_maps
+                        .entry(document["metadata"]["name"].as_str().unwrap().to_owned())
+                        .or_default()
+                        .extend(keys);
                 }
                 Some("Deployment") => deployments.push(document),
                 _ => {}

@@ -81,4 +81,9 @@ pub struct ImportArgs {
     /// The webhook endpoint to post to.
     #[arg(long, default_value = "http://localhost:3000/webhook")]
     pub url: String,
+    /// The Meta app secret the gateway checks: each post is then signed
+    /// (X-Hub-Signature-256), as Meta signs its webhooks. Unset or empty:
+    /// posts are unsigned.
+    #[arg(long, env = "WHATSAPP_APP_SECRET", hide_env_values = true)]
+    pub app_secret: Option<String>,
 }

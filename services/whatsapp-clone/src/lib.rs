@@ -36,6 +36,8 @@ pub struct Application {
     /// Sends the queued messages through WhatsApp, if configured.
     sender: Option<Sender>,
     import: Option<std::path::PathBuf>,
+    /// Signs `--import`'s posts to this process's own gateway.
+    app_secret: Option<String>,
 }
 
 impl Application {
@@ -114,6 +116,7 @@ impl Application {
             worker,
             sender,
             import: config.import,
+            app_secret: config.webhook.secret().map(str::to_owned),
         })
     }
 
@@ -131,9 +134,10 @@ impl Application {
         let worker = tokio::spawn(self.worker.run(shutdown.clone()));
         let sender = self.sender.map(|s| tokio::spawn(s.run(shutdown.clone())));
         if let Some(dir) = self.import {
+            let app_secret = self.app_secret;
             tokio::spawn(async move {
                 let url = format!("http://127.0.0.1:{port}/webhook");
-                match import::run(&[dir], &url, false).await {
+                match import::run_signed(&[dir], &url, app_secret.as_deref(), false).await {
                     Ok(report) => tracing::info!("{report}"),
                     Err(e) => tracing::error!(error = %e, "import failed"),
                 }

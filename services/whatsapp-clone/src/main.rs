@@ -16,7 +16,13 @@ async fn main() -> anyhow::Result<()> {
                 .await
         }
         Command::Import(import) => {
-            let report = whatsapp_clone::import::run(&import.paths, &import.url, true).await?;
+            let report = whatsapp_clone::import::run_signed(
+                &import.paths,
+                &import.url,
+                import.app_secret.as_deref(),
+                true,
+            )
+            .await?;
             println!("{report}");
             if report.failed.is_empty() {
                 Ok(())

@@ -4,11 +4,25 @@ use std::time::Duration;
 use crate::helpers::{Server, temp_dir, total_messages};
 
 fn import(paths: &[std::path::PathBuf], url: &str) -> std::process::Output {
+    import_with(paths, url, &[], &[])
+}
+
+/// `whatsapp-clone import` with extra arguments and environment (and no
+/// WHATSAPP_APP_SECRET of the caller's).
+fn import_with(
+    paths: &[std::path::PathBuf],
+    url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_whatsapp-clone"))
+        .env_remove("WHATSAPP_APP_SECRET")
+        .envs(env.iter().copied())
         .arg("import")
         .args(paths)
         .arg("--url")
         .arg(format!("{url}/webhook"))
+        .args(args)
         .output()
         .unwrap()
 }
@@ -87,4 +101,61 @@ async fn import_fails_loudly_naming_the_file() {
     assert!(!output.status.success());
     assert!(stdout.contains("broken.json: 400"), "{stdout}");
     assert!(stdout.contains("missing.json: cannot read"), "{stdout}");
+}
+
+#[tokio::test]
+async fn import_signs_its_posts_with_the_app_secret_as_the_gateway_checks() {
+    let dir = temp_dir();
+    let secret = "import-test-app-secret";
+    let server = Server::start_with(
+        &dir,
+        test_support::free_port(),
+        &[("RUST_LOG", "warn"), ("WHATSAPP_APP_SECRET", secret)],
+        None,
+    )
+    .await;
+    let samples = test_support::webhook_files_dir();
+    let one = samples.join("conversation_1_message_1.json");
+
+    // Unsigned: refused, and the importer says what to do.
+    let output = import_with(std::slice::from_ref(&one), &server.url, &[], &[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(stdout.contains("401"), "{stdout}");
+    assert!(stdout.contains("WHATSAPP_APP_SECRET"), "{stdout}");
+
+    // Another secret: refused too (the signature is checked, not just present).
+    let output = import_with(
+        std::slice::from_ref(&one),
+        &server.url,
+        &["--app-secret", "not-the-secret"],
+        &[],
+    );
+    assert!(!output.status.success());
+
+    // The secret from the flag, then from the environment: every file taken.
+    let output = import_with(
+        std::slice::from_ref(&one),
+        &server.url,
+        &["--app-secret", secret],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let output = import_with(
+        &[samples],
+        &server.url,
+        &[],
+        &[("WHATSAPP_APP_SECRET", secret)],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    let expected = test_support::expected_messages().len() as i64;
+    test_support::wait_until(
+        "every signed message to be stored",
+        Duration::from_secs(60),
+        || async { total_messages(&server.url).await == expected },
+    )
+    .await;
 }
