@@ -12,7 +12,7 @@ use futures::stream::BoxStream;
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::{Mutex, broadcast};
 
-use wa_broker::{BrokerError, EVENT_RETENTION, EventBus, ReadError};
+use wa_broker::{BrokerError, Cause, EVENT_RETENTION, EventBus, ReadError};
 use wa_core::domain::{Event, Sequenced};
 use wa_store_sqlite::db::Database;
 
@@ -36,9 +36,12 @@ impl EmbeddedEvents {
     pub async fn open(path: &Path) -> Result<Self, BrokerError> {
         // A small page cache: large bodies pass through once.
         let db = Database::open_with_cache(path, 8 * 1024 * 1024).map_err(|e| {
-            BrokerError::Unavailable(format!("cannot open {}: {e}", path.display()))
+            BrokerError::Unavailable(Cause::new(
+                format!("cannot open {}: {e}", path.display()),
+                e,
+            ))
         })?;
-        let unavailable = |e: wa_store::error::Error| BrokerError::Unavailable(e.message);
+        let unavailable = crate::unavailable;
         let head = db
             .transaction(|t| -> rusqlite::Result<u64> {
                 t.execute_batch(
@@ -74,7 +77,7 @@ impl EmbeddedEvents {
                     .map(drop)
             })
             .await
-            .map_err(|e| BrokerError::Unavailable(e.message))
+            .map_err(crate::unavailable)
     }
 }
 
@@ -115,7 +118,9 @@ impl EventBus for EmbeddedEvents {
             .iter()
             .map(|e| Ok((e.id(), serde_json::to_string(e)?)))
             .collect::<Result<_, serde_json::Error>>()
-            .map_err(|e| BrokerError::Unavailable(format!("event not serialisable: {e}")))?;
+            .map_err(|e| {
+                BrokerError::Unavailable(Cause::new(format!("event not serialisable: {e}"), e))
+            })?;
         let mut live = self.live.lock().await;
         let head = live.0;
         let now = Utc::now().timestamp_millis();
@@ -138,7 +143,7 @@ impl EventBus for EmbeddedEvents {
                 rows.collect()
             })
             .await
-            .map_err(|e| BrokerError::Unavailable(e.message))?;
+            .map_err(crate::unavailable)?;
         for (seq, event) in appended {
             if let Some(event) = sequenced(seq, &event) {
                 live.0 = event.seq;
@@ -184,7 +189,7 @@ impl EventBus for EmbeddedEvents {
                 },
             )
             .await
-            .map_err(|e| BrokerError::Unavailable(e.message))?;
+            .map_err(crate::unavailable)?;
         // The oldest kept, or (all forgotten) the next to come.
         let first = first
             .and_then(|f| u64::try_from(f).ok())

@@ -18,7 +18,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 
-use wa_broker::{BatchLimits, BrokerError, Delivery, Enqueued, Ingest, NotReady, Queue, Settle};
+use wa_broker::{
+    BatchLimits, BrokerError, Cause, Delivery, Enqueued, Ingest, NotReady, Queue, Settle,
+};
 use wa_store_sqlite::db::{DISK_FULL, Database};
 
 /// Below this much free space in the data directory the queue is not
@@ -26,16 +28,22 @@ use wa_store_sqlite::db::{DISK_FULL, Database};
 /// the database) would likely fail half-way.
 const LOW_SPACE: u64 = 1024 * 1024;
 
-/// A storage error as the broker's: a full disk is told apart.
+/// A storage error as the broker's: a full disk is told apart. The
+/// storage error (and its SQLite error) is kept as the source.
 fn broker_error(e: wa_store::error::Error) -> BrokerError {
     if e.out_of_space {
         BrokerError::Full {
             reason: DISK_FULL,
-            detail: e.message,
+            detail: Cause::of(e),
         }
     } else {
-        BrokerError::Unavailable(e.message)
+        unavailable(e)
     }
+}
+
+/// A storage error as the broker being unavailable, kept as the source.
+fn unavailable(e: wa_store::error::Error) -> BrokerError {
+    BrokerError::Unavailable(Cause::of(e))
 }
 
 /// While a batch is being handled its payloads are leased, so they are not
@@ -57,7 +65,10 @@ impl EmbeddedQueue {
     pub async fn open(path: &Path) -> Result<Self, BrokerError> {
         // A small page cache: large bodies pass through once.
         let db = Database::open_with_cache(path, 4 * 1024 * 1024).map_err(|e| {
-            BrokerError::Unavailable(format!("cannot open {}: {e}", path.display()))
+            BrokerError::Unavailable(Cause::new(
+                format!("cannot open {}: {e}", path.display()),
+                e,
+            ))
         })?;
         db.transaction(|t| {
             t.execute_batch(
@@ -91,7 +102,7 @@ impl EmbeddedQueue {
             )
         })
         .await
-        .map_err(|e| BrokerError::Unavailable(e.message))?;
+        .map_err(unavailable)?;
         Ok(Self {
             db,
             arrived: Default::default(),
@@ -114,7 +125,7 @@ impl EmbeddedQueue {
                 Ok((queued, dead))
             })
             .await
-            .map_err(|e| BrokerError::Unavailable(e.message))
+            .map_err(unavailable)
     }
 
     /// Leases payloads that are due, within `limits`; also says when the
@@ -157,7 +168,7 @@ impl EmbeddedQueue {
                 Ok((rows, next))
             })
             .await
-            .map_err(|e| BrokerError::Unavailable(e.message))?;
+            .map_err(unavailable)?;
         let (rows, next) = rows;
         let deliveries = rows
             .into_iter()
@@ -245,7 +256,7 @@ impl Queue for EmbeddedQueue {
         self.db
             .transaction(|t| t.prepare_cached("SELECT 1")?.query_row([], |_| Ok(())))
             .await
-            .map_err(|e| NotReady::Unreachable(e.message))?;
+            .map_err(|e| NotReady::Unreachable(Cause::of(e)))?;
         // A disk about to fill is not ready before writes fail; one whose
         // writes failed for lack of room stays not ready until a write
         // succeeds, or there is room again (looked at once a second).
@@ -290,7 +301,7 @@ impl Settle for EmbeddedSettle {
                     .map(drop)
             })
             .await
-            .map_err(|e| BrokerError::Unavailable(e.message))
+            .map_err(unavailable)
     }
 
     async fn in_progress(&self) -> Result<(), BrokerError> {
@@ -305,7 +316,7 @@ impl Settle for EmbeddedSettle {
                     .map(drop)
             })
             .await
-            .map_err(|e| BrokerError::Unavailable(e.message))
+            .map_err(unavailable)
     }
 
     async fn retry_after(&self, delay: Duration) -> Result<(), BrokerError> {
@@ -322,7 +333,7 @@ impl Settle for EmbeddedSettle {
                 .map(drop)
             })
             .await
-            .map_err(|e| BrokerError::Unavailable(e.message))?;
+            .map_err(unavailable)?;
         self.arrived.notify_one();
         Ok(())
     }
@@ -341,6 +352,6 @@ impl Settle for EmbeddedSettle {
                     .map(drop)
             })
             .await
-            .map_err(|e| BrokerError::Unavailable(e.message))
+            .map_err(unavailable)
     }
 }

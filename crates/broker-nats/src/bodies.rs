@@ -28,7 +28,7 @@ pub(crate) enum SendError {
     #[error(transparent)]
     Publish(#[from] jetstream::context::PublishError),
     #[error("cannot store the body in the object store: {0}")]
-    Bucket(String),
+    Bucket(#[source] async_nats::Error),
 }
 
 impl SendError {
@@ -36,7 +36,7 @@ impl SendError {
     pub(crate) fn no_room(&self) -> Option<&'static str> {
         match self {
             Self::Publish(e) => no_room(e),
-            Self::Bucket(text) => no_room_in_text(text),
+            Self::Bucket(e) => no_room_in_text(&e.to_string()),
         }
     }
 }
@@ -86,12 +86,12 @@ pub(crate) async fn stash(
     js: &jetstream::Context,
     bucket: &Bucket,
     body: &Bytes,
-) -> Result<String, String> {
+) -> Result<String, async_nats::Error> {
     let name = payload_id(body);
     let store = match js.get_object_store(&bucket.name).await {
         Ok(store) => store,
-        Err(_) => js
-            .create_object_store(object_store::Config {
+        Err(_) => {
+            js.create_object_store(object_store::Config {
                 bucket: bucket.name.clone(),
                 description: Some("bodies larger than the server's max_payload".to_owned()),
                 max_age: bucket.max_age,
@@ -99,8 +99,8 @@ pub(crate) async fn stash(
                 num_replicas: bucket.replicas,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| e.to_string())?,
+            .await?
+        }
     };
     // The name is the content's hash: a copy written within the duplicate
     // window is the same body, kept (a retry by Meta then uploads nothing,
@@ -116,10 +116,7 @@ pub(crate) async fn stash(
             return Ok(name);
         }
     }
-    store
-        .put(name.as_str(), &mut body.as_ref())
-        .await
-        .map_err(|e| e.to_string())?;
+    store.put(name.as_str(), &mut body.as_ref()).await?;
     Ok(name)
 }
 

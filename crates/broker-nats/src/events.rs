@@ -14,7 +14,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::config::StreamSettings;
-use wa_broker::{BrokerError, EventBus, ReadError};
+use wa_broker::{BrokerError, Cause, EventBus, ReadError};
 use wa_core::domain::{Event, Sequenced};
 
 use super::*;
@@ -37,11 +37,11 @@ impl EventLog {
             Err(_) => {
                 ensure_streams(&self.js, &self.names, &self.streams)
                     .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                    .map_err(BrokerError::unavailable)?;
                 self.js
                     .get_stream(self.names.events_stream())
                     .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))
+                    .map_err(BrokerError::unavailable)
             }
         }
     }
@@ -94,7 +94,6 @@ impl EventLog {
         last: u64,
         limit: usize,
     ) -> Result<(Vec<Sequenced>, u64), BrokerError> {
-        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let consumer = stream
             .create_consumer(consumer::pull::Config {
                 filter_subject: self.names.events(),
@@ -106,7 +105,7 @@ impl EventLog {
                 ..Default::default()
             })
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(BrokerError::unavailable)?;
         let name = consumer.cached_info().name.clone();
         let wanted = usize::try_from(last - after)
             .unwrap_or(usize::MAX)
@@ -119,10 +118,13 @@ impl EventLog {
                 .max_messages(wanted)
                 .messages()
                 .await
-                .map_err(|e| unavailable(&e))?;
+                .map_err(BrokerError::unavailable)?;
             while let Some(message) = messages.next().await {
-                let message = message.map_err(|e| unavailable(&e))?;
-                let seq = message.info().map_err(|e| unavailable(&e))?.stream_sequence;
+                let message = message.map_err(BrokerError::unavailable)?;
+                let seq = message
+                    .info()
+                    .map_err(BrokerError::unavailable)?
+                    .stream_sequence;
                 if seq <= read_to {
                     continue; // never backwards
                 }
@@ -178,7 +180,7 @@ impl EventLog {
             Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
                 Ok((Vec::new(), last))
             }
-            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
+            Err(e) => Err(BrokerError::unavailable(e)),
         }
     }
 
@@ -194,7 +196,7 @@ impl EventLog {
         let doorbell = client
             .subscribe(self.names.events_ring())
             .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            .map_err(BrokerError::unavailable)?;
         let state = (
             self.clone(),
             doorbell,
@@ -331,10 +333,9 @@ impl NatsBroker {
         events: &[Event],
         max_payload: usize,
     ) -> Result<(), BrokerError> {
-        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
-            let body = event_body(event, max_payload).map_err(|e| unavailable(&e))?;
+            let body = event_body(event, max_payload).map_err(BrokerError::unavailable)?;
             let message = PublishMessage::build()
                 .payload(body.into())
                 .message_id(event.id());
@@ -349,9 +350,9 @@ impl NatsBroker {
                     self.js
                         .send_publish(self.names.events(), message)
                         .await
-                        .map_err(|e| unavailable(&e))?
+                        .map_err(BrokerError::unavailable)?
                 }
-                Err(e) => return Err(unavailable(&e)),
+                Err(e) => return Err(BrokerError::unavailable(e)),
             };
             acks.push(ack);
         }
@@ -360,9 +361,9 @@ impl NatsBroker {
             ack.map_err(|e| match no_room(&e) {
                 Some(reason) => BrokerError::Full {
                     reason,
-                    detail: e.to_string(),
+                    detail: Cause::of(e),
                 },
-                None => unavailable(&e),
+                None => BrokerError::unavailable(e),
             })?;
         }
         Ok(())

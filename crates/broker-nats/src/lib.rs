@@ -258,18 +258,17 @@ impl NatsBroker {
 
     /// The processors' consumer, created with its stream on first use.
     async fn consumer(&self) -> Result<consumer::PullConsumer, BrokerError> {
-        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         let mut cached = self.consumer.lock().await;
         if let Some(consumer) = cached.as_ref() {
             return Ok(consumer.clone());
         }
         let stream = ensure_streams(&self.js, &self.names, &self.events.streams)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(BrokerError::unavailable)?;
         let replicas = self.events.streams.replicas();
         let consumer = processor_consumer(&stream, &self.names, self.ack_wait, replicas)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(BrokerError::unavailable)?;
         Ok(cached.insert(consumer).clone())
     }
 }

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use wa_broker::{BatchLimits, BrokerError, Delivery, Enqueued, Ingest, NotReady, Queue, Settle};
+use wa_broker::{
+    BatchLimits, BrokerError, Cause, Delivery, Enqueued, Ingest, NotReady, Queue, Settle,
+};
 
 use super::*;
 
@@ -25,7 +27,6 @@ pub(crate) async fn take(
     consumer: &consumer::PullConsumer,
     limits: BatchLimits,
 ) -> Result<Vec<jetstream::Message>, BrokerError> {
-    let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
     let first = loop {
         let mut one = consumer
             .batch()
@@ -33,9 +34,9 @@ pub(crate) async fn take(
             .expires(PULL_WAIT)
             .messages()
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(BrokerError::unavailable)?;
         match one.next().await {
-            Some(message) => break message.map_err(|e| unavailable(&e))?,
+            Some(message) => break message.map_err(BrokerError::unavailable)?,
             // Nothing came: ask again.
             None => continue,
         }
@@ -107,7 +108,9 @@ impl NatsBroker {
             Err(SendError::Publish(e)) if e.kind() == PublishErrorKind::StreamNotFound => {
                 if let Err(e) = self.ensure_streams().await {
                     let detail = format!("{e:#}");
-                    return Err(match no_room_in_text(&detail) {
+                    let no_room = no_room_in_text(&detail);
+                    let detail = Cause::new(detail, e);
+                    return Err(match no_room {
                         Some(reason) => BrokerError::Full { reason, detail },
                         None => BrokerError::Unavailable(detail),
                     });
@@ -122,14 +125,14 @@ impl NatsBroker {
             }),
             // Only if even a reference does not fit: a server with a tiny limit.
             Err(SendError::Publish(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                Err(BrokerError::TooLarge(e.to_string()))
+                Err(BrokerError::TooLarge(Cause::of(e)))
             }
             Err(e) => Err(match e.no_room() {
                 Some(reason) => BrokerError::Full {
                     reason,
-                    detail: e.to_string(),
+                    detail: Cause::of(e),
                 },
-                None => BrokerError::Unavailable(e.to_string()),
+                None => BrokerError::unavailable(e),
             }),
         }
     }
@@ -185,20 +188,24 @@ impl Queue for NatsBroker {
     /// Connected, and JetStream answers: a server that froze keeps the
     /// connection open while every publish times out.
     async fn ready(&self) -> Result<(), NotReady> {
-        let unreachable = |why: String| Err(NotReady::Unreachable(why));
+        let unreachable = |why: Cause| Err(NotReady::Unreachable(why));
         match self.client.connection_state() {
             async_nats::connection::State::Connected => {}
-            other => return unreachable(format!("NATS is {other}")),
+            other => return unreachable(format!("NATS is {other}").into()),
         }
         // The account info request, answered by any JetStream server (its
         // content is not read: the client's parser fails on a cluster's).
         let asked = self.client.request("$JS.API.INFO", Bytes::new());
         match tokio::time::timeout(READY_TIMEOUT, asked).await {
             Ok(Ok(answer)) if !answer.payload.is_empty() => {}
-            Ok(Ok(_)) => return unreachable("JetStream gave an empty answer".to_owned()),
-            Ok(Err(e)) => return unreachable(format!("JetStream does not answer: {e}")),
+            Ok(Ok(_)) => return unreachable("JetStream gave an empty answer".into()),
+            Ok(Err(e)) => {
+                return unreachable(Cause::new(format!("JetStream does not answer: {e}"), e));
+            }
             Err(_) => {
-                return unreachable(format!("JetStream did not answer within {READY_TIMEOUT:?}"));
+                return unreachable(
+                    format!("JetStream did not answer within {READY_TIMEOUT:?}").into(),
+                );
             }
         }
         // Reachable; but a write that failed for lack of room stands until
@@ -262,14 +269,16 @@ pub(crate) struct NatsSettle {
 #[async_trait]
 impl Settle for NatsSettle {
     async fn ack(&self) -> Result<(), BrokerError> {
-        let unavailable = |e: async_nats::Error| BrokerError::Unavailable(e.to_string());
         if self.body_ref().is_none() {
-            return self.message.ack().await.map_err(unavailable);
+            return self.message.ack().await.map_err(BrokerError::unavailable);
         }
         // A reference is acknowledged with the server's reply (double
         // ack): only then is it certain the stream dropped it, and its
         // body may go too.
-        self.message.double_ack().await.map_err(unavailable)?;
+        self.message
+            .double_ack()
+            .await
+            .map_err(BrokerError::unavailable)?;
         self.forget_body().await;
         Ok(())
     }
@@ -278,14 +287,14 @@ impl Settle for NatsSettle {
         self.message
             .ack_with(AckKind::Progress)
             .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+            .map_err(BrokerError::unavailable)
     }
 
     async fn retry_after(&self, delay: Duration) -> Result<(), BrokerError> {
         self.message
             .ack_with(AckKind::Nak(Some(delay)))
             .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+            .map_err(BrokerError::unavailable)
     }
 
     async fn dead_letter(&self, body: &Bytes, reason: &str) -> Result<(), BrokerError> {
@@ -300,7 +309,6 @@ impl Settle for NatsSettle {
         );
         headers.insert("Dlq-Stream-Sequence", self.sequence.to_string());
         headers.insert("Nats-Msg-Id", format!("dlq-{}", self.sequence));
-        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
         // The full body, as for any payload; one too large for a message
         // is copied to a bucket kept as long as the dead letters (the
         // queue's bucket expires sooner) and the dead letter refers to it.
@@ -312,11 +320,11 @@ impl Settle for NatsSettle {
             &self.dead_bodies,
         )
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(BrokerError::unavailable)?;
         // Term: never redelivered (the stream keeps it, Limits retention).
         self.message
             .ack_with(AckKind::Term)
             .await
-            .map_err(|e| unavailable(&e))
+            .map_err(BrokerError::unavailable)
     }
 }

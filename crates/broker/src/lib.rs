@@ -27,33 +27,137 @@ pub enum Ingest {
     Send,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Why a broker operation failed. Each variant carries its [`Cause`]: the
+/// driver's text (for the log) and the driver's error, which is this
+/// error's `source()`.
+#[derive(Debug)]
 pub enum BrokerError {
     /// The broker can't take or give payloads now; try again later.
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Cause),
     /// The payload is larger than the broker accepts.
-    #[error("payload too large for the broker: {0}")]
-    TooLarge(String),
+    TooLarge(Cause),
     /// The broker has no room (a full disk, JetStream out of storage or at
     /// a stream's limit): retrying at once is pointless; `reason` says so
-    /// in words, `detail` is the driver's text (for the log).
-    #[error("{reason}: {detail}")]
-    Full {
-        reason: &'static str,
-        detail: String,
-    },
+    /// in words, `detail` is the driver's (for the log).
+    Full { reason: &'static str, detail: Cause },
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unavailable(cause) => write!(f, "broker unavailable: {cause}"),
+            Self::TooLarge(cause) => write!(f, "payload too large for the broker: {cause}"),
+            Self::Full { reason, detail } => write!(f, "{reason}: {detail}"),
+        }
+    }
+}
+
+impl BrokerError {
+    /// Unavailable because of a driver's error, kept as the source.
+    pub fn unavailable(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Unavailable(Cause::of(error))
+    }
+}
+
+// By hand rather than with thiserror: the source is the driver's error
+// itself, not the `Cause` around it (which would repeat its text).
+impl std::error::Error for BrokerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unavailable(cause) | Self::TooLarge(cause) | Self::Full { detail: cause, .. } => {
+                cause.error()
+            }
+        }
+    }
 }
 
 /// Why a broker is not ready.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum NotReady {
-    /// It does not answer; the driver's text, for the log only.
-    #[error("unreachable: {0}")]
-    Unreachable(String),
+    /// It does not answer; the driver's, for the log only.
+    Unreachable(Cause),
     /// It answers but cannot store; in words, safe to show.
-    #[error("{0}")]
     CannotStore(&'static str),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(cause) => write!(f, "unreachable: {cause}"),
+            Self::CannotStore(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for NotReady {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unreachable(cause) => cause.error(),
+            Self::CannotStore(_) => None,
+        }
+    }
+}
+
+/// What a [`BrokerError`] or [`NotReady`] comes from: text for the log
+/// (a driver's can name hosts or users: never shown to clients) and,
+/// when there is one, the driver's error, kept as the `source()`.
+#[derive(Debug)]
+pub struct Cause {
+    text: String,
+    error: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    /// A driver's error, in its own words.
+    pub fn of(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let error = error.into();
+        Self {
+            text: error.to_string(),
+            error: Some(error),
+        }
+    }
+
+    /// A driver's error, told in `text` (e.g. with what was being done).
+    pub fn new(
+        text: impl Into<String>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            text: text.into(),
+            error: Some(error.into()),
+        }
+    }
+
+    /// The text, for the log.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The driver's error, if there is one.
+    pub fn error(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Text only: no driver error behind it.
+impl From<String> for Cause {
+    fn from(text: String) -> Self {
+        Self { text, error: None }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(text: &str) -> Self {
+        text.to_owned().into()
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// Outcome of [`Queue::enqueue`].

@@ -764,6 +764,9 @@ pub struct GraphError {
     /// `error.error_data.details`.
     pub details: Option<String>,
     pub fbtrace_id: Option<String>,
+    /// The transport's own error when there was no (complete) answer
+    /// (without the URL), kept for logs and `source()` chains.
+    pub source: Option<Arc<reqwest::Error>>,
 }
 
 fn describe(
@@ -837,6 +840,7 @@ impl GraphError {
             message: message.unwrap_or_else(|| reason.to_owned()),
             details: text("/error_data/details"),
             fbtrace_id: text("/fbtrace_id"),
+            source: None,
         }
     }
 
@@ -867,6 +871,7 @@ impl GraphError {
             message,
             details: None,
             fbtrace_id: None,
+            source: Some(Arc::new(error)),
         }
     }
 
@@ -880,6 +885,7 @@ impl GraphError {
             message: message.to_owned(),
             details: None,
             fbtrace_id: None,
+            source: None,
         }
     }
 
@@ -893,6 +899,7 @@ impl GraphError {
             message: message.into(),
             details: None,
             fbtrace_id: None,
+            source: None,
         }
     }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LimitsConfig;
-use wa_broker::{NotReady, Queue};
+use wa_broker::{BrokerError, NotReady, Queue};
 use wa_store::Store;
 use wa_store::error::{Error as StoreError, ErrorKind as StoreErrorKind};
 
@@ -85,6 +85,32 @@ impl ApiError {
                     StatusCode::CONFLICT,
                     "the same data was changed concurrently, retry",
                 )
+            }
+        }
+    }
+
+    /// How a broker error is answered when it can't take `what` (e.g.
+    /// "the webhook"): too large, `413`; no room (a full disk, JetStream
+    /// out of storage), `503` + `Retry-After` at once, saying why in
+    /// words; unavailable, `503` + `Retry-After`. `503` is what makes Meta
+    /// deliver a webhook again later. The driver's text goes to the log
+    /// only.
+    pub fn from_broker(e: &BrokerError, what: &str) -> Self {
+        match e {
+            BrokerError::TooLarge(_) => {
+                tracing::info!(error = %e, "the message queue refuses {what}");
+                Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("{what} is too large for the message queue"),
+                )
+            }
+            BrokerError::Full { reason, .. } => {
+                tracing::warn!(error = %e, "the message queue has no room for {what}");
+                Self::unavailable(format!("cannot store {what} now ({reason}), retry later"))
+            }
+            BrokerError::Unavailable(_) => {
+                tracing::warn!(error = %e, "the message queue cannot take {what}");
+                Self::unavailable("the message queue is unavailable, retry later")
             }
         }
     }
@@ -356,6 +382,44 @@ mod tests {
             assert_eq!(answered.0, status, "{text}");
             assert_eq!(answered.1, retry_after, "{text}: Retry-After");
             assert_eq!(answered.2, serde_json::json!({"error": message}), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_cannot_take_a_payload_is_a_503_unless_it_is_too_large() {
+        let driver = || std::io::Error::other("nats://user:secret@nats.internal:4222 timed out");
+        let cases = [
+            (
+                BrokerError::unavailable(driver()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                true,
+                "the message queue is unavailable, retry later",
+            ),
+            (
+                BrokerError::Full {
+                    reason: "JetStream is out of storage",
+                    detail: wa_broker::Cause::of(driver()),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                true,
+                "cannot store the webhook now (JetStream is out of storage), retry later",
+            ),
+            (
+                BrokerError::TooLarge(wa_broker::Cause::of(driver())),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                false,
+                "the webhook is too large for the message queue",
+            ),
+        ];
+        for (error, status, retry_after, message) in cases {
+            assert!(
+                std::error::Error::source(&error).is_some(),
+                "{error}: keeps the driver's error"
+            );
+            let answered = answer(ApiError::from_broker(&error, "the webhook")).await;
+            assert_eq!(answered.0, status, "{error}");
+            assert_eq!(answered.1, retry_after, "{error}: Retry-After");
+            assert_eq!(answered.2, serde_json::json!({"error": message}), "{error}");
         }
     }
 }

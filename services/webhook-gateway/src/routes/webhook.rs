@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-use wa_broker::{BrokerError, Ingest, payload_id};
+use wa_broker::{Ingest, payload_id};
 use wa_service::http::ApiError;
 
 use crate::{WebhookState, signature};
@@ -82,22 +82,9 @@ pub async fn receive(
         .queue
         .enqueue(Ingest::Webhook, &payload_id(&body), body)
         .await
-        .map_err(|e| match e {
-            BrokerError::TooLarge(e) => reject(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the broker refuses a body this large: {e}"),
-            ),
-            BrokerError::Unavailable(e) => unavailable(&e),
-            // Said at once (Meta retries later): the reason in words, the
-            // driver's text in the log only.
-            BrokerError::Full { reason, detail } => {
-                tracing::warn!(reason, error = %detail, "the queue has no room for the webhook");
-                reject(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot store the webhook now ({reason}), retry later"),
-                )
-            }
-        })?;
+        // 413 or 503 (Meta retries later), said at once: the reason in
+        // words, the driver's text in the log only.
+        .map_err(|e| counted(ApiError::from_broker(&e, "the webhook")))?;
     metrics::histogram!("webhook_publish_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("webhooks_accepted_total").increment(1);
     Ok(Json(json!({
@@ -112,15 +99,12 @@ pub async fn receive(
 }
 
 fn reject(status: StatusCode, message: impl Into<String>) -> ApiError {
-    metrics::counter!("webhooks_rejected_total", "status" => status.as_str().to_owned())
-        .increment(1);
-    ApiError::new(status, message)
+    counted(ApiError::new(status, message))
 }
 
-fn unavailable(reason: &str) -> ApiError {
-    tracing::warn!(reason, "the queue cannot take the webhook");
-    reject(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the message queue is unavailable, retry later".to_owned(),
-    )
+/// Counts a refused webhook by its status.
+fn counted(error: ApiError) -> ApiError {
+    metrics::counter!("webhooks_rejected_total", "status" => error.status.as_str().to_owned())
+        .increment(1);
+    error
 }
