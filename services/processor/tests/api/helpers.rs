@@ -4,6 +4,7 @@ use async_nats::jetstream;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use processor::{Application, Config};
+use test_support::Mongo;
 use tokio_util::sync::CancellationToken;
 use wa_broker_nats::Names;
 use wa_broker_nats::config::NatsConfig;
@@ -16,6 +17,8 @@ pub struct Pipeline {
     pub processor: String,
     pub namespace: String,
     pub database: String,
+    /// Where the database is: the replica set unless a test says otherwise.
+    pub mongo: Mongo,
     pub names: Names,
     pub js: jetstream::Context,
     pub nats: async_nats::Client,
@@ -30,7 +33,7 @@ impl Drop for Pipeline {
     }
 }
 
-pub fn processor_config(namespace: &str, database: &str) -> Config {
+pub fn processor_config(namespace: &str, mongo: Mongo, database: &str) -> Config {
     Config {
         host: "127.0.0.1".into(),
         port: 0,
@@ -49,7 +52,7 @@ pub fn processor_config(namespace: &str, database: &str) -> Config {
             streams: Default::default(),
         },
         mongo: MongoConfig {
-            mongodb_uri: test_support::mongodb_uri(database),
+            mongodb_uri: mongo.uri(database),
         },
         log: LogConfig {
             log_format: LogFormat::Pretty,
@@ -60,9 +63,13 @@ pub fn processor_config(namespace: &str, database: &str) -> Config {
 /// Gateway and processor, in this process.
 pub async fn spawn_pipeline() -> Pipeline {
     let mut pipeline = spawn_gateway_only().await;
-    let processor = Application::build(processor_config(&pipeline.namespace, &pipeline.database))
-        .await
-        .unwrap();
+    let processor = Application::build(processor_config(
+        &pipeline.namespace,
+        pipeline.mongo,
+        &pipeline.database,
+    ))
+    .await
+    .unwrap();
     pipeline.processor = format!("http://127.0.0.1:{}", processor.port());
     tokio::spawn(processor.run_until_stopped(pipeline.shutdown.clone()));
     pipeline
@@ -70,6 +77,11 @@ pub async fn spawn_pipeline() -> Pipeline {
 
 /// Only the gateway: tests start processors themselves.
 pub async fn spawn_gateway_only() -> Pipeline {
+    spawn_gateway_only_in(Mongo::ReplicaSet).await
+}
+
+/// [`spawn_gateway_only`] with the database on `mongo`.
+pub async fn spawn_gateway_only_in(mongo: Mongo) -> Pipeline {
     // Logs show with RUST_LOG=info (off unless asked for).
     if std::env::var_os("RUST_LOG").is_some() {
         wa_service::config::init_tracing(&LogConfig {
@@ -118,7 +130,8 @@ pub async fn spawn_gateway_only() -> Pipeline {
         names,
         js,
         nats,
-        db: test_support::mongo_database(&database).await,
+        db: mongo.database(&database).await,
+        mongo,
         namespace,
         database,
         http: reqwest::Client::new(),
