@@ -12,6 +12,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use tokio::io::AsyncReadExt;
 
+use wa_broker::retry::{self, Backoff};
 use wa_broker::{Settle, payload_id};
 
 use super::*;
@@ -164,6 +165,11 @@ pub(crate) async fn fetch_body(
     Ok(body.into())
 }
 
+/// How a payload whose body cannot be fetched is redelivered: 1 s
+/// doubling to 30 s, jittered (an outage of the object store hits every
+/// such payload at once; they should not all come back together).
+const BODY_FETCH_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+
 /// A referenced body could not be fetched: the message is delivered again
 /// later (NATS trouble is waited out, never dead-lettered); a body the
 /// server keeps saying is gone is dead-lettered after a while.
@@ -185,8 +191,7 @@ pub(crate) async fn body_unavailable(
             return;
         }
     }
-    let delay = Duration::from_secs(1 << attempt.clamp(1, 6).saturating_sub(1))
-        .min(Duration::from_secs(30));
+    let delay = retry::wait(&BODY_FETCH_RETRY, retry::attempt_number(attempt));
     tracing::warn!(%error, name, attempt, ?delay, "cannot fetch a payload's body; retrying later");
     if let Err(e) = settle.retry_after(delay).await {
         // Then it comes back after the ack wait.

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use wa_broker::retry::{self, Backoff};
 use wa_broker::{
     BatchLimits, BrokerError, Cause, Delivery, Enqueued, Ingest, NotReady, Queue, Settle,
 };
@@ -20,6 +21,12 @@ use super::*;
 pub(crate) const PULL_WAIT: Duration = Duration::from_secs(3);
 /// Longest wait for the rest of a batch (answered at once, normally).
 pub(crate) const FETCH_WAIT: Duration = Duration::from_secs(5);
+/// How a publish is retried within the publish deadline: 50 ms doubling
+/// to 500 ms (a leader election takes a few seconds), jittered so that
+/// the gateways publishing during an election do not all come back at
+/// the same instant.
+pub(crate) const PUBLISH_RETRY: Backoff =
+    Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
 
 /// Waits for one message, then takes whatever else is there, within
 /// `limits`, without waiting.
@@ -142,18 +149,20 @@ impl NatsBroker {
 impl Queue for NatsBroker {
     async fn enqueue(&self, kind: Ingest, id: &str, body: Bytes) -> Result<Enqueued, BrokerError> {
         let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(50);
+        let mut attempts = 0_u32;
         loop {
             // Only an outage (an election, a timeout) is waited out: a
             // JetStream without room says so at once, and is answered so.
-            match self.enqueue_once(kind, id, &body).await {
+            let result = self.enqueue_once(kind, id, &body).await;
+            attempts = attempts.saturating_add(1);
+            let pause = retry::wait(&PUBLISH_RETRY, attempts);
+            match result {
                 Err(BrokerError::Unavailable(e))
                     if started.elapsed() + pause < self.publish_deadline =>
                 {
                     tracing::debug!(error = %e, "publish failed; trying again");
                     metrics::counter!("publish_retries_total").increment(1);
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
                 }
                 Err(BrokerError::Full { reason, detail }) => {
                     self.health.out_of_space(reason);

@@ -18,6 +18,10 @@ use futures::stream::BoxStream;
 
 use wa_core::domain::{Event, Sequenced};
 
+pub mod retry;
+// Where services have always found it.
+pub use retry::retry_until;
+
 /// What a queued payload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingest {
@@ -278,25 +282,4 @@ impl Delivery {
 pub fn payload_id(body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(body))
-}
-
-/// Retries `attempt` with capped exponential backoff until it succeeds or
-/// `cancel` fires; used while NATS or MongoDB come up.
-pub async fn retry_until<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
-    what: &str,
-    cancel: &tokio_util::sync::CancellationToken,
-    mut attempt: impl FnMut() -> F,
-) -> Option<T> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match attempt().await {
-            Ok(value) => return Some(value),
-            Err(e) => tracing::warn!(error = %e, "{what} failed; retrying in {delay:?}"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
 }

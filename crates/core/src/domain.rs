@@ -126,7 +126,19 @@ pub struct Message {
 /// Message types whose content names a media object WhatsApp keeps.
 pub const MEDIA_KINDS: [&str; 5] = ["image", "audio", "video", "document", "sticker"];
 
+/// Unread: a customer's message the business has not read yet (what
+/// `unreadCount` counts and marking a conversation read reads). Stores
+/// that select unread messages in their own query language say the same.
+pub fn is_unread(direction: Direction, status: &str) -> bool {
+    direction == Direction::Inbound && status == RECEIVED
+}
+
 impl Message {
+    /// See [`is_unread`].
+    pub fn is_unread(&self) -> bool {
+        is_unread(self.direction, &self.status)
+    }
+
     /// Sets `media_url` for a media message whose content has an id.
     pub fn with_media_url(mut self) -> Self {
         if self.media_url.is_none() && MEDIA_KINDS.contains(&self.kind.as_str()) {

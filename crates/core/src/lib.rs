@@ -5,7 +5,8 @@
 //! - [`domain`]: messages, statuses, conversations and events;
 //! - [`plan`]: what a batch of payloads changes, given what is stored;
 //! - [`search`]: the words a message is found by, and a query's;
-//! - [`outbound`]: the messages a business sends, checked and built.
+//! - [`outbound`]: the messages a business sends, checked and built;
+//! - [`retry`]: how long every retry waits (the one backoff policy).
 //!
 //! With the `openapi` feature the domain types also describe themselves
 //! as OpenAPI schemas (the api-gateway turns it on).
@@ -13,5 +14,6 @@
 pub mod domain;
 pub mod outbound;
 pub mod plan;
+pub mod retry;
 pub mod search;
 pub mod webhook;

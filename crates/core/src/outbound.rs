@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use crate::retry::Backoff;
+
 /// Longest text WhatsApp sends.
 pub const MAX_TEXT_CHARS: usize = 4096;
 /// Longest media caption.
@@ -283,15 +285,11 @@ pub fn replace_reference(request: &mut Value, old: &str, new: &str) {
     }
 }
 
-/// How long after failed attempt `attempt` (1 for the first) a send is
-/// tried again: doubling from 1 s up to 5 minutes, less a random part
-/// (`jitter` in 0..1) so that senders that failed together spread out.
-pub fn backoff(attempt: u32, jitter: f64) -> Duration {
-    let full = Duration::from_secs(1)
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(Duration::from_secs(300));
-    full.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
-}
+/// How long after a failed attempt a send is tried again: doubling from
+/// 1 s up to 5 minutes, jittered so that sends that failed together (an
+/// outage of WhatsApp's) spread out. The wait is stored as the send's due
+/// time, so whichever sender comes next honours it.
+pub const SEND_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 
 #[cfg(test)]
 mod tests {
@@ -380,10 +378,10 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_five_minutes_and_jitter_only_shortens() {
-        assert_eq!(backoff(1, 0.0), Duration::from_secs(1));
-        assert_eq!(backoff(3, 0.0), Duration::from_secs(4));
-        assert_eq!(backoff(40, 0.0), Duration::from_secs(300));
-        assert_eq!(backoff(2, 1.0), Duration::from_secs(1));
+    fn sends_are_retried_doubling_from_a_second_up_to_five_minutes() {
+        assert_eq!(SEND_RETRY.delay(1, 0.0), Duration::from_secs(1));
+        assert_eq!(SEND_RETRY.delay(3, 0.0), Duration::from_secs(4));
+        assert_eq!(SEND_RETRY.delay(40, 0.0), Duration::from_secs(300));
+        assert_eq!(SEND_RETRY.delay(2, 1.0), Duration::from_secs(1));
     }
 }

@@ -18,7 +18,6 @@
 //! lost, and even then not if a status webhook naming the message
 //! (`biz_opaque_callback_data`) arrives before the lease runs out.
 
-use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,8 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::processing::Processor;
 use crate::relay::Relay;
+use wa_broker::retry::{self, Backoff};
 use wa_core::domain::{PENDING, QueuedSend};
-use wa_core::outbound::{self, MAX_ATTEMPTS, backoff};
+use wa_core::outbound::{self, MAX_ATTEMPTS, SEND_RETRY};
 use wa_core::plan::SendOutcome;
 use wa_graph::Graph;
 use wa_store::StoreResult;
@@ -47,6 +47,12 @@ const CONVERSATIONS_AT_ONCE: usize = 8;
 /// Sends of one conversation a round takes, so that a long queue does not
 /// keep the round (and a stop) waiting.
 const MAX_PER_CONVERSATION: usize = 20;
+/// Tries at noting WhatsApp's id on a send before going on without it.
+const NOTE_ATTEMPTS: u32 = 5;
+/// Waits between those tries: 100 ms doubling to 500 ms, jittered. (They
+/// grew by 100 ms a try, 1.5 s in all counting a pointless wait after the
+/// last try; now at most 1.2 s.)
+const NOTE_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
 
 pub struct Sender {
     processor: Processor,
@@ -301,7 +307,7 @@ impl Sender {
             }
             Err(e) if e.retry && send.attempts < MAX_ATTEMPTS => {
                 metrics::counter!("send_retries_total").increment(1);
-                let wait = backoff(send.attempts, jitter(&send.id, send.attempts));
+                let wait = retry::wait(&SEND_RETRY, send.attempts);
                 tracing::info!(id = %send.id, attempt = send.attempts, error = %e, ?wait, "WhatsApp did not take the message; trying again");
                 send.last_error = Some(e.to_string());
                 send.due = now() + chrono::TimeDelta::from_std(wait).unwrap_or_default();
@@ -374,12 +380,14 @@ impl Sender {
     async fn note(&self, send: &QueuedSend, claimed: DateTime<Utc>) {
         let mut send = send.clone();
         send.due = claimed;
-        for attempt in 1..=5u32 {
+        for attempt in 1..=NOTE_ATTEMPTS {
             match self.processor.store().update_send(&send, claimed).await {
                 Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "cannot note WhatsApp's id yet");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    if attempt < NOTE_ATTEMPTS {
+                        retry::pause(&NOTE_RETRY, attempt).await;
+                    }
                 }
             }
         }
@@ -438,10 +446,4 @@ enum References {
 /// The `errors` of a message that was not sent, for a reason of ours.
 fn not_sent(why: &str) -> serde_json::Value {
     serde_json::json!([{"title": "Not sent", "message": format!("Not sent: {why}")}])
-}
-
-/// A number in 0..1, different per send and attempt.
-fn jitter(id: &str, attempt: u32) -> f64 {
-    let hash = RandomState::new().hash_one((id, attempt));
-    (hash % 10_000) as f64 / 10_000.0
 }

@@ -9,10 +9,21 @@ use std::time::Duration;
 
 use crate::processing::{Processor, decode};
 use crate::relay::Relay;
+use wa_broker::retry::{self, Backoff};
 use wa_broker::{BatchLimits, Delivery, Queue};
 use wa_core::domain::{Event, RawPayload};
 use wa_core::webhook::{Parsed, PayloadError};
 use wa_store::{ErrorKind, StoreError};
+
+/// How a payload the store could not take is redelivered: 250 ms doubling
+/// to 32 s, jittered (a store outage fails every payload in hand at once;
+/// they should come back spread out, not as one wave).
+const DELIVERY_RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(32));
+/// How long the worker waits when the queue cannot give payloads: about a
+/// second, jittered so the processors of a fleet do not knock in step.
+const TAKE_RETRY: Backoff = Backoff::constant(Duration::from_secs(1));
+/// When a payload the dead letters could not take is tried again.
+const DEAD_LETTER_RETRY: Backoff = Backoff::constant(Duration::from_secs(5));
 
 pub struct Worker {
     pub processor: Processor,
@@ -66,7 +77,7 @@ impl Worker {
                     tracing::warn!(error = %e, "cannot take payloads; retrying");
                     tokio::select! {
                         _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = retry::pause(&TAKE_RETRY, 1) => {}
                     }
                 }
             }
@@ -176,8 +187,7 @@ impl Worker {
             .await;
             return;
         }
-        let exponent = u32::try_from(delivery.attempt.clamp(1, 8) - 1).unwrap_or(0);
-        let delay = Duration::from_millis(250 * 2_u64.pow(exponent));
+        let delay = retry::wait(&DELIVERY_RETRY, retry::attempt_number(delivery.attempt));
         if let Err(e) = delivery.retry_after(delay).await {
             tracing::warn!(error = %e, "retry not scheduled; the payload will be redelivered later");
         }
@@ -190,7 +200,8 @@ async fn dead_letter(delivery: &Delivery, reason: &str) {
     metrics::counter!("payloads_dead_lettered_total").increment(1);
     if let Err(e) = delivery.dead_letter(reason).await {
         tracing::warn!(error = %e, "dead letters unavailable; will retry");
-        delivery.retry_after(Duration::from_secs(5)).await.ok();
+        let delay = retry::wait(&DEAD_LETTER_RETRY, 1);
+        delivery.retry_after(delay).await.ok();
     }
 }
 

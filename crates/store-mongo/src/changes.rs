@@ -61,6 +61,7 @@ impl MongoStore {
             ),
             // Counted as unread: not read yet, or read by a change set that
             // stopped before settling them.
+            // `wa_core::domain::is_unread`, as a filter.
             Lookup::Unread { conversation_id } => (
                 Some(doc! {
                     "conversationId": conversation_id,

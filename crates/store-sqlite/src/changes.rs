@@ -254,6 +254,7 @@ pub(crate) fn load_in(t: &Transaction<'_>, lookup: &Lookup) -> Result<Known, Err
             (messages, conversation_ids.clone())
         }
         Lookup::Unread { conversation_id } => {
+            // `wa_core::domain::is_unread`, in SQL.
             let docs: Vec<String> = t
                 .prepare_cached(
                     "SELECT doc FROM messages

@@ -10,6 +10,7 @@
 //! all-in-one).
 
 pub mod error;
+pub mod memory;
 
 use std::time::Duration;
 

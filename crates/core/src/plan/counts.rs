@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::domain::{Direction, KNOWN_STATUSES, RECEIVED, Stats};
+use crate::domain::{Direction, KNOWN_STATUSES, Stats, is_unread};
 
 /// The deployment's counters are spread over this many documents, so that
 /// concurrent batches rarely write the same one.
@@ -30,7 +30,7 @@ impl Counts {
         let inbound = direction == Direction::Inbound;
         Self {
             messages: 1,
-            unread: i64::from(inbound && status == RECEIVED),
+            unread: i64::from(is_unread(direction, status)),
             inbound: i64::from(inbound),
             outbound: i64::from(!inbound),
             by_status: BTreeMap::from([(status.to_owned(), 1)]),

@@ -53,7 +53,7 @@ pub fn apply(message: &mut Message, change: &StatusChange) -> Outcome {
 
 /// The business read an inbound message: `received` becomes `read`.
 pub fn mark_read(message: &mut Message, at: DateTime<Utc>) -> bool {
-    if message.direction != Direction::Inbound || message.status != RECEIVED {
+    if !message.is_unread() {
         return false;
     }
     "read".clone_into(&mut message.status);

@@ -1,0 +1,501 @@
+//! The reference store: everything in memory, behind one lock, each
+//! method written the plainest way (scans, no indexes). It is what the
+//! other stores are compared with in property tests, and a store for
+//! tests that need no database. Not for production: nothing is kept, and
+//! reads cost what is stored.
+//!
+//! Like SQLite, it applies a change set whole or not at all (`Known::atomic`),
+//! and checks the change set's guards at write time: a message inserted
+//! meanwhile, a status rank that moved, a summary created or gone; what
+//! only moves forward goes by `wa_core::plan::forward`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use wa_core::domain::{
+    Conversation, Direction, Event, Message, Page, QueuedSend, SERVICE_WINDOW, Stats, StatusChange,
+    is_local_id, status_rank,
+};
+use wa_core::plan::counts::Counts;
+use wa_core::plan::forward::Forward;
+use wa_core::plan::status::parked_key;
+use wa_core::plan::summary::preview;
+use wa_core::plan::{ChangeSet, ConversationChange, Known, Lookup, Stored, Summary};
+use wa_core::search::{Query, searchable_text};
+
+use crate::{
+    KeyClaim, SearchPage, SearchScope, Store, StoreError, StoreResult, conversations_before,
+};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Default, Clone)]
+struct State {
+    /// By the message's permanent key (`id`).
+    messages: BTreeMap<String, Message>,
+    parked: BTreeMap<String, StatusChange>,
+    summaries: BTreeMap<String, SummaryState>,
+    counts: Counts,
+    conversations: i64,
+    rejected: BTreeSet<String>,
+    /// Events not yet relayed, with when they were written.
+    outbox: Vec<(DateTime<Utc>, Event)>,
+    sends: BTreeMap<String, QueuedSend>,
+    keys: HashMap<String, String>,
+}
+
+/// A summary: what the API shows, and what its guards compare.
+#[derive(Clone)]
+struct SummaryState {
+    shown: Conversation,
+    guards: Summary,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic in a test elsewhere must not hide this store's state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn by_message_id(&self, message_id: &str) -> Option<&Message> {
+        self.messages
+            .values()
+            .find(|m| m.message_id == message_id)
+            .or_else(|| self.messages.get(message_id))
+    }
+
+    /// Applies a change set to a copy, so that a refused guard changes
+    /// nothing.
+    fn apply(&self, changes: &ChangeSet) -> StoreResult<State> {
+        let mut next = self.clone();
+        for r in &changes.rejected {
+            next.rejected.insert(r.id.clone());
+        }
+        for m in &changes.inserts {
+            if next.messages.contains_key(&m.id) {
+                return Err(StoreError::conflict(format!(
+                    "{} was stored meanwhile",
+                    m.message_id
+                )));
+            }
+            next.messages.insert(m.id.clone(), m.clone());
+        }
+        for u in &changes.updates {
+            let stored = next.messages.get(&u.message.id);
+            if stored.map(|s| status_rank(&s.status).unwrap_or(0)) != Some(u.expected_rank) {
+                return Err(StoreError::conflict(format!(
+                    "{} changed meanwhile",
+                    u.message.message_id
+                )));
+            }
+            next.messages
+                .insert(u.message.id.clone(), u.message.clone());
+        }
+        for change in &changes.park {
+            next.parked
+                .entry(parked_key(change))
+                .or_insert_with(|| change.clone());
+        }
+        for key in &changes.unpark {
+            next.parked.remove(key);
+        }
+        for change in &changes.conversations {
+            next.apply_summary(change)?;
+        }
+        for change in &changes.stats {
+            next.counts.add(&change.counts);
+        }
+        let now = Utc::now();
+        for event in &changes.events {
+            if !next.outbox.iter().any(|(_, e)| e.id() == event.id()) {
+                next.outbox.push((now, event.clone()));
+            }
+        }
+        for send in &changes.enqueue {
+            next.sends
+                .entry(send.id.clone())
+                .or_insert_with(|| send.clone());
+        }
+        for id in &changes.dequeue {
+            next.sends.remove(id);
+        }
+        Ok(next)
+    }
+
+    fn apply_summary(&mut self, change: &ConversationChange) -> StoreResult<()> {
+        let id = &change.conversation_id;
+        let summary = match (self.summaries.get_mut(id), change.create) {
+            (None, true) => {
+                self.conversations += 1;
+                self.summaries
+                    .entry(id.clone())
+                    .or_insert_with(|| SummaryState::empty(id))
+            }
+            (Some(summary), false) => summary,
+            (Some(_), true) => {
+                return Err(StoreError::conflict(format!(
+                    "summary of {id} created meanwhile"
+                )));
+            }
+            (None, false) => return Err(StoreError::conflict(format!("summary of {id} is gone"))),
+        };
+        summary.shown.message_count += change.counts.messages;
+        summary.shown.unread_count += change.counts.unread;
+        for write in change.forward() {
+            if change.create || write.holds(&summary.guards) {
+                summary.apply(write);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SummaryState {
+    fn empty(id: &str) -> Self {
+        Self {
+            shown: Conversation {
+                conversation_id: id.to_owned(),
+                user_name: String::new(),
+                last_message_id: String::new(),
+                last_message_body: String::new(),
+                last_timestamp: DateTime::UNIX_EPOCH,
+                last_message_status: String::new(),
+                last_message_direction: Direction::Inbound,
+                message_count: 0,
+                unread_count: 0,
+                participants: Vec::new(),
+                window_expires_at: None,
+            },
+            guards: Summary::default(),
+        }
+    }
+
+    fn apply(&mut self, write: Forward<'_>) {
+        let (shown, guards) = (&mut self.shown, &mut self.guards);
+        match write {
+            Forward::Last(last) => {
+                guards.last_key.clone_from(&last.key);
+                guards.last_message_id.clone_from(&last.message_id);
+                guards.last_status_rank = last.status_rank;
+                shown.last_message_id.clone_from(&last.message_id);
+                shown.last_message_body = preview(&last.body);
+                shown.last_timestamp = last.timestamp;
+                shown.last_message_status.clone_from(&last.status);
+                shown.last_message_direction = last.direction;
+                shown.participants.clone_from(&last.participants);
+            }
+            Forward::Name(name) => {
+                guards.name_key.clone_from(&name.key);
+                shown.user_name.clone_from(&name.name);
+            }
+            Forward::Status(moved) => {
+                guards.last_status_rank = moved.rank;
+                shown.last_message_status.clone_from(&moved.status);
+                if moved.renamed_from.is_some() {
+                    guards.last_message_id.clone_from(&moved.message_id);
+                    guards.last_key.clone_from(&moved.key);
+                    shown.last_message_id.clone_from(&moved.message_id);
+                }
+            }
+            Forward::Inbound(at) => {
+                guards.last_inbound = Some(at);
+                shown.window_expires_at = Some(at + SERVICE_WINDOW);
+            }
+        }
+    }
+}
+
+/// Newest first, as the API pages messages: by time, then WhatsApp's id.
+fn newest_first(a: &Message, b: &Message) -> std::cmp::Ordering {
+    (b.timestamp, &b.message_id).cmp(&(a.timestamp, &a.message_id))
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn prepare(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn load(&self, lookup: &Lookup) -> StoreResult<Known> {
+        let state = self.state();
+        let mut known = Known {
+            atomic: true,
+            ..Known::default()
+        };
+        let (messages, mut conversation_ids): (Vec<&Message>, Vec<String>) = match lookup {
+            Lookup::Items {
+                message_ids,
+                conversation_ids,
+            } => {
+                known.parked = state
+                    .parked
+                    .values()
+                    .filter(|p| message_ids.contains(&p.message_id))
+                    .cloned()
+                    .collect();
+                let messages = state
+                    .messages
+                    .values()
+                    .filter(|m| {
+                        message_ids.contains(&m.message_id)
+                            || is_local_id(&m.id) && message_ids.contains(&m.id)
+                    })
+                    .collect();
+                (messages, conversation_ids.clone())
+            }
+            Lookup::Unread { conversation_id } => (
+                state
+                    .messages
+                    .values()
+                    .filter(|m| &m.conversation_id == conversation_id && m.is_unread())
+                    .collect(),
+                vec![conversation_id.clone()],
+            ),
+        };
+        conversation_ids.extend(messages.iter().map(|m| m.conversation_id.clone()));
+        for id in conversation_ids {
+            if let Some(summary) = state.summaries.get(&id) {
+                known.summaries.insert(id, summary.guards.clone());
+            }
+        }
+        known.messages = messages
+            .into_iter()
+            .map(|m| {
+                let stored = Stored {
+                    message: m.clone(),
+                    settled: Some(m.status.clone()),
+                };
+                (m.message_id.clone(), stored)
+            })
+            .collect();
+        Ok(known)
+    }
+
+    async fn apply(&self, changes: &ChangeSet) -> StoreResult<()> {
+        let mut state = self.state();
+        *state = state.apply(changes)?;
+        Ok(())
+    }
+
+    async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
+        let before = conversations_before(&page).unwrap_or_else(|| "~".to_owned());
+        let state = self.state();
+        let mut list: Vec<&SummaryState> = state
+            .summaries
+            .values()
+            .filter(|s| s.guards.last_key < before)
+            .collect();
+        list.sort_by(|a, b| b.guards.last_key.cmp(&a.guards.last_key));
+        let limit = usize::try_from(page.limit).unwrap_or(0);
+        Ok(list
+            .into_iter()
+            .take(limit)
+            .map(|s| s.shown.clone())
+            .collect())
+    }
+
+    async fn messages(&self, conversation_id: &str, page: Page) -> StoreResult<Vec<Message>> {
+        let state = self.state();
+        // Pages meet at a millisecond and an id, as the stores keep times.
+        let before = page.before.map_or(i64::MAX, |b| b.timestamp_millis());
+        let before_id = page.before_id.clone().unwrap_or_default();
+        let mut list: Vec<&Message> = state
+            .messages
+            .values()
+            .filter(|m| m.conversation_id == conversation_id)
+            .filter(|m| (m.timestamp.timestamp_millis(), &m.message_id) < (before, &before_id))
+            .collect();
+        list.sort_by(|a, b| newest_first(a, b));
+        let limit = usize::try_from(page.limit).unwrap_or(0);
+        let mut page: Vec<Message> = list
+            .into_iter()
+            .take(limit)
+            .map(|m| m.clone().with_media_url())
+            .collect();
+        page.reverse();
+        Ok(page)
+    }
+
+    async fn message(&self, message_id: &str) -> StoreResult<Option<Message>> {
+        let state = self.state();
+        Ok(state
+            .by_message_id(message_id)
+            .map(|m| m.clone().with_media_url()))
+    }
+
+    async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>> {
+        Ok(self
+            .state()
+            .summaries
+            .get(conversation_id)
+            .map(|s| s.shown.clone()))
+    }
+
+    async fn stats(&self) -> StoreResult<Stats> {
+        let state = self.state();
+        let mut stats = state.counts.to_stats(state.conversations);
+        stats.rejected_items = i64::try_from(state.rejected.len()).unwrap_or(i64::MAX);
+        Ok(stats)
+    }
+
+    async fn outbox(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
+        let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let before = Utc::now().checked_sub_signed(age);
+        Ok(self
+            .state()
+            .outbox
+            .iter()
+            .filter(|(at, _)| before.is_some_and(|before| *at < before))
+            .take(limit)
+            .map(|(_, event)| event.clone())
+            .collect())
+    }
+
+    async fn relayed(&self, ids: &[String]) -> StoreResult<()> {
+        self.state()
+            .outbox
+            .retain(|(_, event)| !ids.contains(&event.id()));
+        Ok(())
+    }
+
+    async fn due_sends(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<QueuedSend>> {
+        let state = self.state();
+        let mut due: Vec<&QueuedSend> = state.sends.values().filter(|s| s.due <= now).collect();
+        due.sort_by_key(|s| s.due);
+        Ok(due.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn update_send(
+        &self,
+        send: &QueuedSend,
+        expected_due: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut state = self.state();
+        match state.sends.get_mut(&send.id) {
+            Some(stored) if stored.due == expected_due => {
+                *stored = send.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn hold_sends(
+        &self,
+        conversation_id: &str,
+        first: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        for send in self.state().sends.values_mut() {
+            if send.conversation_id == conversation_id && send.id != first && send.due < until {
+                send.due = until;
+                send.held = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn first_send(&self, conversation_id: &str) -> StoreResult<Option<QueuedSend>> {
+        Ok(self
+            .state()
+            .sends
+            .values()
+            .filter(|s| s.conversation_id == conversation_id)
+            .min_by_key(|s| (s.order(), s.id.clone()))
+            .cloned())
+    }
+
+    async fn claim_key(&self, key: &str, fingerprint: &str) -> StoreResult<KeyClaim> {
+        let mut state = self.state();
+        Ok(match state.keys.get(key) {
+            None => {
+                state.keys.insert(key.to_owned(), fingerprint.to_owned());
+                KeyClaim::New
+            }
+            Some(first) if first == fingerprint => KeyClaim::Same,
+            Some(_) => KeyClaim::Other,
+        })
+    }
+
+    async fn release_key(&self, key: &str, fingerprint: &str) -> StoreResult<()> {
+        let mut state = self.state();
+        if state.keys.get(key).is_some_and(|f| f == fingerprint) {
+            state.keys.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn search(
+        &self,
+        query: &Query,
+        scope: &SearchScope,
+        limit: usize,
+    ) -> StoreResult<SearchPage> {
+        // The cursor is the last hit's place: its time and WhatsApp id.
+        let after = match scope.before.as_deref() {
+            None => None,
+            Some(cursor) => {
+                let (millis, id) = cursor
+                    .split_once('|')
+                    .ok_or_else(|| StoreError::rejected("not a cursor of this search (next)"))?;
+                let millis = millis
+                    .parse::<i64>()
+                    .map_err(|_| StoreError::rejected("not a cursor of this search (next)"))?;
+                Some((millis, id.to_owned()))
+            }
+        };
+        let state = self.state();
+        let mut hits: Vec<&Message> = state
+            .messages
+            .values()
+            .filter(|m| {
+                scope
+                    .conversation_id
+                    .as_ref()
+                    .is_none_or(|c| *c == m.conversation_id)
+            })
+            .filter(|m| {
+                scope
+                    .phone_number_id
+                    .as_ref()
+                    .is_none_or(|p| m.phone_number_id.as_ref() == Some(p))
+            })
+            .filter(|m| {
+                after.as_ref().is_none_or(|(millis, id)| {
+                    (m.timestamp.timestamp_millis(), &m.message_id) < (*millis, id)
+                })
+            })
+            .filter(|m| query.matches(&searchable_text(m)))
+            .collect();
+        hits.sort_by(|a, b| newest_first(a, b));
+        hits.truncate(limit);
+        let next = (hits.len() == limit)
+            .then(|| hits.last())
+            .flatten()
+            .map(|m| format!("{}|{}", m.timestamp.timestamp_millis(), m.message_id));
+        Ok(SearchPage {
+            messages: hits
+                .into_iter()
+                .map(|m| m.clone().with_media_url())
+                .collect(),
+            next,
+        })
+    }
+}
