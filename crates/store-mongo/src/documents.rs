@@ -43,7 +43,7 @@ pub fn message_to_document(message: &Message) -> StoreResult<Document> {
 /// query and claim it by.
 pub fn send_document(send: &wa_core::domain::QueuedSend) -> StoreResult<Document> {
     let text = serde_json::to_string(send)
-        .map_err(|e| Error::rejected(format!("cannot store a send: {e}")))?;
+        .map_err(|e| Error::rejected(format!("cannot store a send: {e}")).caused_by(e))?;
     Ok(doc! {
         "conversationId": &send.conversation_id,
         "due": send.due.timestamp_millis(),
@@ -63,9 +63,9 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
 pub fn send_from_document(d: &Document) -> StoreResult<wa_core::domain::QueuedSend> {
     let text = d
         .get_str("send")
-        .map_err(|e| Error::rejected(format!("queued send unreadable: {e}")))?;
+        .map_err(|e| Error::rejected(format!("queued send unreadable: {e}")).caused_by(e))?;
     let mut send: wa_core::domain::QueuedSend = serde_json::from_str(text)
-        .map_err(|e| Error::rejected(format!("queued send unreadable: {e}")))?;
+        .map_err(|e| Error::rejected(format!("queued send unreadable: {e}")).caused_by(e))?;
     if let Some(due) = d
         .get("due")
         .and_then(integer)
@@ -233,7 +233,7 @@ pub fn store_error(error: impl Into<Classified>) -> Error {
 
 /// Driver errors classified: a concurrent transaction got there first
 /// (conflict), the data's fault (rejected), or the database's (transient,
-/// retried forever).
+/// retried forever). The driver's error is kept as the source.
 pub struct Classified(Error);
 
 /// MongoDB's `WriteConflict`.
@@ -245,7 +245,7 @@ impl From<mongodb::error::Error> for Classified {
         let write_conflict =
             matches!(e.kind.as_ref(), DriverErrorKind::Command(c) if c.code == WRITE_CONFLICT);
         if write_conflict || e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR) {
-            return Self(Error::conflict(message));
+            return Self(Error::conflict(message).caused_by(e));
         }
         let rejected = matches!(
             e.kind.as_ref(),
@@ -253,24 +253,54 @@ impl From<mongodb::error::Error> for Classified {
                 | DriverErrorKind::InvalidArgument { .. }
                 | DriverErrorKind::Write(WriteFailure::WriteError(_))
         );
-        Self(if rejected {
-            Error::rejected(message)
-        } else {
-            Error::transient(message)
-        })
+        Self(
+            if rejected {
+                Error::rejected(message)
+            } else {
+                Error::transient(message)
+            }
+            .caused_by(e),
+        )
     }
 }
 
 impl From<bson::ser::Error> for Classified {
     fn from(e: bson::ser::Error) -> Self {
-        Self(Error::rejected(format!("cannot store as BSON: {e}")))
+        Self(Error::rejected(format!("cannot store as BSON: {e}")).caused_by(e))
     }
 }
 
 impl From<bson::de::Error> for Classified {
     fn from(e: bson::de::Error) -> Self {
-        Self(Error::rejected(format!(
-            "stored document is malformed: {e}"
-        )))
+        Self(Error::rejected(format!("stored document is malformed: {e}")).caused_by(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_driver_error_is_kept_as_the_source() {
+        let Err(malformed) = bson::from_document::<Message>(doc! {"messageId": 1}) else {
+            panic!("a number is not a message");
+        };
+        let error = store_error(malformed);
+        assert_eq!(error.kind, wa_store::ErrorKind::Rejected);
+        assert!(
+            error
+                .to_string()
+                .starts_with("stored document is malformed: ")
+        );
+        let source = std::error::Error::source(&error).map(ToString::to_string);
+        assert_eq!(
+            Some(
+                error
+                    .message
+                    .trim_start_matches("stored document is malformed: ")
+                    .to_owned()
+            ),
+            source
+        );
     }
 }
