@@ -1,12 +1,19 @@
 //! What the business sends through WhatsApp: a `POST /api/messages` body
 //! read into a draft (the message to store and the Graph API request to
-//! queue), and how often a send is tried. Pure functions, no I/O.
+//! queue), whether it may be sent now (`window`), what is stored for it
+//! (`message`), and how often a send is tried. Pure functions, no I/O.
 
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
 use crate::retry::Backoff;
+
+mod message;
+mod window;
+
+pub use message::{Addressed, Outgoing, business_number, fresh_local_id, keyed_local_id, outgoing};
+pub use window::{Refusal, may_send};
 
 /// Longest text WhatsApp sends.
 pub const MAX_TEXT_CHARS: usize = 4096;

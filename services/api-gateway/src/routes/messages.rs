@@ -1,18 +1,17 @@
 //! `POST /api/messages`: the business sends a message. It is stored, with
 //! its send queued for WhatsApp in the same commit, and answered at once;
-//! the processor's sender sends it (see `wa_engine::sender`).
+//! the processor's sender sends it (see `wa_engine::sender`). The rules
+//! and what is stored are built in `wa_core::outbound`; this handler
+//! reads the request, keeps a repeated key to its first message, stores
+//! and answers.
 
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
-use wa_core::domain::{
-    BUSINESS_USER_NAME, Conversation, Direction, Event, Message, PENDING, QueuedSend,
-    conversation_id, is_conversation_id,
-};
-use wa_core::outbound::Draft;
+use wa_core::domain::{Event, Message, PENDING, is_conversation_id};
+use wa_core::outbound::{self, Addressed, Draft, Outgoing, Refusal};
 use wa_service::http::ApiError;
 use wa_store::KeyClaim;
 
@@ -88,7 +87,10 @@ pub async fn send(
         .conversation_id
         .trim_start_matches("conv_")
         .to_owned();
-    let local_id = local_id(request.key.as_deref());
+    let local_id = match request.key.as_deref() {
+        Some(key) => outbound::keyed_local_id(key),
+        None => outbound::fresh_local_id(&uuid::Uuid::now_v7().simple().to_string()),
+    };
 
     let first = match request.key {
         Some(_) => state
@@ -113,13 +115,20 @@ pub async fn send(
         .await
         .map_err(store_failure)?;
     if first.is_none() {
-        check_window(&state, conversation.as_ref(), &request)?;
+        outbound::may_send(
+            &request.draft,
+            &request.conversation_id,
+            conversation.as_ref(),
+            state.graph.is_some(),
+            chrono::Utc::now(),
+        )
+        .map_err(refused)?;
     }
     // The key is claimed in one atomic write before anything is stored (and
     // after the checks, so a refused request leaves it unused): concurrent
     // requests with it store one message, with the body of the one that
     // claimed it, on a store without transactions too.
-    let fingerprint = request.fingerprint();
+    let fingerprint = request.draft.fingerprint(&request.conversation_id);
     let mut claim = None;
     if first.is_none() && request.key.is_some() {
         let claimed = state
@@ -157,59 +166,15 @@ pub async fn send(
             *id = message.message_id;
         }
     }
-    let from = request
-        .from
-        .clone()
-        .or_else(|| {
-            conversation
-                .as_ref()
-                .and_then(|c| c.participants.iter().find(|p| **p != wa_id).cloned())
-        })
-        .unwrap_or_default();
-    let now = now();
-    let status = if state.graph.is_some() {
-        PENDING
-    } else {
-        "sent"
+    let from = outbound::business_number(request.from.as_deref(), conversation.as_ref(), &wa_id);
+    let to = Addressed {
+        local_id: &local_id,
+        key: request.key.as_deref(),
+        wa_id: &wa_id,
+        from: &from,
+        phone_number_id: state.graph.as_ref().map(|g| g.phone_number_id()),
     };
-    let message = Message {
-        id: local_id.clone(),
-        message_id: local_id.clone(),
-        client_message_id: Some(request.key.clone().unwrap_or_else(|| local_id.clone())),
-        conversation_id: conversation_id(&wa_id),
-        wa_id: wa_id.clone(),
-        from,
-        to: wa_id.clone(),
-        timestamp: now,
-        kind: draft.kind.clone(),
-        body: draft.body.clone(),
-        status: status.to_owned(),
-        user_name: BUSINESS_USER_NAME.to_owned(),
-        direction: Direction::Outbound,
-        contact_name: None,
-        phone_number_id: state.graph.as_ref().map(|g| g.phone_number_id().to_owned()),
-        content: Some(draft.content.clone()),
-        context: draft
-            .reply_to
-            .as_ref()
-            .map(|id| serde_json::json!({"id": id})),
-        referral: None,
-        errors: None,
-        status_timestamps: [(status.to_owned(), now)].into(),
-        media_url: None,
-    };
-    let send = state.graph.is_some().then(|| QueuedSend {
-        id: local_id.clone(),
-        conversation_id: message.conversation_id.clone(),
-        request: draft.request(&wa_id, &local_id),
-        due: now,
-        // To the microsecond: the order of a conversation's sends.
-        queued_at: Some(chrono::Utc::now()),
-        attempts: 0,
-        wamid: None,
-        last_error: None,
-        held: false,
-    });
+    let Outgoing { message, send } = outbound::outgoing(&draft, &to, chrono::Utc::now());
     let events = match state.processor.send(send.as_ref(), &message).await {
         Ok(events) => events,
         Err(e) => {
@@ -319,38 +284,16 @@ fn validate(fields: &Map<String, Value>, headers: &HeaderMap) -> Result<Validate
     })
 }
 
-/// The message's key: derived from the client's key, so a retry finds it
-/// (whatever the key's characters); else new.
-fn local_id(key: Option<&str>) -> String {
-    match key {
-        Some(key) => format!(
-            "local.{}",
-            &hex::encode(Sha256::digest(key.as_bytes()))[..32]
-        ),
-        None => format!("local.{}", uuid::Uuid::now_v7().simple()),
-    }
-}
-
-impl Validated {
-    /// What a repeat with the same key must match: the conversation, the
-    /// kind, the Graph API content and the message replied to.
-    fn fingerprint(&self) -> String {
-        let what = serde_json::json!([
-            self.conversation_id,
-            self.draft.kind,
-            self.draft.content,
-            self.draft.reply_to,
-        ]);
-        hex::encode(Sha256::digest(what.to_string().as_bytes()))
-    }
-}
-
 /// A repeated key must come with the same message.
 fn check_same(first: &Message, request: &Validated) -> Result<(), ApiError> {
-    let same = first.conversation_id == request.conversation_id
-        && first.kind == request.draft.kind
-        && first.body == request.draft.body;
-    if same { Ok(()) } else { Err(key_reused()) }
+    if request
+        .draft
+        .is_repeated_by(&request.conversation_id, first)
+    {
+        Ok(())
+    } else {
+        Err(key_reused())
+    }
 }
 
 fn key_reused() -> ApiError {
@@ -379,49 +322,11 @@ async fn stored_by_first(state: &ApiState, local_id: &str) -> Result<Option<Mess
     }
 }
 
-/// A first message needs a conversation or a template; with WhatsApp
-/// configured, free-form messages need the customer service window open.
-fn check_window(
-    state: &ApiState,
-    conversation: Option<&Conversation>,
-    request: &Validated,
-) -> Result<(), ApiError> {
-    let free_form = request.draft.needs_open_window();
-    let Some(conversation) = conversation else {
-        if free_form {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no conversation {}: the first message to a customer must be a template",
-                    request.conversation_id
-                ),
-            ));
-        }
-        let wa_id = request.conversation_id.trim_start_matches("conv_");
-        if !(7..=15).contains(&wa_id.len()) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "a new conversation needs the customer's WhatsApp id (their number with country code, 7 to 15 digits)",
-            ));
-        }
-        return Ok(());
+/// Why a message may not be sent, as an answer.
+fn refused(refusal: Refusal) -> ApiError {
+    let status = match refusal {
+        Refusal::FirstNotTemplate(_) => StatusCode::NOT_FOUND,
+        Refusal::NotAWhatsAppId | Refusal::WindowClosed => StatusCode::UNPROCESSABLE_ENTITY,
     };
-    if free_form
-        && state.graph.is_some()
-        && conversation
-            .window_expires_at
-            .is_none_or(|closes| closes <= now())
-    {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "outside the 24-hour customer service window (the customer's last message is older, or there is none): only a template can be sent",
-        ));
-    }
-    Ok(())
-}
-
-/// Now, to the millisecond (what every store keeps).
-fn now() -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis())
-        .unwrap_or_default()
+    ApiError::new(status, refusal.to_string())
 }
