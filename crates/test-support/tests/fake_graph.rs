@@ -464,6 +464,10 @@ async fn env_points_a_backend_at_the_fake() {
     let url = graph.url();
     drop(graph);
     // Stopped: nothing listens any more.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(reqwest::get(format!("{url}/{VERSION}/1")).await.is_err());
+    test_support::wait_until(
+        "the fake to stop listening",
+        Duration::from_secs(5),
+        || async { reqwest::get(format!("{url}/{VERSION}/1")).await.is_err() },
+    )
+    .await;
 }

@@ -98,18 +98,36 @@ async fn a_frozen_nats_makes_the_gateway_not_ready_until_it_thaws() {
 #[tokio::test]
 async fn sigterm_stops_the_gateway_promptly_when_nats_is_gone() {
     let nats = format!("nats://127.0.0.1:{}", test_support::free_port());
-    let (child, url) =
-        test_support::start_binary(env!("CARGO_BIN_EXE_webhook-gateway"), &[("NATS_URL", nats)])
-            .await;
+    // One request at a time: while the webhook waits, others are refused.
+    let (child, url) = test_support::start_binary(
+        env!("CARGO_BIN_EXE_webhook-gateway"),
+        &[
+            ("NATS_URL", nats),
+            ("MAX_REQUESTS_IN_FLIGHT", "1".to_owned()),
+        ],
+    )
+    .await;
     // A webhook waiting for NATS (up to PUBLISH_TIMEOUT_MS).
-    let waiting = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{url}/webhook"))
-            .body(test_support::sample_files()[0].1.clone())
-            .send()
-            .await
+    let waiting = tokio::spawn({
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/webhook"))
+                .body(test_support::sample_files()[0].1.clone())
+                .send()
+                .await
+        }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until(
+        "the webhook to be in progress",
+        Duration::from_secs(20),
+        || async {
+            reqwest::get(format!("{url}/no-such-page"))
+                .await
+                .is_ok_and(|r| r.status() == 503)
+        },
+    )
+    .await;
     let took = test_support::time_to_exit_after_sigterm(child).await;
     assert!(
         took.is_some_and(|t| t < Duration::from_secs(8)),
