@@ -763,7 +763,9 @@ pub struct GraphError {
     pub message: String,
     /// `error.error_data.details`.
     pub details: Option<String>,
-    pub fbtrace_id: Option<String>,
+    /// Meta's trace id (a `Box<str>`: with `source`, the error stays
+    /// small enough to be returned by value).
+    pub fbtrace_id: Option<Box<str>>,
     /// The transport's own error when there was no (complete) answer
     /// (without the URL), kept for logs and `source()` chains.
     pub source: Option<Arc<reqwest::Error>>,
@@ -839,7 +841,7 @@ impl GraphError {
             title,
             message: message.unwrap_or_else(|| reason.to_owned()),
             details: text("/error_data/details"),
-            fbtrace_id: text("/fbtrace_id"),
+            fbtrace_id: text("/fbtrace_id").map(Into::into),
             source: None,
         }
     }
@@ -919,7 +921,7 @@ impl GraphError {
             error.insert("error_data".into(), json!({ "details": details }));
         }
         if let Some(fbtrace_id) = &self.fbtrace_id {
-            error.insert("fbtrace_id".into(), fbtrace_id.clone().into());
+            error.insert("fbtrace_id".into(), fbtrace_id.to_string().into());
         }
         Value::Array(vec![Value::Object(error)])
     }

@@ -5,40 +5,48 @@ pub mod search;
 pub mod stats;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::QueryRejection;
-use axum::routing::{get, post};
+use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 use wa_core::domain::{Page, is_conversation_id};
 use wa_service::http::ApiError;
 use wa_store::StoreError;
 
 use crate::ApiState;
 
-pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/api/conversations", get(conversations::list))
-        .route(
-            "/api/conversations/{conversation_id}/messages",
-            get(conversations::messages),
-        )
-        .route(
-            "/api/conversations/{conversation_id}/read",
-            post(conversations::mark_read),
-        )
-        .route("/api/messages", post(messages::send))
-        .route("/api/stats", get(stats::stats))
-        .route("/api/search", get(search::search))
-        .route("/api/events", get(events::list))
-        .route("/api/media/{media_id}", get(crate::media::download))
-        .route("/api/openapi.json", get(crate::openapi::document))
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+/// The REST routes and their OpenAPI operations, from one list: each
+/// handler's `#[utoipa::path]` gives both its route (method and path) and
+/// its part of the document. `upload_limit`: the largest media upload.
+pub fn rest(upload_limit: usize) -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(conversations::list))
+        .routes(routes!(conversations::messages))
+        .routes(routes!(conversations::mark_read))
+        .routes(routes!(messages::send))
+        .routes(routes!(stats::stats))
+        .routes(routes!(search::search))
+        .routes(routes!(events::list))
+        .routes(routes!(crate::media::download))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Files are larger than any other request.
+        .routes(routes!(crate::media::upload).layer(DefaultBodyLimit::max(upload_limit)))
+}
+
+/// The REST API with its state, and `/api/openapi.json` serving the
+/// document its routes were built with.
+pub fn router(state: ApiState) -> Router {
+    let (router, document) = rest(state.media.upload_limit()).split_for_parts();
+    let document = std::sync::Arc::new(document);
+    router
         .route(
-            "/api/media",
-            post(crate::media::upload).layer(axum::extract::DefaultBodyLimit::max(
-                state.media.upload_limit(),
-            )),
+            "/api/openapi.json",
+            get(move || crate::openapi::document(document.clone()))
+                .layer(DefaultBodyLimit::max(BODY_LIMIT)),
         )
         .with_state(state)
 }
