@@ -447,6 +447,26 @@ struct ConversationPlan<'w> {
     moved: Vec<(&'w Message, &'w str)>,
 }
 
+impl<'w> ConversationPlan<'w> {
+    /// Takes a message whose counters change: a candidate for the summary
+    /// if it was never settled; a moved status if it was stored.
+    fn take(&mut self, working: &'w Working<'_>) {
+        let message = &working.message;
+        if working.stored.is_none() || working.settled().is_none() {
+            self.candidates.push(message);
+        }
+        if working.stored.is_some() {
+            // Its status moved since it was settled (maybe by a change set
+            // that stopped before the summary caught up), under the id the
+            // summary knows it by.
+            let known_as = working.renamed_from.as_deref();
+            self.moved
+                .push((message, known_as.unwrap_or(&message.message_id)));
+        }
+        self.members.push(message);
+    }
+}
+
 struct Planner<'k> {
     known: &'k Known,
     /// By message id, so plans (and their writes) come out in one order.
@@ -569,102 +589,36 @@ impl<'k> Planner<'k> {
     /// `seed` picks the stats document of an atomic change set.
     fn finish(mut self, payloads: Vec<RawPayload>, seed: &str) -> ChangeSet {
         self.changes.payloads = payloads;
-        let known = self.known;
         let work = std::mem::take(&mut self.work);
         let mut conversations: BTreeMap<&str, ConversationPlan<'_>> = BTreeMap::new();
         let mut stats: BTreeMap<u32, (Counts, Vec<Entry>)> = BTreeMap::new();
-
         for working in work.values() {
+            self.write(working);
             let message = &working.message;
-            match working.stored {
-                None => self.changes.inserts.push(message.clone()),
-                Some(stored) if !working.new_times.is_empty() || working.renamed_from.is_some() => {
-                    self.changes.updates.push(Update {
-                        message: message.clone(),
-                        expected_rank: status_rank(&stored.message.status).unwrap_or(0),
-                        renamed_from: working.renamed_from.clone(),
-                        new_times: working.new_times.iter().cloned().collect(),
-                        errors_changed: message.errors != stored.message.errors,
-                    });
-                }
-                Some(_) => {}
-            }
-            let settled = working.settled();
-            let target = message.status.as_str();
-            // Keyed by the permanent id: a rename keeps its entries.
-            let key = journal_key(&message.id);
-            let summary = known.summaries.get(&message.conversation_id);
             let conversation = conversations
                 .entry(message.conversation_id.as_str())
                 .or_default();
-            if working.stored.is_some() && settled == Some(target) {
+            let key = journal_key(&message.id);
+            if working.stored.is_some() && working.settled() == Some(message.status.as_str()) {
                 // Settled already; drop what a crash may have left in journals.
+                let summary = self.known.summaries.get(&message.conversation_id);
                 self.cleanup_leftovers(message, &key, summary);
                 continue;
             }
             self.changes.events.extend(announce(
                 message,
-                working.stored.and(settled),
+                working.stored.and(working.settled()),
                 working.renamed_from.as_deref(),
             ));
-            if working.stored.is_none() || settled.is_none() {
-                conversation.candidates.push(message);
-            }
-            if working.stored.is_some() {
-                // Its status moved since it was settled (maybe by a change
-                // set that stopped before the summary caught up).
-                let known_as = working.renamed_from.as_deref();
-                conversation
-                    .moved
-                    .push((message, known_as.unwrap_or(&message.message_id)));
-            }
-            conversation.members.push(message);
-
-            // This conversation's counters.
-            let entry = summary.and_then(|s| s.journal.get(&key));
-            let from = entry.map(String::as_str).or(settled);
-            let change = Counts::change(message.direction, from, target).for_conversation();
-            self.count(
-                Counter::Conversation(message.conversation_id.clone()),
-                &key,
-                entry,
-                change,
-                target,
-                |entry| {
-                    conversation.counts.add(&entry.counts);
-                    conversation.journal.push(entry);
-                },
-            );
-
-            // The deployment's counters: wherever a crash left this message.
-            let fresh = stats_shard(if known.atomic { seed } else { &message.id });
-            let (shard, entry) = known
-                .stats_journals
-                .iter()
-                .find_map(|(shard, journal)| journal.get(&key).map(|e| (*shard, Some(e))))
-                .unwrap_or((fresh, None));
-            let from = entry.map(String::as_str).or(settled);
-            let change = Counts::change(message.direction, from, target);
-            let (counts, journal) = stats.entry(shard).or_default();
-            self.count(
-                Counter::Stats(shard),
-                &key,
-                entry,
-                change,
-                target,
-                |entry| {
-                    counts.add(&entry.counts);
-                    journal.push(entry);
-                },
-            );
-
+            conversation.take(working);
+            self.count_in_conversation(working, &key, conversation);
+            self.count_in_stats(working, &key, seed, &mut stats);
             self.changes
                 .settle
-                .push((message.id.clone(), target.to_owned()));
+                .push((message.id.clone(), message.status.clone()));
         }
-
         for (id, plan) in conversations {
-            if let Some(change) = summarise(id, plan, known.summaries.get(id)) {
+            if let Some(change) = summarise(id, plan, self.known.summaries.get(id)) {
                 self.changes.conversations.push(change);
             }
         }
@@ -678,6 +632,83 @@ impl<'k> Planner<'k> {
             })
             .collect();
         self.changes
+    }
+
+    /// The message's own write: inserted if new, updated if it changed.
+    fn write(&mut self, working: &Working<'_>) {
+        let message = &working.message;
+        match working.stored {
+            None => self.changes.inserts.push(message.clone()),
+            Some(stored) if !working.new_times.is_empty() || working.renamed_from.is_some() => {
+                self.changes.updates.push(Update {
+                    message: message.clone(),
+                    expected_rank: status_rank(&stored.message.status).unwrap_or(0),
+                    renamed_from: working.renamed_from.clone(),
+                    new_times: working.new_times.iter().cloned().collect(),
+                    errors_changed: message.errors != stored.message.errors,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The conversation's counters: from where it was counted (a journal
+    /// entry a crash left, or its settled status) to its status now.
+    fn count_in_conversation<'w>(
+        &mut self,
+        working: &'w Working<'_>,
+        key: &str,
+        conversation: &mut ConversationPlan<'w>,
+    ) {
+        let message = &working.message;
+        let summary = self.known.summaries.get(&message.conversation_id);
+        let entry = summary.and_then(|s| s.journal.get(key));
+        let from = entry.map(String::as_str).or(working.settled());
+        let change = Counts::change(message.direction, from, &message.status).for_conversation();
+        self.count(
+            Counter::Conversation(message.conversation_id.clone()),
+            key,
+            entry,
+            change,
+            &message.status,
+            |entry| {
+                conversation.counts.add(&entry.counts);
+                conversation.journal.push(entry);
+            },
+        );
+    }
+
+    /// The deployment's counters: wherever a crash left this message, or a
+    /// shard of its own.
+    fn count_in_stats(
+        &mut self,
+        working: &Working<'_>,
+        key: &str,
+        seed: &str,
+        stats: &mut BTreeMap<u32, (Counts, Vec<Entry>)>,
+    ) {
+        let message = &working.message;
+        let known = self.known;
+        let fresh = stats_shard(if known.atomic { seed } else { &message.id });
+        let (shard, entry) = known
+            .stats_journals
+            .iter()
+            .find_map(|(shard, journal)| journal.get(key).map(|e| (*shard, Some(e))))
+            .unwrap_or((fresh, None));
+        let from = entry.map(String::as_str).or(working.settled());
+        let change = Counts::change(message.direction, from, &message.status);
+        let (counts, journal) = stats.entry(shard).or_default();
+        self.count(
+            Counter::Stats(shard),
+            key,
+            entry,
+            change,
+            &message.status,
+            |entry| {
+                counts.add(&entry.counts);
+                journal.push(entry);
+            },
+        );
     }
 
     /// Adds a message's counter change to one document, with the journal
