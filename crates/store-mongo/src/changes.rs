@@ -368,8 +368,24 @@ fn first_failure(results: Vec<StoreResult<()>>) -> StoreResult<()> {
     conflict.map_or(Ok(()), Err)
 }
 
-/// The change set's write commands, step by step (empty ones left out).
+/// The change set's write commands, step by step (empty ones left out):
+/// each step is sent once the previous one is written, so a crash stops
+/// between steps, never with a later step before an earlier one.
 fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
+    Ok([
+        queue_step(changes)?,
+        record_step(changes)?,
+        summary_step(changes)?,
+        settle_step(changes),
+        cleanup_step(changes),
+    ]
+    .into_iter()
+    .filter(|step| !step.is_empty())
+    .collect())
+}
+
+/// The sends the change set queues, in a step before everything else.
+fn queue_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
     let mut queue = Vec::new();
     if !changes.enqueue.is_empty() {
         let statements = changes
@@ -381,6 +397,12 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
             .collect::<StoreResult<Vec<_>>>()?;
         queue.push(update(SENDS, statements, Expect::Anything));
     }
+    Ok(queue)
+}
+
+/// What is recorded as it came: raw payloads, refused items, new and
+/// changed messages, statuses parked until their message arrives.
+fn record_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
     let mut first = Vec::new();
     let archived = changes.payloads.iter().map(|p| {
         doc! {
@@ -430,7 +452,12 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
             Expect::DuplicatesAllowed,
         ));
     }
+    Ok(first)
+}
 
+/// What follows from the records: summaries and counters (with their
+/// journal entries), the events, and parked statuses now applied.
+fn summary_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
     let mut second = Vec::new();
     let (mut must, mut forward) = (Vec::new(), Vec::new());
     for change in &changes.conversations {
@@ -468,7 +495,11 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
             expect: Expect::Anything,
         });
     }
+    Ok(second)
+}
 
+/// The messages settled at their status, and finished sends dequeued.
+fn settle_step(changes: &ChangeSet) -> Vec<Write> {
     let mut third = Vec::new();
     if !changes.settle.is_empty() {
         let mut by_status: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -492,7 +523,11 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
             expect: Expect::Anything,
         });
     }
+    third
+}
 
+/// The journal entries of settled messages, no longer needed.
+fn cleanup_step(changes: &ChangeSet) -> Vec<Write> {
     let mut fourth = Vec::new();
     let mut cleanups: BTreeMap<&Counter, Vec<(&str, &str)>> = BTreeMap::new();
     for cleanup in &changes.cleanup {
@@ -522,10 +557,7 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
             fourth.push(update(collection, statements, Expect::Anything));
         }
     }
-    Ok([queue, first, second, third, fourth]
-        .into_iter()
-        .filter(|step| !step.is_empty())
-        .collect())
+    fourth
 }
 
 fn update(collection: &str, statements: Vec<Document>, expect: Expect) -> Write {
