@@ -128,8 +128,11 @@ async fn measure(
     let elapsed = started.elapsed();
     let stored = bodies.len() * messages;
     let batches = bodies.len().div_ceil(batch);
+    // Payload n comes from sender n % 100; its messages each name their
+    // own customer (`ingest::webhook`).
+    let conversations = bodies.len().min(100) * messages;
     let mut detail = format!(
-        "{stored} messages in {:.1} s, 100 conversations; {:.2} events per message",
+        "{stored} messages in {:.1} s, {conversations} conversations; {:.2} events per message",
         elapsed.as_secs_f64(),
         events as f64 / stored as f64
     );
