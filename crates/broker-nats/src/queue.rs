@@ -83,15 +83,17 @@ pub(crate) async fn take(
                     break;
                 }
             };
-            // A reference counts as the body it stands for: past the
-            // limit, a message goes back at once for the next batch.
-            if bytes >= limits.bytes {
+            // A reference counts as the body it stands for (the fetch's
+            // byte limit saw only the reference): one that would take the
+            // batch past its bytes goes back at once, for the next batch.
+            let size = body_size(&message);
+            if bytes + size > limits.bytes {
                 if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
                     tracing::debug!(error = %e, "nak failed; redelivered after the ack wait");
                 }
                 continue;
             }
-            bytes += body_size(&message);
+            bytes += size;
             batch.push(message);
         }
     }
