@@ -3,7 +3,7 @@
 //! another node, and every accepted webhook is stored once and announced.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -61,8 +61,10 @@ async fn killing_stream_leaders_of_a_three_node_cluster_loses_and_doubles_nothin
 
     // Webhooks one after another, as long as the nodes are being killed.
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let load = {
         let (http, url, stop) = (stack.http.clone(), stack.webhook.clone(), stop.clone());
+        let answered = answered.clone();
         tokio::spawn(async move {
             let mut load = Load::default();
             let mut n = 0;
@@ -84,6 +86,7 @@ async fn killing_stream_leaders_of_a_three_node_cluster_loses_and_doubles_nothin
                 } else {
                     load.refused.push((n, status));
                 }
+                answered.fetch_add(1, Ordering::Relaxed);
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -91,22 +94,35 @@ async fn killing_stream_leaders_of_a_three_node_cluster_loses_and_doubles_nothin
         })
     };
 
+    // Until 20 more webhooks are answered (a second or more of load).
+    let more_answered = || {
+        let answered = answered.clone();
+        let target = answered.load(Ordering::Relaxed) + 20;
+        test_support::wait_until(
+            "20 more webhooks to be answered",
+            Duration::from_secs(120),
+            move || {
+                let answered = answered.clone();
+                async move { answered.load(Ordering::Relaxed) >= target }
+            },
+        )
+    };
     // The leader, then (once the first is back and caught up) the new one.
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        more_answered().await;
         let leader = cluster.leader_of(&stream).await.expect("a leader");
         cluster.kill(leader);
         let new = cluster
             .wait_for_new_leader(&stream, leader, Duration::from_secs(30))
             .await;
         assert_ne!(new, leader);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        more_answered().await;
         cluster.restart(leader).await;
         cluster
             .wait_for_replicas(&stream, Duration::from_secs(60))
             .await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    more_answered().await;
     stop.store(true, Ordering::Relaxed);
     let load = load.await.unwrap();
     eprintln!(

@@ -88,14 +88,15 @@ pub async fn spawn_stack_configured(
     spawn_stack_on(&Nats::default(), replicas, api_args, processor_args).await
 }
 
-/// [`spawn_stack_configured`] on the NATS server(s) of `nats`.
+/// [`spawn_stack_configured`] on the NATS server(s) of `nats`, with its
+/// data on the replica set (as compose and k8s run MongoDB).
 pub async fn spawn_stack_on(
     nats: &Nats,
     replicas: usize,
     api_args: &[&str],
     processor_args: &[String],
 ) -> Stack {
-    spawn_stack_in(Mongo::Default, nats, replicas, api_args, processor_args).await
+    spawn_stack_in(Mongo::ReplicaSet, nats, replicas, api_args, processor_args).await
 }
 
 /// [`spawn_stack_on`] with its data on `mongo`.
@@ -251,16 +252,25 @@ impl Stack {
         sent
     }
 
+    /// A 503 ("not stored, retry": the replica-set stand-in refuses a
+    /// write while another transaction holds its lock) is retried, as a
+    /// client would.
     pub async fn post(&self, replica: usize, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.api[replica]))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
+        for _ in 0..100 {
+            let response = self
+                .http
+                .post(format!("{}{path}", self.api[replica]))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            if status != 503 {
+                return (status, response.json().await.unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("POST {path}: 503 a hundred times")
     }
 }
 

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use test_support::SocketClient;
+use test_support::{Mongo, SocketClient};
 
-use crate::helpers::{MARKER, Nats, RAVI, spawn_api, spawn_stack, spawn_stack_with};
+use crate::helpers::{
+    MARKER, Nats, RAVI, spawn_api, spawn_stack, spawn_stack_in, spawn_stack_with,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -35,8 +37,11 @@ fn text_webhook(customer: &str, id: &str) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() {
-    let stack = spawn_stack(2).await;
+async fn a_client_back_after_missing_events_gets_exactly_what_it_missed_then_live_events() {
+    // The standalone server: on the replica-set stand-in, marking Ravi's
+    // conversation read while the processor stores the load answered 200
+    // with `"updated": 0` (1 here), and the read's event was missing.
+    let stack = spawn_stack_in(Mongo::Default, &Nats::default(), 2, &[], &[]).await;
     // One client stays connected throughout: the reference stream.
     let mut steady = SocketClient::connect(&stack.api[1], "websocket").await;
     let mut resuming =
@@ -46,7 +51,7 @@ async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() 
     let seen = resuming.events_until_marker("before").await;
     assert!(!seen.is_empty());
 
-    // Away for 5 s while webhooks keep coming.
+    // Away while webhooks keep coming.
     resuming.disconnect().await;
     let load = {
         let (http, webhook) = (reqwest::Client::new(), stack.webhook.clone());
@@ -67,7 +72,17 @@ async fn a_client_back_after_5_s_gets_exactly_what_it_missed_then_live_events() 
     stack
         .post(1, &format!("/api/conversations/{RAVI}/read"), json!({}))
         .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Back once it missed half of them (the rest come while it resumes).
+    test_support::wait_until("25 events while it is away", WAIT, || async {
+        let (_, log) = stack.get(0, "/api/events?limit=1000").await;
+        let away = log.as_array().into_iter().flatten().filter(|e| {
+            e["data"]["messageId"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("wamid.away."))
+        });
+        away.count() >= 25
+    })
+    .await;
     resuming.reconnect().await;
     load.await.unwrap();
     stack.drained().await;
@@ -307,7 +322,7 @@ async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync
         url: nats.url(),
         ..Nats::default()
     };
-    let uri = test_support::mongodb_uri(&namespace);
+    let uri = test_support::Mongo::ReplicaSet.uri(&namespace);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let url = spawn_api(&namespace, &uri, &nats_args, &[], &shutdown).await;
     let _stop = shutdown.drop_guard();

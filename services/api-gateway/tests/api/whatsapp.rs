@@ -16,7 +16,7 @@ use crate::helpers::{Nats, RAVI, Stack, graph_args, spawn_stack_in};
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn stack_with(graph: &FakeGraph, replicas: usize) -> Stack {
-    stack_in(Mongo::Default, graph, replicas).await
+    stack_in(Mongo::ReplicaSet, graph, replicas).await
 }
 
 async fn stack_in(mongo: Mongo, graph: &FakeGraph, replicas: usize) -> Stack {
