@@ -28,10 +28,17 @@ use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use tokio_util::sync::CancellationToken;
+use wa_broker::retry::pause;
 use wa_broker::{EventBus, ReadError};
 use wa_core::domain::{Sequenced, is_conversation_id};
+use wa_core::retry::Backoff;
 use wa_service::access::Tokens;
 use wa_service::http::ReadinessCheck;
+
+/// How long a reader waits before trying the event log again: about a
+/// second, jittered, so that the api-gateways of a fleet that lost NATS
+/// together do not come back in step.
+const LOG_RETRY: Backoff = Backoff::constant(Duration::from_secs(1));
 
 /// Room of sockets that get every event.
 const ALL: &str = "*";
@@ -396,7 +403,7 @@ async fn catch_up(socket: SocketRef, shared: Shared, realtime: Realtime, after: 
             }
             Err(ReadError::Broker(e)) => {
                 tracing::warn!(error = %e, "cannot read the event log for a resuming socket; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                pause(&LOG_RETRY, 1).await;
                 continue;
             }
         };
@@ -548,7 +555,7 @@ pub async fn fan_out(realtime: Realtime, io: SocketIo, cancel: CancellationToken
                 tracing::warn!(error = %e, "cannot read the event log; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = pause(&LOG_RETRY, 1) => continue,
                 }
             }
         };
@@ -600,7 +607,7 @@ pub async fn fan_out(realtime: Realtime, io: SocketIo, cancel: CancellationToken
                 Err(ReadError::Ahead { .. }) => cursor = head,
                 Err(ReadError::Broker(e)) => {
                     tracing::warn!(error = %e, "cannot read the event log; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    pause(&LOG_RETRY, 1).await;
                 }
             }
         }
