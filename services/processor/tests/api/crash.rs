@@ -1,4 +1,3 @@
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,20 +19,19 @@ const MESSAGES_PER_PAYLOAD: usize = 25;
 struct Replica(test_support::KillOnDrop);
 
 impl Replica {
-    fn start(p: &Pipeline) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_processor"))
-            .env("NATS_URL", test_support::nats_url())
-            .env("NATS_NAMESPACE", &p.namespace)
-            .env("MONGODB_URI", p.mongo.uri(&p.database))
-            .env("PORT", "0")
-            .env("HOST", "127.0.0.1")
-            .env("ACK_WAIT_SECS", "3")
-            .env("BATCH_SIZE", "64")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self(test_support::KillOnDrop::new(child))
+    async fn start(p: &Pipeline) -> Self {
+        let (child, _) = test_support::start_binary(
+            env!("CARGO_BIN_EXE_processor"),
+            &[
+                ("NATS_URL", test_support::nats_url()),
+                ("NATS_NAMESPACE", p.namespace.clone()),
+                ("MONGODB_URI", p.mongo.uri(&p.database)),
+                ("ACK_WAIT_SECS", "3".to_owned()),
+                ("BATCH_SIZE", "64".to_owned()),
+            ],
+        )
+        .await;
+        Self(child)
     }
 
     /// SIGKILL: no chance to finish or ack the batch in hand.
@@ -67,8 +65,8 @@ async fn sigkilling_processors_mid_ingest_loses_duplicates_and_miscounts_nothing
     // The standalone server: the non-transactional fallback, where a
     // change set's steps are journaled instead.
     let p = spawn_gateway_only_in(Mongo::Default).await;
-    let a = Replica::start(&p);
-    let b = Replica::start(&p);
+    let a = Replica::start(&p).await;
+    let b = Replica::start(&p).await;
 
     let ingest = {
         let (http, gateway) = (p.http.clone(), p.gateway.clone());
@@ -115,10 +113,10 @@ async fn sigkilling_processors_mid_ingest_loses_duplicates_and_miscounts_nothing
     };
     at_least(total / 5).await;
     a.kill();
-    let _a = Replica::start(&p);
+    let _a = Replica::start(&p).await;
     at_least(total / 2).await;
     b.kill();
-    let _b = Replica::start(&p);
+    let _b = Replica::start(&p).await;
     ingest.await.unwrap();
     p.drained().await;
 

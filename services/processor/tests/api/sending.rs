@@ -3,7 +3,6 @@
 //! accepted, through Graph API outages, crashes and replicas; against a
 //! fake Graph API, with the processor in its own process.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,29 +20,29 @@ use crate::helpers::{Pipeline, spawn_gateway_only, spawn_gateway_only_in};
 const CUSTOMER: &str = "447700900555";
 const SENDS: usize = 30;
 
-fn start_processor(p: &Pipeline, graph: &FakeGraph) -> test_support::KillOnDrop {
-    start_processor_with(p, graph, 1)
+async fn start_processor(p: &Pipeline, graph: &FakeGraph) -> test_support::KillOnDrop {
+    start_processor_with(p, graph, 1).await
 }
 
-fn start_processor_with(
+async fn start_processor_with(
     p: &Pipeline,
     graph: &FakeGraph,
     graph_timeout_secs: u64,
 ) -> test_support::KillOnDrop {
-    let child = Command::new(env!("CARGO_BIN_EXE_processor"))
-        .envs(graph.env())
-        .env("GRAPH_TIMEOUT_SECS", graph_timeout_secs.to_string())
-        .env("SEND_RATE", "100")
-        .env("NATS_URL", test_support::nats_url())
-        .env("NATS_NAMESPACE", &p.namespace)
-        .env("MONGODB_URI", p.mongo.uri(&p.database))
-        .env("PORT", "0")
-        .env("HOST", "127.0.0.1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    test_support::KillOnDrop::new(child)
+    let graph_env = graph.env();
+    let mut env: Vec<(&str, String)> = graph_env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect();
+    env.extend([
+        ("GRAPH_TIMEOUT_SECS", graph_timeout_secs.to_string()),
+        ("SEND_RATE", "100".to_owned()),
+        ("NATS_URL", test_support::nats_url()),
+        ("NATS_NAMESPACE", p.namespace.clone()),
+        ("MONGODB_URI", p.mongo.uri(&p.database)),
+    ]);
+    let (child, _) = test_support::start_binary(env!("CARGO_BIN_EXE_processor"), &env).await;
+    child
 }
 
 /// What `POST /api/messages` stores and queues.
@@ -112,7 +111,7 @@ async fn sigkilling_the_processor_while_sends_are_queued_loses_and_doubles_none(
     // The 13th send gets no answer: the processor is killed while it waits
     // for it, after 12 were accepted (one conversation: sent one by one).
     graph.script(std::iter::repeat_n(Reply::Accept, 12).chain([Reply::NoAnswer]));
-    let first = start_processor(&p, &graph);
+    let first = start_processor(&p, &graph).await;
     graph
         .wait_for("13 sends", Duration::from_secs(30), |r| r.len() >= 13)
         .await;
@@ -121,8 +120,8 @@ async fn sigkilling_the_processor_while_sends_are_queued_loses_and_doubles_none(
     assert_eq!(accepted_before, 12);
 
     // Two replicas share the queue from now on.
-    let _second = start_processor(&p, &graph);
-    let _third = start_processor(&p, &graph);
+    let _second = start_processor(&p, &graph).await;
+    let _third = start_processor(&p, &graph).await;
     test_support::wait_until(
         "every queued message to be sent",
         Duration::from_secs(60),
@@ -274,15 +273,15 @@ async fn sends_reach_whatsapp_in_order_per_conversation_through_an_outage_a_kill
     // The first request is never answered: its sender is killed holding it.
     graph.script([Reply::NoAnswer]);
     graph.outage(Duration::from_secs(20));
-    let first = start_processor_with(&p, &graph, 5);
+    let first = start_processor_with(&p, &graph, 5).await;
     graph
         .wait_for("sends during the outage", Duration::from_secs(30), |r| {
             r.len() >= 15
         })
         .await;
     first.kill();
-    let _second = start_processor_with(&p, &graph, 5);
-    let _third = start_processor_with(&p, &graph, 5);
+    let _second = start_processor_with(&p, &graph, 5).await;
+    let _third = start_processor_with(&p, &graph, 5).await;
     wait_all_sent(&p, ids.len()).await;
 
     let attempts = arrivals(&graph, false);
@@ -320,7 +319,7 @@ async fn sigterm_while_sends_wait_on_a_slow_graph_api_sends_none_twice() {
     let (_store, processor) = open_store(&p).await;
     let ids = queue_interleaved(&processor, 20, 2).await;
     graph.delay_sends(Duration::from_secs(3));
-    let first = start_processor_with(&p, &graph, 10);
+    let first = start_processor_with(&p, &graph, 10).await;
     graph
         .wait_for("sends in flight", Duration::from_secs(30), |r| r.len() >= 8)
         .await;
@@ -335,7 +334,7 @@ async fn sigterm_while_sends_wait_on_a_slow_graph_api_sends_none_twice() {
         "all were sent before the stop: {in_flight}"
     );
     graph.delay_sends(Duration::ZERO);
-    let _again = start_processor_with(&p, &graph, 10);
+    let _again = start_processor_with(&p, &graph, 10).await;
     wait_all_sent(&p, ids.len()).await;
     let sent = graph.sent_ids(false);
     let distinct: std::collections::BTreeSet<&String> = sent.iter().collect();
