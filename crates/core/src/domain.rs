@@ -31,20 +31,123 @@ pub fn is_conversation_id(id: &str) -> bool {
     })
 }
 
-/// Position of a status in the forward-only order
-/// `received`/`pending` < `sent` < `delivered` < `read` < `played` <
-/// `failed`; `failed` is terminal. Unknown values have no rank: they are
-/// recorded, never applied.
+/// A message's status, in the forward-only order `received`/`pending` <
+/// `sent` < `delivered` < `read` < `played` < `failed` (terminal).
+/// WhatsApp may add statuses: an unknown one is kept as it came (its time
+/// is recorded, it is never applied), so nothing it said is lost. On the
+/// wire and in stores it is its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Status {
+    /// An inbound message the business has not read.
+    Received,
+    /// A business message WhatsApp has not accepted yet.
+    Pending,
+    Sent,
+    Delivered,
+    Read,
+    Played,
+    Failed,
+    /// A status this version does not know.
+    Other(String),
+}
+
+impl Status {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Received => RECEIVED,
+            Self::Pending => PENDING,
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Played => "played",
+            Self::Failed => "failed",
+            Self::Other(name) => name,
+        }
+    }
+
+    /// Its place in the forward-only order; an unknown status has none.
+    pub fn rank(&self) -> Option<i32> {
+        Some(match self {
+            Self::Received | Self::Pending => 0,
+            Self::Sent => 1,
+            Self::Delivered => 2,
+            Self::Read => 3,
+            Self::Played => 4,
+            Self::Failed => 5,
+            Self::Other(_) => return None,
+        })
+    }
+
+    /// The rank a stored message's status counts as: unknown statuses are
+    /// never applied, so a stored one is known; were one not, it would
+    /// rank lowest and anything would move it on.
+    pub fn stored_rank(&self) -> i32 {
+        self.rank().unwrap_or(0)
+    }
+}
+
+impl From<&str> for Status {
+    fn from(name: &str) -> Self {
+        match name {
+            RECEIVED => Self::Received,
+            PENDING => Self::Pending,
+            "sent" => Self::Sent,
+            "delivered" => Self::Delivered,
+            "read" => Self::Read,
+            "played" => Self::Played,
+            "failed" => Self::Failed,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl From<String> for Status {
+    fn from(name: String) -> Self {
+        match Self::from(name.as_str()) {
+            Self::Other(_) => Self::Other(name),
+            known => known,
+        }
+    }
+}
+
+impl From<Status> for String {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Other(name) => name,
+            known => known.as_str().to_owned(),
+        }
+    }
+}
+
+impl std::ops::Deref for Status {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for Status {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Status {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// The rank of a status by its name (see [`Status::rank`]).
 pub fn status_rank(status: &str) -> Option<i32> {
-    Some(match status {
-        RECEIVED | PENDING => 0,
-        "sent" => 1,
-        "delivered" => 2,
-        "read" => 3,
-        "played" => 4,
-        "failed" => 5,
-        _ => return None,
-    })
+    Status::from(status).rank()
 }
 
 /// Whether an id is one we give a message the business sends, until
@@ -96,7 +199,8 @@ pub struct Message {
     #[serde(rename = "type")]
     pub kind: String,
     pub body: String,
-    pub status: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub status: Status,
     pub user_name: String,
     pub direction: Direction,
     /// The customer's profile name, when the webhook carried one.
@@ -174,7 +278,7 @@ impl Message {
             kind: "text".to_owned(),
             content: Some(serde_json::json!({"body": text})),
             body: text,
-            status: "sent".to_owned(),
+            status: Status::Sent,
             user_name: BUSINESS_USER_NAME.to_owned(),
             direction: Direction::Outbound,
             contact_name: None,
@@ -245,7 +349,7 @@ pub struct RawPayload {
 #[serde(rename_all = "camelCase")]
 pub struct StatusChange {
     pub message_id: String,
-    pub status: String,
+    pub status: Status,
     pub timestamp: DateTime<Utc>,
     /// `conv_<recipient_id>`.
     pub conversation_id: String,
@@ -268,7 +372,8 @@ pub struct Conversation {
     pub last_message_id: String,
     pub last_message_body: String,
     pub last_timestamp: DateTime<Utc>,
-    pub last_message_status: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub last_message_status: Status,
     pub last_message_direction: Direction,
     pub message_count: i64,
     pub unread_count: i64,
@@ -330,7 +435,8 @@ pub enum Event {
 #[serde(rename_all = "camelCase")]
 pub struct StatusUpdate {
     pub message_id: String,
-    pub status: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub status: Status,
     pub conversation_id: String,
     pub timestamp: DateTime<Utc>,
     /// For messages sent through the API: the sender's own id.
@@ -400,6 +506,23 @@ impl Sequenced {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_is_its_name_and_an_unknown_one_is_kept_as_it_came() {
+        for name in ["received", "pending", "sent", "delivered", "read", "played", "failed"] {
+            let status = Status::from(name);
+            assert!(!matches!(status, Status::Other(_)), "{name}");
+            assert_eq!(status.as_str(), name);
+            assert_eq!(String::from(status.clone()), name);
+            assert_eq!(serde_json::to_value(&status).unwrap(), serde_json::json!(name));
+        }
+        let deleted: Status = serde_json::from_value(serde_json::json!("deleted")).unwrap();
+        assert_eq!(deleted, Status::Other("deleted".to_owned()));
+        assert_eq!(deleted, "deleted");
+        assert_eq!(serde_json::to_value(&deleted).unwrap(), serde_json::json!("deleted"));
+        assert_eq!(deleted.rank(), None);
+        assert_eq!(deleted.stored_rank(), 0);
+    }
 
     #[test]
     fn statuses_only_move_forward_and_failed_is_terminal() {

@@ -180,7 +180,7 @@ async fn a_message_too_large_for_nats_is_announced_slimmed() {
 fn delivered(message_id: &str) -> Event {
     Event::StatusUpdate(wa_core::domain::StatusUpdate {
         message_id: message_id.to_owned(),
-        status: "delivered".to_owned(),
+        status: "delivered".into(),
         conversation_id: "conv_447700000000".to_owned(),
         timestamp: Utc::now(),
         client_message_id: None,

@@ -17,7 +17,7 @@ use chrono::DateTime;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::json;
-use wa_core::domain::{Conversation, Event, Message, Page, Stats};
+use wa_core::domain::{Conversation, Event, Message, Page, Stats, Status};
 use wa_engine::processing::Processor;
 use wa_store::Store;
 use wa_store::memory::MemoryStore;
@@ -214,7 +214,7 @@ async fn run(
 /// message names the status it is stored with.
 fn events_tell_the_state(events: &[Event], state: &Snapshot) {
     let mut new_messages: HashMap<String, usize> = HashMap::new();
-    let mut last_status: HashMap<String, String> = HashMap::new();
+    let mut last_status: HashMap<String, Status> = HashMap::new();
     for event in events {
         match event {
             Event::NewMessage(m) => {

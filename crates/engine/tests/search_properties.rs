@@ -83,7 +83,7 @@ fn message(n: usize, text: &str) -> Message {
         text.to_owned(),
         at,
     );
-    m.status = "delivered".to_owned();
+    m.status = "delivered".into();
     m
 }
 

@@ -100,7 +100,7 @@ async fn samples_in_any_order_each_twice(store: Arc<dyn Store>) {
     let mut updates: Vec<(String, String)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::StatusUpdate(s) => Some((s.conversation_id.clone(), s.status.clone())),
+            Event::StatusUpdate(s) => Some((s.conversation_id.clone(), s.status.to_string())),
             Event::NewMessage(_) => None,
         })
         .collect();
@@ -219,7 +219,7 @@ async fn statuses_move_forward_and_wait_for_their_message(store: Arc<dyn Store>)
         .iter()
         .filter_map(|e| {
             if let Event::StatusUpdate(s) = e {
-                Some(s.status.clone())
+                Some(s.status.to_string())
             } else {
                 None
             }
@@ -402,7 +402,7 @@ async fn assert_counters_match_messages(store: &Arc<dyn Store>) {
                 Direction::Outbound => "outbound",
             };
             *totals.entry(direction.into()).or_default() += 1;
-            *totals.entry(m.status.clone()).or_default() += 1;
+            *totals.entry(m.status.to_string()).or_default() += 1;
         }
     }
     let stats = store.stats().await.unwrap();
@@ -477,7 +477,7 @@ fn queued_send(customer: &str, n: u32) -> (QueuedSend, wa_core::domain::Message)
         format!("message {n}"),
         now,
     );
-    message.status = PENDING.to_owned();
+    message.status = PENDING.into();
     let send = QueuedSend {
         id: id.clone(),
         conversation_id: message.conversation_id.clone(),
@@ -1083,8 +1083,8 @@ async fn an_older_sqlite_store_is_migrated_at_startup() {
                 } else {
                     "outbound"
                 },
-                m.status,
-                wa_core::domain::status_rank(&m.status).unwrap(),
+                m.status.as_str(),
+                m.status.rank().unwrap(),
                 m.contact_name,
                 serde_json::to_string(m).unwrap()
             ],
@@ -1135,7 +1135,7 @@ async fn an_older_mongodb_database_is_migrated_at_startup() {
                 "participants": &c.participants, "lastMessageId": &c.last_message_id,
                 "lastMessageBody": &c.last_message_body,
                 "lastTimestamp": mongodb::bson::DateTime::from_millis(c.last_timestamp.timestamp_millis()),
-                "lastMessageStatus": &c.last_message_status,
+                "lastMessageStatus": c.last_message_status.as_str(),
                 "lastMessageDirection": if c.last_message_direction == Direction::Inbound { "inbound" } else { "outbound" },
                 "sortKey": key, "messageCount": 0_i64, "rev": 3_i64,
             })

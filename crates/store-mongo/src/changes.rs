@@ -290,7 +290,7 @@ async fn find(
 fn parked_from_document(d: &Document) -> Option<StatusChange> {
     Some(StatusChange {
         message_id: d.get_str("messageId").ok()?.to_owned(),
-        status: d.get_str("status").ok()?.to_owned(),
+        status: d.get_str("status").ok()?.into(),
         timestamp: super::documents::date_from_bson(d.get("timestamp")?)?,
         conversation_id: d.get_str("conversationId").ok()?.to_owned(),
         errors: d.get("errors").map(|e| e.clone().into_relaxed_extjson()),
@@ -646,8 +646,8 @@ fn message_updates(updates: &[Update]) -> StoreResult<Option<Write>> {
     for update in updates {
         let m = &update.message;
         let mut set = doc! {
-            "status": &m.status,
-            "statusRank": wa_core::domain::status_rank(&m.status).unwrap_or(0),
+            "status": m.status.as_str(),
+            "statusRank": m.status.stored_rank(),
         };
         if update.renamed_from.is_some() {
             set.insert("messageId", &m.message_id);
@@ -684,7 +684,7 @@ fn message_updates(updates: &[Update]) -> StoreResult<Option<Write>> {
 fn parked_document(change: &StatusChange) -> StoreResult<Document> {
     let mut parked = doc! {
         "messageId": &change.message_id,
-        "status": &change.status,
+        "status": change.status.as_str(),
         "timestamp": to_bson_date(change.timestamp),
         "conversationId": &change.conversation_id,
         "parkedAt": bson::DateTime::now(),
@@ -822,7 +822,8 @@ fn forward_statement(id: &Bson, write: Forward<'_>) -> Document {
             "u": {"$set": name_fields(name)},
         },
         Forward::Status(moved) => {
-            let mut set = doc! {"lastMessageStatus": &moved.status, "lastStatusRank": moved.rank};
+            let mut set =
+                doc! {"lastMessageStatus": moved.status.as_str(), "lastStatusRank": moved.rank};
             let shown_as = match &moved.renamed_from {
                 // Shown under its old id until now: the new id and its key.
                 Some(old) => {
@@ -862,7 +863,7 @@ fn stats_statements(change: &StatsChange) -> Vec<Document> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wa_core::domain::StatusUpdate;
+    use wa_core::domain::{Status, StatusUpdate};
 
     #[test]
     fn outbox_documents_hold_the_events_in_order_named_by_their_first() {
@@ -870,7 +871,7 @@ mod tests {
             .map(|n| {
                 Event::StatusUpdate(StatusUpdate {
                     message_id: format!("wamid.{n}"),
-                    status: "read".to_owned(),
+                    status: Status::Read,
                     conversation_id: "conv_1".to_owned(),
                     timestamp: chrono::DateTime::UNIX_EPOCH,
                     client_message_id: None,

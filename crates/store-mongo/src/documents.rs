@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::{ErrorKind as DriverErrorKind, WriteFailure};
 
-use wa_core::domain::{Conversation, Direction, Message, status_rank};
+use wa_core::domain::{Conversation, Direction, Message};
 use wa_core::plan::Summary;
 use wa_core::plan::summary::{Last, Name};
 use wa_store::StoreResult;
@@ -30,7 +30,7 @@ pub fn message_to_document(message: &Message) -> StoreResult<Document> {
         .map(|(status, at)| (status.clone(), Bson::DateTime(to_bson_date(*at))))
         .collect();
     document.insert("statusTimestamps", times);
-    document.insert("statusRank", status_rank(&message.status).unwrap_or(0));
+    document.insert("statusRank", message.status.stored_rank());
     document.insert(
         super::search::SEARCH,
         wa_core::search::message_words(message),
@@ -115,7 +115,7 @@ pub fn last_fields(last: &Last) -> Document {
         "lastMessageId": &last.message_id,
         "lastMessageBody": &last.body,
         "lastTimestamp": to_bson_date(last.timestamp),
-        "lastMessageStatus": &last.status,
+        "lastMessageStatus": last.status.as_str(),
         "lastStatusRank": last.status_rank,
         "lastMessageDirection": direction_name(last.direction),
         "sortKey": &last.key,
@@ -140,7 +140,7 @@ pub fn conversation_from_document(d: &Document) -> Conversation {
             .get("lastTimestamp")
             .and_then(date_from_bson)
             .unwrap_or_default(),
-        last_message_status: text("lastMessageStatus"),
+        last_message_status: text("lastMessageStatus").into(),
         last_message_direction: if d.get_str("lastMessageDirection") == Ok("outbound") {
             Direction::Outbound
         } else {

@@ -15,7 +15,7 @@ use mongodb::bson::{Document, doc};
 
 use super::documents::{SETTLED, integer, store_error};
 use super::{CONVERSATIONS, MESSAGES, META, STATS, stats_id};
-use wa_core::domain::{Direction, KNOWN_STATUSES, RECEIVED, status_rank};
+use wa_core::domain::{Direction, KNOWN_STATUSES, RECEIVED, Status};
 use wa_core::plan::counts::Counts;
 use wa_store::StoreResult;
 
@@ -122,7 +122,7 @@ async fn recount_conversations(db: &Database) -> StoreResult<()> {
         // A name shown came from the last message or an earlier one.
         let named = !summary.get_str("userName").unwrap_or("+").starts_with('+');
         let rank =
-            status_rank(summary.get_str("lastMessageStatus").unwrap_or_default()).unwrap_or(0);
+            Status::from(summary.get_str("lastMessageStatus").unwrap_or_default()).stored_rank();
         conversations
             .update_one(
                 doc! {"_id": id},

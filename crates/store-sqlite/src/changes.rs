@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 use rusqlite::{Transaction, params};
 
-use wa_core::domain::{Message, RECEIVED, RawPayload, StatusChange, is_local_id, status_rank};
+use wa_core::domain::{Message, RECEIVED, RawPayload, StatusChange, is_local_id};
 use wa_core::plan::forward::Forward;
 use wa_core::plan::{ChangeSet, ConversationChange, Known, Lookup, Stored};
 use wa_store::error::Error;
@@ -51,7 +51,7 @@ pub(crate) fn apply_summary(t: &Transaction<'_>, change: &ConversationChange) ->
                 row.name_key.clone_from(&name.key);
             }
             Forward::Status(moved) => {
-                row.last_status.clone_from(&moved.status);
+                moved.status.as_str().clone_into(&mut row.last_status);
                 row.last_status_rank = moved.rank;
                 if moved.renamed_from.is_some() {
                     row.last_message_id.clone_from(&moved.message_id);
@@ -125,8 +125,8 @@ pub(crate) fn apply_in(
             m.conversation_id,
             m.timestamp.timestamp_millis(),
             direction_name(m.direction),
-            m.status,
-            status_rank(&m.status).unwrap_or(0),
+            m.status.as_str(),
+            m.status.stored_rank(),
             to_json(m)?,
             m.message_id
         ])?;
@@ -149,8 +149,8 @@ pub(crate) fn apply_in(
         let m = &u.message;
         let updated = update.execute(params![
             m.id,
-            m.status,
-            status_rank(&m.status).unwrap_or(0),
+            m.status.as_str(),
+            m.status.stored_rank(),
             to_json(m)?,
             u.expected_rank,
             m.message_id
@@ -281,7 +281,7 @@ pub(crate) fn load_in(t: &Transaction<'_>, lookup: &Lookup) -> Result<Known, Err
     known.messages = messages
         .into_iter()
         .map(|message| {
-            let settled = Some(message.status.clone());
+            let settled = Some(message.status.to_string());
             (message.message_id.clone(), Stored { message, settled })
         })
         .collect::<HashMap<_, _>>();

@@ -220,7 +220,7 @@ pub(crate) fn migrate_from_v1(t: &Transaction<'_>) -> Result<(), Error> {
             user_name: c.user_name,
             last_body: c.last_message_body,
             last_ts: c.last_timestamp.timestamp_millis(),
-            last_status: c.last_message_status,
+            last_status: c.last_message_status.into(),
             last_direction: direction_name(c.last_message_direction).to_owned(),
             participants: to_json(&c.participants)?,
             message_count,

@@ -171,7 +171,7 @@ impl SummaryRow {
         self.last_status_rank = last.status_rank;
         self.last_body.clone_from(&last.body);
         self.last_ts = last.timestamp.timestamp_millis();
-        self.last_status.clone_from(&last.status);
+        last.status.as_str().clone_into(&mut self.last_status);
         self.last_direction = direction_name(last.direction).to_owned();
         self.participants = to_json(&last.participants)?;
         Ok(())
@@ -184,7 +184,7 @@ impl SummaryRow {
             last_message_id: self.last_message_id.clone(),
             last_message_body: wa_core::plan::summary::preview(&self.last_body),
             last_timestamp: DateTime::from_timestamp_millis(self.last_ts).unwrap_or_default(),
-            last_message_status: self.last_status.clone(),
+            last_message_status: self.last_status.as_str().into(),
             last_message_direction: if self.last_direction == "outbound" {
                 Direction::Outbound
             } else {

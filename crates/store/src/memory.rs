@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use wa_core::domain::{
-    Conversation, Direction, Event, Message, Page, QueuedSend, SERVICE_WINDOW, Stats, StatusChange,
-    is_local_id, status_rank,
+    Conversation, Direction, Event, Message, Page, QueuedSend, SERVICE_WINDOW, Stats, Status,
+    StatusChange, is_local_id,
 };
 use wa_core::plan::counts::Counts;
 use wa_core::plan::forward::Forward;
@@ -95,7 +95,7 @@ impl State {
         }
         for u in &changes.updates {
             let stored = next.messages.get(&u.message.id);
-            if stored.map(|s| status_rank(&s.status).unwrap_or(0)) != Some(u.expected_rank) {
+            if stored.map(|s| s.status.stored_rank()) != Some(u.expected_rank) {
                 return Err(StoreError::conflict(format!(
                     "{} changed meanwhile",
                     u.message.message_id
@@ -172,7 +172,7 @@ impl SummaryState {
                 last_message_id: String::new(),
                 last_message_body: String::new(),
                 last_timestamp: DateTime::UNIX_EPOCH,
-                last_message_status: String::new(),
+                last_message_status: Status::Other(String::new()),
                 last_message_direction: Direction::Inbound,
                 message_count: 0,
                 unread_count: 0,
@@ -280,7 +280,7 @@ impl Store for MemoryStore {
             .map(|m| {
                 let stored = Stored {
                     message: m.clone(),
-                    settled: Some(m.status.clone()),
+                    settled: Some(m.status.to_string()),
                 };
                 (m.message_id.clone(), stored)
             })

@@ -109,7 +109,7 @@ pub fn outgoing(draft: &Draft, to: &Addressed<'_>, at: DateTime<Utc>) -> Outgoin
         timestamp: now,
         kind: draft.kind.clone(),
         body: draft.body.clone(),
-        status: status.to_owned(),
+        status: status.into(),
         user_name: BUSINESS_USER_NAME.to_owned(),
         direction: Direction::Outbound,
         contact_name: None,
@@ -138,7 +138,7 @@ pub fn outgoing(draft: &Draft, to: &Addressed<'_>, at: DateTime<Utc>) -> Outgoin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::is_local_id;
+    use crate::domain::{Status, is_local_id};
     use serde_json::Value;
 
     fn draft(body: Value) -> Draft {
@@ -159,7 +159,7 @@ mod tests {
             last_message_id: "wamid.A".to_owned(),
             last_message_body: "hi".to_owned(),
             last_timestamp: at(),
-            last_message_status: "received".to_owned(),
+            last_message_status: Status::Received,
             last_message_direction: Direction::Inbound,
             message_count: 1,
             unread_count: 1,

@@ -60,7 +60,7 @@ pub fn may_send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Direction;
+    use crate::domain::{Direction, Status};
     use chrono::TimeDelta;
     use serde_json::{Value, json};
 
@@ -82,7 +82,7 @@ mod tests {
             last_message_id: "wamid.A".to_owned(),
             last_message_body: "hi".to_owned(),
             last_timestamp: now(),
-            last_message_status: "received".to_owned(),
+            last_message_status: Status::Received,
             last_message_direction: Direction::Inbound,
             message_count: 1,
             unread_count: 1,

@@ -64,7 +64,7 @@ impl ConversationChange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Direction;
+    use crate::domain::{Direction, Status};
 
     fn last(key: &str) -> Last {
         Last {
@@ -72,7 +72,7 @@ mod tests {
             message_id: format!("wamid.{key}"),
             body: String::new(),
             timestamp: DateTime::UNIX_EPOCH,
-            status: "sent".to_owned(),
+            status: Status::Sent,
             status_rank: 1,
             direction: Direction::Outbound,
             wa_id: "1".to_owned(),
@@ -109,7 +109,7 @@ mod tests {
     fn a_status_is_raised_only_on_the_message_shown_and_never_lowered() {
         let raise = |id: &str, renamed_from: Option<&str>, rank: i32| LastStatus {
             message_id: id.to_owned(),
-            status: String::new(),
+            status: Status::Sent,
             rank,
             renamed_from: renamed_from.map(str::to_owned),
             key: String::new(),

@@ -31,8 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Direction, Event, Message, PENDING, QueuedSend, RawPayload, StatusChange, StatusUpdate,
-    status_rank,
+    Direction, Event, Message, PENDING, QueuedSend, RawPayload, Status, StatusChange, StatusUpdate,
 };
 use counts::{Counts, journal_key, stats_shard};
 use forward::Forward;
@@ -211,7 +210,7 @@ pub struct ConversationChange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastStatus {
     pub message_id: String,
-    pub status: String,
+    pub status: Status,
     pub rank: i32,
     /// The id the summary may still show for it, when it was renamed
     /// (`local...` → `wamid...`); the summary then shows the new id and
@@ -381,7 +380,7 @@ pub fn plan_send_outcome(local_id: &str, outcome: &SendOutcome, known: &Known) -
             }
             let sent = StatusChange {
                 message_id: wamid.clone(),
-                status: "sent".to_owned(),
+                status: Status::Sent,
                 timestamp: *at,
                 conversation_id: String::new(),
                 errors: None,
@@ -400,7 +399,7 @@ pub fn plan_send_outcome(local_id: &str, outcome: &SendOutcome, known: &Known) -
         SendOutcome::Refused { errors, at } => {
             let failed = StatusChange {
                 message_id: local_id.to_owned(),
-                status: "failed".to_owned(),
+                status: Status::Failed,
                 timestamp: *at,
                 conversation_id: String::new(),
                 errors: Some(errors.clone()),
@@ -577,7 +576,7 @@ impl<'k> Planner<'k> {
         };
         match status::apply(&mut working.message, change) {
             status::Outcome::Moved | status::Outcome::Noted => {
-                working.new_times.insert(change.status.clone());
+                working.new_times.insert(change.status.to_string());
             }
             status::Outcome::Unchanged => {}
         }
@@ -615,7 +614,7 @@ impl<'k> Planner<'k> {
             self.count_in_stats(working, &key, seed, &mut stats);
             self.changes
                 .settle
-                .push((message.id.clone(), message.status.clone()));
+                .push((message.id.clone(), message.status.to_string()));
         }
         for (id, plan) in conversations {
             if let Some(change) = summarise(id, plan, self.known.summaries.get(id)) {
@@ -642,7 +641,7 @@ impl<'k> Planner<'k> {
             Some(stored) if !working.new_times.is_empty() || working.renamed_from.is_some() => {
                 self.changes.updates.push(Update {
                     message: message.clone(),
-                    expected_rank: status_rank(&stored.message.status).unwrap_or(0),
+                    expected_rank: stored.message.status.stored_rank(),
                     renamed_from: working.renamed_from.clone(),
                     new_times: working.new_times.iter().cloned().collect(),
                     errors_changed: message.errors != stored.message.errors,
@@ -783,7 +782,7 @@ fn announce(message: &Message, since: Option<&str>, renamed_from: Option<&str>) 
             .map(|(status, at)| {
                 Event::StatusUpdate(StatusUpdate {
                     message_id: message.message_id.clone(),
-                    status: status.to_owned(),
+                    status: status.into(),
                     conversation_id: message.conversation_id.clone(),
                     timestamp: at,
                     client_message_id: message.client_message_id.clone(),
@@ -840,7 +839,7 @@ fn summarise(
         .map(|(m, known_as)| (summary::sort_key(m.timestamp, known_as), *m, *known_as))
         .max_by(|a, b| a.0.cmp(&b.0))
         .filter(|(key, m, _)| {
-            let rank = status_rank(&m.status).unwrap_or(0);
+            let rank = m.status.stored_rank();
             last.is_none()
                 && stored.is_none_or(|s| {
                     *key > s.last_key || *key == s.last_key && rank > s.last_status_rank
@@ -849,7 +848,7 @@ fn summarise(
         .map(|(_, m, known_as)| LastStatus {
             message_id: m.message_id.clone(),
             status: m.status.clone(),
-            rank: status_rank(&m.status).unwrap_or(0),
+            rank: m.status.stored_rank(),
             renamed_from: (known_as != m.message_id).then(|| known_as.to_owned()),
             key: summary::sort_key(m.timestamp, &m.message_id),
         });

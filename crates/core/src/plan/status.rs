@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Direction, Message, RECEIVED, StatusChange, is_safe_status_name, status_rank};
+use crate::domain::{
+    Direction, Message, RECEIVED, Status, StatusChange, is_safe_status_name, status_rank,
+};
 
 /// How long a status may wait for its message before it is forgotten.
 pub const PARKED_STATUS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -29,23 +31,28 @@ pub fn apply(message: &mut Message, change: &StatusChange) -> Outcome {
     if message.direction != Direction::Outbound || !is_safe_status_name(&change.status) {
         return Outcome::Unchanged;
     }
-    let current = status_rank(&message.status).unwrap_or(0);
-    match status_rank(&change.status) {
+    let current = message.status.stored_rank();
+    match change.status.rank() {
         Some(rank) if rank > current => {
             message.status.clone_from(&change.status);
             message
                 .status_timestamps
-                .insert(change.status.clone(), change.timestamp);
+                .insert(change.status.to_string(), change.timestamp);
             if change.errors.is_some() {
                 message.errors.clone_from(&change.errors);
             }
             Outcome::Moved
         }
-        _ if message.status_timestamps.contains_key(&change.status) => Outcome::Unchanged,
+        _ if message
+            .status_timestamps
+            .contains_key(change.status.as_str()) =>
+        {
+            Outcome::Unchanged
+        }
         _ => {
             message
                 .status_timestamps
-                .insert(change.status.clone(), change.timestamp);
+                .insert(change.status.to_string(), change.timestamp);
             Outcome::Noted
         }
     }
@@ -56,7 +63,7 @@ pub fn mark_read(message: &mut Message, at: DateTime<Utc>) -> bool {
     if !message.is_unread() {
         return false;
     }
-    "read".clone_into(&mut message.status);
+    message.status = Status::Read;
     message.status_timestamps.insert("read".to_owned(), at);
     true
 }
@@ -75,7 +82,7 @@ pub fn initial(direction: Direction) -> &'static str {
 pub fn application_order(change: &StatusChange) -> (&str, i32, DateTime<Utc>) {
     (
         change.message_id.as_str(),
-        status_rank(&change.status).unwrap_or(i32::MAX),
+        change.status.rank().unwrap_or(i32::MAX),
         change.timestamp,
     )
 }
@@ -88,7 +95,7 @@ pub fn reached_since<'m>(
     since: Option<&str>,
 ) -> Vec<(&'m str, DateTime<Utc>)> {
     let floor = status_rank(since.unwrap_or(initial(message.direction))).unwrap_or(0);
-    let current = status_rank(&message.status).unwrap_or(0);
+    let current = message.status.stored_rank();
     let mut reached: Vec<(i32, &str, DateTime<Utc>)> = message
         .status_timestamps
         .iter()
@@ -128,7 +135,7 @@ mod tests {
     fn change(status: &str, seconds: i64) -> StatusChange {
         StatusChange {
             message_id: "m".to_owned(),
-            status: status.to_owned(),
+            status: status.into(),
             timestamp: at(seconds),
             conversation_id: "conv_4477".to_owned(),
             errors: None,
@@ -167,7 +174,7 @@ mod tests {
         assert_eq!(m.status, "sent");
         let mut inbound = sent("m");
         inbound.direction = Direction::Inbound;
-        inbound.status = RECEIVED.to_owned();
+        inbound.status = Status::Received;
         assert_eq!(apply(&mut inbound, &change("read", 15)), Outcome::Unchanged);
         assert!(mark_read(&mut inbound, at(16)));
         assert!(!mark_read(&mut inbound, at(17)), "read once");

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Direction, Message, status_rank};
+use crate::domain::{Direction, Message, Status};
 
 /// Key under which conversations are ordered: newest last message first,
 /// ties broken by message id, so paging is stable. Also orders the
@@ -33,7 +33,7 @@ pub struct Last {
     pub message_id: String,
     pub body: String,
     pub timestamp: DateTime<Utc>,
-    pub status: String,
+    pub status: Status,
     pub status_rank: i32,
     pub direction: Direction,
     /// The customer's WhatsApp id.
@@ -54,7 +54,7 @@ impl Last {
             body: preview(&message.body),
             timestamp: message.timestamp,
             status: message.status.clone(),
-            status_rank: status_rank(&message.status).unwrap_or(0),
+            status_rank: message.status.stored_rank(),
             direction: message.direction,
             wa_id: message.wa_id.clone(),
             participants: [&message.wa_id, business]

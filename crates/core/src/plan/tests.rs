@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::domain::{Direction, Message, PENDING, RECEIVED, RawPayload, StatusChange};
+use crate::domain::{Direction, Message, RECEIVED, RawPayload, Status, StatusChange};
 
 fn at(seconds: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(seconds, 0).unwrap_or_default()
@@ -21,7 +21,7 @@ fn inbound(id: &str, customer: &str, seconds: i64, name: Option<&str>) -> Messag
     );
     m.to = "1555".to_owned();
     m.direction = Direction::Inbound;
-    m.status = RECEIVED.to_owned();
+    m.status = Status::Received;
     m.status_timestamps = BTreeMap::from([(RECEIVED.to_owned(), at(seconds))]);
     m.contact_name = name.map(str::to_owned);
     m.user_name = name.map_or_else(|| format!("+{customer}"), str::to_owned);
@@ -41,7 +41,7 @@ fn outbound(id: &str, customer: &str, seconds: i64) -> Message {
 fn status(id: &str, status: &str, seconds: i64) -> StatusChange {
     StatusChange {
         message_id: id.to_owned(),
-        status: status.to_owned(),
+        status: status.into(),
         timestamp: at(seconds),
         conversation_id: "conv_4477".to_owned(),
         errors: None,
@@ -65,7 +65,7 @@ fn known_with(messages: &[Message]) -> Known {
             m.message_id.clone(),
             Stored {
                 message: m.clone(),
-                settled: Some(m.status.clone()),
+                settled: Some(m.status.to_string()),
             },
         );
         let last = summary::Last::of(m);
@@ -87,7 +87,7 @@ fn statuses_announced(changes: &ChangeSet) -> Vec<(String, String)> {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::StatusUpdate(s) => Some((s.message_id.clone(), s.status.clone())),
+            Event::StatusUpdate(s) => Some((s.message_id.clone(), s.status.to_string())),
             Event::NewMessage(_) => None,
         })
         .collect()
@@ -383,7 +383,6 @@ fn a_crash_after_some_counters_is_finished_without_counting_twice() {
     );
 
     // The stats had counted it too, in another shard: nothing is counted.
-    let mut known = known;
     known.stats_journals.insert(
         (stats_shard("") + 1) % STATS_SHARDS,
         BTreeMap::from([(key.clone(), RECEIVED.to_owned())]),
@@ -514,7 +513,7 @@ fn a_new_last_message_also_raises_the_status_of_the_same_last_set_by_another_wri
 /// Ours, waiting to be sent: key and WhatsApp id both `local`.
 fn pending(local: &str, seconds: i64) -> Message {
     let mut m = outbound(local, "4477", seconds);
-    m.status = PENDING.to_owned();
+    m.status = Status::Pending;
     m.status_timestamps = BTreeMap::from([(PENDING.to_owned(), at(seconds))]);
     m
 }
@@ -552,7 +551,7 @@ fn a_status_for_the_first_of_two_sends_applies_to_the_message_by_its_callback() 
     // Sent twice: it took the second send's id, then the first's statuses come.
     let mut sent = pending("local.b2", 10);
     sent.message_id = "wamid.SECOND".to_owned();
-    sent.status = "sent".to_owned();
+    sent.status = Status::Sent;
     let known = known_with(std::slice::from_ref(&sent));
     let read = naming(status("wamid.FIRST", "read", 15), "local.b2");
     let changes = plan_batch(&batch(vec![], vec![read]), &known);
@@ -596,7 +595,7 @@ fn a_callback_naming_another_conversations_message_is_not_taken_at_its_word() {
 fn a_failed_status_of_the_other_copy_does_not_fail_the_message() {
     let mut sent = pending("local.d4", 10);
     sent.message_id = "wamid.SECOND".to_owned();
-    sent.status = "delivered".to_owned();
+    sent.status = Status::Delivered;
     let known = known_with(std::slice::from_ref(&sent));
     let failed = naming(status("wamid.FIRST", "failed", 15), "local.d4");
     let changes = plan_batch(&batch(vec![], vec![failed]), &known);

@@ -154,7 +154,7 @@ fn status_change(status: Status) -> Result<StatusChange, String> {
     }
     Ok(StatusChange {
         message_id: status.id,
-        status: status.status,
+        status: status.status.into(),
         timestamp: to_datetime(status.timestamp),
         conversation_id,
         errors: status.errors.map(storable),
@@ -256,7 +256,7 @@ fn build_message(
         to: recipient,
         timestamp,
         kind: message.kind,
-        status: status.to_owned(),
+        status: status.into(),
         user_name,
         direction,
         contact_name,

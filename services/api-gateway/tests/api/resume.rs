@@ -308,7 +308,7 @@ async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync
     bus.ensure_streams().await.unwrap();
     let earlier = wa_core::domain::Event::StatusUpdate(wa_core::domain::StatusUpdate {
         message_id: "wamid.earlier".to_owned(),
-        status: "delivered".to_owned(),
+        status: "delivered".into(),
         conversation_id: MARKER.to_owned(),
         timestamp: chrono::Utc::now(),
         client_message_id: None,

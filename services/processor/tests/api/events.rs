@@ -26,7 +26,9 @@ async fn one_event_per_stored_message_and_applied_status_and_none_for_repeats() 
         }
         match serde_json::from_slice::<Event>(&message.payload).unwrap() {
             Event::NewMessage(m) => new_messages.push(m.message_id),
-            Event::StatusUpdate(s) => status_updates.push((s.conversation_id, s.status)),
+            Event::StatusUpdate(s) => {
+                status_updates.push((s.conversation_id, s.status.to_string()))
+            }
         }
     }
     assert_eq!(new_messages.len(), 4, "one newMessage per stored message");

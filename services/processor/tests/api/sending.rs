@@ -66,7 +66,7 @@ fn queued_to(customer: &str, id: &str, n: usize) -> (QueuedSend, Message) {
         timestamp: now,
         kind: "text".to_owned(),
         body: text.clone(),
-        status: PENDING.to_owned(),
+        status: PENDING.into(),
         user_name: BUSINESS_USER_NAME.to_owned(),
         direction: Direction::Outbound,
         contact_name: None,
