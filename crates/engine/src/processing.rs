@@ -197,6 +197,7 @@ impl Processor {
     ) -> StoreResult<Committed> {
         let mut committed = Committed::default();
         let mut recheck_parked = true;
+        let mut last = None;
         for round in 1..=MAX_ROUNDS {
             let known = self.store.load(lookup).await?;
             let mut changes = plan(&known);
@@ -227,6 +228,7 @@ impl Processor {
                     }
                 }
                 Err(e) if e.kind == ErrorKind::Conflict => {
+                    last = Some(e.clone());
                     metrics::counter!("store_conflicts_total").increment(1);
                     tracing::debug!(error = %e, round, "concurrent change; planning again");
                     // Let the other writer finish before reading again.
@@ -235,9 +237,13 @@ impl Processor {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::transient(
+        let gave_up = StoreError::transient(
             "the same data kept changing under this batch; it will be retried",
-        ))
+        );
+        Err(match last {
+            Some(conflict) => gave_up.caused_by(conflict),
+            None => gave_up,
+        })
     }
 }
 

@@ -57,6 +57,7 @@ impl ApiError {
     ///   once space is freed, and clients, load balancers and Meta retry a
     ///   `503`, where a `507` would be taken as final);
     /// - the data refused (`Rejected`: it would be refused again): `422`;
+    /// - stored data that cannot be read back (`unreadable`): `500`;
     /// - a concurrent change (`Conflict`): `409`. Writers that can plan
     ///   again (the processor's commits) retry conflicts themselves; one
     ///   that reaches a request is answered so that the client retries.
@@ -65,6 +66,13 @@ impl ApiError {
     /// driver's, which can name hosts or users) goes to the log only.
     pub fn from_store(e: &StoreError) -> Self {
         match e.kind {
+            _ if e.unreadable => {
+                tracing::error!(error = %e, "stored data could not be read");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "stored data could not be read",
+                )
+            }
             _ if e.out_of_space => Self::unavailable_because(
                 "the database has no room left (the disk is full), retry later",
                 e,
@@ -368,6 +376,12 @@ mod tests {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 false,
                 "the database refuses this data",
+            ),
+            (
+                StoreError::unreadable("MongoDB: stored document is malformed"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                false,
+                "stored data could not be read",
             ),
             (
                 StoreError::conflict("MongoDB: WriteConflict"),

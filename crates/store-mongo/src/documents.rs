@@ -272,7 +272,7 @@ impl From<bson::ser::Error> for Classified {
 
 impl From<bson::de::Error> for Classified {
     fn from(e: bson::de::Error) -> Self {
-        Self(Error::rejected(format!("stored document is malformed: {e}")).caused_by(e))
+        Self(Error::unreadable(format!("stored document is malformed: {e}")).caused_by(e))
     }
 }
 

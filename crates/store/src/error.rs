@@ -30,6 +30,10 @@ pub struct Error {
     /// (shared: an error may be reported by several waiters).
     #[source]
     pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    /// What is stored could not be read back (a malformed document or
+    /// row): the database's fault, not the request's; rejected, so that
+    /// a payload is not retried forever, but answered `500`.
+    pub unreadable: bool,
 }
 
 impl Error {
@@ -53,6 +57,14 @@ impl Error {
         }
     }
 
+    /// Stored data that cannot be read back (see [`Error::unreadable`]).
+    pub fn unreadable(message: impl Into<String>) -> Self {
+        Self {
+            unreadable: true,
+            ..Self::rejected(message)
+        }
+    }
+
     /// Keeps the driver's error as this one's source.
     pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(source));
@@ -65,6 +77,7 @@ impl Error {
             message: message.into(),
             out_of_space: false,
             source: None,
+            unreadable: false,
         }
     }
 }
@@ -80,10 +93,10 @@ impl From<rusqlite::Error> for Error {
         use rusqlite::Error::{
             FromSqlConversionFailure, InvalidColumnType, SqliteFailure, ToSqlConversionFailure,
         };
+        // A row that cannot be read back as what was stored.
+        let unreadable = matches!(&e, FromSqlConversionFailure(..) | InvalidColumnType(..));
         let rejected = match &e {
-            FromSqlConversionFailure(..) | ToSqlConversionFailure(..) | InvalidColumnType(..) => {
-                true
-            }
+            ToSqlConversionFailure(..) => true,
             SqliteFailure(failure, _) => failure.code == rusqlite::ErrorCode::ConstraintViolation,
             _ => false,
         };
@@ -92,6 +105,8 @@ impl From<rusqlite::Error> for Error {
         let message = format!("SQLite: {e}");
         let error = if full {
             Self::out_of_space(message)
+        } else if unreadable {
+            Self::unreadable(message)
         } else if rejected {
             Self::rejected(message)
         } else {
