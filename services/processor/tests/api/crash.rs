@@ -239,7 +239,12 @@ async fn sigkilling_the_processor_mid_transaction_on_the_replica_set_loses_and_d
         // commits, then kill half that time after the next one.
         let mut seen = stored().await;
         let mut commits = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while commits.len() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the processor stopped committing ({seen} of {total} stored)"
+            );
             let now = stored().await;
             if now != seen {
                 seen = now;

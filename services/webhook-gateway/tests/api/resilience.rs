@@ -108,26 +108,37 @@ async fn sigterm_stops_the_gateway_promptly_when_nats_is_gone() {
     )
     .await;
     // A webhook waiting for NATS (up to PUBLISH_TIMEOUT_MS).
-    let waiting = tokio::spawn({
-        let url = url.clone();
-        async move {
+    let post = |url: String| {
+        tokio::spawn(async move {
             reqwest::Client::new()
                 .post(format!("{url}/webhook"))
                 .body(test_support::sample_files()[0].1.clone())
                 .send()
                 .await
+        })
+    };
+    let mut waiting = post(url.clone());
+    // In flight once a probe is refused while the webhook still waits. A
+    // probe that held the only slot when the webhook came got it refused
+    // instead: then the webhook is posted again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if waiting.is_finished() {
+            waiting = post(url.clone());
         }
-    });
-    wait_until(
-        "the webhook to be in progress",
-        Duration::from_secs(20),
-        || async {
-            reqwest::get(format!("{url}/no-such-page"))
-                .await
-                .is_ok_and(|r| r.status() == 503)
-        },
-    )
-    .await;
+        let refused = reqwest::get(format!("{url}/no-such-page"))
+            .await
+            .is_ok_and(|r| r.status() == 503);
+        if refused && !waiting.is_finished() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the webhook never got in flight"
+        );
+        // Polling: the next probe, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let took = test_support::time_to_exit_after_sigterm(child).await;
     assert!(
         took.is_some_and(|t| t < Duration::from_secs(8)),
