@@ -805,14 +805,14 @@ fn conversation_statements(
     forward.extend(
         writes
             .into_iter()
-            .map(|write| forward_statement(&id, write)),
+            .flat_map(|write| forward_statements(&id, write)),
     );
 }
 
-/// The update a forward-only write stands for: its filter is
+/// The updates a forward-only write stands for: their filter is
 /// `Forward::holds` (wa_core::plan::forward) in MongoDB's terms.
-fn forward_statement(id: &Bson, write: Forward<'_>) -> Document {
-    match write {
+fn forward_statements(id: &Bson, write: Forward<'_>) -> Vec<Document> {
+    let one = match write {
         Forward::Last(last) => doc! {
             "q": {"_id": id, "sortKey": {"$lt": &last.key}},
             "u": {"$set": last_fields(last)},
@@ -838,14 +838,25 @@ fn forward_statement(id: &Bson, write: Forward<'_>) -> Document {
                 "u": {"$set": set},
             }
         }
+        // Unset or older: two statements rather than one `$or`, which
+        // the MongoDB-wire stand-in of the tests applies to whichever
+        // document matches it, ignoring `_id` (on MongoDB both mean the
+        // same; at most one of the two applies).
         Forward::Inbound(at) => {
             let at = to_bson_date(at);
-            doc! {
-                "q": {"_id": id, "$or": [{LAST_INBOUND: {"$lt": at}}, {LAST_INBOUND: {"$exists": false}}]},
-                "u": {"$set": {LAST_INBOUND: at}},
-            }
+            return vec![
+                doc! {
+                    "q": {"_id": id, LAST_INBOUND: {"$exists": false}},
+                    "u": {"$set": {LAST_INBOUND: at}},
+                },
+                doc! {
+                    "q": {"_id": id, LAST_INBOUND: {"$lt": at}},
+                    "u": {"$set": {LAST_INBOUND: at}},
+                },
+            ];
         }
-    }
+    };
+    vec![one]
 }
 
 fn stats_statements(change: &StatsChange) -> Vec<Document> {

@@ -9,7 +9,7 @@
 //! time: SQLite and the in-memory reference store call `holds` against the
 //! summary inside their transaction; MongoDB, which cannot run Rust inside
 //! an update, translates each variant into the update filter it stands
-//! for (wa-store-mongo's `forward_statement`, one arm per variant).
+//! for (wa-store-mongo's `forward_statements`, one arm per variant).
 
 use chrono::{DateTime, Utc};
 
