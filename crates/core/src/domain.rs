@@ -509,17 +509,31 @@ mod tests {
 
     #[test]
     fn a_status_is_its_name_and_an_unknown_one_is_kept_as_it_came() {
-        for name in ["received", "pending", "sent", "delivered", "read", "played", "failed"] {
+        for name in [
+            "received",
+            "pending",
+            "sent",
+            "delivered",
+            "read",
+            "played",
+            "failed",
+        ] {
             let status = Status::from(name);
             assert!(!matches!(status, Status::Other(_)), "{name}");
             assert_eq!(status.as_str(), name);
             assert_eq!(String::from(status.clone()), name);
-            assert_eq!(serde_json::to_value(&status).unwrap(), serde_json::json!(name));
+            assert_eq!(
+                serde_json::to_value(&status).unwrap(),
+                serde_json::json!(name)
+            );
         }
         let deleted: Status = serde_json::from_value(serde_json::json!("deleted")).unwrap();
         assert_eq!(deleted, Status::Other("deleted".to_owned()));
         assert_eq!(deleted, "deleted");
-        assert_eq!(serde_json::to_value(&deleted).unwrap(), serde_json::json!("deleted"));
+        assert_eq!(
+            serde_json::to_value(&deleted).unwrap(),
+            serde_json::json!("deleted")
+        );
         assert_eq!(deleted.rank(), None);
         assert_eq!(deleted.stored_rank(), 0);
     }
