@@ -5,7 +5,7 @@
 # wrk, Node.js with socket.io-client), starts the shared servers as the
 # test script does, builds the release binaries and runs the `bench`
 # package, which prints a Markdown table (see BENCHMARKS.md).
-# `--quick` takes about two minutes; without it, about fifteen.
+# `--quick` takes a few minutes; without it, about 45 on the MongoDB stand-in.
 # `scripts/bench.sh --help` lists the options (e.g. --only e2e,fanout).
 #
 # MongoDB: the scenarios use the replica set (TEST_MONGODB_RS_URI: mongod
