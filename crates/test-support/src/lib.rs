@@ -14,6 +14,7 @@ use async_nats::jetstream;
 
 pub mod cluster;
 pub mod graph;
+pub mod stack;
 
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {

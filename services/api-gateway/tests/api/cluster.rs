@@ -10,7 +10,8 @@ use serde_json::json;
 use test_support::SocketClient;
 use test_support::cluster::NatsCluster;
 
-use crate::helpers::{Nats, spawn_stack_on};
+use crate::helpers::spawn_stack;
+use test_support::stack::{NatsSettings, StackConfig};
 
 const CUSTOMER: &str = "4475000000";
 
@@ -40,12 +41,12 @@ async fn killing_stream_leaders_of_a_three_node_cluster_loses_and_doubles_nothin
     let mut cluster = NatsCluster::start(3).await;
     // A webhook may wait out an election: 4 to 9 s on nats-server 2.9, more
     // with the machine busy running other tests.
-    let nats = Nats {
+    let nats = NatsSettings {
         url: cluster.urls(),
         args: vec!["--stream-replicas=3".to_owned()],
         gateway_args: vec!["--publish-timeout-ms=20000".to_owned()],
     };
-    let stack = spawn_stack_on(&nats, 1, &[], &[]).await;
+    let stack = spawn_stack(StackConfig::new().nats(nats)).await;
     let stream = stack.names.webhook_stream();
     let info = stack
         .js

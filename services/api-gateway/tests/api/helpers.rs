@@ -3,7 +3,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use clap::Parser;
 use serde_json::Value;
-use test_support::Mongo;
+use test_support::stack::StackConfig;
 use tokio_util::sync::CancellationToken;
 use wa_broker_nats::Names;
 
@@ -25,49 +25,6 @@ impl Drop for Stack {
     }
 }
 
-/// Where the stack's NATS is and how its streams are kept.
-pub struct Nats {
-    pub url: String,
-    /// Arguments for every service (e.g. `--stream-replicas=3`).
-    pub args: Vec<String>,
-    /// Arguments for the webhook-gateway only.
-    pub gateway_args: Vec<String>,
-}
-
-impl Default for Nats {
-    fn default() -> Self {
-        Self {
-            url: test_support::nats_url(),
-            args: Vec::new(),
-            gateway_args: Vec::new(),
-        }
-    }
-}
-
-fn args(binary: &str, namespace: &str, mongo: Option<&str>, nats: &Nats) -> Vec<String> {
-    let mut args = vec![
-        binary.to_owned(),
-        "--host=127.0.0.1".into(),
-        "--port=0".into(),
-    ];
-    args.push(format!("--nats-url={}", nats.url));
-    args.push(format!("--nats-namespace={namespace}"));
-    args.extend(nats.args.iter().cloned());
-    if let Some(uri) = mongo {
-        args.push(format!("--mongodb-uri={uri}"));
-    }
-    args
-}
-
-pub async fn spawn_stack(replicas: usize) -> Stack {
-    spawn_stack_with(replicas, &[]).await
-}
-
-/// [`spawn_stack`] with extra arguments for the api-gateways.
-pub async fn spawn_stack_with(replicas: usize, api_args: &[&str]) -> Stack {
-    spawn_stack_configured(replicas, api_args, &[]).await
-}
-
 /// The arguments that make a service talk to `graph` (a fake Graph API).
 pub fn graph_args(graph: &test_support::graph::FakeGraph) -> Vec<String> {
     graph
@@ -78,41 +35,15 @@ pub fn graph_args(graph: &test_support::graph::FakeGraph) -> Vec<String> {
         .collect()
 }
 
-/// [`spawn_stack`] with extra arguments for the api-gateways and for the
-/// processor.
-pub async fn spawn_stack_configured(
-    replicas: usize,
-    api_args: &[&str],
-    processor_args: &[String],
-) -> Stack {
-    spawn_stack_on(&Nats::default(), replicas, api_args, processor_args).await
-}
-
-/// [`spawn_stack_configured`] on the NATS server(s) of `nats`, with its
-/// data on the replica set (as compose and k8s run MongoDB).
-pub async fn spawn_stack_on(
-    nats: &Nats,
-    replicas: usize,
-    api_args: &[&str],
-    processor_args: &[String],
-) -> Stack {
-    spawn_stack_in(Mongo::ReplicaSet, nats, replicas, api_args, processor_args).await
-}
-
-/// [`spawn_stack_on`] with its data on `mongo`.
-pub async fn spawn_stack_in(
-    mongo: Mongo,
-    nats: &Nats,
-    replicas: usize,
-    api_args: &[&str],
-    processor_args: &[String],
-) -> Stack {
-    let namespace = test_support::unique_name("api");
-    let uri = mongo.uri(&namespace);
+/// The stack `config` describes, in this process: a webhook-gateway, a
+/// processor and its api-gateways, ready (and its marker conversation
+/// opened).
+pub async fn spawn_stack(config: StackConfig) -> Stack {
+    let namespace = config.namespace.clone();
     let shutdown = CancellationToken::new();
 
-    let mut gateway_args = args("webhook-gateway", &namespace, None, nats);
-    gateway_args.extend(nats.gateway_args.iter().cloned());
+    let mut gateway_args = config.args("webhook-gateway", false);
+    gateway_args.extend(config.nats.gateway_args.iter().cloned());
     let gateway =
         webhook_gateway::Application::build(webhook_gateway::Config::parse_from(gateway_args))
             .await
@@ -120,19 +51,21 @@ pub async fn spawn_stack_in(
     let webhook = format!("http://127.0.0.1:{}", gateway.port());
     tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
 
-    let mut args_of_processor = args("processor", &namespace, Some(&uri), nats);
-    args_of_processor.extend(processor_args.iter().cloned());
-    let processor = processor::Application::build(processor::Config::parse_from(args_of_processor))
-        .await
-        .unwrap();
-    tokio::spawn(processor.run_until_stopped(shutdown.clone()));
-
-    let mut api = Vec::new();
-    for _ in 0..replicas {
-        api.push(spawn_api(&namespace, &uri, nats, api_args, &shutdown).await);
+    for _ in 0..config.processors {
+        let mut args = config.args("processor", true);
+        args.extend(config.processor_args.iter().cloned());
+        let processor = processor::Application::build(processor::Config::parse_from(args))
+            .await
+            .unwrap();
+        tokio::spawn(processor.run_until_stopped(shutdown.clone()));
     }
 
-    let js = jetstream::new(test_support::connect_all(&nats.url).await.unwrap());
+    let mut api = Vec::new();
+    for _ in 0..config.api_replicas {
+        api.push(spawn_api(&config, &shutdown).await);
+    }
+
+    let js = jetstream::new(test_support::connect_all(&config.nats.url).await.unwrap());
     let names = Names::new(&namespace);
     test_support::wait_until("the streams to exist", Duration::from_secs(20), || async {
         js.get_stream(names.webhook_stream()).await.is_ok()
@@ -159,7 +92,7 @@ pub async fn spawn_stack_in(
         api,
         names,
         js,
-        db: mongo.database(&namespace).await,
+        db: config.mongo.database(&namespace).await,
         http,
         shutdown,
     };
@@ -177,16 +110,11 @@ pub async fn spawn_stack_in(
     stack
 }
 
-/// An api-gateway in this process until `shutdown`; its URL.
-pub async fn spawn_api(
-    namespace: &str,
-    uri: &str,
-    nats: &Nats,
-    extra: &[&str],
-    shutdown: &CancellationToken,
-) -> String {
-    let mut args = args("api-gateway", namespace, Some(uri), nats);
-    args.extend(extra.iter().map(|&arg| arg.to_owned()));
+/// An api-gateway of the stack `config` describes, in this process until
+/// `shutdown`; its URL.
+pub async fn spawn_api(config: &StackConfig, shutdown: &CancellationToken) -> String {
+    let mut args = config.args("api-gateway", true);
+    args.extend(config.api_args.iter().cloned());
     let app = api_gateway::Application::build(api_gateway::Config::parse_from(args))
         .await
         .unwrap();

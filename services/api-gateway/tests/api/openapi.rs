@@ -1,6 +1,7 @@
 use serde_json::Value;
 
 use crate::helpers::{RAVI, spawn_stack};
+use test_support::stack::StackConfig;
 
 /// Every key of a real response is a documented property, and every
 /// required property is in the response.
@@ -22,7 +23,7 @@ fn assert_matches_schema(document: &Value, schema: &str, instance: &Value) {
 
 #[tokio::test]
 async fn the_openapi_document_matches_the_api() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     stack.load_samples().await;
     let (status, document) = stack.get(0, "/api/openapi.json").await;
     assert_eq!(status, 200);

@@ -11,7 +11,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Map, Value};
 
-use crate::helpers::{NEHA, RAVI, Stack, spawn_stack, spawn_stack_with};
+use crate::helpers::{NEHA, RAVI, Stack, spawn_stack};
+use test_support::stack::StackConfig;
 
 /// Cases per endpoint: the whole test stays within a few seconds
 /// (`PROPTEST_CASES` for a longer run by hand).
@@ -366,7 +367,7 @@ async fn arbitrary_parameters_and_bodies_get_a_2xx_or_a_json_4xx() {
     let started = Instant::now();
     // Without the per-client rate limit: every request must reach its
     // handler (a 429 is a clean answer, but says nothing of the handler).
-    let stack = spawn_stack_with(1, &["--rate-limit-per-ip=0"]).await;
+    let stack = spawn_stack(StackConfig::new().api_args(["--rate-limit-per-ip=0"])).await;
     // Data to page through, so that queries reach the store.
     stack.load_samples().await;
 
@@ -436,7 +437,7 @@ async fn arbitrary_parameters_and_bodies_get_a_2xx_or_a_json_4xx() {
 /// 400, not a store failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_before_beyond_years_1_to_9999_is_refused_cleanly() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     let mut failures = Vec::new();
     for before in [
         "253402300799999",

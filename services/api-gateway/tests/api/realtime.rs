@@ -5,12 +5,13 @@ use serde_json::{Value, json};
 use test_support::SocketClient;
 
 use crate::helpers::{MARKER, NEHA, RAVI, spawn_stack};
+use test_support::stack::StackConfig;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn clients_on_either_replica_get_every_event_exactly_once() {
-    let stack = spawn_stack(2).await;
+    let stack = spawn_stack(StackConfig::new().api_replicas(2)).await;
     let mut polling = SocketClient::connect(&stack.api[0], "polling,websocket").await;
     let mut websocket = SocketClient::connect(&stack.api[1], "websocket").await;
     assert_eq!(
@@ -84,7 +85,7 @@ async fn clients_on_either_replica_get_every_event_exactly_once() {
 
 #[tokio::test]
 async fn a_client_can_narrow_its_stream_to_some_conversations() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     let mut client = SocketClient::connect(&stack.api[0], "websocket").await;
     let subscribed = client
         .emit_with_ack("subscribe", json!([RAVI, MARKER]))

@@ -1,10 +1,11 @@
 use serde_json::json;
 
 use crate::helpers::{MARKER, NEHA, RAVI, spawn_stack};
+use test_support::stack::StackConfig;
 
 #[tokio::test]
 async fn conversations_are_listed_newest_first_with_their_summaries() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     stack.load_samples().await;
     let (status, list) = stack.get(0, "/api/conversations").await;
     assert_eq!(status, 200);
@@ -53,7 +54,7 @@ async fn conversations_are_listed_newest_first_with_their_summaries() {
 
 #[tokio::test]
 async fn messages_come_oldest_first_with_the_contract_fields_and_paginate() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     stack.load_samples().await;
     let (status, messages) = stack
         .get(0, &format!("/api/conversations/{RAVI}/messages"))
@@ -114,7 +115,7 @@ async fn messages_come_oldest_first_with_the_contract_fields_and_paginate() {
 
 #[tokio::test]
 async fn unknown_conversations_are_empty_and_bad_parameters_are_400() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     let (status, body) = stack.get(0, "/api/conversations/conv_123/messages").await;
     assert_eq!((status, body), (200, json!([])));
     for (path, field) in [
@@ -141,7 +142,7 @@ async fn unknown_conversations_are_empty_and_bad_parameters_are_400() {
 
 #[tokio::test]
 async fn marking_a_conversation_read_clears_its_unread_count_once() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     stack.load_samples().await;
     let (status, body) = stack
         .post(0, &format!("/api/conversations/{RAVI}/read"), json!({}))
@@ -174,7 +175,7 @@ async fn marking_a_conversation_read_clears_its_unread_count_once() {
 
 #[tokio::test]
 async fn stats_count_messages_per_status() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     stack.load_samples().await;
     let (status, stats) = stack.get(0, "/api/stats").await;
     assert_eq!(status, 200);
@@ -192,7 +193,7 @@ async fn stats_count_messages_per_status() {
 
 #[tokio::test]
 async fn health_metrics_cors_and_request_ids() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     let api = &stack.api[0];
     for path in ["/healthz", "/readyz"] {
         test_support::wait_until(path, std::time::Duration::from_secs(20), || async {
@@ -237,7 +238,7 @@ async fn health_metrics_cors_and_request_ids() {
 /// as its 201 is back; documented in the OpenAPI.
 #[tokio::test]
 async fn messages_are_found_by_their_words_on_mongodb() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     stack.load_samples().await;
     let (status, found) = stack.get(0, "/api/search?q=hi").await;
     assert_eq!(status, 200, "{found}");

@@ -6,9 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_support::{Mongo, SocketClient};
 
-use crate::helpers::{
-    MARKER, Nats, RAVI, spawn_api, spawn_stack, spawn_stack_in, spawn_stack_with,
-};
+use crate::helpers::{MARKER, RAVI, spawn_api, spawn_stack};
+use test_support::stack::{NatsSettings, StackConfig};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -41,7 +40,7 @@ async fn a_client_back_after_missing_events_gets_exactly_what_it_missed_then_liv
     // The standalone server: on the replica-set stand-in, marking Ravi's
     // conversation read while the processor stores the load answered 200
     // with `"updated": 0` (1 here), and the read's event was missing.
-    let stack = spawn_stack_in(Mongo::Default, &Nats::default(), 2, &[], &[]).await;
+    let stack = spawn_stack(StackConfig::new().mongo(Mongo::Default).api_replicas(2)).await;
     // One client stays connected throughout: the reference stream.
     let mut steady = SocketClient::connect(&stack.api[1], "websocket").await;
     let mut resuming =
@@ -114,7 +113,7 @@ async fn a_client_back_after_missing_events_gets_exactly_what_it_missed_then_liv
 
 #[tokio::test]
 async fn resuming_keeps_the_narrowed_stream_and_a_forgotten_seq_means_resync() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     stack.load_samples().await;
     stack.send(0, MARKER, "marker").await;
     // From the start of the log, only Ravi's conversation.
@@ -195,7 +194,7 @@ async fn resuming_keeps_the_narrowed_stream_and_a_forgotten_seq_means_resync() {
 
 #[tokio::test]
 async fn the_event_log_is_served_over_rest() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     stack.load_samples().await;
     let (status, all) = stack.get(0, "/api/events").await;
     assert_eq!(status, 200);
@@ -229,7 +228,7 @@ async fn the_event_log_is_served_over_rest() {
 
 #[tokio::test]
 async fn subscribing_with_only_invalid_ids_changes_nothing() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     let mut client = SocketClient::connect(&stack.api[0], "websocket").await;
     let subscribed = client
         .emit_with_ack("subscribe", json!(["not-a-conversation", "conv_x"]))
@@ -244,7 +243,7 @@ async fn subscribing_with_only_invalid_ids_changes_nothing() {
 async fn a_client_slower_than_the_events_catches_up_and_misses_none() {
     // Room for one packet per socket: a burst of events overflows every
     // client's buffer, which must then be caught up from the log.
-    let stack = spawn_stack_with(1, &["--socket-buffer=1"]).await;
+    let stack = spawn_stack(StackConfig::new().api_args(["--socket-buffer=1"])).await;
     let mut clients = vec![
         SocketClient::connect(&stack.api[0], "polling").await,
         SocketClient::connect(&stack.api[0], "websocket").await,
@@ -318,13 +317,16 @@ async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync
     wa_broker::EventBus::append(&bus, &[earlier]).await.unwrap();
     nats.stop();
 
-    let nats_args = Nats {
-        url: nats.url(),
-        ..Nats::default()
+    let config = StackConfig {
+        namespace: namespace.clone(),
+        nats: NatsSettings {
+            url: nats.url(),
+            ..NatsSettings::default()
+        },
+        ..StackConfig::new()
     };
-    let uri = test_support::Mongo::ReplicaSet.uri(&namespace);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let url = spawn_api(&namespace, &uri, &nats_args, &[], &shutdown).await;
+    let url = spawn_api(&config, &shutdown).await;
     let _stop = shutdown.drop_guard();
     let ready = || async {
         reqwest::get(format!("{url}/readyz"))

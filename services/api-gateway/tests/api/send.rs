@@ -1,10 +1,11 @@
 use serde_json::json;
 
 use crate::helpers::{MARKER, RAVI, spawn_stack};
+use test_support::stack::StackConfig;
 
 #[tokio::test]
 async fn a_sent_message_is_stored_and_readable_on_any_replica_at_once() {
-    let stack = spawn_stack(2).await;
+    let stack = spawn_stack(StackConfig::new().api_replicas(2)).await;
     stack.load_samples().await;
     let (status, sent) = stack
         .post(
@@ -46,7 +47,7 @@ async fn a_sent_message_is_stored_and_readable_on_any_replica_at_once() {
 
 #[tokio::test]
 async fn the_frontends_body_is_accepted_too() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     let body = json!({"conversationId": MARKER, "from": "918329446654", "to": "15550000001", "body": "Hello!", "userName": "Business"});
     let (status, sent) = stack.post(0, "/api/messages", body).await;
     assert_eq!(status, 201, "{sent}");
@@ -62,7 +63,7 @@ async fn the_frontends_body_is_accepted_too() {
 
 #[tokio::test]
 async fn bad_sends_are_400_naming_the_field_and_store_nothing() {
-    let stack = spawn_stack(1).await;
+    let stack = spawn_stack(StackConfig::new()).await;
     let long = "x".repeat(4097);
     let cases = [
         (json!({"message": "hi"}), "conversationId"),

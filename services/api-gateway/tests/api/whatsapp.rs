@@ -11,7 +11,8 @@ use test_support::graph::{FakeGraph, PHONE_NUMBER_ID, Recorded, Reply, TOKEN};
 
 use test_support::Mongo;
 
-use crate::helpers::{Nats, RAVI, Stack, graph_args, spawn_stack_in};
+use crate::helpers::{RAVI, Stack, graph_args, spawn_stack};
+use test_support::stack::StackConfig;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -30,7 +31,14 @@ async fn stack_in(mongo: Mongo, graph: &FakeGraph, replicas: usize) -> Stack {
         "--media-allowed-hosts=127.0.0.1",
         "--media-allow-private-addresses",
     ]);
-    let stack = spawn_stack_in(mongo, &Nats::default(), replicas, &api_args, &args).await;
+    let stack = spawn_stack(
+        StackConfig::new()
+            .mongo(mongo)
+            .api_replicas(replicas)
+            .api_args(api_args)
+            .processor_args(args),
+    )
+    .await;
     // The stack's own first message goes out before a test scripts replies.
     let marker = crate::helpers::MARKER
         .trim_start_matches("conv_")

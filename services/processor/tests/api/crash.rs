@@ -8,7 +8,8 @@ use wa_store_mongo::MongoStore;
 
 use test_support::Mongo;
 
-use crate::helpers::{Pipeline, spawn_gateway_only_in};
+use crate::helpers::{Pipeline, spawn_stack};
+use test_support::stack::StackConfig;
 
 // 10,000 messages in 200 conversations, 25 per webhook.
 const CUSTOMERS: usize = 200;
@@ -64,7 +65,7 @@ fn payload(n: usize) -> Vec<u8> {
 async fn sigkilling_processors_mid_ingest_loses_duplicates_and_miscounts_nothing() {
     // The standalone server: the non-transactional fallback, where a
     // change set's steps are journaled instead.
-    let p = spawn_gateway_only_in(Mongo::Default).await;
+    let p = spawn_stack(StackConfig::new().mongo(Mongo::Default).processors(0)).await;
     let a = Replica::start(&p).await;
     let b = Replica::start(&p).await;
 

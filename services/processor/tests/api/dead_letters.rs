@@ -3,11 +3,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use mongodb::bson::doc;
 
-use crate::helpers::spawn_pipeline;
+use crate::helpers::spawn_stack;
+use test_support::stack::StackConfig;
 
 #[tokio::test]
 async fn an_unprocessable_payload_is_dead_lettered_and_does_not_block_the_queue() {
-    let p = spawn_pipeline().await;
+    let p = spawn_stack(StackConfig::new()).await;
     // Past the gateway's checks (e.g. published by an older gateway).
     p.publish_raw(b"{definitely not json").await;
     let (_, body) = &test_support::sample_files()[0];
@@ -43,7 +44,7 @@ async fn an_unprocessable_payload_is_dead_lettered_and_does_not_block_the_queue(
 
 #[tokio::test]
 async fn health_readiness_and_metrics_are_served() {
-    let p = spawn_pipeline().await;
+    let p = spawn_stack(StackConfig::new()).await;
     p.post(&test_support::sample_files()[0].1).await;
     p.drained().await;
     test_support::wait_until("processor readiness", Duration::from_secs(20), || async {

@@ -1,11 +1,12 @@
 use futures::StreamExt;
 use wa_core::domain::Event;
 
-use crate::helpers::spawn_pipeline;
+use crate::helpers::spawn_stack;
+use test_support::stack::StackConfig;
 
 #[tokio::test]
 async fn one_event_per_stored_message_and_applied_status_and_none_for_repeats() {
-    let p = spawn_pipeline().await;
+    let p = spawn_stack(StackConfig::new()).await;
     let mut events = p.nats.subscribe(p.names.events()).await.unwrap();
     p.nats.flush().await.unwrap();
     for (_, body) in test_support::sample_files() {

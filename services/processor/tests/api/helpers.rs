@@ -5,6 +5,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use processor::{Application, Config};
 use test_support::Mongo;
+use test_support::stack::StackConfig;
 use tokio_util::sync::CancellationToken;
 use wa_broker_nats::Names;
 use wa_broker_nats::config::NatsConfig;
@@ -60,38 +61,22 @@ pub fn processor_config(namespace: &str, mongo: Mongo, database: &str) -> Config
     }
 }
 
-/// Gateway and processor, in this process.
-pub async fn spawn_pipeline() -> Pipeline {
-    let mut pipeline = spawn_gateway_only().await;
-    let processor = Application::build(processor_config(
-        &pipeline.namespace,
-        pipeline.mongo,
-        &pipeline.database,
-    ))
-    .await
-    .unwrap();
-    pipeline.processor = format!("http://127.0.0.1:{}", processor.port());
-    tokio::spawn(processor.run_until_stopped(pipeline.shutdown.clone()));
-    pipeline
-}
-
-/// Only the gateway: tests start processors themselves.
-pub async fn spawn_gateway_only() -> Pipeline {
-    spawn_gateway_only_in(Mongo::ReplicaSet).await
-}
-
-/// [`spawn_gateway_only`] with the database on `mongo`.
-pub async fn spawn_gateway_only_in(mongo: Mongo) -> Pipeline {
+/// The stack `config` describes, in this process: a gateway and
+/// `config.processors` processors (0: the test starts its own) on its
+/// namespace and database. (No api-gateway: these are the processor's
+/// tests.)
+pub async fn spawn_stack(config: StackConfig) -> Pipeline {
     // Logs show with RUST_LOG=info (off unless asked for).
     if std::env::var_os("RUST_LOG").is_some() {
         wa_service::config::init_tracing(&LogConfig {
             log_format: LogFormat::Pretty,
         });
     }
-    let namespace = test_support::unique_name("pipe");
+    let mongo = config.mongo;
+    let namespace = config.namespace.clone();
     let database = namespace.clone();
     let shutdown = CancellationToken::new();
-    let config = webhook_gateway::Config {
+    let gateway_config = webhook_gateway::Config {
         host: "127.0.0.1".into(),
         port: 0,
         webhook: WebhookConfig {
@@ -104,7 +89,7 @@ pub async fn spawn_gateway_only_in(mongo: Mongo) -> Pipeline {
         metrics: Default::default(),
         publish_timeout_ms: 5000,
         nats: NatsConfig {
-            nats_url: test_support::nats_url(),
+            nats_url: config.nats.url.clone(),
             nats_namespace: namespace.clone(),
             streams: Default::default(),
         },
@@ -112,10 +97,12 @@ pub async fn spawn_gateway_only_in(mongo: Mongo) -> Pipeline {
             log_format: LogFormat::Pretty,
         },
     };
-    let gateway = webhook_gateway::Application::build(config).await.unwrap();
+    let gateway = webhook_gateway::Application::build(gateway_config)
+        .await
+        .unwrap();
     let gateway_address = format!("http://127.0.0.1:{}", gateway.port());
     tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
-    let nats = async_nats::connect(test_support::nats_url()).await.unwrap();
+    let nats = async_nats::connect(config.nats.url.as_str()).await.unwrap();
     let js = jetstream::new(nats.clone());
     let names = Names::new(&namespace);
     test_support::wait_until(
@@ -124,9 +111,17 @@ pub async fn spawn_gateway_only_in(mongo: Mongo) -> Pipeline {
         || async { js.get_stream(names.webhook_stream()).await.is_ok() },
     )
     .await;
+    let mut processor = String::new();
+    for _ in 0..config.processors {
+        let app = Application::build(processor_config(&namespace, mongo, &database))
+            .await
+            .unwrap();
+        processor = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    }
     Pipeline {
         gateway: gateway_address,
-        processor: String::new(),
+        processor,
         names,
         js,
         nats,

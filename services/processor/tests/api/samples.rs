@@ -2,7 +2,8 @@ use std::collections::BTreeMap;
 
 use mongodb::bson::{Bson, doc};
 
-use crate::helpers::{Pipeline, spawn_pipeline};
+use crate::helpers::{Pipeline, spawn_stack};
+use test_support::stack::StackConfig;
 
 const RAVI_IN: &str = "wamid.HBgMOTE5OTY3NTc4NzIwFQIAEhggMTIzQURFRjEyMzQ1Njc4OTA=";
 const RAVI_REPLY: &str =
@@ -105,7 +106,7 @@ async fn assert_sample_state(p: &Pipeline) {
 async fn the_eight_samples_in_any_order_each_twice_give_the_four_messages() {
     let files = test_support::sample_files();
     for seed in [0, 1, 7] {
-        let p = spawn_pipeline().await;
+        let p = spawn_stack(StackConfig::new()).await;
         let first = if seed == 0 {
             files.iter().rev().cloned().collect()
         } else {
@@ -126,7 +127,7 @@ async fn the_eight_samples_in_any_order_each_twice_give_the_four_messages() {
 
 #[tokio::test]
 async fn every_webhook_file_is_stored_as_expected() {
-    let p = spawn_pipeline().await;
+    let p = spawn_stack(StackConfig::new()).await;
     let files = test_support::all_webhook_files();
     for (_, body) in &files {
         p.post(body).await;
@@ -191,7 +192,7 @@ async fn every_webhook_file_is_stored_as_expected() {
 
 #[tokio::test]
 async fn out_of_order_statuses_end_in_the_highest_one_and_failed_is_terminal() {
-    let p = spawn_pipeline().await;
+    let p = spawn_stack(StackConfig::new()).await;
     let message = |id: &str, ts: u32| {
         format!(
             r#"{{"entry":[{{"changes":[{{"field":"messages","value":{{"metadata":{{"display_phone_number":"1555"}},"contacts":[{{"wa_id":"4477"}}],"messages":[{{"from":"1555","id":"{id}","timestamp":"{ts}","type":"text","text":{{"body":"hi"}}}}]}}}}]}}]}}"#

@@ -15,7 +15,8 @@ use wa_engine::processing::Processor;
 use wa_store::Store;
 use wa_store_mongo::MongoStore;
 
-use crate::helpers::{Pipeline, spawn_gateway_only, spawn_gateway_only_in};
+use crate::helpers::{Pipeline, spawn_stack};
+use test_support::stack::StackConfig;
 
 const CUSTOMER: &str = "447700900555";
 const SENDS: usize = 30;
@@ -95,7 +96,7 @@ fn queued_to(customer: &str, id: &str, n: usize) -> (QueuedSend, Message) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilling_the_processor_while_sends_are_queued_loses_and_doubles_none() {
-    let p = spawn_gateway_only().await;
+    let p = spawn_stack(StackConfig::new().processors(0)).await;
     let graph = FakeGraph::start().await;
     let store: Arc<dyn Store> = Arc::new(
         MongoStore::connect(&p.mongo.uri(&p.database), "test")
@@ -265,7 +266,7 @@ async fn sends_reach_whatsapp_in_order_per_conversation_through_an_outage_a_kill
     // The standalone server: on the replica-set stand-in (which refuses a
     // write while another replica's transaction is open) not every send
     // went out within 120 s.
-    let p = spawn_gateway_only_in(Mongo::Default).await;
+    let p = spawn_stack(StackConfig::new().mongo(Mongo::Default).processors(0)).await;
     let graph = FakeGraph::start().await;
     let (_store, processor) = open_store(&p).await;
     let ids = queue_interleaved(&processor, CONVERSATIONS, PER_CONVERSATION).await;
@@ -314,7 +315,7 @@ async fn sends_reach_whatsapp_in_order_per_conversation_through_an_outage_a_kill
 /// flight, so after a restart none goes out twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_sends_wait_on_a_slow_graph_api_sends_none_twice() {
-    let p = spawn_gateway_only().await;
+    let p = spawn_stack(StackConfig::new().processors(0)).await;
     let graph = FakeGraph::start().await;
     let (_store, processor) = open_store(&p).await;
     let ids = queue_interleaved(&processor, 20, 2).await;
