@@ -19,16 +19,16 @@ pub const PENDING: &str = "pending";
 /// sent (WhatsApp's customer service window); templates are always allowed.
 pub const SERVICE_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
-/// A conversation is identified by the customer's WhatsApp id.
+/// The home number's conversation with a customer (see
+/// [`crate::numbers`] for other numbers').
 pub fn conversation_id(wa_id: &str) -> String {
     format!("conv_{wa_id}")
 }
 
-/// True for `conv_<digits>`, the only conversation ids we ever create.
+/// True for `conv_<digits>` and `conv_<digits>_<digits>`, the only
+/// conversation ids we ever create.
 pub fn is_conversation_id(id: &str) -> bool {
-    id.strip_prefix("conv_").is_some_and(|digits| {
-        !digits.is_empty() && digits.len() <= 32 && digits.bytes().all(|b| b.is_ascii_digit())
-    })
+    crate::numbers::parse_conversation_id(id).is_some()
 }
 
 /// A message's status, in the forward-only order `received`/`pending` <
@@ -206,8 +206,13 @@ pub struct Message {
     /// The customer's profile name, when the webhook carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contact_name: Option<String>,
+    /// The business number the message was sent to or from (the
+    /// webhook's `metadata.phone_number_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone_number_id: Option<String>,
+    /// That number's display number (digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_number: Option<String>,
     /// The type-specific object exactly as WhatsApp sent it (`image`,
     /// `location`, ...): media ids, mime types, captions, file names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +288,7 @@ impl Message {
             direction: Direction::Outbound,
             contact_name: None,
             phone_number_id: None,
+            business_number: None,
             context: None,
             referral: None,
             errors: None,
@@ -300,6 +306,10 @@ pub struct QueuedSend {
     /// The message's permanent key ([`Message::id`]).
     pub id: String,
     pub conversation_id: String,
+    /// The business number it goes out through (`None`: queued before
+    /// numbers existed: the default number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
     /// The Graph API request body.
     pub request: Value,
     /// When it is next due: at once, after a retry's backoff, or when the
@@ -351,8 +361,12 @@ pub struct StatusChange {
     pub message_id: String,
     pub status: Status,
     pub timestamp: DateTime<Utc>,
-    /// `conv_<recipient_id>`.
+    /// `conv_<recipient_id>`, then the conversation of its number
+    /// ([`crate::numbers::route`]).
     pub conversation_id: String,
+    /// The business number the webhook came for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<Value>,
     /// The local id of our message this status is for, when WhatsApp
@@ -382,6 +396,13 @@ pub struct Conversation {
     /// after the customer's last message; `null`: the customer never
     /// wrote). After it, only templates may be sent.
     pub window_expires_at: Option<DateTime<Utc>>,
+    /// The business number of the conversation (`null` only for data
+    /// stored before numbers existed and not migrated yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
+    /// Its display number (digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_number: Option<String>,
 }
 
 /// Totals for `GET /api/stats`.
@@ -397,6 +418,9 @@ pub struct Stats {
     pub status_breakdown: BTreeMap<String, i64>,
     /// Malformed webhook items refused (each kept with its reason).
     pub rejected_items: i64,
+    /// The number these totals are narrowed to (`?phoneNumberId=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
 }
 
 /// Statuses every stats breakdown lists.
@@ -438,6 +462,11 @@ pub struct StatusUpdate {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub status: Status,
     pub conversation_id: String,
+    /// The business number of the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_number: Option<String>,
     pub timestamp: DateTime<Utc>,
     /// For messages sent through the API: the sender's own id.
     #[serde(default, skip_serializing_if = "Option::is_none")]

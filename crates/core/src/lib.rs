@@ -3,6 +3,7 @@
 //!
 //! - [`webhook`]: WhatsApp's webhook payloads and how to read them;
 //! - [`domain`]: messages, statuses, conversations and events;
+//! - [`numbers`]: several business numbers: routing and scoping;
 //! - [`plan`]: what a batch of payloads changes, given what is stored;
 //! - [`search`]: the words a message is found by, and a query's;
 //! - [`outbound`]: the messages a business sends, checked and built;
@@ -12,6 +13,7 @@
 //! as OpenAPI schemas (the api-gateway turns it on).
 
 pub mod domain;
+pub mod numbers;
 pub mod outbound;
 pub mod plan;
 pub mod retry;

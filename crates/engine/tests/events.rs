@@ -182,6 +182,8 @@ fn delivered(message_id: &str) -> Event {
         message_id: message_id.to_owned(),
         status: "delivered".into(),
         conversation_id: "conv_447700000000".to_owned(),
+        phone_number_id: None,
+        business_number: None,
         timestamp: Utc::now(),
         client_message_id: None,
         previous_message_id: None,

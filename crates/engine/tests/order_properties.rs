@@ -143,7 +143,7 @@ async fn snapshot(store: &Arc<dyn Store>) -> Snapshot {
         before: None,
         before_id: None,
     };
-    let conversations = store.conversations(page(100)).await.unwrap();
+    let conversations = store.conversations(page(100), None).await.unwrap();
     let mut messages = BTreeMap::new();
     for c in &conversations {
         let list = store
@@ -155,7 +155,7 @@ async fn snapshot(store: &Arc<dyn Store>) -> Snapshot {
     Snapshot {
         conversations,
         messages,
-        stats: store.stats().await.unwrap(),
+        stats: store.stats(None).await.unwrap(),
     }
 }
 

@@ -72,7 +72,7 @@ fn bodies(files: &[(String, Vec<u8>)]) -> Vec<Vec<u8>> {
 
 /// A conversation's summary as the list returns it.
 async fn conversation(store: &Arc<dyn Store>, id: &str) -> Conversation {
-    let list = store.conversations(page(500)).await.unwrap();
+    let list = store.conversations(page(500), None).await.unwrap();
     list.into_iter()
         .find(|c| c.conversation_id == id)
         .unwrap_or_else(|| panic!("{id} is listed"))
@@ -125,7 +125,7 @@ async fn samples_in_any_order_each_twice(store: Arc<dyn Store>) {
         store.message(NEHA_REPLY).await.unwrap().unwrap().status,
         "delivered"
     );
-    let conversations = store.conversations(page(50)).await.unwrap();
+    let conversations = store.conversations(page(50), None).await.unwrap();
     let ids: Vec<&str> = conversations
         .iter()
         .map(|c| c.conversation_id.as_str())
@@ -136,7 +136,7 @@ async fn samples_in_any_order_each_twice(store: Arc<dyn Store>) {
     }
     assert_eq!(conversations[1].user_name, "Ravi Kumar");
     assert_eq!(conversations[1].last_message_status, "read");
-    let stats = store.stats().await.unwrap();
+    let stats = store.stats(None).await.unwrap();
     assert_eq!(
         (
             stats.total_messages,
@@ -176,7 +176,7 @@ async fn every_webhook_file_as_expected(store: Arc<dyn Store>) {
         );
         *per_conversation.entry(m.conversation_id).or_default() += 1;
     }
-    let conversations = store.conversations(page(500)).await.unwrap();
+    let conversations = store.conversations(page(500), None).await.unwrap();
     assert_eq!(conversations.len(), per_conversation.len());
     for c in conversations {
         assert_eq!(
@@ -186,7 +186,7 @@ async fn every_webhook_file_as_expected(store: Arc<dyn Store>) {
         );
     }
     assert_eq!(
-        store.stats().await.unwrap().total_messages,
+        store.stats(None).await.unwrap().total_messages,
         expected.len() as i64
     );
 }
@@ -294,13 +294,16 @@ async fn pages_are_newest_first_returned_oldest_first(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(older[0].message_id, all[0].message_id);
     assert!(store.messages("conv_1", page(10)).await.unwrap().is_empty());
-    let first = store.conversations(page(1)).await.unwrap();
+    let first = store.conversations(page(1), None).await.unwrap();
     let next = store
-        .conversations(Page {
-            limit: 1,
-            before: Some(first[0].last_timestamp),
-            ..Default::default()
-        })
+        .conversations(
+            Page {
+                limit: 1,
+                before: Some(first[0].last_timestamp),
+                ..Default::default()
+            },
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -350,13 +353,16 @@ async fn paging_through_ties_skips_nothing(store: Arc<dyn Store>) {
         ["m1"]
     );
 
-    let top = store.conversations(page(1)).await.unwrap();
+    let top = store.conversations(page(1), None).await.unwrap();
     let next = store
-        .conversations(Page {
-            limit: 5,
-            before: Some(top[0].last_timestamp),
-            before_id: Some(top[0].last_message_id.clone()),
-        })
+        .conversations(
+            Page {
+                limit: 5,
+                before: Some(top[0].last_timestamp),
+                before_id: Some(top[0].last_message_id.clone()),
+            },
+            None,
+        )
         .await
         .unwrap();
     let mut both = vec![
@@ -374,7 +380,7 @@ async fn paging_through_ties_skips_nothing(store: Arc<dyn Store>) {
 /// Every counter a store keeps (summaries, stats) agrees with its
 /// messages, and each summary shows its newest message.
 async fn assert_counters_match_messages(store: &Arc<dyn Store>) {
-    let conversations = store.conversations(page(500)).await.unwrap();
+    let conversations = store.conversations(page(500), None).await.unwrap();
     let mut totals = BTreeMap::<String, i64>::new();
     for c in &conversations {
         let messages = store.messages(&c.conversation_id, page(500)).await.unwrap();
@@ -405,7 +411,7 @@ async fn assert_counters_match_messages(store: &Arc<dyn Store>) {
             *totals.entry(m.status.to_string()).or_default() += 1;
         }
     }
-    let stats = store.stats().await.unwrap();
+    let stats = store.stats(None).await.unwrap();
     let total = |key: &str| totals.get(key).copied().unwrap_or(0);
     assert_eq!(
         (
@@ -430,7 +436,7 @@ async fn counters_agree_with_the_messages_after_every_kind_of_change(store: Arc<
     let processor = Processor::new(store.clone());
     let mut files = bodies(&test_support::all_webhook_files());
     feed(&processor, &files).await;
-    for c in store.conversations(page(3)).await.unwrap() {
+    for c in store.conversations(page(3), None).await.unwrap() {
         processor
             .mark_read(&c.conversation_id, Utc::now())
             .await
@@ -458,7 +464,7 @@ async fn one_bad_item_of_three_is_kept_aside_and_the_others_stored(store: Arc<dy
     assert_eq!(events.len(), 2, "the two good messages, once");
     assert!(store.message("ok.1").await.unwrap().is_some());
     assert!(store.message("ok.2").await.unwrap().is_some());
-    let stats = store.stats().await.unwrap();
+    let stats = store.stats(None).await.unwrap();
     assert_eq!(
         (stats.total_messages, stats.rejected_items),
         (2, 1),
@@ -481,6 +487,7 @@ fn queued_send(customer: &str, n: u32) -> (QueuedSend, wa_core::domain::Message)
     let send = QueuedSend {
         id: id.clone(),
         conversation_id: message.conversation_id.clone(),
+        phone_number_id: None,
         request: serde_json::json!({"to": customer, "biz_opaque_callback_data": id}),
         due: DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap(),
         // Later messages were accepted later, whatever their due times.
@@ -700,7 +707,7 @@ async fn search_finds_any_word_newest_first_in_pages_and_scopes(store: Arc<dyn S
         ["wamid.s1"]
     );
     let of_number = SearchScope {
-        phone_number_id: Some("222".into()),
+        numbers: Some(vec!["222".into()]),
         ..Default::default()
     };
     assert_eq!(search(&store, "pune", of_number, 10).await.0, ["wamid.s3"]);
@@ -804,7 +811,7 @@ async fn mongodb_a_change_set_stopped_at_any_step_is_finished_by_a_retry() {
         }
 
         // Marking read, stopped and retried.
-        let conversation = store.conversations(page(1)).await.unwrap()[0].clone();
+        let conversation = store.conversations(page(1), None).await.unwrap()[0].clone();
         mongo.stop_next_change_set_after(steps);
         let _ = processor
             .mark_read(&conversation.conversation_id, Utc::now())
@@ -916,7 +923,7 @@ async fn mongodb_round_trips_do_not_grow_with_the_data() {
 
         let before = commands.load(Ordering::SeqCst);
         assert_eq!(
-            store.stats().await.unwrap().total_messages,
+            store.stats(None).await.unwrap().total_messages,
             stored as i64 + 40
         );
         let for_stats = commands.load(Ordering::SeqCst) - before;
@@ -996,6 +1003,8 @@ fn version_1_data() -> (Vec<wa_core::domain::Message>, Vec<Conversation>) {
                     .filter(|o| o.direction == Direction::Inbound)
                     .map(|o| o.timestamp + wa_core::domain::SERVICE_WINDOW)
                     .max(),
+                phone_number_id: None,
+                business_number: None,
             },
         );
     }
@@ -1019,10 +1028,10 @@ async fn migrated_store_keeps_counting(store: Arc<dyn Store>, before: &[Conversa
         },
     )
     .await;
-    let mut after = store.conversations(page(50)).await.unwrap();
+    let mut after = store.conversations(page(50), None).await.unwrap();
     after.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
     assert_eq!(after, before);
-    let stats = store.stats().await.unwrap();
+    let stats = store.stats(None).await.unwrap();
     assert_eq!((stats.total_messages, stats.total_conversations), (4, 2));
     assert_counters_match_messages(&store).await;
     let processor = Processor::new(store.clone());

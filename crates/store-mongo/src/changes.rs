@@ -121,12 +121,7 @@ impl MongoStore {
         known.stats_journals = stats
             .iter()
             .filter_map(|d| {
-                let shard = d
-                    .get_str("_id")
-                    .ok()?
-                    .strip_prefix("shard-")?
-                    .parse()
-                    .ok()?;
+                let shard = super::stats_key(d.get_str("_id").ok()?)?;
                 let journal = journal_from_document(d);
                 (!journal.is_empty()).then_some((shard, journal))
             })
@@ -293,6 +288,7 @@ fn parked_from_document(d: &Document) -> Option<StatusChange> {
         status: d.get_str("status").ok()?.into(),
         timestamp: super::documents::date_from_bson(d.get("timestamp")?)?,
         conversation_id: d.get_str("conversationId").ok()?.to_owned(),
+        phone_number_id: d.get_str("phoneNumberId").ok().map(str::to_owned),
         errors: d.get("errors").map(|e| e.clone().into_relaxed_extjson()),
         callback: None,
     })
@@ -540,7 +536,7 @@ fn cleanup_step(changes: &ChangeSet) -> Vec<Write> {
     for (counter, entries) in cleanups {
         let (id, statements) = match counter {
             Counter::Conversation(id) => (Bson::String(id.clone()), &mut conversations),
-            Counter::Stats(shard) => (Bson::String(stats_id(*shard)), &mut stats),
+            Counter::Stats(shard) => (Bson::String(stats_id(shard)), &mut stats),
         };
         for chunk in entries.chunks(ENTRIES_PER_STATEMENT) {
             let mut filter = doc! {"_id": id.clone()};
@@ -867,7 +863,7 @@ fn stats_statements(change: &StatsChange) -> Vec<Document> {
             .map(|(name, n)| (name, Bson::Int64(n)))
             .collect()
     };
-    let id = Bson::String(stats_id(change.shard));
+    let id = Bson::String(stats_id(&change.shard));
     counter_statements(&id, &change.journal, fields, Default::default(), false)
 }
 
@@ -884,6 +880,8 @@ mod tests {
                     message_id: format!("wamid.{n}"),
                     status: Status::Read,
                     conversation_id: "conv_1".to_owned(),
+                    phone_number_id: None,
+                    business_number: None,
                     timestamp: chrono::DateTime::UNIX_EPOCH,
                     client_message_id: None,
                     previous_message_id: None,

@@ -148,6 +148,8 @@ pub fn conversation_from_document(d: &Document) -> Conversation {
         },
         message_count: number("messageCount"),
         unread_count: number("unreadCount"),
+        phone_number_id: d.get_str("phoneNumberId").ok().map(str::to_owned),
+        business_number: d.get_str("businessNumber").ok().map(str::to_owned),
         participants: d
             .get_array("participants")
             .map(|p| {

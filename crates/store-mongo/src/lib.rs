@@ -32,8 +32,9 @@ use documents::{
     conversation_from_document, integer, message_from_document, store_error, to_bson_date,
 };
 use wa_core::domain::{Conversation, Event, Message, Page, QueuedSend, Stats};
+use wa_core::numbers::BusinessNumber;
 use wa_core::plan::counts::Counts;
-use wa_core::plan::{ChangeSet, Known, Lookup, PARKED_STATUS_TTL, STATS_SHARDS};
+use wa_core::plan::{ChangeSet, Known, Lookup, PARKED_STATUS_TTL, STATS_SHARDS, StatsKey};
 use wa_store::{KeyClaim, Store, StoreError, StoreResult, conversations_before};
 
 pub use changes::durable;
@@ -52,8 +53,22 @@ pub const SENDS: &str = "sends";
 pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 
 /// `_id` of a stats counter document.
-pub fn stats_id(shard: u32) -> String {
-    format!("shard-{shard:02}")
+pub fn stats_id(key: &StatsKey) -> String {
+    if key.number.is_empty() {
+        format!("shard-{:02}", key.shard)
+    } else {
+        format!("shard-{:02}-{}", key.shard, key.number)
+    }
+}
+
+/// The stats key of a stats document's `_id` ([`stats_id`]).
+pub fn stats_key(id: &str) -> Option<StatsKey> {
+    let rest = id.strip_prefix("shard-")?;
+    let (shard, number) = rest.split_once('-').unwrap_or((rest, ""));
+    Some(StatsKey {
+        number: number.to_owned(),
+        shard: shard.parse().ok()?,
+    })
 }
 
 #[derive(Clone)]
@@ -227,7 +242,7 @@ impl MongoStore {
         // guarded updates, never upserts.
         let shards: Vec<Document> = (0..STATS_SHARDS)
             .map(|shard| {
-                doc! {"q": {"_id": stats_id(shard)}, "u": {"$setOnInsert": {"messages": 0_i64}}, "upsert": true}
+                doc! {"q": {"_id": stats_id(&StatsKey::home(shard))}, "u": {"$setOnInsert": {"messages": 0_i64}}, "upsert": true}
             })
             .collect();
         self.db
@@ -265,7 +280,12 @@ impl Store for MongoStore {
         self.apply_changes(changes).await
     }
 
-    async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
+    async fn conversations(
+        &self,
+        page: Page,
+        numbers: Option<&[String]>,
+    ) -> StoreResult<Vec<Conversation>> {
+        let _ = numbers; // TODO(numbers)
         let filter = match conversations_before(&page) {
             Some(key) => doc! {"sortKey": {"$lt": key}},
             None => doc! {},
@@ -444,7 +464,27 @@ impl Store for MongoStore {
 
     /// The stats documents summed, and the numbers of summaries and
     /// rejected items from their collections' metadata: no scan.
-    async fn stats(&self) -> StoreResult<Stats> {
+    async fn home_number(&self, candidate: Option<&str>) -> StoreResult<Option<String>> {
+        let _ = candidate;
+        Err(StoreError::transient("TODO(numbers)"))
+    }
+
+    async fn note_numbers(&self, numbers: &[(String, Option<String>)]) -> StoreResult<()> {
+        let _ = numbers;
+        Err(StoreError::transient("TODO(numbers)"))
+    }
+
+    async fn numbers(&self) -> StoreResult<Vec<BusinessNumber>> {
+        Err(StoreError::transient("TODO(numbers)"))
+    }
+
+    async fn adopt_numbers(&self, default: Option<&str>) -> StoreResult<Option<String>> {
+        let _ = default;
+        Err(StoreError::transient("TODO(numbers)"))
+    }
+
+    async fn stats(&self, numbers: Option<&[String]>) -> StoreResult<Stats> {
+        let _ = numbers; // TODO(numbers)
         let (shards, conversations, rejected) = futures::try_join!(
             async {
                 self.collection(STATS)

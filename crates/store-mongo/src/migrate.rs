@@ -194,7 +194,10 @@ async fn recount_stats(db: &Database) -> StoreResult<()> {
         .map(|(name, n)| (name, mongodb::bson::Bson::Int64(n)))
         .collect();
     db.collection::<Document>(STATS)
-        .update_one(doc! {"_id": stats_id(0)}, doc! {"$set": set})
+        .update_one(
+            doc! {"_id": stats_id(&wa_core::plan::StatsKey::home(0))},
+            doc! {"$set": set},
+        )
         .upsert(true)
         .await
         .map_err(store_error)?;

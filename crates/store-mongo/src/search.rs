@@ -29,8 +29,8 @@ impl MongoStore {
         if let Some(id) = &scope.conversation_id {
             filter.insert("conversationId", id);
         }
-        if let Some(id) = &scope.phone_number_id {
-            filter.insert("phoneNumberId", id);
+        if let Some(numbers) = &scope.numbers {
+            filter.insert("phoneNumberId", doc! {"$in": numbers});
         }
         if let Some(cursor) = &scope.before {
             let (at, id) = parse_cursor(cursor)?;

@@ -96,7 +96,12 @@ impl Store for SqliteStore {
         self.run(move |t| apply_in(t, &changes, indexed)).await
     }
 
-    async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
+    async fn conversations(
+        &self,
+        page: Page,
+        numbers: Option<&[String]>,
+    ) -> StoreResult<Vec<Conversation>> {
+        let _ = numbers; // TODO(numbers)
         let before = conversations_before(&page).unwrap_or_else(|| "~".to_owned());
         self.run(move |t| {
             let rows = t
@@ -142,7 +147,27 @@ impl Store for SqliteStore {
         self.run(move |t| Ok(load_message(t, &id)?)).await
     }
 
-    async fn stats(&self) -> StoreResult<Stats> {
+    async fn home_number(&self, candidate: Option<&str>) -> StoreResult<Option<String>> {
+        let _ = candidate;
+        Err(Error::transient("TODO(numbers)"))
+    }
+
+    async fn note_numbers(&self, numbers: &[(String, Option<String>)]) -> StoreResult<()> {
+        let _ = numbers;
+        Err(Error::transient("TODO(numbers)"))
+    }
+
+    async fn numbers(&self) -> StoreResult<Vec<wa_core::numbers::BusinessNumber>> {
+        Err(Error::transient("TODO(numbers)"))
+    }
+
+    async fn adopt_numbers(&self, default: Option<&str>) -> StoreResult<Option<String>> {
+        let _ = default;
+        Err(Error::transient("TODO(numbers)"))
+    }
+
+    async fn stats(&self, numbers: Option<&[String]>) -> StoreResult<Stats> {
+        let _ = numbers; // TODO(numbers)
         self.run(|t| {
             let mut counts = Counts::default();
             let (mut conversations, mut rejected) = (0, 0);
@@ -235,8 +260,11 @@ impl Store for SqliteStore {
         if let Some(id) = &scope.conversation_id {
             expression.push_str(&format!(" AND scope : \"{}\"", scope_token('c', id)));
         }
-        if let Some(id) = &scope.phone_number_id {
-            expression.push_str(&format!(" AND scope : \"{}\"", scope_token('p', id)));
+        if let Some(numbers) = &scope.numbers {
+            // TODO(numbers): several
+            for id in numbers.iter().take(1) {
+                expression.push_str(&format!(" AND scope : \"{}\"", scope_token('p', id)));
+            }
         }
         // Rows after the cursor's: older hits (row ids count down in time).
         let after = match scope.before.as_deref() {

@@ -197,6 +197,8 @@ impl SummaryRow {
                 .last_inbound_ts
                 .and_then(DateTime::from_timestamp_millis)
                 .map(|at| at + SERVICE_WINDOW),
+            phone_number_id: None, // TODO(numbers)
+            business_number: None,
         })
     }
 }

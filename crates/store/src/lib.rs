@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use wa_core::domain::{Conversation, Event, Message, Page, QueuedSend, Stats};
+use wa_core::numbers::BusinessNumber;
 use wa_core::plan::{ChangeSet, Known, Lookup};
 use wa_core::search::Query;
 
@@ -43,8 +44,13 @@ pub trait Store: Send + Sync + 'static {
     /// conflict; whatever was applied before it stays valid.
     async fn apply(&self, changes: &ChangeSet) -> StoreResult<()>;
 
-    /// Conversation summaries, newest last message first.
-    async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>>;
+    /// Conversation summaries, newest last message first; of these
+    /// business numbers only, if given.
+    async fn conversations(
+        &self,
+        page: Page,
+        numbers: Option<&[String]>,
+    ) -> StoreResult<Vec<Conversation>>;
 
     /// The newest messages of a conversation (per `page`), oldest first.
     async fn messages(&self, conversation_id: &str, page: Page) -> StoreResult<Vec<Message>>;
@@ -56,8 +62,30 @@ pub trait Store: Send + Sync + 'static {
     /// One conversation's summary.
     async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>>;
 
-    /// Totals, from counters (no scan of the messages).
-    async fn stats(&self) -> StoreResult<Stats>;
+    /// Totals, from counters (no scan of the messages); of these business
+    /// numbers only, if given.
+    async fn stats(&self, numbers: Option<&[String]>) -> StoreResult<Stats>;
+
+    /// The home number (see `wa_core::numbers`): the one recorded, else
+    /// `candidate`, recorded now. Of concurrent callers with different
+    /// candidates one wins, and all get its number. `None`: none is
+    /// recorded and no candidate was given.
+    async fn home_number(&self, candidate: Option<&str>) -> StoreResult<Option<String>>;
+
+    /// Records business numbers webhooks came for, with their display
+    /// numbers (a number's latest non-empty display number is kept).
+    async fn note_numbers(&self, numbers: &[(String, Option<String>)]) -> StoreResult<()>;
+
+    /// The business numbers recorded, each with its conversations and
+    /// unread messages, by phone number id.
+    async fn numbers(&self) -> StoreResult<Vec<BusinessNumber>>;
+
+    /// Gives data stored before numbers existed a number: conversations,
+    /// messages and queued sends without one belong to the home number,
+    /// recorded first if none is (`default`, else the number found on a
+    /// stored message). Idempotent, and safe while the deployment serves:
+    /// ids do not change. Returns the home number.
+    async fn adopt_numbers(&self, default: Option<&str>) -> StoreResult<Option<String>>;
 
     /// Events committed with their changes (the outbox) and not yet in the
     /// event log, oldest first, written at least `age` ago.
@@ -118,7 +146,8 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchScope {
     pub conversation_id: Option<String>,
-    pub phone_number_id: Option<String>,
+    /// Messages of these business numbers only, if given.
+    pub numbers: Option<Vec<String>>,
     /// The `next` cursor of the previous page.
     pub before: Option<String>,
 }

@@ -20,6 +20,7 @@ use wa_core::domain::{
     Conversation, Direction, Event, Message, Page, QueuedSend, SERVICE_WINDOW, Stats, Status,
     StatusChange, is_local_id,
 };
+use wa_core::numbers::{BusinessNumber, number_of};
 use wa_core::plan::counts::Counts;
 use wa_core::plan::forward::Forward;
 use wa_core::plan::status::parked_key;
@@ -42,8 +43,11 @@ struct State {
     messages: BTreeMap<String, Message>,
     parked: BTreeMap<String, StatusChange>,
     summaries: BTreeMap<String, SummaryState>,
-    counts: Counts,
-    conversations: i64,
+    /// By stats number (`wa_core::numbers::stats_number`).
+    counts: BTreeMap<String, Counts>,
+    home: Option<String>,
+    /// Business numbers and their display numbers.
+    numbers: BTreeMap<String, Option<String>>,
     rejected: BTreeSet<String>,
     /// Events not yet relayed, with when they were written.
     outbox: Vec<(DateTime<Utc>, Event)>,
@@ -116,7 +120,10 @@ impl State {
             next.apply_summary(change)?;
         }
         for change in &changes.stats {
-            next.counts.add(&change.counts);
+            next.counts
+                .entry(change.shard.number.clone())
+                .or_default()
+                .add(&change.counts);
         }
         let now = Utc::now();
         for event in &changes.events {
@@ -139,10 +146,16 @@ impl State {
         let id = &change.conversation_id;
         let summary = match (self.summaries.get_mut(id), change.create) {
             (None, true) => {
-                self.conversations += 1;
-                self.summaries
-                    .entry(id.clone())
-                    .or_insert_with(|| SummaryState::empty(id))
+                let mut summary = SummaryState::empty(id);
+                summary
+                    .shown
+                    .phone_number_id
+                    .clone_from(&change.phone_number_id);
+                summary
+                    .shown
+                    .business_number
+                    .clone_from(&change.business_number);
+                self.summaries.entry(id.clone()).or_insert(summary)
             }
             (Some(summary), false) => summary,
             (Some(_), true) => {
@@ -178,6 +191,8 @@ impl SummaryState {
                 unread_count: 0,
                 participants: Vec::new(),
                 window_expires_at: None,
+                phone_number_id: None,
+                business_number: None,
             },
             guards: Summary::default(),
         }
@@ -215,6 +230,24 @@ impl SummaryState {
                 shown.window_expires_at = Some(at + SERVICE_WINDOW);
             }
         }
+    }
+}
+
+/// Whether something of `number` is within `numbers` (`None`: all).
+fn in_numbers(numbers: Option<&[String]>, number: Option<&str>) -> bool {
+    numbers.is_none_or(|numbers| number.is_some_and(|n| numbers.iter().any(|x| x == n)))
+}
+
+impl State {
+    /// Whether the stats documents of stats number `key` count for these
+    /// business numbers (the home number's are `""`).
+    fn counted_in(&self, numbers: Option<&[String]>, key: &str) -> bool {
+        let number = if key.is_empty() {
+            self.home.as_deref()
+        } else {
+            Some(key)
+        };
+        numbers.is_none() || in_numbers(numbers, number)
     }
 }
 
@@ -294,13 +327,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn conversations(&self, page: Page) -> StoreResult<Vec<Conversation>> {
+    async fn conversations(
+        &self,
+        page: Page,
+        numbers: Option<&[String]>,
+    ) -> StoreResult<Vec<Conversation>> {
         let before = conversations_before(&page).unwrap_or_else(|| "~".to_owned());
         let state = self.state();
         let mut list: Vec<&SummaryState> = state
             .summaries
             .values()
             .filter(|s| s.guards.last_key < before)
+            .filter(|s| in_numbers(numbers, s.shown.phone_number_id.as_deref()))
             .collect();
         list.sort_by(|a, b| b.guards.last_key.cmp(&a.guards.last_key));
         let limit = usize::try_from(page.limit).unwrap_or(0);
@@ -348,11 +386,116 @@ impl Store for MemoryStore {
             .map(|s| s.shown.clone()))
     }
 
-    async fn stats(&self) -> StoreResult<Stats> {
+    async fn stats(&self, numbers: Option<&[String]>) -> StoreResult<Stats> {
         let state = self.state();
-        let mut stats = state.counts.to_stats(state.conversations);
+        let mut counts = Counts::default();
+        for (number, c) in &state.counts {
+            if state.counted_in(numbers, number) {
+                counts.add(c);
+            }
+        }
+        let conversations = state
+            .summaries
+            .values()
+            .filter(|s| in_numbers(numbers, s.shown.phone_number_id.as_deref()))
+            .count();
+        let mut stats = counts.to_stats(i64::try_from(conversations).unwrap_or(i64::MAX));
         stats.rejected_items = i64::try_from(state.rejected.len()).unwrap_or(i64::MAX);
         Ok(stats)
+    }
+
+    async fn home_number(&self, candidate: Option<&str>) -> StoreResult<Option<String>> {
+        let mut state = self.state();
+        if state.home.is_none() {
+            state.home = candidate.map(str::to_owned);
+        }
+        Ok(state.home.clone())
+    }
+
+    async fn note_numbers(&self, numbers: &[(String, Option<String>)]) -> StoreResult<()> {
+        let mut state = self.state();
+        for (number, display) in numbers {
+            let known = state.numbers.entry(number.clone()).or_default();
+            if display.as_deref().is_some_and(|d| !d.is_empty()) {
+                known.clone_from(display);
+            }
+        }
+        Ok(())
+    }
+
+    async fn numbers(&self) -> StoreResult<Vec<BusinessNumber>> {
+        let state = self.state();
+        let mut numbers = state.numbers.clone();
+        if let Some(home) = &state.home {
+            numbers.entry(home.clone()).or_default();
+        }
+        Ok(numbers
+            .into_iter()
+            .map(|(number, display)| {
+                let only = [number.clone()];
+                let unread = state
+                    .counts
+                    .iter()
+                    .filter(|(n, _)| state.counted_in(Some(&only), n))
+                    .map(|(_, c)| c.unread)
+                    .sum();
+                let conversations = state
+                    .summaries
+                    .values()
+                    .filter(|s| s.shown.phone_number_id.as_deref() == Some(&number))
+                    .count();
+                BusinessNumber {
+                    phone_number_id: number,
+                    business_number: display,
+                    conversations: i64::try_from(conversations).unwrap_or(i64::MAX),
+                    unread_count: unread,
+                }
+            })
+            .collect())
+    }
+
+    async fn adopt_numbers(&self, default: Option<&str>) -> StoreResult<Option<String>> {
+        let mut state = self.state();
+        let untagged = state
+            .summaries
+            .values()
+            .any(|s| s.shown.phone_number_id.is_none())
+            || state.messages.values().any(|m| m.phone_number_id.is_none());
+        if !untagged {
+            return Ok(state.home.clone());
+        }
+        if state.home.is_none() {
+            state.home = default.map(str::to_owned).or_else(|| {
+                state
+                    .messages
+                    .values()
+                    .find_map(|m| m.phone_number_id.clone())
+            });
+        }
+        let home = state.home.clone();
+        let display = home
+            .as_ref()
+            .and_then(|h| state.numbers.get(h).cloned().flatten());
+        for summary in state.summaries.values_mut() {
+            if summary.shown.phone_number_id.is_none() {
+                let number = number_of(&summary.shown.conversation_id, home.as_deref());
+                summary.shown.phone_number_id = number.map(str::to_owned);
+                summary.shown.business_number.clone_from(&display);
+            }
+        }
+        for message in state.messages.values_mut() {
+            if message.phone_number_id.is_none() {
+                message.phone_number_id =
+                    number_of(&message.conversation_id, home.as_deref()).map(str::to_owned);
+            }
+        }
+        for send in state.sends.values_mut() {
+            if send.phone_number_id.is_none() {
+                send.phone_number_id =
+                    number_of(&send.conversation_id, home.as_deref()).map(str::to_owned);
+            }
+        }
+        Ok(home)
     }
 
     async fn outbox(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
@@ -471,12 +614,7 @@ impl Store for MemoryStore {
                     .as_ref()
                     .is_none_or(|c| *c == m.conversation_id)
             })
-            .filter(|m| {
-                scope
-                    .phone_number_id
-                    .as_ref()
-                    .is_none_or(|p| m.phone_number_id.as_ref() == Some(p))
-            })
+            .filter(|m| in_numbers(scope.numbers.as_deref(), m.phone_number_id.as_deref()))
             .filter(|m| {
                 after.as_ref().is_none_or(|(millis, id)| {
                     (m.timestamp.timestamp_millis(), &m.message_id) < (*millis, id)

@@ -9,9 +9,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::Draft;
-use crate::domain::{
-    BUSINESS_USER_NAME, Conversation, Direction, Message, PENDING, QueuedSend, conversation_id,
-};
+use crate::domain::{BUSINESS_USER_NAME, Conversation, Direction, Message, PENDING, QueuedSend};
 
 /// The local id of a message sent with the client's key (`Idempotency-Key`
 /// or `clientMessageId`): derived from the key whatever its characters,
@@ -71,10 +69,17 @@ pub struct Addressed<'a> {
     pub key: Option<&'a str>,
     /// The customer's WhatsApp id.
     pub wa_id: &'a str,
+    /// The conversation: the customer's with the business number it goes
+    /// out through (see [`crate::numbers::conversation_id`]).
+    pub conversation_id: &'a str,
+    /// The conversation's business number and its display number, kept on
+    /// the message (whether WhatsApp is configured or not).
+    pub number: Option<&'a str>,
+    pub business_number: Option<&'a str>,
     /// The business number ([`business_number`]).
     pub from: &'a str,
-    /// WhatsApp's id of the business number when WhatsApp is configured:
-    /// the message is then `pending` with its send queued. Without it,
+    /// The business number's id when WhatsApp is configured for it: the
+    /// message is then `pending` with its send queued through it. Without it,
     /// nothing can send it: it is stored as `sent`, queued nowhere.
     pub phone_number_id: Option<&'a str>,
 }
@@ -102,7 +107,7 @@ pub fn outgoing(draft: &Draft, to: &Addressed<'_>, at: DateTime<Utc>) -> Outgoin
         id: to.local_id.to_owned(),
         message_id: to.local_id.to_owned(),
         client_message_id: Some(to.key.unwrap_or(to.local_id).to_owned()),
-        conversation_id: conversation_id(to.wa_id),
+        conversation_id: to.conversation_id.to_owned(),
         wa_id: to.wa_id.to_owned(),
         from: to.from.to_owned(),
         to: to.wa_id.to_owned(),
@@ -113,7 +118,8 @@ pub fn outgoing(draft: &Draft, to: &Addressed<'_>, at: DateTime<Utc>) -> Outgoin
         user_name: BUSINESS_USER_NAME.to_owned(),
         direction: Direction::Outbound,
         contact_name: None,
-        phone_number_id: to.phone_number_id.map(str::to_owned),
+        phone_number_id: to.number.or(to.phone_number_id).map(str::to_owned),
+        business_number: to.business_number.map(str::to_owned),
         content: Some(draft.content.clone()),
         context: draft.reply_to.as_ref().map(|id| json!({"id": id})),
         referral: None,
@@ -121,9 +127,10 @@ pub fn outgoing(draft: &Draft, to: &Addressed<'_>, at: DateTime<Utc>) -> Outgoin
         status_timestamps: [(status.to_owned(), now)].into(),
         media_url: None,
     };
-    let send = to.phone_number_id.map(|_| QueuedSend {
+    let send = to.phone_number_id.map(|number| QueuedSend {
         id: to.local_id.to_owned(),
         conversation_id: message.conversation_id.clone(),
+        phone_number_id: Some(number.to_owned()),
         request: draft.request(to.wa_id, to.local_id),
         due: now,
         queued_at: Some(at),
@@ -165,6 +172,8 @@ mod tests {
             unread_count: 1,
             participants: participants.iter().map(|p| (*p).to_owned()).collect(),
             window_expires_at: None,
+            phone_number_id: None,
+            business_number: None,
         }
     }
 
@@ -187,6 +196,9 @@ mod tests {
             local_id: "local.1",
             key: Some("k1"),
             wa_id: "4477",
+            conversation_id: "conv_4477",
+            number: None,
+            business_number: None,
             from: "1555",
             phone_number_id: Some("PN1"),
         };
@@ -224,6 +236,9 @@ mod tests {
             local_id: "local.2",
             key: None,
             wa_id: "4477",
+            conversation_id: "conv_4477",
+            number: None,
+            business_number: None,
             from: "",
             phone_number_id: None,
         };
@@ -256,6 +271,9 @@ mod tests {
             local_id: "local.3",
             key: Some("k"),
             wa_id: "4477",
+            conversation_id: "conv_4477",
+            number: None,
+            business_number: None,
             from: "1555",
             phone_number_id: None,
         };

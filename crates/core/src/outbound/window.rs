@@ -88,6 +88,8 @@ mod tests {
             unread_count: 1,
             participants: vec!["447700900123".to_owned()],
             window_expires_at,
+            phone_number_id: None,
+            business_number: None,
         }
     }
 

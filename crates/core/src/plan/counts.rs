@@ -13,6 +13,25 @@ use crate::domain::{Direction, KNOWN_STATUSES, Stats, is_unread};
 /// concurrent batches rarely write the same one.
 pub const STATS_SHARDS: u32 = 16;
 
+/// Which stats document: one of [`STATS_SHARDS`] of a business number's
+/// (`number` `""`: the home number's, the documents that existed before
+/// numbers did; see [`crate::numbers::stats_number`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StatsKey {
+    pub number: String,
+    pub shard: u32,
+}
+
+impl StatsKey {
+    /// A shard of the home number's documents.
+    pub fn home(shard: u32) -> Self {
+        Self {
+            number: String::new(),
+            shard,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
     pub messages: i64,
@@ -124,6 +143,7 @@ impl Counts {
             *breakdown.entry(status.clone()).or_default() += n;
         }
         Stats {
+            phone_number_id: None,
             total_messages: self.messages,
             total_conversations: conversations,
             inbound: self.inbound,

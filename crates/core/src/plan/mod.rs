@@ -37,7 +37,7 @@ use counts::{Counts, journal_key, stats_shard};
 use forward::Forward;
 use summary::{Last, Name};
 
-pub use counts::STATS_SHARDS;
+pub use counts::{STATS_SHARDS, StatsKey};
 pub use status::PARKED_STATUS_TTL;
 
 /// What a batch of payloads carries.
@@ -105,7 +105,7 @@ pub struct Known {
     pub messages: HashMap<String, Stored>,
     pub parked: Vec<StatusChange>,
     pub summaries: HashMap<String, Summary>,
-    pub stats_journals: BTreeMap<u32, Journal>,
+    pub stats_journals: BTreeMap<StatsKey, Journal>,
     /// The store applies a change set at once (one transaction): its
     /// stats go to one of the stats documents, picked per change set so
     /// that concurrent transactions rarely write the same one. Otherwise
@@ -205,6 +205,10 @@ pub struct ConversationChange {
     /// The time of the customer's newest message, if newer than stored
     /// (it opens WhatsApp's 24-hour customer service window).
     pub last_inbound: Option<DateTime<Utc>>,
+    /// With `create`: the conversation's business number and its display
+    /// number, from its messages (a summary's number never changes).
+    pub phone_number_id: Option<String>,
+    pub business_number: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +226,7 @@ pub struct LastStatus {
 /// Counts added to one stats document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatsChange {
-    pub shard: u32,
+    pub shard: StatsKey,
     pub counts: Counts,
     pub journal: Vec<Entry>,
 }
@@ -242,7 +246,7 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Counter {
     Conversation(String),
-    Stats(u32),
+    Stats(StatsKey),
 }
 
 /// A journal entry to drop (only if it still says `status`).
@@ -383,6 +387,7 @@ pub fn plan_send_outcome(local_id: &str, outcome: &SendOutcome, known: &Known) -
                 status: Status::Sent,
                 timestamp: *at,
                 conversation_id: String::new(),
+                phone_number_id: None,
                 errors: None,
                 callback: None,
             };
@@ -402,6 +407,7 @@ pub fn plan_send_outcome(local_id: &str, outcome: &SendOutcome, known: &Known) -
                 status: Status::Failed,
                 timestamp: *at,
                 conversation_id: String::new(),
+                phone_number_id: None,
                 errors: Some(errors.clone()),
                 callback: None,
             };
@@ -590,7 +596,7 @@ impl<'k> Planner<'k> {
         self.changes.payloads = payloads;
         let work = std::mem::take(&mut self.work);
         let mut conversations: BTreeMap<&str, ConversationPlan<'_>> = BTreeMap::new();
-        let mut stats: BTreeMap<u32, (Counts, Vec<Entry>)> = BTreeMap::new();
+        let mut stats: BTreeMap<StatsKey, (Counts, Vec<Entry>)> = BTreeMap::new();
         for working in work.values() {
             self.write(working);
             let message = &working.message;
@@ -684,19 +690,22 @@ impl<'k> Planner<'k> {
         working: &Working<'_>,
         key: &str,
         seed: &str,
-        stats: &mut BTreeMap<u32, (Counts, Vec<Entry>)>,
+        stats: &mut BTreeMap<StatsKey, (Counts, Vec<Entry>)>,
     ) {
         let message = &working.message;
         let known = self.known;
-        let fresh = stats_shard(if known.atomic { seed } else { &message.id });
+        let fresh = StatsKey {
+            number: crate::numbers::stats_number(&message.conversation_id).to_owned(),
+            shard: stats_shard(if known.atomic { seed } else { &message.id }),
+        };
         let (shard, entry) = known
             .stats_journals
             .iter()
-            .find_map(|(shard, journal)| journal.get(key).map(|e| (*shard, Some(e))))
+            .find_map(|(shard, journal)| journal.get(key).map(|e| (shard.clone(), Some(e))))
             .unwrap_or((fresh, None));
         let from = entry.map(String::as_str).or(working.settled());
         let change = Counts::change(message.direction, from, &message.status);
-        let (counts, journal) = stats.entry(shard).or_default();
+        let (counts, journal) = stats.entry(shard.clone()).or_default();
         self.count(
             Counter::Stats(shard),
             key,
@@ -756,11 +765,11 @@ impl<'k> Planner<'k> {
                 &status.clone(),
             );
         }
-        let leftovers: Vec<(u32, String)> = self
+        let leftovers: Vec<(StatsKey, String)> = self
             .known
             .stats_journals
             .iter()
-            .filter_map(|(shard, journal)| journal.get(key).map(|s| (*shard, s.clone())))
+            .filter_map(|(shard, journal)| journal.get(key).map(|s| (shard.clone(), s.clone())))
             .collect();
         for (shard, status) in leftovers {
             self.cleanup(Counter::Stats(shard), key, &status);
@@ -784,6 +793,8 @@ fn announce(message: &Message, since: Option<&str>, renamed_from: Option<&str>) 
                     message_id: message.message_id.clone(),
                     status: status.into(),
                     conversation_id: message.conversation_id.clone(),
+                    phone_number_id: message.phone_number_id.clone(),
+                    business_number: message.business_number.clone(),
                     timestamp: at,
                     client_message_id: message.client_message_id.clone(),
                     previous_message_id: renamed_from.map(str::to_owned),
@@ -880,9 +891,21 @@ fn summarise(
         && last_status.is_none()
         && name.is_none()
         && last_inbound.is_none();
+    let numbered = || {
+        plan.candidates
+            .iter()
+            .chain(&plan.members)
+            .find(|m| m.phone_number_id.is_some())
+    };
+    let (phone_number_id, business_number) = match stored.is_none().then(numbered).flatten() {
+        Some(m) => (m.phone_number_id.clone(), m.business_number.clone()),
+        None => (None, None),
+    };
     (!unchanged).then(|| ConversationChange {
         conversation_id: id.to_owned(),
         create: stored.is_none(),
+        phone_number_id,
+        business_number,
         counts: plan.counts,
         journal: plan.journal,
         last,

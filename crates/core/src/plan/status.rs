@@ -134,6 +134,7 @@ mod tests {
 
     fn change(status: &str, seconds: i64) -> StatusChange {
         StatusChange {
+            phone_number_id: None,
             message_id: "m".to_owned(),
             status: status.into(),
             timestamp: at(seconds),

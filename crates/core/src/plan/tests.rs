@@ -40,6 +40,7 @@ fn outbound(id: &str, customer: &str, seconds: i64) -> Message {
 
 fn status(id: &str, status: &str, seconds: i64) -> StatusChange {
     StatusChange {
+        phone_number_id: None,
         message_id: id.to_owned(),
         status: status.into(),
         timestamp: at(seconds),
@@ -384,7 +385,7 @@ fn a_crash_after_some_counters_is_finished_without_counting_twice() {
 
     // The stats had counted it too, in another shard: nothing is counted.
     known.stats_journals.insert(
-        (stats_shard("") + 1) % STATS_SHARDS,
+        StatsKey::home((stats_shard("") + 1) % STATS_SHARDS),
         BTreeMap::from([(key.clone(), RECEIVED.to_owned())]),
     );
     let changes = plan_batch(&batch(vec![], vec![]), &known);
@@ -401,9 +402,10 @@ fn a_crash_after_settling_leaves_only_journal_entries_to_drop() {
     if let Some(s) = known.summaries.get_mut("conv_4477") {
         s.journal.insert(key.clone(), RECEIVED.to_owned());
     }
-    known
-        .stats_journals
-        .insert(3, BTreeMap::from([(key, RECEIVED.to_owned())]));
+    known.stats_journals.insert(
+        StatsKey::home(3),
+        BTreeMap::from([(key, RECEIVED.to_owned())]),
+    );
     let changes = plan_batch(&batch(vec![a], vec![]), &known);
     assert!(changes.events.is_empty() && changes.settle.is_empty());
     assert!(changes.conversations.is_empty() && changes.stats.is_empty());
@@ -460,7 +462,7 @@ fn stats_documents_are_picked_per_message_unless_the_change_set_is_applied_at_on
             change
                 .journal
                 .iter()
-                .all(|e| shard_of[&e.key] == change.shard)
+                .all(|e| shard_of[&e.key] == change.shard.shard)
         );
     }
     // At once: one document for the change set.
@@ -472,7 +474,10 @@ fn stats_documents_are_picked_per_message_unless_the_change_set_is_applied_at_on
         },
     );
     assert_eq!(at_once.stats.len(), 1);
-    assert_eq!(at_once.stats[0].shard, stats_shard("payload"));
+    assert_eq!(
+        at_once.stats[0].shard,
+        StatsKey::home(stats_shard("payload"))
+    );
     assert_eq!(at_once.stats[0].counts.messages, 20);
 }
 
@@ -485,6 +490,7 @@ fn a_new_last_message_also_raises_the_status_of_the_same_last_set_by_another_wri
     let known = known_with(std::slice::from_ref(&a));
     let b = outbound("b", "4477", 20);
     let read = StatusChange {
+        phone_number_id: None,
         message_id: "b".into(),
         status: "read".into(),
         timestamp: at(30),

@@ -106,14 +106,24 @@ fn parse_messages_value(value: &MessagesValue, path: &str, out: &mut Parsed) {
             item: storable(item.clone()),
         });
     };
+    // A number id must fit in a conversation id; its items are refused
+    // otherwise (Meta's ids are digits).
+    let number = match metadata.phone_number_id.as_deref() {
+        Some(id) if !crate::numbers::is_number_id(id) => Err(format!(
+            "metadata.phone_number_id {id:?} is not a phone number id (1 to 32 digits)"
+        )),
+        id => Ok(id.map(str::to_owned)),
+    };
     let mut messages = Vec::new();
     for (i, raw) in value.messages.iter().enumerate() {
         let path = format!("{path}.messages[{i}]");
-        let built = InboundMessage::deserialize(raw)
-            .map_err(|err| err.to_string())
-            .and_then(|message| {
-                build_message(message, raw, &value.contacts, &business_number, &metadata)
-            });
+        let built = number.clone().and_then(|number| {
+            InboundMessage::deserialize(raw)
+                .map_err(|err| err.to_string())
+                .and_then(|message| {
+                    build_message(message, raw, &value.contacts, &business_number, number)
+                })
+        });
         match built {
             Ok(message) => messages.push(message),
             Err(reason) => reject(path, reason, raw),
@@ -122,10 +132,12 @@ fn parse_messages_value(value: &MessagesValue, path: &str, out: &mut Parsed) {
     let mut statuses = Vec::new();
     for (i, raw) in value.statuses.iter().enumerate() {
         let path = format!("{path}.statuses[{i}]");
-        match Status::deserialize(raw)
-            .map_err(|err| err.to_string())
-            .and_then(status_change)
-        {
+        let change = number.clone().and_then(|number| {
+            Status::deserialize(raw)
+                .map_err(|err| err.to_string())
+                .and_then(|status| status_change(status, number))
+        });
+        match change {
             Ok(change) => statuses.push(change),
             Err(reason) => reject(path, reason, raw),
         }
@@ -137,7 +149,7 @@ fn parse_messages_value(value: &MessagesValue, path: &str, out: &mut Parsed) {
 
 /// A status item, checked: its id reachable, its value a status name, its
 /// recipient a customer.
-fn status_change(status: Status) -> Result<StatusChange, String> {
+fn status_change(status: Status, number: Option<String>) -> Result<StatusChange, String> {
     check_id(&status.id)?;
     if !domain::is_safe_status_name(&status.status) {
         return Err(format!(
@@ -157,6 +169,7 @@ fn status_change(status: Status) -> Result<StatusChange, String> {
         status: status.status.into(),
         timestamp: to_datetime(status.timestamp),
         conversation_id,
+        phone_number_id: number,
         errors: status.errors.map(storable),
         // Only our own local ids: anything else names no message of ours.
         callback: status
@@ -184,7 +197,7 @@ fn build_message(
     raw: &Value,
     contacts: &[Contact],
     business_number: &str,
-    metadata: &model::Metadata,
+    number: Option<String>,
 ) -> Result<Message, String> {
     check_id(&message.id)?;
     let from = message.from.as_deref().map(digits).unwrap_or_default();
@@ -260,7 +273,8 @@ fn build_message(
         user_name,
         direction,
         contact_name,
-        phone_number_id: metadata.phone_number_id.clone(),
+        phone_number_id: number,
+        business_number: Some(business_number.to_owned()).filter(|b| !b.is_empty()),
         context: message.context.map(storable),
         referral: message.referral.map(storable),
         errors: message.errors.map(storable),

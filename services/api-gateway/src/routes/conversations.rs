@@ -22,7 +22,7 @@ pub async fn list(
     Ok(Json(
         state
             .store
-            .conversations(page)
+            .conversations(page, None)
             .await
             .map_err(store_failure)?,
     ))

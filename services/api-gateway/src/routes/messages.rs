@@ -171,6 +171,9 @@ pub async fn send(
         local_id: &local_id,
         key: request.key.as_deref(),
         wa_id: &wa_id,
+        conversation_id: &request.conversation_id,
+        number: None, // TODO(numbers)
+        business_number: None,
         from: &from,
         phone_number_id: state.graph.as_ref().map(|g| g.phone_number_id()),
     };

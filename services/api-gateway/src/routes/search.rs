@@ -84,7 +84,7 @@ pub async fn search(
     let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let scope = SearchScope {
         conversation_id: query.conversation_id,
-        phone_number_id: query.phone_number_id,
+        numbers: query.phone_number_id.map(|n| vec![n]),
         before: query.before.filter(|b| !b.is_empty()),
     };
     let page = state

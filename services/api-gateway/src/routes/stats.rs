@@ -9,5 +9,5 @@ use crate::ApiState;
 /// `GET /api/stats`: message and conversation totals, messages per status.
 #[utoipa::path(get, path = "/api/stats", tag = "stats", responses((status = 200, body = Stats)))]
 pub async fn stats(State(state): State<ApiState>) -> Result<Json<Stats>, ApiError> {
-    Ok(Json(state.store.stats().await.map_err(store_failure)?))
+    Ok(Json(state.store.stats(None).await.map_err(store_failure)?))
 }

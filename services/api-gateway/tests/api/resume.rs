@@ -309,6 +309,8 @@ async fn a_client_connected_before_its_replica_follows_the_log_is_told_to_resync
         message_id: "wamid.earlier".to_owned(),
         status: "delivered".into(),
         conversation_id: MARKER.to_owned(),
+        phone_number_id: None,
+        business_number: None,
         timestamp: chrono::Utc::now(),
         client_message_id: None,
         previous_message_id: None,

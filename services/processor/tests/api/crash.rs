@@ -138,7 +138,7 @@ async fn sigkilling_processors_mid_ingest_loses_duplicates_and_miscounts_nothing
     let store = MongoStore::connect(&p.mongo.uri(&p.database), "tests")
         .await
         .unwrap();
-    let stats = store.stats().await.unwrap();
+    let stats = store.stats(None).await.unwrap();
     assert_eq!(
         (
             stats.total_messages,
@@ -304,7 +304,7 @@ async fn sigkilling_the_processor_mid_transaction_on_the_replica_set_loses_and_d
     let store = MongoStore::connect(&mongo.uri(&namespace), "tests")
         .await
         .unwrap();
-    let stats = store.stats().await.unwrap();
+    let stats = store.stats(None).await.unwrap();
     assert_eq!(
         (
             stats.total_messages,

@@ -72,6 +72,7 @@ fn queued_to(customer: &str, id: &str, n: usize) -> (QueuedSend, Message) {
         direction: Direction::Outbound,
         contact_name: None,
         phone_number_id: None,
+        business_number: None,
         content: Some(serde_json::json!({"body": text})),
         context: None,
         referral: None,
@@ -82,6 +83,7 @@ fn queued_to(customer: &str, id: &str, n: usize) -> (QueuedSend, Message) {
     let send = QueuedSend {
         id: id.clone(),
         conversation_id: message.conversation_id.clone(),
+        phone_number_id: None,
         request: serde_json::json!({"messaging_product": "whatsapp", "recipient_type": "individual",
             "to": customer, "type": "text", "text": {"body": text}, "biz_opaque_callback_data": id}),
         due: now,
