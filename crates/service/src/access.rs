@@ -18,13 +18,17 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use crate::http::ApiError;
+pub use wa_core::numbers::Scope;
 
 /// The bearer tokens that open the API; none configured: open to anyone.
+/// A token may be scoped to business numbers (`API_TOKENS_FILE` lines
+/// `<token> numbers=<id>,<id>`): it then sees and sends through those
+/// numbers only ([`Scope`]).
 ///
 /// Kept as SHA-256 digests and compared in constant time, so neither the
 /// comparison's timing nor its length reveals a token.
 #[derive(Clone, Default)]
-pub struct Tokens(Arc<Vec<[u8; 32]>>);
+pub struct Tokens(Arc<Vec<([u8; 32], Scope)>>);
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,14 +37,16 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    /// From `API_TOKENS` (comma-separated) and the lines of
-    /// `API_TOKENS_FILE` (blank lines and `#` comments skipped).
+    /// From `API_TOKENS` (comma-separated, unscoped) and the lines of
+    /// `API_TOKENS_FILE` (blank lines and `#` comments skipped; a line is
+    /// a token, optionally followed by `numbers=<id>,<id>`).
     pub fn load(list: Option<&str>, file: Option<&Path>) -> anyhow::Result<Self> {
-        let mut tokens: Vec<String> = list
+        let mut tokens: Vec<(String, Scope)> = list
             .unwrap_or_default()
             .split(',')
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
+            .map(|t| (t, Scope::All))
             .collect();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -48,50 +54,99 @@ impl Tokens {
             })?;
             let lines = text.lines().map(str::trim);
             let before = tokens.len();
-            tokens.extend(
-                lines
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_owned),
-            );
+            for (n, line) in lines.enumerate() {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                tokens.push(token_line(line).map_err(|e| {
+                    anyhow::anyhow!("API_TOKENS_FILE {} line {}: {e}", path.display(), n + 1)
+                })?);
+            }
             // Asked for tokens and got none: never open the API by mistake.
             if tokens.len() == before {
                 anyhow::bail!("API_TOKENS_FILE {} holds no token", path.display());
             }
         }
-        if let Some(short) = tokens.iter().find(|t| t.len() < 16) {
+        if let Some((short, _)) = tokens.iter().find(|(t, _)| t.len() < 16) {
             anyhow::bail!(
                 "an API token has {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
                 short.len()
             );
         }
-        Ok(Self(Arc::new(tokens.iter().map(|t| digest(t)).collect())))
+        Ok(Self(Arc::new(
+            tokens
+                .into_iter()
+                .map(|(t, scope)| (digest(&t), scope))
+                .collect(),
+        )))
     }
 
     pub fn is_open(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// Whether `presented` is one of the tokens (every one is compared).
-    pub fn admits(&self, presented: &str) -> bool {
+    /// What `presented` may see: `None` if it is none of the tokens (every
+    /// one is compared); with no tokens configured, everything.
+    pub fn scope_of(&self, presented: &str) -> Option<Scope> {
+        if self.is_open() {
+            return Some(Scope::All);
+        }
         let presented = digest(presented);
-        self.0
-            .iter()
-            .fold(subtle::Choice::from(0), |found, t| {
-                found | t.ct_eq(&presented)
-            })
-            .into()
+        let mut found = None;
+        for (token, scope) in self.0.iter() {
+            if bool::from(token.ct_eq(&presented)) && found.is_none() {
+                found = Some(scope.clone());
+            }
+        }
+        found
     }
 
-    /// Whether a request's `Authorization: Bearer <token>` is admitted.
-    pub fn admits_request(&self, headers: &HeaderMap) -> bool {
+    /// Whether `presented` is one of the tokens.
+    pub fn admits(&self, presented: &str) -> bool {
+        !self.is_open() && self.scope_of(presented).is_some()
+    }
+
+    /// The scope of a request's `Authorization: Bearer <token>`.
+    pub fn scope_of_request(&self, headers: &HeaderMap) -> Option<Scope> {
+        if self.is_open() {
+            return Some(Scope::All);
+        }
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
             // The scheme is case-insensitive (RFC 9110).
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .is_some_and(|(_, token)| self.admits(token.trim()))
+            .and_then(|(_, token)| self.scope_of(token.trim()))
     }
+
+    /// Whether a request's `Authorization: Bearer <token>` is admitted.
+    pub fn admits_request(&self, headers: &HeaderMap) -> bool {
+        !self.is_open() && self.scope_of_request(headers).is_some()
+    }
+}
+
+/// `<token>` or `<token> numbers=<id>,<id>` (ids: 1 to 32 digits).
+fn token_line(line: &str) -> anyhow::Result<(String, Scope)> {
+    let mut words = line.split_whitespace();
+    let token = words.next().unwrap_or_default().to_owned();
+    let mut scope = Scope::All;
+    for word in words {
+        let Some(list) = word.strip_prefix("numbers=") else {
+            anyhow::bail!("expected `<token>` or `<token> numbers=<id>,<id>`");
+        };
+        let numbers: std::collections::BTreeSet<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if numbers.is_empty() || !numbers.iter().all(|n| wa_core::numbers::is_number_id(n)) {
+            anyhow::bail!("numbers= takes phone number ids (digits), comma-separated");
+        }
+        scope = Scope::Numbers(numbers);
+    }
+    Ok((token, scope))
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -155,10 +210,14 @@ pub async fn require_token(
     next: Next,
 ) -> Response {
     let tokens = &guard.tokens;
-    if tokens.is_open()
-        || !needs_token(request.uri().path())
-        || tokens.admits_request(request.headers())
-    {
+    let scope = tokens.scope_of_request(request.headers());
+    if let Some(scope) = scope {
+        // What the handlers narrow their answers to.
+        let mut request = request;
+        request.extensions_mut().insert(scope);
+        return next.run(request).await;
+    }
+    if !needs_token(request.uri().path()) {
         return next.run(request).await;
     }
     if let Some(failures) = &guard.failures
