@@ -14,9 +14,12 @@ use chrono::{DateTime, Utc};
 use wa_broker::Ingest;
 use wa_broker::retry::{self, Backoff};
 use wa_core::domain::{Event, Message, QueuedSend, RawPayload};
+use wa_core::numbers;
 use wa_core::plan::{self, Batch, ChangeSet, Known, Lookup, RejectedItem, SendOutcome};
 use wa_core::webhook::{self, Parsed, PayloadError};
 use wa_store::{ErrorKind, Store, StoreError, StoreResult};
+
+use crate::numbers::Numbers;
 
 /// Turns an ingested payload into what it asks to store.
 pub fn decode(kind: Ingest, body: &[u8]) -> Result<Parsed, PayloadError> {
@@ -46,15 +49,24 @@ const CONFLICT_RETRY: Backoff = Backoff::new(Duration::from_millis(5), Duration:
 #[derive(Clone)]
 pub struct Processor {
     store: Arc<dyn Store>,
+    numbers: Numbers,
 }
 
 impl Processor {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            numbers: Numbers::new(store.clone()),
+            store,
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The home number and the numbers webhooks came for.
+    pub fn numbers(&self) -> &Numbers {
+        &self.numbers
     }
 
     /// Stores a batch of parsed payloads and returns one event per change
@@ -82,6 +94,12 @@ impl Processor {
             batch.messages.extend(parsed.messages);
             batch.statuses.extend(parsed.statuses);
         }
+        // Each item to the conversation of its business number: the first
+        // number ever stored for becomes the home number.
+        let first = numbers::first_number(&batch.messages, &batch.statuses);
+        let home = self.numbers.home_or(first).await?;
+        numbers::route(&mut batch.messages, &mut batch.statuses, home.as_deref());
+        self.numbers.note(&batch.messages, &batch.statuses).await?;
         self.process_batch(&batch).await
     }
 
