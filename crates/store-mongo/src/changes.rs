@@ -15,7 +15,7 @@
 //! finish the job (see [`wa_core::plan`]). Every guarded statement must
 //! match; one that doesn't is a conflict, and the batch is planned again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::TryStreamExt;
 use mongodb::action::Action;
@@ -471,9 +471,28 @@ fn summary_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
         second.push(update(CONVERSATIONS, forward, Expect::Anything));
     }
     if !changes.stats.is_empty() {
-        let statements: Vec<Document> = changes.stats.iter().flat_map(stats_statements).collect();
+        // Only the home number's documents exist from the start: another
+        // number's are created as its counters first need them, in order
+        // before the guarded counter statements (which never upsert, so a
+        // guard that no longer holds still matches nothing).
+        let created: BTreeSet<String> = changes
+            .stats
+            .iter()
+            .filter(|change| !change.shard.number.is_empty())
+            .map(|change| stats_id(&change.shard))
+            .collect();
+        let mut statements: Vec<Document> = created
+            .iter()
+            .map(|id| {
+                doc! {"q": {"_id": id}, "u": {"$setOnInsert": {"messages": 0_i64}}, "upsert": true}
+            })
+            .collect();
+        statements.extend(changes.stats.iter().flat_map(stats_statements));
         let n = statements.len() as i64;
-        second.push(update(STATS, statements, Expect::All(n)));
+        second.push(Write {
+            command: doc! {"update": STATS, "updates": statements, "ordered": !created.is_empty()},
+            expect: Expect::All(n),
+        });
     }
     // The events, committed with what they announce (before settling: a
     // retry announces again what was not settled, once per event id).
@@ -685,6 +704,9 @@ fn parked_document(change: &StatusChange) -> StoreResult<Document> {
         "conversationId": &change.conversation_id,
         "parkedAt": bson::DateTime::now(),
     };
+    if let Some(number) = &change.phone_number_id {
+        parked.insert("phoneNumberId", number);
+    }
     if let Some(errors) = &change.errors {
         parked.insert("errors", bson::to_bson(errors).map_err(store_error)?);
     }
@@ -759,6 +781,12 @@ fn conversation_statements(
     if change.create {
         // Refused (duplicate key) if another writer created it first.
         let mut set = doc! {"conversationId": &change.conversation_id};
+        if let Some(number) = &change.phone_number_id {
+            set.insert("phoneNumberId", number);
+        }
+        if let Some(display) = &change.business_number {
+            set.insert("businessNumber", display);
+        }
         if let Some(last) = &change.last {
             set.extend(last_fields(last));
         }

@@ -44,13 +44,42 @@ pub fn message_to_document(message: &Message) -> StoreResult<Document> {
 pub fn send_document(send: &wa_core::domain::QueuedSend) -> StoreResult<Document> {
     let text = serde_json::to_string(send)
         .map_err(|e| Error::rejected(format!("cannot store a send: {e}")).caused_by(e))?;
-    Ok(doc! {
+    let mut document = doc! {
         "conversationId": &send.conversation_id,
         "due": send.due.timestamp_millis(),
         "held": send.held,
         "order": send.order(),
         "send": text,
-    })
+    };
+    // Also outside the text: what adopting numbers finds untagged sends by.
+    if let Some(number) = &send.phone_number_id {
+        document.insert("phoneNumberId", number);
+    }
+    Ok(document)
+}
+
+/// Checks the answer of an `update` command of upserts: a duplicate key
+/// means a concurrent upsert inserted the document first, which is as good.
+pub fn check_upserts(answer: &Document) -> StoreResult<()> {
+    if let Ok(error) = answer.get_document("writeConcernError") {
+        return Err(Error::transient(format!(
+            "MongoDB write concern not met: {}",
+            error.get_str("errmsg").unwrap_or_default()
+        )));
+    }
+    let errors = answer
+        .get_array("writeErrors")
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for error in errors.iter().filter_map(Bson::as_document) {
+        if error.get("code").and_then(integer) != Some(11000) {
+            return Err(Error::rejected(format!(
+                "MongoDB refused a write: {}",
+                error.get_str("errmsg").unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a single write failed on a unique index (another writer first).
@@ -66,6 +95,10 @@ pub fn send_from_document(d: &Document) -> StoreResult<wa_core::domain::QueuedSe
         .map_err(|e| Error::rejected(format!("queued send unreadable: {e}")).caused_by(e))?;
     let mut send: wa_core::domain::QueuedSend = serde_json::from_str(text)
         .map_err(|e| Error::rejected(format!("queued send unreadable: {e}")).caused_by(e))?;
+    // Queued before numbers existed, and given one since (adopted).
+    if send.phone_number_id.is_none() {
+        send.phone_number_id = d.get_str("phoneNumberId").ok().map(str::to_owned);
+    }
     if let Some(due) = d
         .get("due")
         .and_then(integer)

@@ -19,20 +19,22 @@ mod documents;
 mod migrate;
 mod search;
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
+use std::sync::PoisonError;
 use tokio::sync::OnceCell;
 
 use documents::{
     conversation_from_document, integer, message_from_document, store_error, to_bson_date,
 };
 use wa_core::domain::{Conversation, Event, Message, Page, QueuedSend, Stats};
-use wa_core::numbers::BusinessNumber;
+use wa_core::numbers::{BusinessNumber, number_of};
 use wa_core::plan::counts::Counts;
 use wa_core::plan::{ChangeSet, Known, Lookup, PARKED_STATUS_TTL, STATS_SHARDS, StatsKey};
 use wa_store::{KeyClaim, Store, StoreError, StoreResult, conversations_before};
@@ -51,6 +53,15 @@ pub const OUTBOX: &str = "outbox";
 pub const REJECTED: &str = "rejected_items";
 pub const SENDS: &str = "sends";
 pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
+/// The business numbers webhooks came for (`_id` = phone number id).
+pub const NUMBERS: &str = "numbers";
+/// `_id` of the `meta` document recording the home number.
+const HOME_NUMBER: &str = "homeNumber";
+/// `_id` of the `meta` document noting that data stored before numbers
+/// existed has been given its number.
+const NUMBERS_ADOPTED: &str = "numbersAdopted";
+/// Documents named per `$in` update when adopting numbers.
+const ADOPT_CHUNK: usize = 1000;
 
 /// `_id` of a stats counter document.
 pub fn stats_id(key: &StatsKey) -> String {
@@ -82,6 +93,11 @@ pub struct MongoStore {
     /// Tests: the next change set stops after this many steps, as if the
     /// process died there.
     stop_after: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The home number once read: recorded once, it never changes.
+    home: std::sync::Arc<std::sync::OnceLock<String>>,
+    /// Business numbers (and display numbers) this process has recorded,
+    /// so that a batch of a known number writes nothing more.
+    noted: std::sync::Arc<std::sync::Mutex<HashMap<String, Option<String>>>>,
 }
 
 impl MongoStore {
@@ -113,6 +129,8 @@ impl MongoStore {
             transactions: Default::default(),
             current: Default::default(),
             stop_after: std::sync::Arc::new(usize::MAX.into()),
+            home: Default::default(),
+            noted: Default::default(),
         }
     }
 
@@ -207,7 +225,14 @@ impl MongoStore {
             .await
             .map_err(store_error)?;
         self.collection(CONVERSATIONS)
-            .create_index(IndexModel::builder().keys(doc! {"sortKey": -1}).build())
+            .create_indexes([
+                IndexModel::builder().keys(doc! {"sortKey": -1}).build(),
+                // A number's conversations, newest first (several numbers:
+                // merged in order from each one's range), and counted.
+                IndexModel::builder()
+                    .keys(doc! {"phoneNumberId": 1, "sortKey": -1})
+                    .build(),
+            ])
             .await
             .map_err(store_error)?;
         let ttl = IndexOptions::builder()
@@ -285,11 +310,16 @@ impl Store for MongoStore {
         page: Page,
         numbers: Option<&[String]>,
     ) -> StoreResult<Vec<Conversation>> {
-        let _ = numbers; // TODO(numbers)
-        let filter = match conversations_before(&page) {
+        let mut filter = match conversations_before(&page) {
             Some(key) => doc! {"sortKey": {"$lt": key}},
             None => doc! {},
         };
+        if let Some(numbers) = numbers {
+            if numbers.is_empty() {
+                return Ok(Vec::new());
+            }
+            filter.insert("phoneNumberId", doc! {"$in": numbers});
+        }
         let docs: Vec<Document> = self
             .collection(CONVERSATIONS)
             .find(filter)
@@ -462,53 +492,188 @@ impl Store for MongoStore {
         Ok(updated.matched_count == 1)
     }
 
-    /// The stats documents summed, and the numbers of summaries and
-    /// rejected items from their collections' metadata: no scan.
     async fn home_number(&self, candidate: Option<&str>) -> StoreResult<Option<String>> {
-        let _ = candidate;
-        Err(StoreError::transient("TODO(numbers)"))
+        if let Some(home) = self.home.get() {
+            return Ok(Some(home.clone()));
+        }
+        let meta = self.collection(META);
+        if let Some(candidate) = candidate {
+            // One upsert: of concurrent callers, the first insert wins and
+            // the others' `$setOnInsert` changes nothing.
+            let recorded = meta
+                .update_one(
+                    doc! {"_id": HOME_NUMBER},
+                    doc! {"$setOnInsert": {"number": candidate}},
+                )
+                .upsert(true)
+                .await;
+            match recorded {
+                Ok(_) => {}
+                // Two upserts raced to insert: the other one's is there.
+                Err(e) if documents::is_duplicate_key(&e) => {}
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        let recorded = meta
+            .find_one(doc! {"_id": HOME_NUMBER})
+            .await
+            .map_err(store_error)?;
+        let home = recorded.and_then(|d| d.get_str("number").ok().map(str::to_owned));
+        if let Some(home) = &home {
+            let _ = self.home.set(home.clone());
+        }
+        Ok(home)
     }
 
     async fn note_numbers(&self, numbers: &[(String, Option<String>)]) -> StoreResult<()> {
-        let _ = numbers;
-        Err(StoreError::transient("TODO(numbers)"))
+        let display_of = |display: &Option<String>| display.clone().filter(|d| !d.is_empty());
+        let news: Vec<(String, Option<String>)> = {
+            let noted = self.noted.lock().unwrap_or_else(PoisonError::into_inner);
+            numbers
+                .iter()
+                .map(|(number, display)| (number.clone(), display_of(display)))
+                .filter(|(number, display)| match noted.get(number) {
+                    None => true,
+                    Some(known) => display.is_some() && display != known,
+                })
+                .collect()
+        };
+        if news.is_empty() {
+            return Ok(());
+        }
+        let statements: Vec<Document> = news
+            .iter()
+            .map(|(number, display)| {
+                let update = match display {
+                    Some(display) => doc! {"$set": {"businessNumber": display}},
+                    None => doc! {"$setOnInsert": {"phoneNumberId": number}},
+                };
+                doc! {"q": {"_id": number}, "u": update, "upsert": true}
+            })
+            .collect();
+        let answer = self
+            .db
+            .run_command(doc! {"update": NUMBERS, "updates": statements, "ordered": false})
+            .await
+            .map_err(store_error)?;
+        documents::check_upserts(&answer)?;
+        let mut noted = self.noted.lock().unwrap_or_else(PoisonError::into_inner);
+        for (number, display) in news {
+            let known = noted.entry(number).or_default();
+            if display.is_some() {
+                *known = display;
+            }
+        }
+        Ok(())
     }
 
     async fn numbers(&self) -> StoreResult<Vec<BusinessNumber>> {
-        Err(StoreError::transient("TODO(numbers)"))
-    }
-
-    async fn adopt_numbers(&self, default: Option<&str>) -> StoreResult<Option<String>> {
-        let _ = default;
-        Err(StoreError::transient("TODO(numbers)"))
-    }
-
-    async fn stats(&self, numbers: Option<&[String]>) -> StoreResult<Stats> {
-        let _ = numbers; // TODO(numbers)
-        let (shards, conversations, rejected) = futures::try_join!(
+        let (recorded, shards, home) = futures::try_join!(
             async {
-                self.collection(STATS)
+                self.collection(NUMBERS)
                     .find(doc! {})
-                    .projection(doc! {documents::JOURNAL: 0})
                     .await
                     .map_err(store_error)?
                     .try_collect::<Vec<Document>>()
                     .await
                     .map_err(store_error)
             },
-            async {
+            self.stats_documents(doc! {}),
+            self.home_number(None),
+        )?;
+        let mut numbers: BTreeMap<String, Option<String>> = recorded
+            .iter()
+            .filter_map(|d| {
+                let number = d.get_str("_id").ok()?.to_owned();
+                Some((number, d.get_str("businessNumber").ok().map(str::to_owned)))
+            })
+            .collect();
+        if let Some(home) = &home {
+            numbers.entry(home.clone()).or_default();
+        }
+        // Unread per number, from the counters: the home number's are
+        // the documents of stats number "".
+        let mut unread: HashMap<String, i64> = HashMap::new();
+        for shard in &shards {
+            let Some(key) = shard.get_str("_id").ok().and_then(stats_key) else {
+                continue;
+            };
+            let number = if key.number.is_empty() {
+                match &home {
+                    Some(home) => home.clone(),
+                    None => continue,
+                }
+            } else {
+                key.number
+            };
+            let mut counts = Counts::default();
+            add_counter_fields(&mut counts, shard, "");
+            *unread.entry(number).or_default() += counts.unread;
+        }
+        let conversations = self.collection(CONVERSATIONS);
+        let mut listed = Vec::with_capacity(numbers.len());
+        for (number, display) in numbers {
+            let count = conversations
+                .count_documents(doc! {"phoneNumberId": &number})
+                .await
+                .map_err(store_error)?;
+            listed.push(BusinessNumber {
+                unread_count: unread.get(&number).copied().unwrap_or(0),
+                conversations: i64::try_from(count).unwrap_or(i64::MAX),
+                phone_number_id: number,
+                business_number: display,
+            });
+        }
+        Ok(listed)
+    }
+
+    async fn adopt_numbers(&self, default: Option<&str>) -> StoreResult<Option<String>> {
+        self.adopt(default).await
+    }
+
+    /// The stats documents summed, and the numbers of summaries and
+    /// rejected items from their collections' metadata (for some business
+    /// numbers: their summaries counted in the index): no scan.
+    async fn stats(&self, numbers: Option<&[String]>) -> StoreResult<Stats> {
+        let (shards, conversations) = match numbers {
+            None => futures::try_join!(self.stats_documents(doc! {}), async {
                 self.collection(CONVERSATIONS)
                     .estimated_document_count()
                     .await
                     .map_err(store_error)
-            },
-            async {
-                self.collection(REJECTED)
-                    .estimated_document_count()
-                    .await
-                    .map_err(store_error)
-            },
-        )?;
+            },)?,
+            Some(numbers) => {
+                let home = self.home_number(None).await?;
+                let ids: Vec<String> = numbers
+                    .iter()
+                    .flat_map(|number| {
+                        // The home number's counters are those of "" too.
+                        let own = [number.as_str()];
+                        let home_too = (home.as_deref() == Some(number)).then_some("");
+                        own.into_iter().chain(home_too)
+                    })
+                    .flat_map(|number| {
+                        (0..STATS_SHARDS).map(move |shard| {
+                            stats_id(&StatsKey {
+                                number: number.to_owned(),
+                                shard,
+                            })
+                        })
+                    })
+                    .collect();
+                futures::try_join!(self.stats_documents(doc! {"_id": {"$in": ids}}), async {
+                    self.collection(CONVERSATIONS)
+                        .count_documents(doc! {"phoneNumberId": {"$in": numbers}})
+                        .await
+                        .map_err(store_error)
+                },)?
+            }
+        };
+        let rejected = self
+            .collection(REJECTED)
+            .estimated_document_count()
+            .await
+            .map_err(store_error)?;
         let mut counts = Counts::default();
         for shard in &shards {
             add_counter_fields(&mut counts, shard, "");
@@ -535,6 +700,148 @@ impl Store for MongoStore {
 }
 
 impl MongoStore {
+    /// Stats documents matching `filter`, without their journals.
+    async fn stats_documents(&self, filter: Document) -> StoreResult<Vec<Document>> {
+        self.collection(STATS)
+            .find(filter)
+            .projection(doc! {documents::JOURNAL: 0})
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)
+    }
+
+    /// See [`Store::adopt_numbers`]. Only documents without a number are
+    /// written (`$exists: false` in every filter), so it can run again,
+    /// and alongside change sets, which tag what they write.
+    async fn adopt(&self, default: Option<&str>) -> StoreResult<Option<String>> {
+        let meta = self.collection(META);
+        let adopted = meta
+            .find_one(doc! {"_id": NUMBERS_ADOPTED})
+            .await
+            .map_err(store_error)?
+            .is_some();
+        let untagged = doc! {"phoneNumberId": {"$exists": false}};
+        // Summaries are looked up in their index, sends are few; messages
+        // (unindexed by number: no query needs it) only until a pass has
+        // been made, since change sets tag the messages they store.
+        let mut collections = vec![CONVERSATIONS, SENDS];
+        if !adopted {
+            collections.push(MESSAGES);
+        }
+        let mut any = false;
+        for name in collections {
+            let found = self
+                .collection(name)
+                .find_one(untagged.clone())
+                .projection(doc! {"_id": 1})
+                .await
+                .map_err(store_error)?;
+            if found.is_some() {
+                any = true;
+                break;
+            }
+        }
+        if !any {
+            if !adopted {
+                // Nothing to adopt (a new deployment): later starts need
+                // not look through the messages.
+                note_adopted(&meta).await?;
+            }
+            return self.home_number(None).await;
+        }
+        let mut home = self.home_number(None).await?;
+        if home.is_none() {
+            let candidate = match default {
+                Some(default) => Some(default.to_owned()),
+                None => self
+                    .collection(MESSAGES)
+                    .find_one(doc! {"phoneNumberId": {"$exists": true}})
+                    .projection(doc! {"phoneNumberId": 1})
+                    .await
+                    .map_err(store_error)?
+                    .and_then(|m| m.get_str("phoneNumberId").ok().map(str::to_owned)),
+            };
+            home = self.home_number(candidate.as_deref()).await?;
+        }
+        let Some(home) = home else {
+            // No number to give: nothing is known of any.
+            return Ok(None);
+        };
+        let displays: HashMap<String, String> = self
+            .collection(NUMBERS)
+            .find(doc! {"businessNumber": {"$exists": true}})
+            .await
+            .map_err(store_error)?
+            .try_collect::<Vec<Document>>()
+            .await
+            .map_err(store_error)?
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    d.get_str("_id").ok()?.to_owned(),
+                    d.get_str("businessNumber").ok()?.to_owned(),
+                ))
+            })
+            .collect();
+        // Summaries and sends by the number their conversation's id names
+        // (the home number for `conv_<wa_id>`).
+        for (name, id_field) in [(CONVERSATIONS, "_id"), (SENDS, "conversationId")] {
+            let collection = self.collection(name);
+            let documents: Vec<Document> = collection
+                .find(untagged.clone())
+                .projection(doc! {"_id": 1, id_field: 1})
+                .await
+                .map_err(store_error)?
+                .try_collect()
+                .await
+                .map_err(store_error)?;
+            let mut by_number: BTreeMap<&str, Vec<&Bson>> = BTreeMap::new();
+            for document in &documents {
+                let conversation = document.get_str(id_field).unwrap_or_default();
+                if let (Some(number), Some(id)) =
+                    (number_of(conversation, Some(&home)), document.get("_id"))
+                {
+                    by_number.entry(number).or_default().push(id);
+                }
+            }
+            for (number, ids) in by_number {
+                let mut set = doc! {"phoneNumberId": number};
+                if name == CONVERSATIONS
+                    && let Some(display) = displays.get(number)
+                {
+                    set.insert("businessNumber", display);
+                }
+                for chunk in ids.chunks(ADOPT_CHUNK) {
+                    collection
+                        .update_many(
+                            doc! {"_id": {"$in": chunk}, "phoneNumberId": {"$exists": false}},
+                            doc! {"$set": set.clone()},
+                        )
+                        .await
+                        .map_err(store_error)?;
+                }
+            }
+        }
+        // Messages of another number's conversations always carry it:
+        // those without belong to the home number.
+        let adopted_messages = self
+            .collection(MESSAGES)
+            .update_many(untagged, doc! {"$set": {"phoneNumberId": &home}})
+            .await
+            .map_err(store_error)?;
+        if adopted_messages.modified_count > 0 {
+            tracing::info!(
+                messages = adopted_messages.modified_count,
+                home = %home,
+                "messages stored before numbers existed given the home number"
+            );
+        }
+        note_adopted(&meta).await?;
+        Ok(Some(home))
+    }
+
     /// Whole outbox documents, oldest first, until `limit` events.
     async fn outbox_events(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
         let before = chrono::Utc::now().timestamp_millis()
@@ -562,6 +869,19 @@ impl MongoStore {
         }
         Ok(events)
     }
+}
+
+/// Notes that a pass of [`MongoStore::adopt`] found or left no untagged
+/// message.
+async fn note_adopted(meta: &Collection<Document>) -> StoreResult<()> {
+    meta.update_one(
+        doc! {"_id": NUMBERS_ADOPTED},
+        doc! {"$set": {"at": mongodb::bson::DateTime::now()}},
+    )
+    .upsert(true)
+    .await
+    .map(drop)
+    .map_err(store_error)
 }
 
 /// Adds a stats document's counters (nested `status.<name>` included).
