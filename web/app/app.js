@@ -6,16 +6,18 @@ import { html, render, useEffect, useReducer, useRef, useState } from "./vendor/
 import { io } from "./vendor/socket.io-client-4.8.4.js";
 import { ApiFailure, Unauthorized, post, query, request, setToken, token } from "./api.js";
 import { Chat } from "./chat.js";
-import { Composer } from "./composer.js";
-import { listTime, phoneOf } from "./format.js";
-import { ChatIcon, SearchIcon } from "./icons.js";
+import { Composer, templateBody } from "./composer.js";
+import { listTime, numberLabel, phoneOf } from "./format.js";
+import { ChatIcon, NewChatIcon, SearchIcon } from "./icons.js";
 import { ConversationList, displayName } from "./list.js";
+import { NewChat, NumberSwitcher } from "./numbers.js";
 import {
   applyStatus,
   conversationsWithMessage,
   conversationsWithStatus,
   mergeConversations,
   mergeMessages,
+  ofNumber,
   upsertMessage,
   windowOpen,
 } from "./state.js";
@@ -23,6 +25,7 @@ import {
 /** @typedef {import("./types.js").Conversation} Conversation */
 /** @typedef {import("./types.js").Message} Message */
 /** @typedef {import("./types.js").StatusUpdate} StatusUpdate */
+/** @typedef {import("./types.js").BusinessNumber} BusinessNumber */
 /** @typedef {import("./composer.js").Template} Template */
 
 const PAGE = 50;
@@ -42,6 +45,36 @@ function keep(s, id, list) {
   };
 }
 const TITLE = "WhatsApp clone · Inbox";
+/** The business number chosen in the switcher, kept for the browser tab (sessionStorage). */
+const NUMBER_KEY = "inbox.phoneNumberId";
+
+/** @returns {string} */
+function storedNumber() {
+  try {
+    return sessionStorage.getItem(NUMBER_KEY) ?? "";
+  } catch {
+    return "";
+  }
+}
+
+/** @param {string} id */
+function storeNumber(id) {
+  try {
+    if (id) sessionStorage.setItem(NUMBER_KEY, id);
+    else sessionStorage.removeItem(NUMBER_KEY);
+  } catch {
+    // Storage refused: the choice lasts until the page closes.
+  }
+}
+
+/**
+ * The numbers' unread counts after `delta` more (or fewer) for one of them.
+ * @param {BusinessNumber[]} numbers @param {string | undefined} id @param {number} delta
+ */
+function numbersWithUnread(numbers, id, delta) {
+  if (!id || delta === 0) return numbers;
+  return numbers.map((n) => (n.phoneNumberId === id ? { ...n, unreadCount: Math.max(0, n.unreadCount + delta) } : n));
+}
 
 /**
  * @typedef {object} State
@@ -53,6 +86,9 @@ const TITLE = "WhatsApp clone · Inbox";
  * @property {"connecting" | "online" | "offline"} connection
  * @property {boolean} needToken
  * @property {string} notice an error to show for a moment
+ * @property {BusinessNumber[]} numbers the deployment's business numbers (the switcher shows with two or more)
+ * @property {string} number the business number the list is narrowed to ("": all)
+ * @property {boolean} newChat the "new chat" form is open
  */
 
 /** @type {State} */
@@ -65,10 +101,13 @@ const initial = {
   connection: "connecting",
   needToken: false,
   notice: "",
+  numbers: [],
+  number: storedNumber(),
+  newChat: false,
 };
 
 /**
- * @typedef {{type: "conversations", list: Conversation[], more?: boolean}
+ * @typedef {{type: "conversations", list: Conversation[], more?: boolean, number?: string, replace?: boolean}
  *   | {type: "messages", id: string, list: Message[], more?: boolean}
  *   | {type: "newMessage", message: Message, countUnread: boolean}
  *   | {type: "status", update: StatusUpdate}
@@ -78,6 +117,9 @@ const initial = {
  *   | {type: "connection", state: State["connection"]}
  *   | {type: "needToken", value: boolean}
  *   | {type: "notice", text: string}
+ *   | {type: "numbers", list: BusinessNumber[]}
+ *   | {type: "number", id: string}
+ *   | {type: "newChat", open: boolean}
  *   | {type: "batch", actions: Action[]}} Action
  */
 
@@ -85,9 +127,11 @@ const initial = {
 function reducer(s, a) {
   switch (a.type) {
     case "conversations":
+      // An answer for the number shown before the switcher changed: dropped.
+      if (a.number !== undefined && a.number !== s.number) return s;
       return {
         ...s,
-        conversations: mergeConversations(s.conversations, a.list),
+        conversations: mergeConversations(a.replace ? [] : s.conversations, a.list),
         moreConversations: a.more ?? s.moreConversations,
       };
     case "messages":
@@ -101,7 +145,8 @@ function reducer(s, a) {
       const loaded = s.messages[m.conversationId];
       return {
         ...s,
-        conversations: conversationsWithMessage(s.conversations, m, a.countUnread),
+        conversations: ofNumber(m, s.number) ? conversationsWithMessage(s.conversations, m, a.countUnread) : s.conversations,
+        numbers: a.countUnread ? numbersWithUnread(s.numbers, m.phoneNumberId, 1) : s.numbers,
         ...(loaded ? keep(s, m.conversationId, upsertMessage(loaded, m)) : {}),
       };
     }
@@ -109,7 +154,7 @@ function reducer(s, a) {
       const m = a.message;
       return {
         ...s,
-        conversations: conversationsWithMessage(s.conversations, m, false),
+        conversations: ofNumber(m, s.number) ? conversationsWithMessage(s.conversations, m, false) : s.conversations,
         ...keep(s, m.conversationId, upsertMessage(s.messages[m.conversationId] || [], m)),
       };
     }
@@ -124,11 +169,20 @@ function reducer(s, a) {
     }
     case "select":
       return { ...s, selected: a.id };
-    case "read":
+    case "read": {
+      const c = s.conversations.find((x) => x.conversationId === a.id);
       return {
         ...s,
-        conversations: s.conversations.map((c) => (c.conversationId === a.id ? { ...c, unreadCount: 0 } : c)),
+        conversations: s.conversations.map((x) => (x.conversationId === a.id ? { ...x, unreadCount: 0 } : x)),
+        numbers: c ? numbersWithUnread(s.numbers, c.phoneNumberId, -Math.max(0, c.unreadCount)) : s.numbers,
       };
+    }
+    case "numbers":
+      return { ...s, numbers: a.list };
+    case "number":
+      return a.id === s.number ? s : { ...s, number: a.id, conversations: [], moreConversations: false };
+    case "newChat":
+      return { ...s, newChat: a.open };
     case "connection":
       return { ...s, connection: a.state };
     case "needToken":
@@ -210,17 +264,74 @@ function App() {
     dispatch({ type: "messages", id, list, more: list.length >= PAGE });
   };
 
+  /** The business numbers (none from a server without `GET /api/numbers`). */
+  const loadNumbers = async () => {
+    try {
+      const list = /** @type {BusinessNumber[]} */ (await request("/api/numbers"));
+      return Array.isArray(list) ? list : [];
+    } catch (e) {
+      if (e instanceof ApiFailure && e.status === 404) return [];
+      throw e;
+    }
+  };
+
+  /** The newest page of the list, for one number ("": all). @param {string} number */
+  const loadConversations = async (number) => {
+    const list = /** @type {Conversation[]} */ (
+      await request(`/api/conversations${query({ limit: String(PAGE), phoneNumberId: number })}`)
+    );
+    dispatch({ type: "conversations", list, more: list.length >= PAGE, number, replace: true });
+  };
+
   /** Everything shown, again from REST (first load, resync, a resume without `lastSeq`). */
   const reload = async () => {
     try {
-      const list = /** @type {Conversation[]} */ (await request(`/api/conversations${query({ limit: String(PAGE) })}`));
+      const number = now.current.number;
+      const [numbers, listed] = await Promise.all([
+        loadNumbers(),
+        loadConversations(number).then(
+          () => true,
+          (e) => {
+            if (number && e instanceof ApiFailure && (e.status === 400 || e.status === 404)) return false;
+            throw e;
+          },
+        ),
+      ]);
       dispatch({ type: "needToken", value: false });
-      dispatch({ type: "conversations", list, more: list.length >= PAGE });
+      dispatch({ type: "numbers", list: numbers });
+      // A number kept from before that is gone (or not this token's, or the
+      // only one left): back to all of them.
+      if (number && (!listed || numbers.length < 2 || !numbers.some((n) => n.phoneNumberId === number))) {
+        chooseNumber("");
+      }
       const open = now.current.selected;
       if (open) await loadMessages(open);
     } catch (e) {
       fail(e);
     }
+  };
+
+  /** Narrows the list to one business number ("": all). @param {string} id */
+  const chooseNumber = (id) => {
+    storeNumber(id);
+    if (id === now.current.number) return;
+    dispatch({ type: "number", id });
+    loadConversations(id).catch(fail);
+  };
+
+  /** The numbers again, a moment after an event from a number not known yet. */
+  const numbersRefresh = useRef(0);
+  const refreshNumbersSoon = () => {
+    if (numbersRefresh.current) return;
+    numbersRefresh.current = setTimeout(async () => {
+      try {
+        dispatch({ type: "numbers", list: await loadNumbers() });
+      } catch (e) {
+        fail(e);
+      }
+      // At most every few seconds, however many such events come.
+      setTimeout(() => (numbersRefresh.current = 0), 5000);
+    }, 300);
   };
 
   const moreConversations = async () => {
@@ -229,10 +340,13 @@ function App() {
     if (loadingMore.current || !s.moreConversations || !last || search) return;
     loadingMore.current = true;
     try {
+      const number = s.number;
       const list = /** @type {Conversation[]} */ (
-        await request(`/api/conversations${query({ limit: String(PAGE), before: last.lastTimestamp, beforeId: last.lastMessageId })}`)
+        await request(
+          `/api/conversations${query({ limit: String(PAGE), before: last.lastTimestamp, beforeId: last.lastMessageId, phoneNumberId: number })}`,
+        )
       );
-      dispatch({ type: "conversations", list, more: list.length >= PAGE });
+      dispatch({ type: "conversations", list, more: list.length >= PAGE, number });
     } catch (e) {
       fail(e);
     } finally {
@@ -338,6 +452,9 @@ function App() {
       track(m);
       const s = now.current;
       const looking = s.selected === m.conversationId && document.visibilityState === "visible";
+      if (m.phoneNumberId && s.numbers.length > 0 && !s.numbers.some((n) => n.phoneNumberId === m.phoneNumberId)) {
+        refreshNumbersSoon();
+      }
       enqueue({ type: "newMessage", message: m, countUnread: m.direction === "inbound" && !looking });
       if (looking && m.direction === "inbound") readSoon(m.conversationId);
     });
@@ -360,7 +477,12 @@ function App() {
   // Unread count in the title while the tab is hidden; reading on return.
   useEffect(() => {
     const update = () => {
-      const unread = now.current.conversations.reduce((n, c) => n + (c.unreadCount > 0 ? c.unreadCount : 0), 0);
+      const s = now.current;
+      // With the list narrowed to one number, the other numbers' unread count too.
+      const unread =
+        s.numbers.length >= 2
+          ? s.numbers.reduce((n, x) => n + Math.max(0, x.unreadCount), 0)
+          : s.conversations.reduce((n, c) => n + (c.unreadCount > 0 ? c.unreadCount : 0), 0);
       document.title = document.visibilityState === "hidden" && unread > 0 ? `(${unread}) ${TITLE}` : TITLE;
     };
     update();
@@ -372,7 +494,7 @@ function App() {
     };
     document.addEventListener("visibilitychange", onVisible);
     return () => document.removeEventListener("visibilitychange", onVisible);
-  }, [state.conversations]);
+  }, [state.conversations, state.numbers]);
 
   // Esc closes the chat.
   useEffect(() => {
@@ -461,6 +583,7 @@ function App() {
    */
   const send = async (conversationId, fields, shown) => {
     const clientMessageId = newId();
+    const number = now.current.conversations.find((c) => c.conversationId === conversationId)?.phoneNumberId;
     /** @type {Message} */
     const pending = {
       _id: `tmp:${clientMessageId}`,
@@ -473,6 +596,8 @@ function App() {
       status: "pending",
       userName: "Business",
       direction: "outbound",
+      // The list narrowed to one number leaves out another number's chat.
+      ...(number ? { phoneNumberId: number } : {}),
       ...shown,
     };
     dispatch({ type: "local", message: pending });
@@ -552,12 +677,28 @@ function App() {
   const sendTemplate = (t) => {
     const id = now.current.selected;
     if (!id) return;
-    /** @type {Record<string, unknown>} */
-    const template = { name: t.name, language: { code: t.language } };
-    if (t.parameters.length) {
-      template.components = [{ type: "body", parameters: t.parameters.map((text) => ({ type: "text", text })) }];
-    }
-    send(id, { template }, { type: "template", body: `[Template: ${t.name}]` });
+    send(id, { template: templateBody(t) }, { type: "template", body: `[Template: ${t.name}]` });
+  };
+
+  /**
+   * Starts a chat with a template, through the number chosen; the new
+   * conversation opens (in the list shown: the number it is with, or all).
+   * @param {import("./numbers.js").NewChatRequest} r
+   */
+  const startChat = async (r) => {
+    const clientMessageId = newId();
+    const stored = /** @type {Message} */ (
+      await post(
+        "/api/messages",
+        { to: r.to, ...(r.phoneNumberId ? { phoneNumberId: r.phoneNumberId } : {}), clientMessageId, template: templateBody(r.template) },
+        { "Idempotency-Key": clientMessageId },
+      )
+    );
+    const number = stored.phoneNumberId || r.phoneNumberId;
+    if (number && now.current.number && now.current.number !== number) chooseNumber(number);
+    dispatch({ type: "newChat", open: false });
+    dispatch({ type: "local", message: { ...stored, clientMessageId } });
+    select(stored.conversationId);
   };
 
   /** @param {string} value */
@@ -584,14 +725,38 @@ function App() {
       )
     : state.conversations;
   const open = state.conversations.find((c) => c.conversationId === state.selected);
+  const several = state.numbers.length >= 2;
+  const shownResults = results && several ? results.filter((m) => ofNumber(m, state.number)) : results;
+  /** The open chat's business number, in its header (with two or more numbers). */
+  let via = null;
+  if (several && state.selected) {
+    const openMessages = state.messages[state.selected] || [];
+    const last = openMessages[openMessages.length - 1];
+    const id = open?.phoneNumberId || last?.phoneNumberId;
+    const known = state.numbers.find((n) => n.phoneNumberId === id);
+    const display = open?.businessNumber || last?.businessNumber || known?.businessNumber;
+    if (id || display) via = numberLabel({ phoneNumberId: id || "", businessNumber: display });
+  }
   const connectionText = state.connection === "online" ? "online" : state.connection === "connecting" ? "connecting…" : "offline, reconnecting…";
 
   return html`<div class=${`app${state.selected ? " chat-open" : ""}`}>
     <aside class="sidebar">
       <header class="side-header">
         <span class="brand-name"><${ChatIcon} /> Inbox</span>
-        <span class=${`connection ${state.connection}`} role="status" aria-label="Connection">${connectionText}</span>
+        <span class="side-actions">
+          <span class=${`connection ${state.connection}`} role="status" aria-label="Connection">${connectionText}</span>
+          <button type="button" class="icon-button" aria-label="New chat" title="New chat"
+            onClick=${() => dispatch({ type: "newChat", open: true })}><${NewChatIcon} /></button>
+        </span>
       </header>
+      ${state.newChat
+        ? html`<${NewChat}
+            numbers=${state.numbers}
+            selected=${state.number}
+            onStart=${startChat}
+            onClose=${() => dispatch({ type: "newChat", open: false })}
+          />`
+        : null}
       <div class="search">
         <label class="search-box">
           <${SearchIcon} />
@@ -599,6 +764,7 @@ function App() {
             onInput=${(/** @type {any} */ e) => setSearch(e.currentTarget.value)} />
         </label>
       </div>
+      ${several ? html`<${NumberSwitcher} numbers=${state.numbers} selected=${state.number} onChoose=${chooseNumber} />` : null}
       <${ConversationList}
         conversations=${shownConversations}
         selected=${state.selected}
@@ -606,10 +772,10 @@ function App() {
         onMore=${moreConversations}
         more=${state.moreConversations && !q}
       >
-        ${results && results.length
+        ${shownResults && shownResults.length
           ? html`<div class="results" role="list" aria-label="Messages found">
               <h2>Messages</h2>
-              ${results.map(
+              ${shownResults.map(
                 (m) => html`<div role="listitem" class="result" key=${m._id}>
                   <button type="button" class="result-button" onClick=${() => openHit(m)}>
                     <span class="row-top">
@@ -636,6 +802,7 @@ function App() {
             onOlder=${() => olderMessages(/** @type {string} */ (state.selected))}
             onBack=${() => select(null)}
             onRetry=${retry}
+            via=${via}
             found=${found && found.conversationId === state.selected ? found.messageId : null}
           >
             <${Composer}

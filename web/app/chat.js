@@ -159,11 +159,12 @@ function Bubble({ m, byId, reactions, onRetry, tail, found = false }) {
  *   onOlder: () => Promise<void>,
  *   onBack: () => void,
  *   onRetry: (m: Message) => void,
+ *   via?: string | null,
  *   found?: string | null,
  *   children?: unknown,
  * }} props
  */
-export function Chat({ conversation, conversationId, messages, more, onOlder, onBack, onRetry, found = null, children }) {
+export function Chat({ conversation, conversationId, messages, more, onOlder, onBack, onRetry, via = null, found = null, children }) {
   /** @type {{current: HTMLDivElement | null}} */
   const log = useRef(null);
   const stick = useRef(true);
@@ -280,7 +281,9 @@ export function Chat({ conversation, conversationId, messages, more, onOlder, on
       <${Avatar} name=${name} id=${conversationId} small />
       <div class="chat-title">
         <div class="chat-name">${name}</div>
-        <div class="chat-number">${phoneOf(conversationId)}</div>
+        <div class="chat-number">
+          ${phoneOf(conversationId)}${via ? html`<span class="chat-via"> · via <span class="chat-via-number">${via}</span></span>` : null}
+        </div>
       </div>
     </header>
     <div class="log" role="log" aria-label="Messages" aria-live="polite" ref=${log} onScroll=${onScroll}>

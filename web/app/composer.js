@@ -11,6 +11,20 @@ import { AttachIcon, CloseIcon, SendIcon, TemplateIcon } from "./icons.js";
  * @property {string[]} parameters
  */
 
+/**
+ * The `template` of a send (`POST /api/messages`), body parameters in order.
+ * @param {Template} t
+ * @returns {Record<string, unknown>}
+ */
+export function templateBody(t) {
+  /** @type {Record<string, unknown>} */
+  const template = { name: t.name, language: { code: t.language } };
+  if (t.parameters.length) {
+    template.components = [{ type: "body", parameters: t.parameters.map((text) => ({ type: "text", text })) }];
+  }
+  return template;
+}
+
 /** @param {{onSend: (t: Template) => void, onClose: () => void}} props */
 function TemplateForm({ onSend, onClose }) {
   const [name, setName] = useState("hello_world");

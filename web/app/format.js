@@ -109,3 +109,42 @@ export function statusLabel(status) {
       return status;
   }
 }
+
+/** Country calling codes of two digits (the rest, bar 1 and 7, have three). */
+const TWO_DIGIT_CODES = new Set(
+  "20 27 30 31 32 33 34 36 39 40 41 43 44 45 46 47 48 49 51 52 53 54 55 56 57 58 60 61 62 63 64 65 66 81 82 84 86 90 91 92 93 94 95 98".split(" "),
+);
+
+/**
+ * A phone number as people write it: "+1 555 078 3881", "+44 7700 900123".
+ * The grouping after the country code is a readable guess, not a national
+ * format; something that is not a number is returned as it is.
+ * @param {string} number digits, with or without "+" and separators
+ */
+export function formatPhone(number) {
+  const digits = number.replace(/[^0-9]/g, "");
+  if (digits.length < 7 || !/^[+\d\s().-]+$/.test(number.trim())) return number;
+  if (digits.length === 11 && digits.startsWith("1")) {
+    return `+1 ${digits.slice(1, 4)} ${digits.slice(4, 7)} ${digits.slice(7)}`;
+  }
+  const codeLength = /^[17]/.test(digits) ? 1 : TWO_DIGIT_CODES.has(digits.slice(0, 2)) ? 2 : 3;
+  const rest = digits.slice(codeLength);
+  // Groups of three; a digit left over makes the last group four, two the first.
+  const groups = [];
+  let at = rest.length % 3 === 2 && rest.length > 5 ? 4 : rest.length % 3 === 2 ? 2 : 0;
+  if (at) groups.push(rest.slice(0, at));
+  while (at < rest.length) {
+    const size = rest.length - at === 4 ? 4 : 3;
+    groups.push(rest.slice(at, at + size));
+    at += size;
+  }
+  return `+${digits.slice(0, codeLength)} ${groups.join(" ")}`;
+}
+
+/**
+ * How a business number is shown: its display number formatted, else its id.
+ * @param {{phoneNumberId: string, businessNumber?: string | null}} n
+ */
+export function numberLabel(n) {
+  return n.businessNumber ? formatPhone(n.businessNumber) : n.phoneNumberId;
+}

@@ -42,6 +42,7 @@ export function Ticks({ status }) {
 
 export const SendIcon = () => icon("M3.4 20.4l17.5-7.5a1 1 0 000-1.8L3.4 3.6a.5.5 0 00-.7.6L5 11l9 1-9 1-2.3 6.8a.5.5 0 00.7.6z", "icon fill");
 export const AttachIcon = () => icon("M16.5 6.5l-7.8 7.8a2 2 0 002.8 2.8l8-8a4 4 0 00-5.6-5.6l-8.2 8.2a6 6 0 008.5 8.5l7-7");
+export const NewChatIcon = () => icon("M20 11.5a8 8 0 01-11.6 7.1L4 20l1.4-4.2A8 8 0 1120 11.5zM12 8v7M8.5 11.5h7");
 export const BackIcon = () => icon("M20 12H5m6-7l-7 7 7 7");
 export const SearchIcon = () => icon("M10.5 17a6.5 6.5 0 110-13 6.5 6.5 0 010 13zm5-1.5L21 21");
 export const CloseIcon = () => icon("M6 6l12 12M18 6L6 18");

@@ -158,6 +158,7 @@ export function conversationsWithMessage(list, m, countUnread) {
       unreadCount: 0,
       participants: [],
       windowExpiresAt: null,
+      ...(m.phoneNumberId ? { phoneNumberId: m.phoneNumberId, businessNumber: m.businessNumber ?? null } : {}),
     }),
     lastMessageId: m.messageId,
     lastMessageBody: m.body,
@@ -229,4 +230,15 @@ export function mergeConversations(list, loaded) {
 /** Whether the customer service window is open now. @param {Conversation | undefined} c */
 export function windowOpen(c) {
   return !!c?.windowExpiresAt && Date.parse(c.windowExpiresAt) > Date.now();
+}
+
+/**
+ * Whether a conversation or event belongs to the business number shown
+ * (`""`: all of them). Records without a number (older servers, data from
+ * before numbers) are shown: only a record of another number is left out.
+ * @param {{phoneNumberId?: string}} item
+ * @param {string} number
+ */
+export function ofNumber(item, number) {
+  return !number || !item.phoneNumberId || item.phoneNumberId === number;
 }

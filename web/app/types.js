@@ -14,6 +14,8 @@
  * @property {number} unreadCount
  * @property {string[]} participants
  * @property {string | null} [windowExpiresAt]
+ * @property {string} [phoneNumberId] the business number it is with (absent on old or single-number data)
+ * @property {string | null} [businessNumber] that number as people know it (its display number)
  */
 
 /**
@@ -48,6 +50,8 @@
  * @property {boolean} [retried] sent again already (ours)
  * @property {string} [conversationName] its conversation's name (search hits)
  * @property {{text: string, hit: boolean}[]} [highlight] its text in pieces, the matched words marked (search hits)
+ * @property {string} [phoneNumberId] the business number it went through
+ * @property {string | null} [businessNumber]
  */
 
 /**
@@ -60,6 +64,16 @@
  * @property {string} [previousMessageId]
  * @property {MessageError[]} [errors]
  * @property {number} [seq]
+ * @property {string} [phoneNumberId]
+ */
+
+/**
+ * One business number of the deployment (`GET /api/numbers`).
+ * @typedef {object} BusinessNumber
+ * @property {string} phoneNumberId
+ * @property {string | null} businessNumber its display number, when a webhook has told it
+ * @property {number} conversations
+ * @property {number} unreadCount
  */
 
 export {};
