@@ -19,7 +19,11 @@ pub(crate) fn apply_summary(t: &Transaction<'_>, change: &ConversationChange) ->
     let mut row = match (stored, change.create) {
         (None, true) => {
             add_counter(t, CONVERSATIONS_COUNTER, 1)?;
-            SummaryRow::empty(&change.conversation_id)
+            let mut row = SummaryRow::empty(&change.conversation_id);
+            // A summary's number never changes: set once, here.
+            row.phone_number_id.clone_from(&change.phone_number_id);
+            row.business_number.clone_from(&change.business_number);
+            row
         }
         (Some(row), false) => row,
         (Some(_), true) => {
@@ -79,6 +83,26 @@ pub(crate) fn add_counter(t: &Transaction<'_>, name: &str, n: i64) -> rusqlite::
     .map(drop)
 }
 
+/// Adds to a stats counter of stats number `number` (see
+/// `wa_core::numbers::stats_number`): `""`, the home number's, are the
+/// counters kept before numbers existed, where they stay.
+pub(crate) fn add_stats_counter(
+    t: &Transaction<'_>,
+    number: &str,
+    name: &str,
+    n: i64,
+) -> rusqlite::Result<()> {
+    if number.is_empty() {
+        return add_counter(t, name, n);
+    }
+    t.prepare_cached(
+        "INSERT INTO number_counters (number, name, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT (number, name) DO UPDATE SET n = n + ?3",
+    )?
+    .execute(params![number, name, n])
+    .map(drop)
+}
+
 pub(crate) fn archive(t: &Transaction<'_>, payloads: &[RawPayload]) -> rusqlite::Result<()> {
     let mut insert = t.prepare_cached(
         "INSERT OR IGNORE INTO webhook_payloads (id, body, received_at) VALUES (?1, ?2, ?3)",
@@ -116,8 +140,9 @@ pub(crate) fn apply_in(
     }
     let mut insert = t.prepare_cached(
         "INSERT OR IGNORE INTO messages
-            (id, conversation_id, ts, direction, status, status_rank, doc, message_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            (id, conversation_id, ts, direction, status, status_rank, doc, message_id,
+             phone_number_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for m in &changes.inserts {
         let inserted = insert.execute(params![
@@ -128,7 +153,8 @@ pub(crate) fn apply_in(
             m.status.as_str(),
             m.status.stored_rank(),
             to_json(m)?,
-            m.message_id
+            m.message_id,
+            m.phone_number_id
         ])?;
         if inserted == 0 {
             return Err(Error::conflict(format!(
@@ -184,7 +210,7 @@ pub(crate) fn apply_in(
     }
     for change in &changes.stats {
         for (name, n) in change.counts.fields() {
-            add_counter(t, &name, n)?;
+            add_stats_counter(t, &change.shard.number, &name, n)?;
         }
     }
     let mut outbox = t.prepare_cached(

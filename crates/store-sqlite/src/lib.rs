@@ -14,11 +14,13 @@ mod changes;
 pub mod db;
 mod fts;
 mod migrate;
+mod numbers;
 mod rows;
 
 use changes::*;
 use fts::*;
 use migrate::*;
+use numbers::*;
 use rows::*;
 
 use std::path::Path;
@@ -30,7 +32,6 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::db::Database;
 use wa_core::domain::{Conversation, Event, Message, Page, QueuedSend, Stats};
-use wa_core::plan::counts::Counts;
 use wa_core::plan::{ChangeSet, Known, Lookup};
 use wa_core::search::Query;
 use wa_store::error::Error;
@@ -39,7 +40,7 @@ use wa_store::{
 };
 
 /// `PRAGMA user_version` of the current schema.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -101,9 +102,12 @@ impl Store for SqliteStore {
         page: Page,
         numbers: Option<&[String]>,
     ) -> StoreResult<Vec<Conversation>> {
-        let _ = numbers; // TODO(numbers)
         let before = conversations_before(&page).unwrap_or_else(|| "~".to_owned());
+        let numbers = numbers.map(<[String]>::to_vec);
         self.run(move |t| {
+            if let Some(numbers) = &numbers {
+                return Ok(conversations_of(t, numbers, &before, page.limit)?);
+            }
             let rows = t
                 .prepare_cached(&format!(
                     "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE sort_key < ?1
@@ -148,45 +152,59 @@ impl Store for SqliteStore {
     }
 
     async fn home_number(&self, candidate: Option<&str>) -> StoreResult<Option<String>> {
-        let _ = candidate;
-        Err(Error::transient("TODO(numbers)"))
+        let candidate = candidate.map(str::to_owned);
+        self.run(move |t| Ok(claim_home(t, candidate.as_deref())?))
+            .await
     }
 
     async fn note_numbers(&self, numbers: &[(String, Option<String>)]) -> StoreResult<()> {
-        let _ = numbers;
-        Err(Error::transient("TODO(numbers)"))
+        let numbers = numbers.to_vec();
+        self.run(move |t| Ok(note_numbers_in(t, &numbers)?)).await
     }
 
     async fn numbers(&self) -> StoreResult<Vec<wa_core::numbers::BusinessNumber>> {
-        Err(Error::transient("TODO(numbers)"))
+        self.run(|t| Ok(numbers_in(t)?)).await
     }
 
+    /// In steps of [`ADOPT_BATCH`] rows, each its own transaction, so the
+    /// writer serves the deployment between them; a step interrupted is
+    /// redone by the next call (each only tags what is untagged). The
+    /// search index goes first: messages still untagged say it may not be
+    /// done.
     async fn adopt_numbers(&self, default: Option<&str>) -> StoreResult<Option<String>> {
-        let _ = default;
-        Err(Error::transient("TODO(numbers)"))
+        let default = default.map(str::to_owned);
+        let Adoption { untagged, home } = self
+            .run(move |t| Ok(begin_adoption(t, default.as_deref())?))
+            .await?;
+        if !untagged {
+            return Ok(home);
+        }
+        tracing::info!(home = ?home, "giving stored data a business number");
+        for step in [
+            AdoptStep::Search,
+            AdoptStep::Messages,
+            AdoptStep::Summaries,
+            AdoptStep::Sends,
+        ] {
+            let mut cursor = Cursor::Start;
+            loop {
+                let home = home.clone();
+                let next = self
+                    .run(move |t| adopt_step(t, step, home.as_deref(), &cursor))
+                    .await?;
+                match next {
+                    Some(next) => cursor = next,
+                    None => break,
+                }
+            }
+        }
+        Ok(home)
     }
 
     async fn stats(&self, numbers: Option<&[String]>) -> StoreResult<Stats> {
-        let _ = numbers; // TODO(numbers)
-        self.run(|t| {
-            let mut counts = Counts::default();
-            let (mut conversations, mut rejected) = (0, 0);
-            let rows = t
-                .prepare_cached("SELECT name, n FROM counters")?
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            for (name, n) in rows {
-                match name.as_str() {
-                    CONVERSATIONS_COUNTER => conversations = n,
-                    REJECTED_COUNTER => rejected = n,
-                    _ => counts.add_field(&name, n),
-                }
-            }
-            let mut stats = counts.to_stats(conversations);
-            stats.rejected_items = rejected;
-            Ok(stats)
-        })
-        .await
+        let numbers = numbers.map(<[String]>::to_vec);
+        self.run(move |t| Ok(stats_in(t, numbers.as_deref())?))
+            .await
     }
 
     async fn outbox(&self, age: Duration, limit: usize) -> StoreResult<Vec<Event>> {
@@ -261,10 +279,14 @@ impl Store for SqliteStore {
             expression.push_str(&format!(" AND scope : \"{}\"", scope_token('c', id)));
         }
         if let Some(numbers) = &scope.numbers {
-            // TODO(numbers): several
-            for id in numbers.iter().take(1) {
-                expression.push_str(&format!(" AND scope : \"{}\"", scope_token('p', id)));
+            if numbers.is_empty() {
+                return Ok(SearchPage::default());
             }
+            let tokens: Vec<String> = numbers
+                .iter()
+                .map(|id| format!("scope : \"{}\"", scope_token('p', id)))
+                .collect();
+            expression.push_str(&format!(" AND ({})", tokens.join(" OR ")));
         }
         // Rows after the cursor's: older hits (row ids count down in time).
         let after = match scope.before.as_deref() {

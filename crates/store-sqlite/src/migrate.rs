@@ -27,7 +27,10 @@ pub(crate) fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             doc TEXT NOT NULL,
             -- WhatsApp's id; `id` (the key) differs for messages sent
             -- through the API, which get WhatsApp's id once accepted.
-            message_id TEXT
+            message_id TEXT,
+            -- The business number (also in `doc`): NULL for messages
+            -- stored before numbers existed, until adopted.
+            phone_number_id TEXT
          );
          DROP INDEX IF EXISTS messages_by_conversation;
          -- Mark-read of one conversation.
@@ -51,12 +54,34 @@ pub(crate) fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             participants TEXT NOT NULL,
             message_count INTEGER NOT NULL,
             unread_count INTEGER NOT NULL,
-            last_inbound_ts INTEGER
+            last_inbound_ts INTEGER,
+            phone_number_id TEXT,
+            business_number TEXT
          );
          CREATE INDEX IF NOT EXISTS summaries_by_sort_key ON summaries (sort_key);
+         -- The home number's stats counters (stats number empty, the ones
+         -- kept before numbers existed), the count of summaries and of
+         -- rejected items.
          CREATE TABLE IF NOT EXISTS counters (
             name TEXT PRIMARY KEY,
             n INTEGER NOT NULL
+         );
+         -- The stats counters of every other business number.
+         CREATE TABLE IF NOT EXISTS number_counters (
+            number TEXT NOT NULL,
+            name TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (number, name)
+         ) WITHOUT ROWID;
+         -- Business numbers webhooks came for, with their display numbers.
+         CREATE TABLE IF NOT EXISTS business_numbers (
+            phone_number_id TEXT PRIMARY KEY,
+            business_number TEXT
+         );
+         -- Single values: the home number (`home_number`).
+         CREATE TABLE IF NOT EXISTS settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
          );
          CREATE TABLE IF NOT EXISTS pending_statuses (
             key TEXT PRIMARY KEY,
@@ -102,10 +127,17 @@ pub(crate) fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
          );",
     )?;
     add_send_order(t)?;
+    // Before the migrations: they save summary rows with these columns.
+    add_number_columns(t)?;
     let version: i64 = t.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version < SCHEMA_VERSION {
+    if version < 3 {
         migrate_from_v1(t)?;
         migrate_to_v3(t)?;
+    }
+    if version < 4 {
+        migrate_to_v4(t)?;
+    }
+    if version < SCHEMA_VERSION {
         t.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     }
     // After the migrations: it reads messages in the current form.
@@ -152,6 +184,42 @@ pub(crate) fn add_send_order(t: &Transaction<'_>) -> Result<(), Error> {
     }
     t.execute_batch(
         "CREATE INDEX IF NOT EXISTS sends_by_conversation ON sends (conversation_id, ord, id);",
+    )?;
+    Ok(())
+}
+
+/// Summaries and messages carry their business number (columns added to
+/// stores created before numbers; NULL until `adopt_numbers`).
+pub(crate) fn add_number_columns(t: &Transaction<'_>) -> Result<(), Error> {
+    for (table, column) in [
+        ("summaries", "phone_number_id"),
+        ("summaries", "business_number"),
+        ("messages", "phone_number_id"),
+    ] {
+        if !has_column(t, table, column)? {
+            t.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
+        }
+    }
+    t.execute_batch(
+        // A number's conversations, newest first (`conversations(page,
+        // Some(numbers))`), and its count; also finds untagged summaries.
+        "CREATE INDEX IF NOT EXISTS summaries_by_number ON summaries (phone_number_id, sort_key);
+         -- Messages not yet given a number: few (none once adopted), so a
+         -- partial index that costs new messages nothing.
+         CREATE INDEX IF NOT EXISTS messages_without_number ON messages (id)
+            WHERE phone_number_id IS NULL;",
+    )?;
+    Ok(())
+}
+
+/// Version 4 has business numbers: a message's number, kept in its
+/// document by a version that wrote it there before the column existed,
+/// is copied to the column (messages without one stay NULL until
+/// `adopt_numbers` gives them the home number's). Ids do not change.
+pub(crate) fn migrate_to_v4(t: &Transaction<'_>) -> Result<(), Error> {
+    t.execute_batch(
+        "UPDATE messages SET phone_number_id = json_extract(doc, '$.phoneNumberId')
+         WHERE phone_number_id IS NULL AND json_extract(doc, '$.phoneNumberId') IS NOT NULL;",
     )?;
     Ok(())
 }
@@ -226,6 +294,8 @@ pub(crate) fn migrate_from_v1(t: &Transaction<'_>) -> Result<(), Error> {
             message_count,
             unread_count,
             last_inbound_ts: None,
+            phone_number_id: None,
+            business_number: None,
         }
         .save(t)?;
         add_counter(t, CONVERSATIONS_COUNTER, 1)?;

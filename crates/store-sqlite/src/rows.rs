@@ -73,12 +73,16 @@ pub(crate) struct SummaryRow {
     pub(crate) unread_count: i64,
     /// Time of the customer's newest message (ms).
     pub(crate) last_inbound_ts: Option<i64>,
+    /// The conversation's business number and its display number (NULL:
+    /// stored before numbers existed, until adopted).
+    pub(crate) phone_number_id: Option<String>,
+    pub(crate) business_number: Option<String>,
 }
 
 pub(crate) const SUMMARY_COLUMNS: &str =
     "id, sort_key, last_message_id, last_status_rank, name_key, user_name,
     last_body, last_ts, last_status, last_direction, participants, message_count, unread_count,
-    last_inbound_ts";
+    last_inbound_ts, phone_number_id, business_number";
 
 impl SummaryRow {
     pub(crate) fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
@@ -97,6 +101,8 @@ impl SummaryRow {
             message_count: r.get(11)?,
             unread_count: r.get(12)?,
             last_inbound_ts: r.get(13)?,
+            phone_number_id: r.get(14)?,
+            business_number: r.get(15)?,
         })
     }
 
@@ -111,7 +117,7 @@ impl SummaryRow {
     pub(crate) fn save(&self, t: &Transaction<'_>) -> rusqlite::Result<()> {
         t.prepare_cached(&format!(
             "INSERT OR REPLACE INTO summaries ({SUMMARY_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         ))?
         .execute(params![
             self.id,
@@ -127,7 +133,9 @@ impl SummaryRow {
             self.participants,
             self.message_count,
             self.unread_count,
-            self.last_inbound_ts
+            self.last_inbound_ts,
+            self.phone_number_id,
+            self.business_number
         ])
         .map(drop)
     }
@@ -149,6 +157,8 @@ impl SummaryRow {
             message_count: 0,
             unread_count: 0,
             last_inbound_ts: None,
+            phone_number_id: None,
+            business_number: None,
         }
     }
 
@@ -197,8 +207,8 @@ impl SummaryRow {
                 .last_inbound_ts
                 .and_then(DateTime::from_timestamp_millis)
                 .map(|at| at + SERVICE_WINDOW),
-            phone_number_id: None, // TODO(numbers)
-            business_number: None,
+            phone_number_id: self.phone_number_id.clone(),
+            business_number: self.business_number.clone(),
         })
     }
 }
