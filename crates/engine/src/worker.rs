@@ -38,6 +38,9 @@ pub struct Worker {
     /// Deliveries of a payload the store keeps refusing before it is
     /// dead-lettered (store outages are retried forever instead).
     pub max_deliveries: i64,
+    /// `WHATSAPP_PHONE_NUMBER_ID`: the number data stored before numbers
+    /// existed belongs to (see [`Store::adopt_numbers`](wa_store::Store::adopt_numbers)).
+    pub default_number: Option<String>,
 }
 
 impl Worker {
@@ -51,7 +54,18 @@ impl Worker {
         {
             return;
         }
+        // Before the first payload: a webhook would otherwise record its
+        // number as home ahead of the default number.
+        let default = self.default_number.as_deref();
+        let Some(home) = wa_broker::retry_until("giving stored data its number", &cancel, || {
+            store.adopt_numbers(default)
+        })
+        .await
+        else {
+            return;
+        };
         tracing::info!(
+            home_number = home.as_deref().unwrap_or("none yet"),
             batch_size = self.batch_size,
             batch_bytes = self.batch_bytes,
             "processing payloads"

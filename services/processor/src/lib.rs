@@ -98,6 +98,7 @@ impl Application {
             batch_size: self.config.worker.batch_size,
             batch_bytes: self.config.worker.batch_bytes,
             max_deliveries: self.config.worker.max_deliveries.max(1),
+            default_number: self.config.graph.whatsapp_phone_number_id.clone(),
         };
         let (served, ()) = tokio::join!(server, worker.run(shutdown));
         if let Some(sender) = sender {

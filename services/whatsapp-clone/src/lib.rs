@@ -108,6 +108,7 @@ impl Application {
             batch_size: config.worker.batch_size,
             batch_bytes: config.worker.batch_bytes,
             max_deliveries: config.worker.max_deliveries.max(1),
+            default_number: config.graph.whatsapp_phone_number_id.clone(),
         };
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         Ok(Self {
