@@ -198,6 +198,79 @@ mod tests {
         assert_eq!(Scope::All.narrow(Some("9")), Some(vec!["9".to_owned()]));
     }
 
+    #[test]
+    fn webhook_items_are_routed_to_their_numbers_conversation() {
+        let body = |number: &str, display: &str| {
+            serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+                "metadata": {"display_phone_number": display, "phone_number_id": number},
+                "contacts": [{"wa_id": "4477", "profile": {"name": "Ann"}}],
+                "messages": [{"from": "4477", "id": format!("wamid.{number}"), "timestamp": "1754400000", "type": "text", "text": {"body": "hi"}}],
+                "statuses": [{"id": format!("wamid.out.{number}"), "status": "read", "timestamp": "1754400001", "recipient_id": "4477"}]}}]}]})
+            .to_string()
+        };
+        let mut messages = Vec::new();
+        let mut statuses = Vec::new();
+        for (number, display) in [("9", "15550009"), ("8", "15550008")] {
+            let parsed = crate::webhook::parse(body(number, display).as_bytes()).unwrap();
+            messages.extend(parsed.messages);
+            statuses.extend(parsed.statuses);
+        }
+        assert_eq!(first_number(&messages, &statuses), Some("9"));
+        route(&mut messages, &mut statuses, Some("9"));
+        let routed: Vec<(&str, Option<&str>, Option<&str>)> = messages
+            .iter()
+            .map(|m| {
+                (
+                    m.conversation_id.as_str(),
+                    m.phone_number_id.as_deref(),
+                    m.business_number.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            routed,
+            [
+                ("conv_4477", Some("9"), Some("15550009")),
+                ("conv_4477_8", Some("8"), Some("15550008"))
+            ]
+        );
+        let statuses: Vec<&str> = statuses
+            .iter()
+            .map(|s| s.conversation_id.as_str())
+            .collect();
+        assert_eq!(statuses, ["conv_4477", "conv_4477_8"]);
+        // A plan counts each number's messages in its own stats documents.
+        let batch = crate::plan::Batch {
+            messages,
+            ..Default::default()
+        };
+        let plan = crate::plan::plan_batch(&batch, &crate::plan::Known::default());
+        let mut numbers: Vec<&str> = plan.stats.iter().map(|s| s.shard.number.as_str()).collect();
+        numbers.dedup();
+        assert_eq!(numbers, ["", "8"]);
+        let created: Vec<Option<&str>> = plan
+            .conversations
+            .iter()
+            .map(|c| c.phone_number_id.as_deref())
+            .collect();
+        assert_eq!(created, [Some("9"), Some("8")]);
+    }
+
+    #[test]
+    fn a_number_id_that_is_not_digits_refuses_its_items() {
+        let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "metadata": {"display_phone_number": "1555", "phone_number_id": "12_3"},
+            "messages": [{"from": "4477", "id": "wamid.x", "timestamp": "1754400000", "type": "text", "text": {"body": "hi"}}]}}]}]})
+        .to_string();
+        let parsed = crate::webhook::parse(body.as_bytes()).unwrap();
+        assert!(parsed.messages.is_empty());
+        assert!(
+            parsed.rejected[0].reason.contains("phone_number_id"),
+            "{:?}",
+            parsed.rejected
+        );
+    }
+
     proptest! {
         /// Ids are unique per (customer, number), URL-safe, and give back
         /// their customer and number.
