@@ -31,6 +31,7 @@ const BOX = '::-p-aria([name="Message"][role="textbox"])';
 const SEND = '::-p-aria([name="Send"][role="button"])';
 const STATUS = '::-p-aria([name="Connection"][role="status"])';
 const SEARCH = '::-p-aria([name="Search"])';
+const SWITCHER = '::-p-aria([name="Business number"][role="radiogroup"])';
 
 const ADA = "447700900123";
 const BOB = "447700900456";
@@ -96,6 +97,24 @@ class Server {
 }
 
 const metadata = { display_phone_number: "15550001111", phone_number_id: process.env.WHATSAPP_PHONE_NUMBER_ID || "106540352242922" };
+/** The business number the sample files (webhook_files/) were written for. */
+const SAMPLE_NUMBER = "629305560276479";
+
+/**
+ * The sample files as if written to our number (the fake Graph API's): the
+ * main server is a single-number deployment, whose inbox looks as before
+ * numbers existed (ids `conv_<wa_id>`, no switcher) and sends through the
+ * one number the fake Graph API serves.
+ */
+function samplesForOurNumber() {
+  const dir = path.join(TMP, "webhook_files");
+  fs.mkdirSync(dir, { recursive: true });
+  for (const name of fs.readdirSync(path.join(ROOT, "webhook_files"))) {
+    const text = fs.readFileSync(path.join(ROOT, "webhook_files", name), "utf8");
+    fs.writeFileSync(path.join(dir, name), text.replaceAll(SAMPLE_NUMBER, metadata.phone_number_id));
+  }
+  return dir;
+}
 let seq = 0;
 const now = () => String(Math.floor(Date.now() / 1000));
 /** An inbound text from `waId` (now: the 24-hour window is open). */
@@ -169,7 +188,7 @@ before(async () => {
   assert.ok(fs.existsSync(CHROMIUM), `no browser at ${CHROMIUM} (apt-get install chromium; scripts/test.sh does)`);
   server = new Server("main");
   await server.start();
-  execFileSync(BIN, ["import", path.join(ROOT, "webhook_files"), "--url", `${server.url}/webhook`], { stdio: "ignore" });
+  execFileSync(BIN, ["import", samplesForOurNumber(), "--url", `${server.url}/webhook`], { stdio: "ignore" });
   const expected = JSON.parse(fs.readFileSync(path.join(ROOT, "webhook_files/EXPECTED.json"), "utf8")).flatMap((f) => f.messages ?? []).length;
   const deadline = Date.now() + 60_000;
   while ((await server.api("/api/stats")).totalMessages < expected) {
@@ -244,6 +263,8 @@ test("the list matches GET /api/conversations, newest first", async () => {
     if (c.lastMessageDirection === "outbound") assert.ok(row.ticks, `ticks on ${c.conversationId}`);
   }
   assert.equal(shown[0].id, `conv_${BOB}`);
+  // One business number: no number switcher (the inbox looks as it did before numbers).
+  assert.equal(await page.$(SWITCHER), null);
   await page.waitForFunction((sel) => document.querySelector('[role="status"]')?.textContent === "online", {});
   assert.equal(await page.$eval(STATUS, (e) => e.textContent), "online");
 });
@@ -492,5 +513,93 @@ test("with API_TOKENS set, the token form lets the user in", async () => {
     assert.deepEqual(others, []);
   } finally {
     await guarded.kill();
+  }
+});
+
+test("with two business numbers: a switcher narrows the list (live too, and after a reload), the header names the number, a new chat asks which one", async () => {
+  const home = metadata;
+  const other = { display_phone_number: "15550783881", phone_number_id: "200000000000002" };
+  const CAROL = "447700900777";
+  const DAVE = "447700900888";
+  const ERIN = "447700900999";
+  const FRANK = "447700900111";
+  const GINA = "447700900222";
+  /** An inbound text through business number `number`. */
+  const through = (number, waId, name, text) => ({ ...inbound(waId, name, text), metadata: number });
+  const earlier = errors.length;
+  const numbered = new Server("numbers");
+  await numbered.start();
+  try {
+    // The first number written to is the home number: its conversations keep `conv_<wa_id>`.
+    await numbered.webhook(through(home, CAROL, "Carol Home", "Hello, home number"));
+    await waitFor(async () => (await numbered.api("/api/conversations")).length === 1, 10_000, "Carol's conversation");
+    await numbered.webhook(through(other, DAVE, "Dave Other", "Hello, other number"));
+    await waitFor(async () => (await numbered.api("/api/numbers")).length === 2, 10_000, "two numbers");
+    const daveId = (await numbered.api(`/api/conversations?phoneNumberId=${other.phone_number_id}`))[0]?.conversationId;
+    assert.ok(daveId, "Dave's conversation, listed under the other number");
+
+    const p = await newPage();
+    await p.goto(numbered.url);
+    await p.waitForSelector(SWITCHER, { timeout: 10_000 });
+    const radios = () =>
+      p.$$eval(`[role="radiogroup"][aria-label="Business number"] input[type="radio"]`, (els) =>
+        els.map((e) => ({ name: e.getAttribute("aria-label"), checked: /** @type {HTMLInputElement} */ (e).checked })),
+      );
+    assert.deepEqual(
+      (await radios()).map((r) => r.name),
+      ["All numbers", "+1 555 000 1111", "+1 555 078 3881"],
+    );
+    assert.equal((await radios())[0].checked, true, "all numbers at first");
+    await waitFor(async () => (await rows(p)).length === 2, 5000, "both conversations listed");
+
+    // One number: only its conversations.
+    await p.click('::-p-aria([name="+1 555 078 3881"][role="radio"])');
+    await waitFor(async () => {
+      const shown = await rows(p);
+      return shown.length === 1 && shown[0].id === daveId;
+    }, 5000, "only Dave's conversation");
+
+    // Live: a message through the home number stays out of the list (its
+    // chip counts it as unread), one through the number shown comes in.
+    await numbered.webhook(through(home, ERIN, "Erin Home", "Through the home number"));
+    await numbered.webhook(through(other, FRANK, "Frank Other", "Through the other number"));
+    await waitFor(async () => (await rows(p)).some((r) => r.name === "Frank Other"), 10_000, "Frank's conversation, live");
+    assert.deepEqual((await rows(p)).map((r) => r.name).sort(), ["Dave Other", "Frank Other"]);
+    const homeUnread = () =>
+      p.$eval('::-p-aria([name="+1 555 000 1111"][role="radio"])', (e) => e.closest("label")?.querySelector(".chip-count")?.textContent ?? "");
+    await waitFor(async () => (await homeUnread()) === "2", 5000, "the home number's unread count to be 2");
+
+    // The choice survives a reload (for this tab).
+    await p.reload();
+    await p.waitForSelector(SWITCHER, { timeout: 10_000 });
+    await waitFor(async () => (await rows(p)).length === 2, 10_000, "the narrowed list after the reload");
+    assert.deepEqual((await rows(p)).map((r) => r.name).sort(), ["Dave Other", "Frank Other"]);
+    assert.equal((await radios()).find((r) => r.checked)?.name, "+1 555 078 3881");
+
+    // The chat header names the business number of the conversation.
+    await p.click('::-p-aria([name="+1 555 000 1111"][role="radio"])');
+    await waitFor(async () => (await rows(p)).map((r) => r.name).sort().join() === "Carol Home,Erin Home", 5000, "the home number's conversations");
+    await open(p, `conv_${CAROL}`);
+    await p.waitForFunction(() => document.querySelector(".chat-header")?.textContent?.includes("via +1 555 000 1111"), { timeout: 5000 });
+
+    // "New chat" asks which number (the one shown by default) and opens the new conversation.
+    await p.click('::-p-aria([name="New chat"][role="button"])');
+    await p.waitForSelector('::-p-aria([name="Start a chat"][role="form"])');
+    assert.equal(await p.$eval('::-p-aria([name="From business number"])', (e) => /** @type {HTMLSelectElement} */ (e).value), home.phone_number_id);
+    await p.type('::-p-aria([name="Phone number"])', `+${GINA}`);
+    await p.click('::-p-aria([name="Start chat"][role="button"])');
+    await p.waitForSelector(`[role="option"][aria-selected="true"][data-conversation-id="conv_${GINA}"]`, { timeout: 10_000 });
+    await waitBubble(p, "hello_world");
+    const started = await numbered.api(`/api/conversations?phoneNumberId=${home.phone_number_id}`);
+    assert.ok(started.some((c) => c.conversationId === `conv_${GINA}`), "the new chat is the home number's");
+
+    // All numbers again: every conversation.
+    await p.click('::-p-aria([name="All numbers"][role="radio"])');
+    await waitFor(async () => (await rows(p)).length === 5, 5000, "all five conversations");
+    await p.screenshot({ path: path.join(process.env.INBOX_SCREENSHOT_DIR || TMP, "inbox-numbers.png") });
+    await p.close();
+    assert.deepEqual(errors.slice(earlier), []);
+  } finally {
+    await numbered.kill();
   }
 });
