@@ -3,9 +3,15 @@
 //!
 //! Every failure is a [`GraphError`] that says whether trying again later
 //! may help ([`GraphError::retry`]) and carries what Meta said, ready to be
-//! stored on a failed message ([`GraphError::to_errors`]). The access token
-//! never appears in errors, logs or `Debug` output.
+//! stored on a failed message ([`GraphError::to_errors`]). The access tokens
+//! never appear in errors, logs or `Debug` output.
+//!
+//! One client serves every business number of the deployment: the
+//! `*_from` methods take the number to send through (`POST
+//! /{version}/{phone_number_id}/messages`), with that number's own token
+//! (`WHATSAPP_NUMBER_TOKENS`) or else `WHATSAPP_ACCESS_TOKEN`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,12 +25,15 @@ use reqwest::{StatusCode, Url};
 use serde_json::{Map, Value, json};
 
 /// The Graph API settings, flattened into each binary's `Config`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct GraphConfig {
-    /// Access token of the WhatsApp Business Cloud API; unset: messages are stored locally only, nothing is sent to WhatsApp.
+    /// Access token of the WhatsApp Business Cloud API, for every business number without its own; unset (and no WHATSAPP_NUMBER_TOKENS): messages are stored locally only, nothing is sent to WhatsApp.
     #[arg(long, env = "WHATSAPP_ACCESS_TOKEN", hide_env_values = true)]
     pub whatsapp_access_token: Option<String>,
-    /// The business phone number's id (Meta app › WhatsApp › API setup).
+    /// Business numbers with their own access token: `<phone_number_id>=<token>,<phone_number_id>=<token>`.
+    #[arg(long, env = "WHATSAPP_NUMBER_TOKENS", hide_env_values = true)]
+    pub whatsapp_number_tokens: Option<String>,
+    /// The default business number's id (Meta app › WhatsApp › API setup): what a deployment sends from before a webhook named any number.
     #[arg(long, env = "WHATSAPP_PHONE_NUMBER_ID")]
     pub whatsapp_phone_number_id: Option<String>,
     /// Base URL of the Graph API.
@@ -51,6 +60,7 @@ impl Default for GraphConfig {
     fn default() -> Self {
         Self {
             whatsapp_access_token: None,
+            whatsapp_number_tokens: None,
             whatsapp_phone_number_id: None,
             graph_api_url: "https://graph.facebook.com".to_owned(),
             graph_api_version: "v23.0".to_owned(),
@@ -60,41 +70,75 @@ impl Default for GraphConfig {
     }
 }
 
+/// Tokens hidden: `Debug` output ends up in logs.
+impl fmt::Debug for GraphConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };
+        f.debug_struct("GraphConfig")
+            .field(
+                "whatsapp_access_token",
+                &redacted(self.whatsapp_access_token.is_some()),
+            )
+            .field(
+                "whatsapp_number_tokens",
+                &redacted(self.whatsapp_number_tokens.is_some()),
+            )
+            .field("whatsapp_phone_number_id", &self.whatsapp_phone_number_id)
+            .field("graph_api_url", &self.graph_api_url)
+            .field("graph_api_version", &self.graph_api_version)
+            .field("graph_timeout_secs", &self.graph_timeout_secs)
+            .field("send_rate", &self.send_rate)
+            .finish()
+    }
+}
+
 impl GraphConfig {
+    /// Whether any token is set (empty counts as unset): messages go to
+    /// WhatsApp.
+    fn sends_to_whatsapp(&self) -> bool {
+        self.whatsapp_access_token
+            .as_deref()
+            .is_some_and(|t| !t.trim().is_empty())
+            || self
+                .whatsapp_number_tokens
+                .as_deref()
+                .is_some_and(|t| !t.trim().is_empty())
+    }
+
     /// How long a stopping service may take (at least `base`): with
     /// WhatsApp configured, long enough for a send in flight to be answered
     /// (the Graph timeout) and its answer stored, so that a deploy sends
     /// nothing twice.
     pub fn shutdown_grace(&self, base: Duration) -> Duration {
-        let sending = self
-            .whatsapp_access_token
-            .as_deref()
-            .is_some_and(|t| !t.is_empty());
-        if sending {
+        if self.sends_to_whatsapp() {
             base.max(Duration::from_secs(self.graph_timeout_secs.max(1)) + Duration::from_secs(5))
         } else {
             base
         }
     }
 
-    /// `Ok(None)` without a token (empty counts as unset); an error when a
-    /// token is set without a phone number id, or the URL does not parse.
+    /// `Ok(None)` without any token (empty counts as unset); an error when
+    /// `WHATSAPP_ACCESS_TOKEN` is set without a phone number id, when
+    /// `WHATSAPP_NUMBER_TOKENS` is not `<id>=<token>,...`, or when the URL
+    /// does not parse. No error shows a token.
     pub fn client(&self) -> anyhow::Result<Option<Graph>> {
-        let Some(token) = self
+        let global_token = self
             .whatsapp_access_token
             .as_deref()
-            .filter(|t| !t.is_empty())
-        else {
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let number_tokens = parse_number_tokens(self.whatsapp_number_tokens.as_deref())?;
+        if global_token.is_none() && number_tokens.is_empty() {
             return Ok(None);
-        };
-        let Some(phone_number_id) = self
+        }
+        let default_number = self
             .whatsapp_phone_number_id
             .as_deref()
             .map(str::trim)
-            .filter(|id| !id.is_empty())
-        else {
+            .filter(|id| !id.is_empty());
+        if global_token.is_some() && default_number.is_none() {
             bail!("WHATSAPP_PHONE_NUMBER_ID is required when WHATSAPP_ACCESS_TOKEN is set");
-        };
+        }
         let version = self.graph_api_version.trim().trim_matches('/');
         if version.is_empty() {
             bail!("GRAPH_API_VERSION is empty");
@@ -118,14 +162,25 @@ impl GraphConfig {
                 self.graph_api_url
             ),
         }
-        // Never echo the token, not even in this error.
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+        // Never echo a token, not even in these errors.
+        let global_auth = global_token
+            .map(|token| {
+                bearer(token).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "WHATSAPP_ACCESS_TOKEN contains characters not allowed in an HTTP header"
+                    )
+                })
+            })
+            .transpose()?;
+        let mut number_auth = HashMap::with_capacity(number_tokens.len());
+        for (number, token) in number_tokens {
+            let auth = bearer(&token).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "WHATSAPP_ACCESS_TOKEN contains characters not allowed in an HTTP header"
+                    "WHATSAPP_NUMBER_TOKENS: the token of {number} contains characters not allowed in an HTTP header"
                 )
             })?;
-        auth.set_sensitive(true);
+            number_auth.insert(number, auth);
+        }
         let timeout = Duration::from_secs(self.graph_timeout_secs.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -139,9 +194,10 @@ impl GraphConfig {
         Ok(Some(Graph {
             inner: Arc::new(Inner {
                 http,
-                auth,
+                global_auth,
+                number_auth,
                 base,
-                phone_number_id: phone_number_id.to_owned(),
+                default_number: default_number.map(str::to_owned),
                 timeout,
                 send_rate: self.send_rate.max(1),
             }),
@@ -149,7 +205,43 @@ impl GraphConfig {
     }
 }
 
-/// A Graph API client for one business phone number. Cheap to clone.
+/// `WHATSAPP_NUMBER_TOKENS`: `<phone_number_id>=<token>` entries, comma
+/// separated (blanks around them and empty entries ignored). Errors name
+/// the entry by position, never its text: a mistyped entry may be a token.
+fn parse_number_tokens(value: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+    let mut tokens: Vec<(String, String)> = Vec::new();
+    let entries = value.unwrap_or_default().split(',').map(str::trim);
+    for (index, entry) in entries.enumerate().filter(|(_, e)| !e.is_empty()) {
+        let position = index + 1;
+        let Some((number, token)) = entry.split_once('=') else {
+            bail!("WHATSAPP_NUMBER_TOKENS: entry {position} is not <phone_number_id>=<token>");
+        };
+        let (number, token) = (number.trim(), token.trim());
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            bail!(
+                "WHATSAPP_NUMBER_TOKENS: entry {position} does not start with a phone number id (digits) before '='"
+            );
+        }
+        if token.is_empty() {
+            bail!("WHATSAPP_NUMBER_TOKENS: the token of {number} (entry {position}) is empty");
+        }
+        if tokens.iter().any(|(seen, _)| seen == number) {
+            bail!("WHATSAPP_NUMBER_TOKENS: {number} is given twice");
+        }
+        tokens.push((number.to_owned(), token.to_owned()));
+    }
+    Ok(tokens)
+}
+
+/// `Bearer <token>`, marked sensitive (hidden from `Debug`); `None` when the
+/// token cannot be a header value.
+fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim())).ok()?;
+    auth.set_sensitive(true);
+    Some(auth)
+}
+
+/// A Graph API client for the deployment's business numbers. Cheap to clone.
 #[derive(Clone)]
 pub struct Graph {
     inner: Arc<Inner>,
@@ -157,21 +249,34 @@ pub struct Graph {
 
 struct Inner {
     http: reqwest::Client,
-    /// `Bearer <token>`, marked sensitive.
-    auth: HeaderValue,
+    /// `Bearer <WHATSAPP_ACCESS_TOKEN>`: serves every number without its own.
+    global_auth: Option<HeaderValue>,
+    /// `Bearer <token>` of the numbers with their own (`WHATSAPP_NUMBER_TOKENS`).
+    number_auth: HashMap<String, HeaderValue>,
     /// `{GRAPH_API_URL}/{GRAPH_API_VERSION}`.
     base: Url,
-    phone_number_id: String,
+    /// `WHATSAPP_PHONE_NUMBER_ID`.
+    default_number: Option<String>,
     timeout: Duration,
     send_rate: u32,
 }
 
 impl fmt::Debug for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut own_tokens: Vec<&str> = self.inner.number_auth.keys().map(String::as_str).collect();
+        own_tokens.sort_unstable();
         f.debug_struct("Graph")
             .field("base", &self.inner.base.as_str())
-            .field("phone_number_id", &self.inner.phone_number_id)
-            .field("token", &"<redacted>")
+            .field("default_number", &self.inner.default_number)
+            .field("numbers_with_own_token", &own_tokens)
+            .field(
+                "token",
+                &if self.inner.global_auth.is_some() {
+                    "<redacted>"
+                } else {
+                    "<unset>"
+                },
+            )
             .finish()
     }
 }
@@ -184,6 +289,9 @@ pub struct MediaInfo {
     pub mime_type: Option<String>,
     /// Meta's `file_size`, when it gave one.
     pub file_size: Option<u64>,
+    /// The bearer it was asked with: the download takes the same one
+    /// (sensitive: `Debug` shows no token).
+    auth: HeaderValue,
 }
 
 /// A media download under way: its bytes come with [`MediaBody::chunk`],
@@ -484,19 +592,68 @@ const ERROR_BODY_CAP: u64 = 1 << 20;
 const SLOWEST_BYTES_PER_SEC: u64 = 1 << 20;
 
 impl Graph {
-    pub fn phone_number_id(&self) -> &str {
-        &self.inner.phone_number_id
+    /// The default number (`WHATSAPP_PHONE_NUMBER_ID`), if one is set.
+    pub fn default_number(&self) -> Option<&str> {
+        self.inner.default_number.as_deref()
     }
 
-    /// Most messages to send per second (`SEND_RATE`).
+    /// "Default number" wrapper: the default number's id, `""` when none is
+    /// set (only `WHATSAPP_NUMBER_TOKENS`). Prefer [`Graph::default_number`].
+    pub fn phone_number_id(&self) -> &str {
+        self.default_number().unwrap_or_default()
+    }
+
+    /// Whether a token serves `number`: its own, or `WHATSAPP_ACCESS_TOKEN`.
+    pub fn has_token_for(&self, number: &str) -> bool {
+        self.token_for(number).is_ok()
+    }
+
+    /// Most messages to send per second per number (`SEND_RATE`).
     pub fn send_rate(&self) -> u32 {
         self.inner.send_rate
     }
 
-    /// POST `{url}/{version}/{phone_number_id}/messages` with `Authorization:
-    /// Bearer`, the JSON body as given; returns Meta's `messages[0].id` (the wamid).
+    /// The bearer for `number`: its own token, else the global one.
+    fn token_for(&self, number: &str) -> Result<&HeaderValue, GraphError> {
+        self.inner
+            .number_auth
+            .get(number)
+            .or(self.inner.global_auth.as_ref())
+            .ok_or_else(|| GraphError::no_token(number))
+    }
+
+    /// The default number, for the "default number" wrappers.
+    fn default_or_error(&self) -> Result<&str, GraphError> {
+        self.default_number().ok_or_else(|| {
+            GraphError::local(
+                "No default number",
+                "WHATSAPP_PHONE_NUMBER_ID is not set: name the business number to send through",
+            )
+        })
+    }
+
+    /// The bearer for a number whose id goes into a path: refused before
+    /// asking if the id could change the path.
+    fn number_auth(&self, number: &str) -> Result<HeaderValue, GraphError> {
+        if !valid_id(number) {
+            return Err(GraphError::local(
+                "Invalid phone number id",
+                "the phone number id must be letters, digits, '.', '_' or '-'",
+            ));
+        }
+        self.token_for(number).cloned()
+    }
+
+    /// "Default number" wrapper of [`Graph::send_from`].
     pub async fn send(&self, body: &Value) -> Result<String, GraphError> {
-        let answer = self.post_messages(body).await?;
+        self.send_from(self.default_or_error()?, body).await
+    }
+
+    /// POST `{url}/{version}/{number}/messages` with `Authorization: Bearer`
+    /// (the number's token), the JSON body as given; returns Meta's
+    /// `messages[0].id` (the wamid).
+    pub async fn send_from(&self, number: &str, body: &Value) -> Result<String, GraphError> {
+        let answer = self.post_messages(number, body).await?;
         match answer.pointer("/messages/0/id").and_then(Value::as_str) {
             Some(id) if !id.is_empty() => Ok(id.to_owned()),
             _ => Err(GraphError::unexpected(
@@ -506,26 +663,60 @@ impl Graph {
         }
     }
 
-    /// POST `.../messages` `{"messaging_product":"whatsapp","status":"read","message_id":id}`.
+    /// "Default number" wrapper of [`Graph::mark_read_from`].
     pub async fn mark_read(&self, message_id: &str) -> Result<(), GraphError> {
+        self.mark_read_from(self.default_or_error()?, message_id)
+            .await
+    }
+
+    /// POST `.../{number}/messages` `{"messaging_product":"whatsapp","status":"read","message_id":id}`:
+    /// `number` is the one the message was received on.
+    pub async fn mark_read_from(&self, number: &str, message_id: &str) -> Result<(), GraphError> {
         let body = json!({
             "messaging_product": "whatsapp",
             "status": "read",
             "message_id": message_id,
         });
-        self.post_messages(&body).await.map(drop)
+        self.post_messages(number, &body).await.map(drop)
     }
 
-    /// GET `{url}/{version}/{media_id}` (bearer) → `{url, mime_type, sha256,
-    /// file_size}`.
+    /// "Default number" wrapper of [`Graph::media_info_as`]: the default
+    /// number's token (`WHATSAPP_ACCESS_TOKEN` when none is set).
     pub async fn media_info(&self, media_id: &str) -> Result<MediaInfo, GraphError> {
+        self.media_info_as(None, media_id).await
+    }
+
+    /// GET `{url}/{version}/{media_id}` → `{url, mime_type, sha256,
+    /// file_size}`, with the token of `number`, the business number whose
+    /// message the media is (`None`: the default number's, else
+    /// `WHATSAPP_ACCESS_TOKEN`). [`Graph::open_media`] downloads it with
+    /// the same token.
+    pub async fn media_info_as(
+        &self,
+        number: Option<&str>,
+        media_id: &str,
+    ) -> Result<MediaInfo, GraphError> {
         if !valid_id(media_id) {
             return Err(GraphError::local(
                 "Invalid media id",
                 "the media id must be letters, digits, '.', '_' or '-'",
             ));
         }
-        let info = self.get_json(self.url(&[media_id])).await?;
+        let auth = match number.or(self.default_number()) {
+            Some(number) => self.token_for(number)?,
+            None => self
+                .inner
+                .global_auth
+                .as_ref()
+                .ok_or_else(|| GraphError::no_token(""))?,
+        }
+        .clone();
+        let request = self
+            .inner
+            .http
+            .get(self.url(&[media_id]))
+            .header(AUTHORIZATION, auth.clone());
+        let info = self.call(request).await?;
         let Some(location) = info.get("url").and_then(Value::as_str) else {
             return Err(GraphError::unexpected(200, "no url in Meta's media answer"));
         };
@@ -549,10 +740,12 @@ impl Graph {
             url,
             mime_type,
             file_size,
+            auth,
         })
     }
 
-    /// GET the media's `url` with the bearer, if `fence` lets the token go
+    /// GET the media's `url` with the bearer [`Graph::media_info_as`] used,
+    /// if `fence` lets the token go
     /// there (redirects included): the body, to read a chunk at a time.
     /// Refuses a `Content-Length` over `max_bytes`; the caller counts the
     /// rest (the length may be absent).
@@ -567,7 +760,7 @@ impl Graph {
             .inner
             .http
             .get(info.url.clone())
-            .header(AUTHORIZATION, self.inner.auth.clone())
+            .header(AUTHORIZATION, info.auth.clone())
             .timeout(self.transfer_timeout(max_bytes))
             .send()
             .await;
@@ -610,10 +803,7 @@ impl Graph {
         })
     }
 
-    /// POST `{url}/{version}/{phone_number_id}/media`, multipart:
-    /// `messaging_product=whatsapp`, `type=<mime>`, `file=<the file's
-    /// length bytes>` (streamed, with its file name and type) → Meta's
-    /// media `id`.
+    /// "Default number" wrapper of [`Graph::upload_from`].
     pub async fn upload(
         &self,
         file: tokio::fs::File,
@@ -621,6 +811,23 @@ impl Graph {
         mime_type: &str,
         file_name: &str,
     ) -> Result<String, GraphError> {
+        self.upload_from(self.default_or_error()?, file, length, mime_type, file_name)
+            .await
+    }
+
+    /// POST `{url}/{version}/{number}/media` with the number's token,
+    /// multipart: `messaging_product=whatsapp`, `type=<mime>`, `file=<the
+    /// file's length bytes>` (streamed, with its file name and type) →
+    /// Meta's media `id`, to send from that number.
+    pub async fn upload_from(
+        &self,
+        number: &str,
+        file: tokio::fs::File,
+        length: u64,
+        mime_type: &str,
+        file_name: &str,
+    ) -> Result<String, GraphError> {
+        let auth = self.number_auth(number)?;
         let file = Part::stream_with_length(reqwest::Body::from(file), length)
             .file_name(file_name.to_owned())
             .mime_str(mime_type)
@@ -637,8 +844,8 @@ impl Graph {
         let request = self
             .inner
             .http
-            .post(self.url(&[&self.inner.phone_number_id, "media"]))
-            .header(AUTHORIZATION, self.inner.auth.clone())
+            .post(self.url(&[number, "media"]))
+            .header(AUTHORIZATION, auth)
             .timeout(self.transfer_timeout(length))
             .multipart(form);
         let answer = self.call(request).await?;
@@ -662,22 +869,14 @@ impl Graph {
         self.inner.timeout + Duration::from_secs(bytes / SLOWEST_BYTES_PER_SEC)
     }
 
-    async fn post_messages(&self, body: &Value) -> Result<Value, GraphError> {
+    async fn post_messages(&self, number: &str, body: &Value) -> Result<Value, GraphError> {
+        let auth = self.number_auth(number)?;
         let request = self
             .inner
             .http
-            .post(self.url(&[&self.inner.phone_number_id, "messages"]))
-            .header(AUTHORIZATION, self.inner.auth.clone())
+            .post(self.url(&[number, "messages"]))
+            .header(AUTHORIZATION, auth)
             .json(body);
-        self.call(request).await
-    }
-
-    async fn get_json(&self, url: Url) -> Result<Value, GraphError> {
-        let request = self
-            .inner
-            .http
-            .get(url)
-            .header(AUTHORIZATION, self.inner.auth.clone());
         self.call(request).await
     }
 
@@ -745,10 +944,27 @@ fn valid_id(id: &str) -> bool {
 /// Meta codes that mean throttling or a temporary outage: worth trying again.
 const RETRY_CODES: [i64; 7] = [130429, 131056, 80007, 4, 131016, 1, 2];
 
+/// What kind of failure a [`GraphError`] is, for callers that treat one
+/// apart. (Fieldless: the error stays small enough to return by value.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphErrorKind {
+    /// Meta answered: an error, or not what was asked for.
+    Answered,
+    /// No (complete) answer: timeout, connection or protocol error.
+    Transport,
+    /// Refused here before asking Meta (an invalid argument).
+    Local,
+    /// No access token serves the business number (none of its own in
+    /// `WHATSAPP_NUMBER_TOKENS`, no `WHATSAPP_ACCESS_TOKEN`): nothing was
+    /// asked. The message names the number (the caller knows it too).
+    NoToken,
+}
+
 /// A failed Graph API call, as Meta described it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", describe(.http_status, .code, .title, .message, .details))]
 pub struct GraphError {
+    pub kind: GraphErrorKind,
     /// Worth trying again later: no answer / timeout / connection error,
     /// HTTP 429 or 5xx, or Meta codes that mean throttling or a temporary
     /// outage (130429, 131056, 80007, 4, 131016, 1, 2).
@@ -835,6 +1051,7 @@ impl GraphError {
         let retry =
             status == 429 || status >= 500 || code.is_some_and(|c| RETRY_CODES.contains(&c));
         GraphError {
+            kind: GraphErrorKind::Answered,
             retry,
             http_status: Some(status),
             code,
@@ -866,6 +1083,7 @@ impl GraphError {
             source = cause.source();
         }
         GraphError {
+            kind: GraphErrorKind::Transport,
             retry: true,
             http_status: None,
             code: None,
@@ -880,6 +1098,7 @@ impl GraphError {
     /// A 2xx answer that is not what was asked for: not retried.
     fn unexpected(status: u16, message: &str) -> Self {
         GraphError {
+            kind: GraphErrorKind::Answered,
             retry: false,
             http_status: Some(status),
             code: None,
@@ -891,9 +1110,31 @@ impl GraphError {
         }
     }
 
+    /// No token serves `number`: nothing asked, not retried (a
+    /// configuration change is needed).
+    fn no_token(number: &str) -> Self {
+        let message = if number.is_empty() {
+            "no business number was named and WHATSAPP_ACCESS_TOKEN is not set".to_owned()
+        } else {
+            format!(
+                "no access token serves business number {number}: set WHATSAPP_ACCESS_TOKEN, or a token for it in WHATSAPP_NUMBER_TOKENS"
+            )
+        };
+        GraphError {
+            kind: GraphErrorKind::NoToken,
+            ..GraphError::local("No access token", message)
+        }
+    }
+
+    /// Whether nothing was asked because no token serves the number.
+    pub fn is_no_token(&self) -> bool {
+        self.kind == GraphErrorKind::NoToken
+    }
+
     /// Refused before asking Meta.
     fn local(title: &str, message: impl Into<String>) -> Self {
         GraphError {
+            kind: GraphErrorKind::Local,
             retry: false,
             http_status: None,
             code: None,
@@ -939,12 +1180,19 @@ fn strip_code_prefix(message: &str) -> &str {
 /// Says at startup whether messages go to WhatsApp.
 pub fn announce(graph: Option<&Graph>) {
     match graph {
-        Some(graph) => tracing::info!(
-            phone_number_id = graph.phone_number_id(),
-            "messages are sent through the WhatsApp Cloud API"
-        ),
+        Some(graph) => {
+            let mut own_tokens: Vec<&str> =
+                graph.inner.number_auth.keys().map(String::as_str).collect();
+            own_tokens.sort_unstable();
+            tracing::info!(
+                default_number = graph.default_number().unwrap_or("<none>"),
+                numbers_with_own_token = %own_tokens.join(","),
+                global_token = graph.inner.global_auth.is_some(),
+                "messages are sent through the WhatsApp Cloud API"
+            );
+        }
         None => tracing::info!(
-            "WHATSAPP_ACCESS_TOKEN is not set: messages are stored locally only, nothing is sent to WhatsApp"
+            "neither WHATSAPP_ACCESS_TOKEN nor WHATSAPP_NUMBER_TOKENS is set: messages are stored locally only, nothing is sent to WhatsApp"
         ),
     }
 }
@@ -1073,6 +1321,7 @@ mod tests {
     fn config(url: &str, token: Option<&str>, phone: Option<&str>) -> GraphConfig {
         GraphConfig {
             whatsapp_access_token: token.map(str::to_owned),
+            whatsapp_number_tokens: None,
             whatsapp_phone_number_id: phone.map(str::to_owned),
             graph_api_url: url.to_owned(),
             graph_api_version: "v23.0".to_owned(),
@@ -1156,6 +1405,10 @@ mod tests {
 
     const TOKEN: &str = "EAAG-test-token";
     const PHONE: &str = "106540352242922";
+    /// A second number with its own token, and a third served by the global one.
+    const OWN: &str = "106540352242923";
+    const OWN_TOKEN: &str = "EAAG-own-number-token";
+    const THIRD: &str = "106540352242924";
     const JPEG: &[u8] = b"\xff\xd8\xff\xe0 not really a jpeg";
 
     fn json_response(status: u16, body: Value) -> Response {
@@ -1187,14 +1440,22 @@ mod tests {
             content_type: header("content-type"),
             body: body.clone(),
         });
-        if auth.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+        let known = [TOKEN, OWN_TOKEN].map(|token| format!("Bearer {token}"));
+        if !auth.as_ref().is_some_and(|auth| known.contains(auth)) {
             return json_response(
                 401,
                 json!({"error":{"message":"Invalid OAuth access token.","code":190}}),
             );
         }
-        let messages = format!("/v23.0/{PHONE}/messages");
-        let media = format!("/v23.0/{PHONE}/media");
+        // Any number: which one (and which token) the tests check in `seen`.
+        let number_path = |path: &str, leaf: &str| {
+            path.strip_prefix("/v23.0/")
+                .and_then(|rest| rest.strip_suffix(leaf))
+                .and_then(|number| number.strip_suffix('/'))
+                .is_some_and(|number| {
+                    !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
+                })
+        };
         let info = |id: &str, size: usize| {
             json_response(
                 200,
@@ -1203,7 +1464,7 @@ mod tests {
             )
         };
         match (method, uri.path()) {
-            (Method::POST, path) if path == messages => {
+            (Method::POST, path) if number_path(path, "messages") => {
                 let body: Value = serde_json::from_slice(&body).unwrap();
                 match (body["status"].as_str(), body["to"].as_str()) {
                     (Some("read"), _) => json_response(200, json!({"success": true})),
@@ -1229,7 +1490,7 @@ mod tests {
                     ),
                 }
             }
-            (Method::POST, path) if path == media => {
+            (Method::POST, path) if number_path(path, "media") => {
                 let text = String::from_utf8_lossy(&body);
                 let ok = text.contains("name=\"messaging_product\"\r\n\r\nwhatsapp\r\n")
                     && text.contains("name=\"type\"\r\n\r\nimage/jpeg\r\n")
@@ -1266,6 +1527,15 @@ mod tests {
     }
 
     async fn start() -> (Graph, Fake) {
+        let state = start_fake().await;
+        let graph = config(&format!("{}/", state.base), Some(TOKEN), Some(PHONE))
+            .client()
+            .unwrap()
+            .unwrap();
+        (graph, state)
+    }
+
+    async fn start_fake() -> Fake {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = Fake {
@@ -1274,11 +1544,7 @@ mod tests {
         };
         let app = Router::new().fallback(fake).with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let graph = config(&format!("{base}/"), Some(TOKEN), Some(PHONE))
-            .client()
-            .unwrap()
-            .unwrap();
-        (graph, state)
+        state
     }
 
     fn take(fake: &Fake) -> Vec<Seen> {
@@ -1579,6 +1845,230 @@ mod tests {
             .await
             .unwrap_err();
         assert!(!e.retry);
+        tokio::fs::remove_file(&path).await.ok();
+    }
+
+    fn with_number_tokens(mut config: GraphConfig, tokens: &str) -> GraphConfig {
+        config.whatsapp_number_tokens = Some(tokens.to_owned());
+        config
+    }
+
+    #[test]
+    fn number_tokens_are_parsed_and_validated_without_showing_tokens() {
+        assert!(parse_number_tokens(None).unwrap().is_empty());
+        assert!(parse_number_tokens(Some(" , ")).unwrap().is_empty());
+        assert_eq!(
+            parse_number_tokens(Some(" 111=EAAG-one , 222 = EAAG=two,")).unwrap(),
+            [
+                ("111".to_owned(), "EAAG-one".to_owned()),
+                ("222".to_owned(), "EAAG=two".to_owned()),
+            ]
+        );
+        for (value, says) in [
+            (
+                "111=SECRET-A,SECRET-B",
+                "entry 2 is not <phone_number_id>=<token>",
+            ),
+            (
+                "SECRET-A=111",
+                "entry 1 does not start with a phone number id",
+            ),
+            (
+                "1a1=SECRET-A",
+                "entry 1 does not start with a phone number id",
+            ),
+            ("=SECRET-A", "entry 1 does not start with a phone number id"),
+            ("111=SECRET-A,222= ", "the token of 222 (entry 2) is empty"),
+            ("111=SECRET-A,111=SECRET-B", "111 is given twice"),
+        ] {
+            let e = parse_number_tokens(Some(value)).unwrap_err().to_string();
+            assert!(e.contains(says), "{value}: {e}");
+            assert!(!e.contains("SECRET"), "{value}: {e}");
+        }
+        let e = with_number_tokens(config("https://g", None, None), "111=SECRET\u{7f}")
+            .client()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("111") && !e.contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn number_tokens_alone_make_a_client_without_a_default_number() {
+        let url = "https://graph.facebook.com";
+        let graph = with_number_tokens(config(url, None, None), "111=SECRET-ONE")
+            .client()
+            .unwrap()
+            .unwrap();
+        assert_eq!(graph.default_number(), None);
+        assert_eq!(graph.phone_number_id(), "");
+        assert!(graph.has_token_for("111"));
+        assert!(!graph.has_token_for("222"));
+        // With the global token, the default number is still required.
+        let e = with_number_tokens(config(url, Some("SECRET-G"), None), "111=SECRET-ONE")
+            .client()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WHATSAPP_PHONE_NUMBER_ID"), "{e}");
+        let graph =
+            with_number_tokens(config(url, Some("SECRET-G"), Some("999")), "111=SECRET-ONE")
+                .client()
+                .unwrap()
+                .unwrap();
+        assert_eq!(graph.default_number(), Some("999"));
+        assert!(graph.has_token_for("111") && graph.has_token_for("222"));
+        // An empty list is no token at all.
+        assert!(
+            with_number_tokens(config(url, None, None), " ")
+                .client()
+                .unwrap()
+                .is_none()
+        );
+        let grace = Duration::from_secs(1);
+        assert!(with_number_tokens(config(url, None, None), "111=t").shutdown_grace(grace) > grace);
+        assert_eq!(config(url, None, None).shutdown_grace(grace), grace);
+    }
+
+    #[test]
+    fn debug_output_shows_no_token() {
+        let config = with_number_tokens(
+            config("https://g", Some("SECRET-GLOBAL"), Some("999")),
+            "111=SECRET-ONE",
+        );
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("999"), "{shown}");
+        let graph = config.client().unwrap().unwrap();
+        let shown = format!("{graph:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("111") && shown.contains("999"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn each_number_is_sent_through_with_its_own_token_or_the_global_one() {
+        let fake = start_fake().await;
+        let graph = with_number_tokens(
+            config(&fake.base, Some(TOKEN), Some(PHONE)),
+            &format!("{OWN}={OWN_TOKEN}"),
+        )
+        .client()
+        .unwrap()
+        .unwrap();
+        let body = json!({"messaging_product":"whatsapp","to":"15551234567","type":"text","text":{"body":"x"}});
+        let bearer = |token: &str| Some(format!("Bearer {token}"));
+        for (number, token) in [(PHONE, TOKEN), (OWN, OWN_TOKEN), (THIRD, TOKEN)] {
+            assert_eq!(graph.send_from(number, &body).await.unwrap(), "wamid.SENT1");
+            graph.mark_read_from(number, "wamid.IN").await.unwrap();
+            let seen = take(&fake);
+            assert_eq!(seen.len(), 2);
+            for s in &seen {
+                assert_eq!(s.path, format!("/v23.0/{number}/messages"));
+                assert_eq!(s.auth, bearer(token), "{number}");
+            }
+        }
+        // The default number's wrappers.
+        graph.send(&body).await.unwrap();
+        let seen = take(&fake);
+        assert_eq!(seen[0].path, format!("/v23.0/{PHONE}/messages"));
+        assert_eq!(seen[0].auth, bearer(TOKEN));
+        // A number id that could change the path is refused before asking.
+        let e = graph.send_from("../m1", &body).await.unwrap_err();
+        assert_eq!(e.kind, GraphErrorKind::Local);
+        assert!(take(&fake).is_empty());
+
+        // Media of a number's message: its token, for both steps.
+        let fence = test_fence();
+        let info = graph.media_info_as(Some(OWN), "m1").await.unwrap();
+        let mut body = graph.open_media(&fence, &info, 1000).await.unwrap();
+        while body.chunk().await.unwrap().is_some() {}
+        assert!(!format!("{info:?}").contains(OWN_TOKEN));
+        let seen = take(&fake);
+        assert_eq!(seen.len(), 2);
+        assert!(seen.iter().all(|s| s.auth == bearer(OWN_TOKEN)), "{seen:?}");
+        graph.media_info_as(None, "m1").await.unwrap();
+        assert_eq!(take(&fake)[0].auth, bearer(TOKEN));
+    }
+
+    #[tokio::test]
+    async fn a_number_without_a_token_is_a_typed_error_and_nothing_is_asked() {
+        let fake = start_fake().await;
+        let graph = with_number_tokens(
+            config(&fake.base, None, None),
+            &format!("{OWN}={OWN_TOKEN}"),
+        )
+        .client()
+        .unwrap()
+        .unwrap();
+        let body =
+            json!({"messaging_product":"whatsapp","to":"1","type":"text","text":{"body":"x"}});
+        let e = graph.send_from(PHONE, &body).await.unwrap_err();
+        assert_eq!(e.kind, GraphErrorKind::NoToken);
+        assert!(e.is_no_token() && !e.retry);
+        let shown = format!("{e} {e:?} {}", e.to_errors());
+        assert!(
+            shown.contains(PHONE) && shown.contains("WHATSAPP_NUMBER_TOKENS"),
+            "{shown}"
+        );
+        assert!(!shown.contains(OWN_TOKEN), "{shown}");
+        assert!(
+            graph
+                .mark_read_from(PHONE, "wamid.IN")
+                .await
+                .unwrap_err()
+                .is_no_token()
+        );
+        assert!(
+            graph
+                .media_info_as(Some(PHONE), "m1")
+                .await
+                .unwrap_err()
+                .is_no_token()
+        );
+        // No default number and no global token: the media of an unknown number.
+        assert!(
+            graph
+                .media_info_as(None, "m1")
+                .await
+                .unwrap_err()
+                .is_no_token()
+        );
+        // The default-number wrappers say there is none.
+        let e = graph.send(&body).await.unwrap_err();
+        assert_eq!(e.kind, GraphErrorKind::Local);
+        assert!(e.to_string().contains("WHATSAPP_PHONE_NUMBER_ID"), "{e}");
+        assert!(take(&fake).is_empty(), "nothing was asked");
+        // Its own number works.
+        graph.send_from(OWN, &body).await.unwrap();
+        assert_eq!(
+            take(&fake)[0].auth.as_deref(),
+            Some(format!("Bearer {OWN_TOKEN}").as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn upload_from_goes_to_the_number_with_its_token() {
+        let fake = start_fake().await;
+        let graph = with_number_tokens(
+            config(&fake.base, Some(TOKEN), Some(PHONE)),
+            &format!("{OWN}={OWN_TOKEN}"),
+        )
+        .client()
+        .unwrap()
+        .unwrap();
+        let path =
+            std::env::temp_dir().join(format!("graph-upload-from-{}.jpg", std::process::id()));
+        tokio::fs::write(&path, JPEG).await.unwrap();
+        let file = tokio::fs::File::open(&path).await.unwrap();
+        let id = graph
+            .upload_from(OWN, file, JPEG.len() as u64, "image/jpeg", "photo.jpg")
+            .await
+            .unwrap();
+        assert_eq!(id, "uploaded-1");
+        let seen = take(&fake);
+        assert_eq!(seen[0].path, format!("/v23.0/{OWN}/media"));
+        assert_eq!(
+            seen[0].auth.as_deref(),
+            Some(format!("Bearer {OWN_TOKEN}").as_str())
+        );
         tokio::fs::remove_file(&path).await.ok();
     }
 }
