@@ -42,7 +42,8 @@ pub fn may_send(
         if free_form {
             return Err(Refusal::FirstNotTemplate(conversation_id.to_owned()));
         }
-        let wa_id = conversation_id.trim_start_matches("conv_");
+        let wa_id =
+            crate::numbers::parse_conversation_id(conversation_id).map_or("", |(wa_id, _)| wa_id);
         if !(7..=15).contains(&wa_id.len()) {
             return Err(Refusal::NotAWhatsAppId);
         }
@@ -107,7 +108,21 @@ mod tests {
             Ok(())
         );
         assert_eq!(
+            may_send(
+                &template,
+                "conv_447700900123_106540352242923",
+                None,
+                true,
+                now()
+            ),
+            Ok(())
+        );
+        assert_eq!(
             may_send(&template, "conv_123456", None, true, now()),
+            Err(Refusal::NotAWhatsAppId)
+        );
+        assert_eq!(
+            may_send(&template, "conv_123456_106540352242923", None, true, now()),
             Err(Refusal::NotAWhatsAppId)
         );
         assert_eq!(
