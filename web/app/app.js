@@ -452,7 +452,8 @@ function App() {
       track(m);
       const s = now.current;
       const looking = s.selected === m.conversationId && document.visibilityState === "visible";
-      if (m.phoneNumberId && s.numbers.length > 0 && !s.numbers.some((n) => n.phoneNumberId === m.phoneNumberId)) {
+      // A number not known yet (the second one ever, say): the switcher may have to show.
+      if (m.phoneNumberId && !s.numbers.some((n) => n.phoneNumberId === m.phoneNumberId)) {
         refreshNumbersSoon();
       }
       enqueue({ type: "newMessage", message: m, countUnread: m.direction === "inbound" && !looking });
