@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::multipart::{MultipartError, MultipartRejection};
-use axum::extract::{Multipart, Path as UrlPath, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Multipart, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
@@ -25,11 +27,13 @@ use futures::future::{BoxFuture, Shared};
 use serde::Serialize;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tokio::sync::Semaphore;
+use wa_core::numbers::Scope;
 use wa_graph::{Graph, GraphError, META_MEDIA_HOSTS, MediaError, MediaFence};
 use wa_service::http::ApiError;
 
 use crate::ApiState;
 use crate::media_cache::{CachedMedia, EntryWriter, MediaCache, TempFile};
+use crate::routes::{NumberQuery, scope_of};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MediaSettings {
@@ -146,6 +150,7 @@ impl MediaConfig {
     async fn media(
         &self,
         graph: Option<&Graph>,
+        number: Option<&str>,
         media_id: &str,
     ) -> Result<CachedMedia, MediaFailure> {
         if let Some(flight) = self.flights.get(media_id) {
@@ -164,11 +169,17 @@ impl MediaConfig {
         })?;
         let (cache, max_bytes, spool_dir) = (self.cache.clone(), self.max_bytes, self.spool_dir());
         let (id, downloads) = (media_id.to_owned(), self.downloads.clone());
+        let number = number.map(str::to_owned);
         let flight = self.flights.join_or_start(media_id, async move {
             // Never closed, so only a wait.
             let _turn = downloads.acquire_owned().await;
+            let place = Place {
+                cache: cache.as_ref(),
+                max_bytes,
+                spool_dir: &spool_dir,
+            };
             let downloaded =
-                download_to_disk(&graph, &fence, cache.as_ref(), max_bytes, &spool_dir, &id).await;
+                download_to_disk(&graph, &fence, &place, number.as_deref(), &id).await;
             if let Err(e) = &downloaded {
                 tracing::warn!(media_id = id, error = %e.detail(), "media not fetched from WhatsApp");
             }
@@ -304,23 +315,36 @@ impl MediaFailure {
     }
 }
 
-/// Streams the media from WhatsApp into a file in `spool_dir` (the cache's
-/// directory), counting against `max_bytes`; keeps it in the cache.
+/// Where a download goes: the cache, its limit, the spool directory.
+struct Place<'a> {
+    cache: Option<&'a MediaCache>,
+    max_bytes: u64,
+    spool_dir: &'a Path,
+}
+
+/// Streams the media from WhatsApp (with the token of `number`, the
+/// business number whose message it is; `None`: the default number's) into
+/// a file in `spool_dir` (the cache's directory), counting against
+/// `max_bytes`; keeps it in the cache.
 async fn download_to_disk(
     graph: &Graph,
     fence: &MediaFence,
-    cache: Option<&MediaCache>,
-    max_bytes: u64,
-    spool_dir: &Path,
+    place: &Place<'_>,
+    number: Option<&str>,
     media_id: &str,
 ) -> Result<CachedMedia, MediaFailure> {
+    let Place {
+        cache,
+        max_bytes,
+        spool_dir,
+    } = *place;
     // A download that finished between the caller's look and this one.
     if let Some(cache) = cache
         && let Some(media) = cache.open_entry(media_id).await
     {
         return Ok(media);
     }
-    let info = graph.media_info(media_id).await?;
+    let info = graph.media_info_as(number, media_id).await?;
     if info.file_size.is_some_and(|size| size > max_bytes) {
         return Err(MediaFailure::TooLarge { max_bytes });
     }
@@ -370,6 +394,7 @@ fn whatsapp(state: &ApiState) -> Result<&Graph, ApiError> {
 /// a single `Range` (`bytes=a-b`, `bytes=a-`, `bytes=-n`) gets `206`.
 #[utoipa::path(get, path = "/api/media/{mediaId}", tag = "media",
     params(("mediaId" = String, Path, description = "a media id from a message's content"),
+           ("phoneNumberId" = Option<String>, Query, description = "the business number whose message it is (its `phoneNumberId`): its access token fetches the media"),
            ("Range" = Option<String>, Header, description = "one byte range, e.g. `bytes=0-1023`")),
     responses((status = 200, description = "the media, with its Content-Type"),
               (status = 206, description = "the range asked for, with Content-Range"),
@@ -380,7 +405,9 @@ fn whatsapp(state: &ApiState) -> Result<&Graph, ApiError> {
               (status = 503, body = crate::openapi::ErrorBody)))]
 pub async fn download(
     State(state): State<ApiState>,
+    scope: Option<Extension<Scope>>,
     UrlPath(media_id): UrlPath<String>,
+    query: Result<Query<NumberQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if media_id.is_empty()
@@ -389,12 +416,56 @@ pub async fn download(
     {
         return Err(ApiError::bad_request("mediaId must be a WhatsApp media id"));
     }
+    let requested = NumberQuery::parse(query)?;
+    let number = media_number(&state, &scope_of(scope), requested, &media_id).await?;
     let media = state
         .media
-        .media(state.graph.as_ref(), &media_id)
+        .media(state.graph.as_ref(), number.as_deref(), &media_id)
         .await
         .map_err(|e| e.to_api_error())?;
     Ok(media_response(media, headers.get(header::RANGE)))
+}
+
+/// The business number whose token fetches a media (`None`: the default
+/// number's), within the caller's scope.
+///
+/// Nothing stored tells which message (so which number) a media id is
+/// of. A token scoped to numbers gets the media only if one of its
+/// numbers' tokens reaches it at WhatsApp, asked before anything is
+/// served (from the cache too): a real fence where numbers have tokens of
+/// their own, none where they share `WHATSAPP_ACCESS_TOKEN`.
+async fn media_number(
+    state: &ApiState,
+    scope: &Scope,
+    requested: Option<String>,
+    media_id: &str,
+) -> Result<Option<String>, ApiError> {
+    let own = match scope {
+        Scope::All => return Ok(requested),
+        Scope::Numbers(own) => own,
+    };
+    let graph = whatsapp(state)?;
+    let candidates: Vec<&String> = match &requested {
+        Some(number) if own.contains(number) => vec![number],
+        Some(_) => Vec::new(),
+        None => own.iter().collect(),
+    };
+    for number in candidates {
+        if !graph.has_token_for(number) {
+            continue;
+        }
+        match graph.media_info_as(Some(number), media_id).await {
+            Ok(_) => return Ok(Some(number.clone())),
+            // Try again later: WhatsApp did not answer.
+            Err(e) if e.retry => return Err(graph_failure(&e)),
+            // Not this number's (unknown, or not for its token).
+            Err(_) => {}
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no media {media_id}"),
+    ))
 }
 
 /// Which bytes a `Range` header asks for.
@@ -568,14 +639,21 @@ pub struct Uploaded {
 /// type and file name are WhatsApp's); answers the id to send it by. The
 /// file is spooled to disk, then streamed to WhatsApp.
 #[utoipa::path(post, path = "/api/media", tag = "media",
+    params(("phoneNumberId" = Option<String>, Query, description = "the business number the media is sent from (default: the default number)")),
     request_body(content_type = "multipart/form-data", description = "a `file` part"),
     responses((status = 201, body = Uploaded), (status = 400, body = crate::openapi::ErrorBody),
-              (status = 413, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
+              (status = 404, body = crate::openapi::ErrorBody, description = "a phone number outside the token's scope"),
+              (status = 413, body = crate::openapi::ErrorBody),
+              (status = 422, body = crate::openapi::ErrorBody, description = "no access token serves the number"),
+              (status = 503, body = crate::openapi::ErrorBody)))]
 pub async fn upload(
     State(state): State<ApiState>,
+    scope: Option<Extension<Scope>>,
+    query: Result<Query<NumberQuery>, QueryRejection>,
     form: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, axum::Json<Uploaded>), ApiError> {
     let graph = whatsapp(&state)?.clone();
+    let number = upload_number(&graph, &scope_of(scope), NumberQuery::parse(query)?)?;
     // The extractor's own words ("Invalid `boundary` ...") say nothing to
     // a client that did not send a form at all.
     let mut form = form.map_err(|_| ApiError::bad_request(NOT_A_FORM))?;
@@ -632,7 +710,7 @@ pub async fn upload(
         let mut file = writer.into_inner();
         file.rewind().await.map_err(spool_failure)?;
         let id = graph
-            .upload(file, length, &mime_type, &file_name)
+            .upload_from(&number, file, length, &mime_type, &file_name)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "media not uploaded to WhatsApp");
@@ -641,6 +719,36 @@ pub async fn upload(
         return Ok((StatusCode::CREATED, axum::Json(Uploaded { id })));
     }
     Err(ApiError::bad_request(NOT_A_FORM))
+}
+
+/// The number an upload goes through: the one asked for, else the
+/// default number (for a token scoped to other numbers, the first of its
+/// own); one the caller may use and a token serves.
+fn upload_number(
+    graph: &Graph,
+    scope: &Scope,
+    requested: Option<String>,
+) -> Result<String, ApiError> {
+    let number = match (requested, scope) {
+        (Some(number), _) if scope.allows_number(Some(&number)) => number,
+        (Some(_), _) => return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown phone number")),
+        (None, Scope::Numbers(own)) if !scope.allows_number(graph.default_number()) => own
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown phone number"))?,
+        (None, _) => graph.default_number().map(str::to_owned).ok_or_else(|| {
+            ApiError::bad_request(
+                "phoneNumberId is required: no default number is set (WHATSAPP_PHONE_NUMBER_ID)",
+            )
+        })?,
+    };
+    if !graph.has_token_for(&number) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("no WhatsApp access token serves business number {number}"),
+        ));
+    }
+    Ok(number)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "WhatsApp Web clone API",
-        description = "Conversations, messages, sending through WhatsApp, media, stats and the event log. Live events: Socket.IO `newMessage` and `statusUpdate` (with `seq`; resume with `auth: {lastSeq}`) on the same port."
+        description = "Conversations, messages, sending through WhatsApp, media, stats, business numbers and the event log. A token scoped to business numbers sees only theirs: anything of another number answers as if it did not exist. Live events: Socket.IO `newMessage` and `statusUpdate` (with `seq`; resume with `auth: {lastSeq}`) on the same port."
     ),
     components(schemas(ErrorBody, wa_core::domain::StatusUpdate))
 )]
@@ -77,6 +77,7 @@ mod tests {
                 "get /api/conversations/{conversationId}/messages",
                 "get /api/events",
                 "get /api/media/{mediaId}",
+                "get /api/numbers",
                 "get /api/search",
                 "get /api/stats",
                 "post /api/conversations/{conversationId}/read",
@@ -91,6 +92,7 @@ mod tests {
             "Stats",
             "ErrorBody",
             "StatusUpdate",
+            "BusinessNumber",
         ] {
             assert!(schemas.get(schema).is_some(), "{schema} is documented");
         }

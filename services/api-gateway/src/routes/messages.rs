@@ -5,17 +5,18 @@
 //! reads the request, keeps a repeated key to its first message, stores
 //! and answers.
 
-use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use serde_json::{Map, Value};
-use wa_core::domain::{Event, Message, PENDING, is_conversation_id};
+use wa_core::domain::{Conversation, Event, Message, PENDING};
+use wa_core::numbers::{self, Scope, parse_conversation_id};
 use wa_core::outbound::{self, Addressed, Draft, Outgoing, Refusal};
 use wa_service::http::ApiError;
 use wa_store::KeyClaim;
 
-use super::store_failure;
+use super::{no_conversation, parse_number, scope_of, store_failure};
 use crate::ApiState;
 
 /// Request body: `{conversationId, message}` (or the frontend's
@@ -24,8 +25,14 @@ use crate::ApiState;
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // documents the accepted body; parsing is by hand for precise errors
 pub struct SendMessage {
-    /// `conv_<customer's WhatsApp id>`
-    conversation_id: String,
+    /// `conv_<customer's WhatsApp id>` (or `conv_<wa_id>_<phone_number_id>`);
+    /// absent for a first message to a new customer: `to` and
+    /// `phoneNumberId` name its conversation.
+    conversation_id: Option<String>,
+    /// The business number to send through: a new customer's conversation
+    /// is with it (default: the default number); with `conversationId`,
+    /// must be the conversation's.
+    phone_number_id: Option<String>,
     /// The text, 1 to 4096 characters (`body` is accepted instead).
     message: Option<String>,
     body: Option<String>,
@@ -47,7 +54,8 @@ pub struct SendMessage {
     client_message_id: Option<String>,
     /// The business number; defaults to the conversation's.
     from: Option<String>,
-    /// Must be the conversation's customer if given.
+    /// The customer's WhatsApp id; must be the conversation's customer if
+    /// `conversationId` is given, else required.
     to: Option<String>,
     /// Ignored: the business's messages are always shown as "Business".
     user_name: Option<String>,
@@ -64,11 +72,12 @@ const MAX_KEY_CHARS: usize = 255;
     responses((status = 201, body = Message, description = "stored, and queued for WhatsApp"),
               (status = 200, body = Message, description = "sent before with this Idempotency-Key"),
               (status = 400, body = crate::openapi::ErrorBody),
-              (status = 404, body = crate::openapi::ErrorBody, description = "no such conversation (a first message must be a template)"),
-              (status = 422, body = crate::openapi::ErrorBody, description = "outside the 24-hour window, or the key was used for another message"),
+              (status = 404, body = crate::openapi::ErrorBody, description = "no such conversation (a first message must be a template), or a conversation or phone number outside the token's scope"),
+              (status = 422, body = crate::openapi::ErrorBody, description = "outside the 24-hour window, the key was used for another message, or no access token serves the conversation's business number"),
               (status = 503, body = crate::openapi::ErrorBody, description = "not stored")))]
 pub async fn send(
     State(state): State<ApiState>,
+    scope: Option<Extension<Scope>>,
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
@@ -83,10 +92,29 @@ pub async fn send(
         return Err(ApiError::bad_request("body must be a JSON object"));
     };
     let request = validate(&fields, &headers)?;
-    let wa_id = request
-        .conversation_id
-        .trim_start_matches("conv_")
-        .to_owned();
+    let route = route(&state, &scope_of(scope), &request).await?;
+    let Route {
+        conversation_id,
+        wa_id,
+        number,
+        conversation,
+    } = &route;
+    let conversation = conversation.as_ref();
+    // Through the conversation's own number: refused before anything is
+    // stored (the key stays unused) if no token serves it.
+    let phone_number_id = match (&state.graph, number.as_deref()) {
+        (None, _) => None,
+        (Some(graph), Some(number)) if graph.has_token_for(number) => Some(number),
+        (Some(_), number) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "no WhatsApp access token serves business number {}: set WHATSAPP_ACCESS_TOKEN or give the number its own (WHATSAPP_NUMBER_TOKENS)",
+                    number.unwrap_or("(none: WHATSAPP_PHONE_NUMBER_ID is not set)")
+                ),
+            ));
+        }
+    };
     let local_id = match request.key.as_deref() {
         Some(key) => outbound::keyed_local_id(key),
         None => outbound::fresh_local_id(&uuid::Uuid::now_v7().simple().to_string()),
@@ -101,7 +129,7 @@ pub async fn send(
         None => None,
     };
     if let Some(first) = &first {
-        check_same(first, &request)?;
+        check_same(first, &request, conversation_id)?;
         if first.message_id != local_id || first.status != PENDING {
             // WhatsApp has it (or it is stored locally only): done.
             return Ok((StatusCode::OK, Json(first.clone())));
@@ -109,26 +137,27 @@ pub async fn send(
         // Pending: the first request may have stopped half-way; sending
         // it again below finishes it (and changes nothing otherwise).
     }
-    let conversation = state
-        .store
-        .conversation(&request.conversation_id)
-        .await
-        .map_err(store_failure)?;
     if first.is_none() {
+        // The rule reads the customer's WhatsApp id off `conv_<wa_id>`.
         outbound::may_send(
             &request.draft,
-            &request.conversation_id,
-            conversation.as_ref(),
+            &format!("conv_{wa_id}"),
+            conversation,
             state.graph.is_some(),
             chrono::Utc::now(),
         )
-        .map_err(refused)?;
+        .map_err(|refusal| match refusal {
+            Refusal::FirstNotTemplate(_) => {
+                refused(Refusal::FirstNotTemplate(conversation_id.clone()))
+            }
+            other => refused(other),
+        })?;
     }
     // The key is claimed in one atomic write before anything is stored (and
     // after the checks, so a refused request leaves it unused): concurrent
     // requests with it store one message, with the body of the one that
     // claimed it, on a store without transactions too.
-    let fingerprint = request.draft.fingerprint(&request.conversation_id);
+    let fingerprint = request.draft.fingerprint(conversation_id);
     let mut claim = None;
     if first.is_none() && request.key.is_some() {
         let claimed = state
@@ -141,7 +170,7 @@ pub async fn send(
             KeyClaim::Other => return Err(key_reused()),
             KeyClaim::Same => {
                 if let Some(stored) = stored_by_first(&state, &local_id).await? {
-                    check_same(&stored, &request)?;
+                    check_same(&stored, &request, conversation_id)?;
                     let waiting = stored.message_id == local_id && stored.status == PENDING;
                     // Whole unless known otherwise: a check that fails (a
                     // busy store) leaves it to the first request.
@@ -166,16 +195,24 @@ pub async fn send(
             *id = message.message_id;
         }
     }
-    let from = outbound::business_number(request.from.as_deref(), conversation.as_ref(), &wa_id);
+    let business_number = match conversation {
+        Some(conversation) => conversation.business_number.clone(),
+        None => display_number(&state, number.as_deref()).await,
+    };
+    let from = outbound::business_number(
+        request.from.as_deref().or(business_number.as_deref()),
+        conversation,
+        wa_id,
+    );
     let to = Addressed {
         local_id: &local_id,
         key: request.key.as_deref(),
-        wa_id: &wa_id,
-        conversation_id: &request.conversation_id,
-        number: None, // TODO(numbers)
-        business_number: None,
+        wa_id,
+        conversation_id,
+        number: number.as_deref(),
+        business_number: business_number.as_deref(),
         from: &from,
-        phone_number_id: state.graph.as_ref().map(|g| g.phone_number_id()),
+        phone_number_id,
     };
     let Outgoing { message, send } = outbound::outgoing(&draft, &to, chrono::Utc::now());
     let events = match state.processor.send(send.as_ref(), &message).await {
@@ -198,6 +235,16 @@ pub async fn send(
     };
     // Into the event log, so every replica's sockets hear about it.
     state.relay.relay(&events).await;
+    if conversation.is_none()
+        && let Err(e) = state
+            .processor
+            .numbers()
+            .note(std::slice::from_ref(&message), &[])
+            .await
+    {
+        // Listed by `GET /api/numbers` once a webhook comes for it.
+        tracing::warn!(error = %e, "the business number of a new conversation was not recorded");
+    }
     let stored = state
         .store
         .message(&local_id)
@@ -209,15 +256,150 @@ pub async fn send(
         && events.iter().any(|e| matches!(e, Event::NewMessage(_)));
     if !created {
         // Stored before (a retry, or a concurrent request with the key).
-        check_same(&stored, &request)?;
+        check_same(&stored, &request, conversation_id)?;
         return Ok((StatusCode::OK, Json(stored)));
     }
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
+/// Where a message goes: its conversation, customer and business number.
+struct Route {
+    conversation_id: String,
+    wa_id: String,
+    /// `None` only without WhatsApp and before any webhook named a number.
+    number: Option<String>,
+    /// What is stored of the conversation, if anything.
+    conversation: Option<Conversation>,
+}
+
+/// The conversation and number of a request, within the caller's scope:
+/// a conversation or number outside it is answered as one that does not
+/// exist.
+async fn route(state: &ApiState, scope: &Scope, request: &Validated) -> Result<Route, ApiError> {
+    let numbers = state.processor.numbers();
+    let default = state
+        .graph
+        .as_ref()
+        .and_then(|g| g.default_number())
+        .map(str::to_owned);
+    let (conversation_id, wa_id, number) = match &request.conversation_id {
+        Some(id) => {
+            let Some((wa_id, in_id)) = parse_conversation_id(id) else {
+                return Err(ApiError::bad_request(
+                    "conversationId must look like conv_<digits>",
+                ));
+            };
+            // `conv_<wa_id>` is the home number's; before any is recorded,
+            // the default number becomes home (what the deployment sends
+            // from), so the id keeps meaning the same number.
+            let number = match in_id {
+                Some(number) => Some(number.to_owned()),
+                None => numbers
+                    .home_or(default.as_deref())
+                    .await
+                    .map_err(store_failure)?,
+            };
+            (id.clone(), wa_id.to_owned(), number)
+        }
+        None => {
+            let Some(wa_id) = request.to.clone() else {
+                return Err(ApiError::bad_request(
+                    "conversationId is required (or to, with phoneNumberId, for a new customer)",
+                ));
+            };
+            let number = match &request.phone_number_id {
+                Some(number) => Some(number.clone()),
+                None => default_number_of(state, scope, default.as_deref()).await?,
+            };
+            let home = numbers
+                .home_or(number.as_deref())
+                .await
+                .map_err(store_failure)?;
+            let id = numbers::conversation_id(&wa_id, number.as_deref(), home.as_deref());
+            (id, wa_id, number)
+        }
+    };
+    if !scope.allows_number(number.as_deref()) {
+        return Err(match request.conversation_id {
+            Some(_) => no_conversation(&conversation_id),
+            None => unknown_number(),
+        });
+    }
+    if let Some(requested) = &request.phone_number_id
+        && number.as_deref() != Some(requested.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "phoneNumberId is not the conversation's business number",
+        ));
+    }
+    let conversation = state
+        .store
+        .conversation(&conversation_id)
+        .await
+        .map_err(store_failure)?;
+    // The number it was stored with, if it says (the same, by its id).
+    let number = conversation
+        .as_ref()
+        .and_then(|c| c.phone_number_id.clone())
+        .or(number);
+    Ok(Route {
+        conversation_id,
+        wa_id,
+        number,
+        conversation,
+    })
+}
+
+/// The number a new customer's first message goes from when none is
+/// named: the default number, else the home number; for a token scoped to
+/// other numbers, the first of its own.
+async fn default_number_of(
+    state: &ApiState,
+    scope: &Scope,
+    default: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let number = match default {
+        Some(default) => Some(default.to_owned()),
+        None => state
+            .processor
+            .numbers()
+            .home()
+            .await
+            .map_err(store_failure)?,
+    };
+    Ok(match scope {
+        Scope::Numbers(own) if !scope.allows_number(number.as_deref()) => own.first().cloned(),
+        _ => number,
+    })
+}
+
+/// A number's display number, as webhooks gave it (`None`: unknown).
+async fn display_number(state: &ApiState, number: Option<&str>) -> Option<String> {
+    let number = number?;
+    match state.store.numbers().await {
+        Ok(known) => known
+            .into_iter()
+            .find(|n| n.phone_number_id == number)
+            .and_then(|n| n.business_number),
+        // Only a name on the message: it goes out all the same.
+        Err(e) => {
+            tracing::warn!(error = %e, "business numbers not read");
+            None
+        }
+    }
+}
+
+fn unknown_number() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "unknown phone number")
+}
+
 /// A checked request.
 struct Validated {
-    conversation_id: String,
+    /// Absent for a first message to a new customer (`to` instead).
+    conversation_id: Option<String>,
+    /// The customer's WhatsApp id (digits), if given.
+    to: Option<String>,
+    phone_number_id: Option<String>,
     draft: Draft,
     from: Option<String>,
     /// `Idempotency-Key` or `clientMessageId`.
@@ -232,21 +414,39 @@ fn validate(fields: &Map<String, Value>, headers: &HeaderMap) -> Result<Validate
             Some(_) => Err(ApiError::bad_request(format!("{name} must be a string"))),
         }
     };
-    let conversation_id = string("conversationId")?
-        .ok_or_else(|| ApiError::bad_request("conversationId is required"))?;
-    if !is_conversation_id(&conversation_id) {
-        return Err(ApiError::bad_request(
-            "conversationId must look like conv_<digits>",
-        ));
-    }
+    let conversation_id = string("conversationId")?;
+    let customer = match &conversation_id {
+        Some(id) => match parse_conversation_id(id) {
+            Some((wa_id, _)) => Some(wa_id.to_owned()),
+            None => {
+                return Err(ApiError::bad_request(
+                    "conversationId must look like conv_<digits>",
+                ));
+            }
+        },
+        None => None,
+    };
+    let phone_number_id = parse_number(string("phoneNumberId")?)?;
     let draft = Draft::from_body(fields).map_err(|e| ApiError::bad_request(e.0))?;
     let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
-    if let Some(to) = string("to")?
-        && digits(&to) != conversation_id.trim_start_matches("conv_")
-    {
-        return Err(ApiError::bad_request(
-            "to must be the conversation's customer",
-        ));
+    let to = string("to")?.map(|to| digits(&to));
+    match (&customer, &to) {
+        (Some(customer), Some(to)) if to != customer => {
+            return Err(ApiError::bad_request(
+                "to must be the conversation's customer",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "conversationId is required (or to, with phoneNumberId, for a new customer)",
+            ));
+        }
+        (None, Some(to)) if !numbers::is_number_id(to) => {
+            return Err(ApiError::bad_request(
+                "to must be the customer's WhatsApp id (their number with country code)",
+            ));
+        }
+        _ => {}
     }
     string("userName")?;
     let from = string("from")?
@@ -281,6 +481,8 @@ fn validate(fields: &Map<String, Value>, headers: &HeaderMap) -> Result<Validate
     }
     Ok(Validated {
         conversation_id,
+        to,
+        phone_number_id,
         draft,
         from,
         key,
@@ -288,11 +490,8 @@ fn validate(fields: &Map<String, Value>, headers: &HeaderMap) -> Result<Validate
 }
 
 /// A repeated key must come with the same message.
-fn check_same(first: &Message, request: &Validated) -> Result<(), ApiError> {
-    if request
-        .draft
-        .is_repeated_by(&request.conversation_id, first)
-    {
+fn check_same(first: &Message, request: &Validated, conversation_id: &str) -> Result<(), ApiError> {
+    if request.draft.is_repeated_by(conversation_id, first) {
         Ok(())
     } else {
         Err(key_reused())

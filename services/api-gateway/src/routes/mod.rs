@@ -1,19 +1,22 @@
 pub mod conversations;
 pub mod events;
 pub mod messages;
+pub mod numbers;
 pub mod search;
 pub mod stats;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::QueryRejection;
+use axum::http::StatusCode;
 use axum::routing::get;
+use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 use wa_core::domain::{Page, is_conversation_id};
+use wa_core::numbers::{Scope, is_number_id};
 use wa_service::http::ApiError;
 use wa_store::StoreError;
 
@@ -29,6 +32,7 @@ pub fn rest(upload_limit: usize) -> OpenApiRouter<ApiState> {
         .routes(routes!(conversations::mark_read))
         .routes(routes!(messages::send))
         .routes(routes!(stats::stats))
+        .routes(routes!(numbers::list))
         .routes(routes!(search::search))
         .routes(routes!(events::list))
         .routes(routes!(crate::media::download))
@@ -58,6 +62,26 @@ pub struct PageQuery {
     before: Option<String>,
     #[serde(rename = "beforeId")]
     before_id: Option<String>,
+    /// Only this business number's (`GET /api/conversations`).
+    #[serde(rename = "phoneNumberId")]
+    phone_number_id: Option<String>,
+}
+
+/// `?phoneNumberId=` of the endpoints that narrow to one business number.
+#[derive(Debug, Deserialize)]
+pub struct NumberQuery {
+    #[serde(rename = "phoneNumberId")]
+    phone_number_id: Option<String>,
+}
+
+impl NumberQuery {
+    pub fn parse(
+        query: Result<axum::extract::Query<NumberQuery>, QueryRejection>,
+    ) -> Result<Option<String>, ApiError> {
+        let axum::extract::Query(query) =
+            query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        parse_number(query.phone_number_id)
+    }
 }
 
 /// Largest REST request body (a message's text is far smaller).
@@ -87,8 +111,16 @@ impl PageQuery {
     pub fn parse(
         query: Result<axum::extract::Query<PageQuery>, QueryRejection>,
     ) -> Result<Page, ApiError> {
+        Self::parse_with_number(query).map(|(page, _)| page)
+    }
+
+    /// The page and `?phoneNumberId=` (checked: digits).
+    pub fn parse_with_number(
+        query: Result<axum::extract::Query<PageQuery>, QueryRejection>,
+    ) -> Result<(Page, Option<String>), ApiError> {
         let axum::extract::Query(query) =
             query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let number = parse_number(query.phone_number_id)?;
         let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
         let before = match query.before.as_deref() {
             None | Some("") => None,
@@ -105,11 +137,14 @@ impl PageQuery {
                 ));
             }
         };
-        Ok(Page {
-            limit,
-            before,
-            before_id,
-        })
+        Ok((
+            Page {
+                limit,
+                before,
+                before_id,
+            },
+            number,
+        ))
     }
 }
 
@@ -134,6 +169,63 @@ pub fn check_conversation_id(id: &str) -> Result<(), ApiError> {
         Err(ApiError::bad_request(
             "conversationId must look like conv_<digits>",
         ))
+    }
+}
+
+/// `phoneNumberId` as given: a phone number id (digits); empty counts as
+/// absent.
+pub fn parse_number(text: Option<String>) -> Result<Option<String>, ApiError> {
+    match text {
+        None => Ok(None),
+        Some(text) if text.is_empty() => Ok(None),
+        Some(text) if is_number_id(&text) => Ok(Some(text)),
+        Some(_) => Err(ApiError::bad_request(
+            "phoneNumberId must be a phone number id (1 to 32 digits)",
+        )),
+    }
+}
+
+/// What the caller's token may see. `require_token` puts it in every
+/// request it lets through; a router built without that guard checks no
+/// tokens, so it serves everything.
+pub fn scope_of(scope: Option<Extension<Scope>>) -> Scope {
+    scope.map(|Extension(scope)| scope).unwrap_or_default()
+}
+
+/// The home number (`None`: nothing stored for any number yet).
+pub async fn home_number(state: &ApiState) -> Result<Option<String>, ApiError> {
+    state
+        .processor
+        .numbers()
+        .home()
+        .await
+        .map_err(store_failure)
+}
+
+/// A conversation the caller may not see is answered as one that does not
+/// exist: the same `404` whatever is stored.
+pub fn no_conversation(conversation_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no conversation {conversation_id}"),
+    )
+}
+
+/// `404` unless `scope` lets the caller see `conversation_id` (known by
+/// its id alone: no store read beyond the cached home number).
+pub async fn check_visible(
+    state: &ApiState,
+    scope: &Scope,
+    conversation_id: &str,
+) -> Result<(), ApiError> {
+    if matches!(scope, Scope::All) {
+        return Ok(());
+    }
+    let home = home_number(state).await?;
+    if scope.allows_conversation(conversation_id, home.as_deref()) {
+        Ok(())
+    } else {
+        Err(no_conversation(conversation_id))
     }
 }
 

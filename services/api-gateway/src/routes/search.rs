@@ -3,16 +3,19 @@
 
 use std::collections::HashMap;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use wa_core::domain::Message;
+use wa_core::numbers::Scope;
 use wa_core::search::{self, Piece};
 use wa_service::http::ApiError;
 use wa_store::{ErrorKind, SearchScope};
 
-use super::{check_conversation_id, parse_limit, store_failure};
+use super::{
+    check_conversation_id, home_number, parse_limit, parse_number, scope_of, store_failure,
+};
 use crate::ApiState;
 
 const DEFAULT_LIMIT: usize = 20;
@@ -28,7 +31,8 @@ pub struct SearchQuery {
     q: Option<String>,
     /// Only this conversation's messages.
     conversation_id: Option<String>,
-    /// Only messages of this business number.
+    /// Only messages of this business number (a token scoped to numbers
+    /// finds only its own numbers' messages).
     phone_number_id: Option<String>,
     /// Hits per page, 1 to 100 (default 20).
     limit: Option<String>,
@@ -61,6 +65,7 @@ pub struct Hit {
               (status = 400, body = crate::openapi::ErrorBody, description = "q missing, of one character or without a word; a malformed conversationId, limit or before")))]
 pub async fn search(
     State(state): State<ApiState>,
+    scope: Option<Extension<Scope>>,
     query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Result<Json<SearchResults>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -69,22 +74,40 @@ pub async fn search(
     if let Some(id) = &query.conversation_id {
         check_conversation_id(id)?;
     }
-    if let Some(id) = &query.phone_number_id
-        && (id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_digit()))
-    {
-        return Err(ApiError::bad_request(
-            "phoneNumberId must be the number's id (digits)",
-        ));
-    }
+    let number = match query.phone_number_id {
+        // Given but empty: refused, as before numbers had scopes.
+        Some(id) if id.is_empty() => {
+            return Err(ApiError::bad_request(
+                "phoneNumberId must be a phone number id (1 to 32 digits)",
+            ));
+        }
+        id => parse_number(id)?,
+    };
     if query.before.as_ref().is_some_and(|b| b.len() > 600) {
         return Err(ApiError::bad_request(
             "before is not a cursor of this search",
         ));
     }
     let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    let scope = scope_of(scope);
+    let numbers = scope.narrow(number.as_deref());
+    let hidden = match (&query.conversation_id, &scope) {
+        (Some(id), Scope::Numbers(_)) => {
+            let home = home_number(&state).await?;
+            !scope.allows_conversation(id, home.as_deref())
+        }
+        _ => false,
+    };
+    if hidden || numbers.as_ref().is_some_and(Vec::is_empty) {
+        // Outside the token's scope: nothing to find there.
+        return Ok(Json(SearchResults {
+            results: Vec::new(),
+            next: None,
+        }));
+    }
     let scope = SearchScope {
         conversation_id: query.conversation_id,
-        numbers: query.phone_number_id.map(|n| vec![n]),
+        numbers,
         before: query.before.filter(|b| !b.is_empty()),
     };
     let page = state

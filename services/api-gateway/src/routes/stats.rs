@@ -1,13 +1,54 @@
-use axum::Json;
-use axum::extract::State;
-use wa_core::domain::Stats;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::{Extension, Json};
+use wa_core::domain::{KNOWN_STATUSES, Stats};
+use wa_core::numbers::Scope;
 use wa_service::http::ApiError;
 
-use super::store_failure;
+use super::{NumberQuery, scope_of, store_failure};
 use crate::ApiState;
 
-/// `GET /api/stats`: message and conversation totals, messages per status.
-#[utoipa::path(get, path = "/api/stats", tag = "stats", responses((status = 200, body = Stats)))]
-pub async fn stats(State(state): State<ApiState>) -> Result<Json<Stats>, ApiError> {
-    Ok(Json(state.store.stats(None).await.map_err(store_failure)?))
+/// `GET /api/stats`: message and conversation totals, messages per status
+/// (of one business number with `?phoneNumberId=`; of its own numbers only
+/// for a token scoped to numbers).
+#[utoipa::path(get, path = "/api/stats", tag = "stats",
+    params(("phoneNumberId" = Option<String>, Query, description = "only this business number's messages and conversations (echoed back)")),
+    responses((status = 200, body = Stats), (status = 400, body = crate::openapi::ErrorBody)))]
+pub async fn stats(
+    State(state): State<ApiState>,
+    scope: Option<Extension<Scope>>,
+    query: Result<Query<NumberQuery>, QueryRejection>,
+) -> Result<Json<Stats>, ApiError> {
+    let requested = NumberQuery::parse(query)?;
+    let scope = scope_of(scope);
+    let numbers = scope.narrow(requested.as_deref());
+    if numbers.as_ref().is_some_and(Vec::is_empty) {
+        // A number outside the token's scope: as if it had nothing.
+        return Ok(Json(Stats {
+            total_messages: 0,
+            total_conversations: 0,
+            inbound: 0,
+            outbound: 0,
+            status_breakdown: KNOWN_STATUSES
+                .iter()
+                .map(|s| ((*s).to_owned(), 0))
+                .collect(),
+            rejected_items: 0,
+            phone_number_id: requested,
+        }));
+    }
+    let mut stats = state
+        .store
+        .stats(numbers.as_deref())
+        .await
+        .map_err(store_failure)?;
+    if let Some([only]) = numbers.as_deref() {
+        stats.phone_number_id = Some(only.clone());
+    }
+    if !matches!(scope, Scope::All) {
+        // Refused webhook items belong to no number a token can be
+        // scoped to.
+        stats.rejected_items = 0;
+    }
+    Ok(Json(stats))
 }
