@@ -4,12 +4,16 @@
 //! `messageId` except for messages sent through the API, which keep their
 //! local id as `_id` when `messageId` becomes WhatsApp's), `sends` (the
 //! messages waiting to be sent through WhatsApp), `conversations` (summaries with their counters),
-//! `stats` (the deployment's counters, in [`STATS_SHARDS`] documents),
+//! `stats` (the counters, in [`STATS_SHARDS`] documents per business
+//! number: the home number's are the original `shard-NN`, another
+//! number's `shard-NN-<phone_number_id>`, created when first counted in),
 //! `pending_statuses` (statuses that arrived before their message),
 //! `webhook_payloads` (raw bodies), `rejected_items` (malformed webhook
 //! items, with the reason), `outbox` (events committed with their
-//! changes, until relayed to the event log) and `meta` (the schema
-//! version). Only
+//! changes, until relayed to the event log), `numbers` (the business
+//! numbers webhooks came for, with their display numbers) and `meta` (the
+//! schema version, the home number). Conversations, messages, queued sends
+//! and parked statuses carry their business number (`phoneNumberId`). Only
 //! plain CRUD operators are used; a batch costs a handful of round trips
 //! whatever the size of the data (see [`changes`]).
 
@@ -263,8 +267,9 @@ impl MongoStore {
             ])
             .await
             .map_err(store_error)?;
-        // The stats documents exist from the start: counter changes are
-        // guarded updates, never upserts.
+        // The home number's stats documents exist from the start (another
+        // number's are created by the change set first counting in them):
+        // counter changes are guarded updates, never upserts.
         let shards: Vec<Document> = (0..STATS_SHARDS)
             .map(|shard| {
                 doc! {"q": {"_id": stats_id(&StatsKey::home(shard))}, "u": {"$setOnInsert": {"messages": 0_i64}}, "upsert": true}
