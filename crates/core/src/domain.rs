@@ -446,6 +446,9 @@ pub struct Page {
 }
 
 /// What the processor publishes after a write that changed something.
+// A status update is a few strings (~260 bytes); boxing it would cost an
+// allocation per event for no measurable gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "data", rename_all = "camelCase")]
 pub enum Event {
