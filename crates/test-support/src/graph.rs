@@ -23,6 +23,15 @@
 //! "Unsupported get/post request" (GraphMethodException, code 100, subcode
 //! 33) with HTTP 400, as Graph answers it, not 404; an unknown media id is
 //! answered so too but is not counted as invalid (media expire at Meta).
+//!
+//! It serves several business numbers, as one Meta app does:
+//! [`PHONE_NUMBER_ID`] and [`SECOND_PHONE_NUMBER_ID`] with [`TOKEN`], and
+//! any number given its own token ([`FakeGraph::with_number_token`]), which
+//! then is the only token that serves it. A token the fake does not know
+//! gets code 190 (HTTP 401, "Invalid OAuth access token"); a token it knows
+//! but that does not serve the number (or the media's number) gets code 10
+//! (HTTP 403, OAuthException, "Permission denied" in Meta's error table).
+//! Media belong to the number they were uploaded on or added for.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,10 +46,16 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 use sha2::Digest;
 
-/// The only bearer token the fake accepts.
+/// The bearer token of every number without its own (`WHATSAPP_ACCESS_TOKEN`).
 pub const TOKEN: &str = "EAAG-fake-graph-token-0123456789";
-/// The business phone number id the fake serves.
+/// The default business number (`WHATSAPP_PHONE_NUMBER_ID` in [`FakeGraph::env`]).
 pub const PHONE_NUMBER_ID: &str = "106540352242922";
+/// A second business number of the same app, served by [`TOKEN`] too
+/// (unless given its own token).
+pub const SECOND_PHONE_NUMBER_ID: &str = "106540352242923";
+/// A token for tests to give a number of its own
+/// ([`FakeGraph::with_number_token`]); not served until given.
+pub const SECOND_NUMBER_TOKEN: &str = "EAAG-fake-graph-number-token-9876543210";
 /// The Graph API version the fake serves; other versions are refused.
 pub const VERSION: &str = "v23.0";
 
@@ -90,6 +105,8 @@ pub struct Recorded {
     /// The JSON body; `Null` when the body is not JSON (multipart, empty).
     pub body: Value,
     /// The HTTP status answered; 0 for a request held by [`Reply::NoAnswer`].
+    /// (Statuses are in `answer_status`; the business number is in the path,
+    /// see [`Recorded::phone_number_id`].)
     pub answer_status: u16,
     /// The `wamid` answered, for accepted sends.
     pub wamid: Option<String>,
@@ -112,6 +129,8 @@ struct Shared {
 }
 
 struct MediaItem {
+    /// The business number it belongs to: its tokens may fetch it.
+    number: String,
     bytes: Vec<u8>,
     /// Served from [`generated_bytes`] instead of `bytes`, streamed.
     generated: Option<Generated>,
@@ -140,6 +159,27 @@ struct GraphState {
     media: HashMap<String, MediaItem>,
     downloads: HashMap<String, usize>,
     uploads: Vec<(String, String, String, Vec<u8>)>,
+    /// Numbers with their own token (the only one that serves them).
+    number_tokens: HashMap<String, String>,
+}
+
+impl GraphState {
+    /// Whether the fake serves this business number.
+    fn serves(&self, number: &str) -> bool {
+        number == PHONE_NUMBER_ID
+            || number == SECOND_PHONE_NUMBER_ID
+            || self.number_tokens.contains_key(number)
+    }
+
+    /// The token that serves `number`.
+    fn token_of(&self, number: &str) -> &str {
+        self.number_tokens.get(number).map_or(TOKEN, String::as_str)
+    }
+
+    /// Whether the fake issued this token (to any number).
+    fn knows(&self, token: &str) -> bool {
+        token == TOKEN || self.number_tokens.values().any(|t| t == token)
+    }
 }
 
 impl FakeGraph {
@@ -178,6 +218,23 @@ impl FakeGraph {
             url,
             shutdown,
         }
+    }
+
+    /// Gives `number` a token of its own: from now on only `token` serves
+    /// it (sends, read receipts, uploads, its media), and the fake serves
+    /// `number` even if it is neither [`PHONE_NUMBER_ID`] nor
+    /// [`SECOND_PHONE_NUMBER_ID`]. [`TOKEN`] keeps serving the others.
+    pub fn with_number_token(self, number: &str, token: &str) -> Self {
+        self.set_number_token(number, token);
+        self
+    }
+
+    /// [`FakeGraph::with_number_token`] on a running fake.
+    pub fn set_number_token(&self, number: &str, token: &str) {
+        self.shared
+            .lock()
+            .number_tokens
+            .insert(number.to_owned(), token.to_owned());
     }
 
     /// Base URL, e.g. `http://127.0.0.1:PORT`: what `GRAPH_API_URL` is set to.
@@ -223,8 +280,9 @@ impl FakeGraph {
         self.shared.lock().requests.clone()
     }
 
-    /// Message sends received (`POST /{VERSION}/{PHONE_NUMBER_ID}/messages`
-    /// whose body is not a read receipt), whatever the answer, in order.
+    /// Message sends received (`POST /{VERSION}/{phone_number_id}/messages`
+    /// whose body is not a read receipt, to any number), whatever the
+    /// answer, in order.
     pub fn sends(&self) -> Vec<Recorded> {
         self.shared
             .lock()
@@ -299,11 +357,18 @@ impl FakeGraph {
     /// `Content-Type: mime_type`. The `url` is
     /// `<self.url>/media-download/<opaque>?mid=<media_id>&ext=<unix>&hash=<h>`,
     /// like Meta's lookaside URLs: it must be fetched as given, query included.
+    /// The media belongs to [`PHONE_NUMBER_ID`] (see [`FakeGraph::add_media_for`]).
     pub fn add_media(&self, media_id: &str, bytes: &[u8], mime_type: &str) {
+        self.add_media_for(PHONE_NUMBER_ID, media_id, bytes, mime_type);
+    }
+
+    /// [`FakeGraph::add_media`] for a media received on (or uploaded to)
+    /// `number`: only the token serving `number` may retrieve it.
+    pub fn add_media_for(&self, number: &str, media_id: &str, bytes: &[u8], mime_type: &str) {
         let mut state = self.shared.lock();
         state.media.insert(
             media_id.to_owned(),
-            MediaItem::new(media_id, bytes.to_vec(), mime_type),
+            MediaItem::new(number, media_id, bytes.to_vec(), mime_type),
         );
     }
 
@@ -321,7 +386,14 @@ impl FakeGraph {
             offset += len as u64;
         }
         let sha256 = hex::encode(sha256.finalize());
-        let item = MediaItem::with(media_id, Vec::new(), Some(generated), mime_type, sha256);
+        let item = MediaItem::with(
+            PHONE_NUMBER_ID,
+            media_id,
+            Vec::new(),
+            Some(generated),
+            mime_type,
+            sha256,
+        );
         self.shared.lock().media.insert(media_id.to_owned(), item);
     }
 
@@ -330,6 +402,7 @@ impl FakeGraph {
     /// not fetch.
     pub fn add_media_at(&self, media_id: &str, url: &str, length: u64, mime_type: &str) {
         let mut item = MediaItem::with(
+            PHONE_NUMBER_ID,
             media_id,
             Vec::new(),
             Some(Generated {
@@ -423,12 +496,13 @@ pub fn generated_bytes(offset: u64, len: usize) -> Vec<u8> {
 }
 
 impl MediaItem {
-    fn new(media_id: &str, bytes: Vec<u8>, mime_type: &str) -> Self {
+    fn new(number: &str, media_id: &str, bytes: Vec<u8>, mime_type: &str) -> Self {
         let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-        Self::with(media_id, bytes, None, mime_type, sha256)
+        Self::with(number, media_id, bytes, None, mime_type, sha256)
     }
 
     fn with(
+        number: &str,
         media_id: &str,
         bytes: Vec<u8>,
         generated: Option<Generated>,
@@ -439,6 +513,7 @@ impl MediaItem {
         let digest = sha2::Sha256::digest(format!("{media_id}/{seq}").as_bytes());
         let token = hex::encode(digest);
         Self {
+            number: number.to_owned(),
             bytes,
             generated,
             url: None,
@@ -450,14 +525,22 @@ impl MediaItem {
     }
 }
 
-fn is_send(r: &Recorded) -> bool {
-    r.method == "POST"
-        && r.path == messages_path()
-        && !r.body.as_object().is_some_and(|o| o.contains_key("status"))
+impl Recorded {
+    /// The business number of a `/{VERSION}/{phone_number_id}/messages` or
+    /// `.../media` request (the path names it); `None` for other requests.
+    pub fn phone_number_id(&self) -> Option<&str> {
+        let rest = self.path.strip_prefix('/')?.strip_prefix(VERSION)?;
+        let (number, leaf) = rest.strip_prefix('/')?.split_once('/')?;
+        let is_number = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+        (is_number && matches!(leaf, "messages" | "media")).then_some(number)
+    }
 }
 
-fn messages_path() -> String {
-    format!("/{VERSION}/{PHONE_NUMBER_ID}/messages")
+fn is_send(r: &Recorded) -> bool {
+    r.method == "POST"
+        && r.path.ends_with("/messages")
+        && r.phone_number_id().is_some()
+        && !r.body.as_object().is_some_and(|o| o.contains_key("status"))
 }
 
 fn describe(requests: &[Recorded]) -> String {
@@ -621,8 +704,11 @@ fn unsupported(method: &Method, object: &str, why: String) -> Outcome {
     )
 }
 
-/// The refusal (HTTP 401, code 190) unless `Authorization: Bearer TOKEN`.
-fn check_bearer(headers: &HeaderMap) -> Option<Outcome> {
+/// The refusal unless `Authorization: Bearer <token>` with a token the
+/// fake issued (else HTTP 401, code 190) that serves `number`, when the
+/// request is for one (else HTTP 403, code 10).
+fn check_bearer(state: &GraphState, headers: &HeaderMap, number: Option<&str>) -> Option<Outcome> {
+    let expected = number.map_or(TOKEN, |number| state.token_of(number));
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Some(Outcome::refused(
             Answer::Json(
@@ -642,21 +728,39 @@ fn check_bearer(headers: &HeaderMap) -> Option<Outcome> {
         .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
         .map(|(_, token)| token);
-    if token == Some(TOKEN) {
-        return None;
-    }
-    Some(Outcome::refused(
-        Answer::Json(
-            401,
-            graph_error(
-                "Invalid OAuth access token - Cannot parse access token",
-                "OAuthException",
-                190,
-                None,
+    let Some(token) = token.filter(|token| state.knows(token)) else {
+        return Some(Outcome::refused(
+            Answer::Json(
+                401,
+                graph_error(
+                    "Invalid OAuth access token - Cannot parse access token",
+                    "OAuthException",
+                    190,
+                    None,
+                ),
             ),
-        ),
-        format!("Authorization is {value:?}, expected \"Bearer {TOKEN}\""),
-    ))
+            format!("Authorization is {value:?}, expected \"Bearer {expected}\""),
+        ));
+    };
+    if number.is_some_and(|number| state.token_of(number) != token) {
+        // A valid token of another number: Meta's "Permission denied".
+        return Some(Outcome::refused(
+            Answer::Json(
+                403,
+                graph_error(
+                    "(#10) Application does not have permission for this action",
+                    "OAuthException",
+                    10,
+                    None,
+                ),
+            ),
+            format!(
+                "Authorization is {value:?}, a token that does not serve business number {}; expected \"Bearer {expected}\"",
+                number.unwrap_or_default()
+            ),
+        ));
+    }
+    None
 }
 
 /// Meta's documented example body of error 130429.
@@ -799,11 +903,11 @@ fn dispatch(
                 );
             }
             match (method, rest) {
-                (&Method::POST, [phone, "messages"]) if *phone == PHONE_NUMBER_ID => {
-                    messages(state, headers, body)
+                (&Method::POST, [phone, "messages"]) if state.serves(phone) => {
+                    messages(state, headers, body, phone)
                 }
-                (&Method::POST, [phone, "media"]) if *phone == PHONE_NUMBER_ID => {
-                    upload(state, headers, body)
+                (&Method::POST, [phone, "media"]) if state.serves(phone) => {
+                    upload(state, headers, body, phone)
                 }
                 (&Method::GET, [media_id]) if !media_id.is_empty() => {
                     media_url(state, base_url, method, uri, headers, media_id)
@@ -811,10 +915,13 @@ fn dispatch(
                 (&Method::DELETE, [media_id]) if !media_id.is_empty() => {
                     delete_media(state, method, uri, headers, media_id)
                 }
-                (_, [phone, ..]) if *phone != PHONE_NUMBER_ID && rest.len() > 1 => unsupported(
+                (_, [phone, ..]) if !state.serves(phone) && rest.len() > 1 => unsupported(
                     method,
                     phone,
-                    format!("{method} {path}: phone number id {phone}, expected {PHONE_NUMBER_ID}"),
+                    format!(
+                        "{method} {path}: phone number id {phone} is not one the fake serves \
+                         ({PHONE_NUMBER_ID}, {SECOND_PHONE_NUMBER_ID} or one given a token)"
+                    ),
                 ),
                 _ => unsupported(
                     method,
@@ -907,9 +1014,9 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 
 // ---------------------------------------------------------------- messages
 
-/// `POST /{VERSION}/{PHONE_NUMBER_ID}/messages`: a send or a read receipt.
-fn messages(state: &mut GraphState, headers: &HeaderMap, body: &Bytes) -> Outcome {
-    if let Some(refused) = check_bearer(headers) {
+/// `POST /{VERSION}/{phone_number_id}/messages`: a send or a read receipt.
+fn messages(state: &mut GraphState, headers: &HeaderMap, body: &Bytes, number: &str) -> Outcome {
+    if let Some(refused) = check_bearer(state, headers, Some(number)) {
         return refused;
     }
     let content_type = headers
@@ -1317,15 +1424,8 @@ fn media_url(
     headers: &HeaderMap,
     media_id: &str,
 ) -> Outcome {
-    if let Some(refused) = check_bearer(headers) {
+    if let Some(refused) = check_media_access(state, uri, headers, media_id) {
         return refused;
-    }
-    if let Some(phone) = query_param(uri, "phone_number_id")
-        && phone != PHONE_NUMBER_ID
-    {
-        return invalid_parameter(&format!(
-            "phone_number_id is {phone:?}, expected {PHONE_NUMBER_ID}"
-        ));
     }
     let Some(media) = state.media.get(media_id) else {
         // Not a shape error: the media does not exist (or expired). Graph
@@ -1358,6 +1458,32 @@ fn media_url(
     Outcome::ok(Answer::Json(200, answer))
 }
 
+/// The refusal unless the bearer serves the media's number (any token the
+/// fake issued, for a media it does not hold) and the optional
+/// `phone_number_id` query parameter, which Meta documents as "processed
+/// only if the ID matches the business phone number the media was uploaded
+/// on", names that number.
+fn check_media_access(
+    state: &GraphState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    media_id: &str,
+) -> Option<Outcome> {
+    let number = state.media.get(media_id).map(|m| m.number.as_str());
+    if let Some(refused) = check_bearer(state, headers, number) {
+        return Some(refused);
+    }
+    if let Some(phone) = query_param(uri, "phone_number_id") {
+        let expected = number.unwrap_or(PHONE_NUMBER_ID);
+        if !state.serves(&phone) || number.is_some_and(|n| n != phone) {
+            return Some(invalid_parameter(&format!(
+                "phone_number_id is {phone:?}, expected {expected}"
+            )));
+        }
+    }
+    None
+}
+
 /// `DELETE /{VERSION}/{media_id}` → `{"success":true}`.
 fn delete_media(
     state: &mut GraphState,
@@ -1366,15 +1492,8 @@ fn delete_media(
     headers: &HeaderMap,
     media_id: &str,
 ) -> Outcome {
-    if let Some(refused) = check_bearer(headers) {
+    if let Some(refused) = check_media_access(state, uri, headers, media_id) {
         return refused;
-    }
-    if let Some(phone) = query_param(uri, "phone_number_id")
-        && phone != PHONE_NUMBER_ID
-    {
-        return invalid_parameter(&format!(
-            "phone_number_id is {phone:?}, expected {PHONE_NUMBER_ID}"
-        ));
     }
     if state.media.remove(media_id).is_none() {
         let mut outcome = unsupported(method, media_id, String::new());
@@ -1399,7 +1518,12 @@ fn download(
             format!("{method} on a media download URL, expected GET"),
         );
     }
-    if let Some(refused) = check_bearer(headers) {
+    let number = state
+        .media
+        .values()
+        .find(|m| m.opaque == opaque)
+        .map(|m| m.number.clone());
+    if let Some(refused) = check_bearer(state, headers, number.as_deref()) {
         return refused;
     }
     let Some((media_id, media)) = state.media.iter().find(|(_, m)| m.opaque == opaque) else {
@@ -1429,11 +1553,11 @@ fn download(
     Outcome::ok(answer)
 }
 
-/// `POST /{VERSION}/{PHONE_NUMBER_ID}/media`, multipart/form-data with
+/// `POST /{VERSION}/{phone_number_id}/media`, multipart/form-data with
 /// `messaging_product=whatsapp`, `type=<mime type>` and the `file` part →
-/// `{"id":"<media id>"}`.
-fn upload(state: &mut GraphState, headers: &HeaderMap, body: &Bytes) -> Outcome {
-    if let Some(refused) = check_bearer(headers) {
+/// `{"id":"<media id>"}` (a media of that number).
+fn upload(state: &mut GraphState, headers: &HeaderMap, body: &Bytes, number: &str) -> Outcome {
+    if let Some(refused) = check_bearer(state, headers, Some(number)) {
         return refused;
     }
     let content_type = headers
@@ -1492,7 +1616,7 @@ fn upload(state: &mut GraphState, headers: &HeaderMap, body: &Bytes) -> Outcome 
     let id = new_media_id();
     state.media.insert(
         id.clone(),
-        MediaItem::new(&id, file.data.clone(), &mime_type),
+        MediaItem::new(number, &id, file.data.clone(), &mime_type),
     );
     state.uploads.push((
         id.clone(),
@@ -1591,4 +1715,153 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         .windows(needle.len())
         .position(|w| w == needle)
         .map(|p| p + from)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+    use super::*;
+
+    fn text_message() -> Value {
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+            "to": "16505551234", "type": "text", "text": {"body": "Hello"}})
+    }
+
+    async fn post_as(graph: &FakeGraph, number: &str, token: &str, body: &Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/{VERSION}/{number}/messages", graph.url()))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn several_numbers_each_with_the_token_that_serves_it() {
+        let own = "106540352242999";
+        let graph = FakeGraph::start()
+            .await
+            .with_number_token(own, SECOND_NUMBER_TOKEN);
+        // TOKEN serves both numbers of the app; the third only its own token.
+        for (number, token) in [
+            (PHONE_NUMBER_ID, TOKEN),
+            (SECOND_PHONE_NUMBER_ID, TOKEN),
+            (own, SECOND_NUMBER_TOKEN),
+        ] {
+            let (status, body) = post_as(&graph, number, token, &text_message()).await;
+            assert_eq!(status, 200, "{number}: {body}");
+            assert!(body["messages"][0]["id"].is_string());
+        }
+        assert!(graph.invalid().is_empty(), "{:#?}", graph.invalid());
+        let numbers: Vec<Option<String>> = graph
+            .sends()
+            .iter()
+            .map(|r| r.phone_number_id().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            numbers,
+            [
+                Some(PHONE_NUMBER_ID),
+                Some(SECOND_PHONE_NUMBER_ID),
+                Some(own)
+            ]
+            .map(|n| n.map(str::to_owned))
+        );
+
+        // A token the fake issued, to a number it does not serve: code 10.
+        let (status, body) = post_as(&graph, own, TOKEN, &text_message()).await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(
+            (&body["error"]["code"], &body["error"]["type"]),
+            (&json!(10), &json!("OAuthException"))
+        );
+        let (status, body) = post_as(
+            &graph,
+            PHONE_NUMBER_ID,
+            SECOND_NUMBER_TOKEN,
+            &text_message(),
+        )
+        .await;
+        assert_eq!((status, &body["error"]["code"]), (403, &json!(10)));
+        // A token it never issued: 190, as before.
+        let (status, body) = post_as(&graph, own, "EAAG-unknown", &text_message()).await;
+        assert_eq!((status, &body["error"]["code"]), (401, &json!(190)));
+        // A number it does not serve: Graph's unsupported request.
+        let (status, body) = post_as(&graph, "999", TOKEN, &text_message()).await;
+        assert_eq!((status, &body["error"]["code"]), (400, &json!(100)));
+        assert_eq!(body["error"]["error_subcode"], 33);
+        let invalid = graph.invalid();
+        assert_eq!(invalid.len(), 4, "{invalid:#?}");
+        assert!(invalid[0].1.contains(own), "{}", invalid[0].1);
+        assert!(!graph.sends()[3..].iter().any(|r| r.wamid.is_some()));
+    }
+
+    #[tokio::test]
+    async fn media_is_served_to_the_token_of_its_number() {
+        let own = "106540352242999";
+        let graph = FakeGraph::start()
+            .await
+            .with_number_token(own, SECOND_NUMBER_TOKEN);
+        graph.add_media_for(own, "m-own", b"bytes", "image/jpeg");
+        graph.add_media_for(SECOND_PHONE_NUMBER_ID, "m-second", b"bytes", "image/jpeg");
+        let client = reqwest::Client::new();
+        let get = |id: &str, token: &str| {
+            client
+                .get(format!("{}/{VERSION}/{id}", graph.url()))
+                .bearer_auth(token)
+                .send()
+        };
+        let info: Value = get("m-own", SECOND_NUMBER_TOKEN)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let download = client
+            .get(info["url"].as_str().unwrap())
+            .bearer_auth(SECOND_NUMBER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(download.status().as_u16(), 200);
+        assert_eq!(graph.downloads("m-own"), 1);
+        assert_eq!(get("m-own", TOKEN).await.unwrap().status().as_u16(), 403);
+        let refused = client
+            .get(info["url"].as_str().unwrap())
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 403);
+        assert_eq!(get("m-second", TOKEN).await.unwrap().status().as_u16(), 200);
+        assert_eq!(graph.invalid().len(), 2, "{:#?}", graph.invalid());
+    }
+
+    #[test]
+    fn recorded_names_the_number_of_messages_and_media_requests() {
+        let recorded = |path: &str| Recorded {
+            method: "POST".to_owned(),
+            path: path.to_owned(),
+            authorization: None,
+            body: Value::Null,
+            answer_status: 200,
+            wamid: None,
+            at: Instant::now(),
+        };
+        assert_eq!(
+            recorded(&format!("/{VERSION}/123/messages")).phone_number_id(),
+            Some("123")
+        );
+        assert_eq!(
+            recorded(&format!("/{VERSION}/123/media")).phone_number_id(),
+            Some("123")
+        );
+        assert_eq!(recorded(&format!("/{VERSION}/123")).phone_number_id(), None);
+        assert_eq!(recorded("/v19.0/123/messages").phone_number_id(), None);
+        assert_eq!(recorded("/media-download/abc").phone_number_id(), None);
+    }
 }
