@@ -8,7 +8,9 @@
 //!
 //! Modules: [`db`] (the connection, its writer thread and group commit),
 //! `migrate` (the schema), `rows` (values to rows and back), `changes`
-//! (load and apply a batch) and `fts` (the search index).
+//! (load and apply a batch), `fts` (the search index) and `numbers`
+//! (business numbers: the home number, per-number lists and counters,
+//! adopting data stored before numbers existed).
 
 mod changes;
 pub mod db;

@@ -268,7 +268,7 @@ pub(crate) enum AdoptStep {
     Search,
     /// Messages, by key.
     Messages,
-    /// Summaries, by row id.
+    /// Summaries, by sort key and row id.
     Summaries,
     /// Queued sends (a queue: few).
     Sends,
@@ -287,7 +287,7 @@ pub(crate) fn adopt_step(
     Ok(match step {
         AdoptStep::Search => adopt_search(t, home, cursor.row())?,
         AdoptStep::Messages => adopt_messages(t, home, cursor.key())?,
-        AdoptStep::Summaries => adopt_summaries(t, home, cursor.row())?,
+        AdoptStep::Summaries => adopt_summaries(t, home, cursor.place())?,
         AdoptStep::Sends => {
             adopt_sends(t, home)?;
             None
@@ -301,6 +301,7 @@ pub(crate) enum Cursor {
     Start,
     Row(i64),
     Key(String),
+    Place(String, i64),
 }
 
 impl Cursor {
@@ -308,6 +309,13 @@ impl Cursor {
         match self {
             Self::Row(row) => *row,
             _ => i64::MIN,
+        }
+    }
+
+    fn place(&self) -> (&str, i64) {
+        match self {
+            Self::Place(key, row) => (key, *row),
+            _ => ("", i64::MIN),
         }
     }
 
@@ -389,20 +397,25 @@ fn adopt_messages(
 fn adopt_summaries(
     t: &Transaction<'_>,
     home: Option<&str>,
-    after: i64,
+    (after_key, after_row): (&str, i64),
 ) -> rusqlite::Result<Option<Cursor>> {
-    let rows: Vec<(i64, String)> = t
+    // In `summaries_by_number`'s order, from the cursor on: no sort. A
+    // key only moves forward, so a summary is never skipped.
+    let rows: Vec<(i64, String, String)> = t
         .prepare_cached(
-            "SELECT rowid, id FROM summaries
-             WHERE phone_number_id IS NULL AND rowid > ?1 ORDER BY rowid LIMIT ?2",
+            "SELECT rowid, id, sort_key FROM summaries
+             WHERE phone_number_id IS NULL AND (sort_key, rowid) > (?1, ?2)
+             ORDER BY sort_key, rowid LIMIT ?3",
         )?
-        .query_map(params![after, ADOPT_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![after_key, after_row, ADOPT_BATCH], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     let mut displays: HashMap<String, Option<String>> = HashMap::new();
     let mut tag = t.prepare_cached(
         "UPDATE summaries SET phone_number_id = ?2, business_number = ?3 WHERE rowid = ?1",
     )?;
-    for (row, id) in &rows {
+    for (row, id, _) in &rows {
         let Some(number) = number_of(id, home) else {
             continue;
         };
@@ -416,7 +429,9 @@ fn adopt_summaries(
         };
         tag.execute(params![row, number, display])?;
     }
-    Ok(next_cursor(&rows, |(row, _)| Cursor::Row(*row)))
+    Ok(next_cursor(&rows, |(row, _, key)| {
+        Cursor::Place(key.clone(), *row)
+    }))
 }
 
 fn adopt_sends(t: &Transaction<'_>, home: Option<&str>) -> rusqlite::Result<()> {

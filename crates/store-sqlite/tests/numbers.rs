@@ -327,11 +327,11 @@ const V3_SCHEMA: &str = "
     CREATE TABLE idempotency_keys (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, at INTEGER NOT NULL);
     PRAGMA user_version = 3;";
 
-/// Old messages: more than one adoption step's worth, over a few
-/// customers, and one whose conversation id names no customer (it can
+/// Old messages and conversations: more than one adoption step's worth
+/// of each (a step is 1,000 rows), and one whose conversation id names no customer (it can
 /// get no number and must not stop adoption).
 const OLD_MESSAGES: i64 = 2_345;
-const CUSTOMERS: i64 = 3;
+const CUSTOMERS: i64 = 1_100;
 
 /// Writes a version-3 store with data, as that version left it.
 fn write_v3_store(path: &Path) {
@@ -435,8 +435,9 @@ async fn an_old_store_migrates_in_place_and_is_adopted_by_the_home_number() {
         (before.total_messages, before.total_conversations),
         (OLD_MESSAGES, CUSTOMERS)
     );
-    let listed_before = listed(&store, 10, None).await;
-    assert_eq!(listed_before, ["conv_4472", "conv_4471", "conv_4470"]);
+    let listed_before = listed(&store, 2_000, None).await;
+    assert_eq!(listed_before.len(), 1_100);
+    assert_eq!(listed_before[..2], ["conv_4471099", "conv_4471098"]);
     assert!(
         store
             .conversation("conv_4470")
@@ -467,8 +468,11 @@ async fn an_old_store_migrates_in_place_and_is_adopted_by_the_home_number() {
     );
 
     assert_eq!(summary_rows(&path), rows_before, "ids and counts unchanged");
-    assert_eq!(listed(&store, 10, None).await, listed_before);
-    assert_eq!(listed(&store, 10, Some(&only(HOME))).await, listed_before);
+    assert_eq!(listed(&store, 2_000, None).await, listed_before);
+    assert_eq!(
+        listed(&store, 2_000, Some(&only(HOME))).await,
+        listed_before
+    );
     assert!(listed(&store, 10, Some(&only(SALES))).await.is_empty());
     for c in 0..CUSTOMERS {
         let id = format!("conv_447{c}");
