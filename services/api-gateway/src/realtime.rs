@@ -2,9 +2,18 @@
 //!
 //! Every replica reads the whole event log (not a share of it) and emits
 //! each event, with its `seq`, to its own sockets. A live socket is in the
-//! room [`ALL`] (every event) or, once it narrows its stream with
-//! `subscribe`, in rooms `conv:<id>`, never both, so it never gets an event
-//! twice.
+//! room [`ALL`] (every event), or, when its token is scoped to business
+//! numbers, in rooms `num:<phone_number_id>` of its numbers; once it
+//! narrows its stream with `subscribe`, it is in rooms `conv:<id>` and
+//! `num:<phone_number_id>` of what it subscribed to instead. An event is
+//! emitted to the rooms `*`, `conv:<its conversation>` and `num:<its
+//! number>` at once, and socketioxide sends it once to a socket in several
+//! of them, so a socket never gets an event twice.
+//!
+//! A scoped socket never gets another number's events: it never joins
+//! [`ALL`], it can only subscribe to its numbers and their conversations,
+//! and catching up skips the events of other numbers. An event's number is
+//! read off its conversation id (see [`event_number`]).
 //!
 //! A client that connects with `auth: {lastSeq: N}` first catches up: it
 //! gets the events after `N` it is entitled to, read from the log, and
@@ -14,8 +23,8 @@
 //! `resync` and should reload over REST.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use futures::StreamExt;
@@ -30,8 +39,10 @@ use socketioxide::layer::SocketIoLayer;
 use tokio_util::sync::CancellationToken;
 use wa_broker::retry::pause;
 use wa_broker::{EventBus, ReadError};
-use wa_core::domain::{Sequenced, is_conversation_id};
+use wa_core::domain::{Event, Sequenced, is_conversation_id};
+use wa_core::numbers::{Scope, is_number_id, parse_conversation_id};
 use wa_core::retry::Backoff;
+use wa_engine::numbers::Numbers;
 use wa_service::access::Tokens;
 use wa_service::http::ReadinessCheck;
 
@@ -51,9 +62,43 @@ const BEHIND_WAIT: Duration = Duration::from_millis(50);
 /// How long a new socket waits for a replica that has just started to
 /// follow the log before going live anyway (then it gets `resync` later).
 const FOLLOW_WAIT: Duration = Duration::from_secs(2);
+/// How long "no home number yet" (or a store error asking) is believed
+/// before the store is asked again: asking costs a store read, and is
+/// only needed for events of `conv_<wa_id>` that name no number.
+const HOME_RECHECK: Duration = Duration::from_secs(1);
+/// In `subscribe` lists, a business number's entry: `number:<id>`.
+const NUMBER_PREFIX: &str = "number:";
 
 fn room(conversation_id: &str) -> String {
     format!("conv:{conversation_id}")
+}
+
+fn number_room(phone_number_id: &str) -> String {
+    format!("num:{phone_number_id}")
+}
+
+/// The business number of an event: read off its conversation id, the
+/// home number's for `conv_<wa_id>`. While the home number is unknown,
+/// a `conv_<wa_id>` event's own `phone_number_id` is taken: such an id is
+/// only ever given for the home number (routing records the home number
+/// first), and old events without one stay numberless (visible to
+/// unscoped clients only).
+pub(crate) fn event_number<'a>(event: &'a Event, home: Option<&'a str>) -> Option<&'a str> {
+    match parse_conversation_id(event.conversation_id())? {
+        (_, Some(number)) => Some(number),
+        (_, None) => home.or(match event {
+            Event::NewMessage(message) => message.phone_number_id.as_deref(),
+            Event::StatusUpdate(update) => update.phone_number_id.as_deref(),
+        }),
+    }
+}
+
+/// Whether a client of `scope` may see `event`.
+pub(crate) fn visible(scope: &Scope, event: &Event, home: Option<&str>) -> bool {
+    match scope {
+        Scope::All => true,
+        Scope::Numbers(_) => scope.allows_number(event_number(event, home)),
+    }
 }
 
 /// What the Socket.IO handlers share: the event log, and the last `seq`
@@ -65,6 +110,10 @@ pub struct Realtime {
     /// Set once [`fan_out`] follows the log: until then the replica does
     /// not know where "now" is in it, and is not ready.
     following: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Where the home number is read (see [`Realtime::with_numbers`]).
+    numbers: Option<Numbers>,
+    /// When the store last had no home number (or could not say).
+    home_missed: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Realtime {
@@ -73,7 +122,53 @@ impl Realtime {
             bus,
             head: Default::default(),
             following: Arc::new(tokio::sync::watch::Sender::new(false)),
+            numbers: None,
+            home_missed: Arc::default(),
         }
+    }
+
+    /// Reads the home number from `numbers`, to tell the number of
+    /// `conv_<wa_id>` events. Without it such events are told by their
+    /// own `phone_number_id`, and events stored before numbers existed
+    /// reach unscoped clients only.
+    pub fn with_numbers(mut self, numbers: Numbers) -> Self {
+        self.numbers = Some(numbers);
+        self
+    }
+
+    /// The home number: cached once recorded; while there is none the
+    /// store is asked at most once per [`HOME_RECHECK`].
+    async fn home(&self) -> Option<String> {
+        let numbers = self.numbers.as_ref()?;
+        let recently_missed = || {
+            self.home_missed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|at| at.elapsed() < HOME_RECHECK)
+        };
+        if recently_missed() {
+            return None;
+        }
+        match numbers.home().await {
+            Ok(Some(home)) => return Some(home),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the home number; retrying"),
+        }
+        *self
+            .home_missed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        None
+    }
+
+    /// [`event_number`], reading the home number only if it is needed.
+    async fn number_of(&self, event: &Event) -> Option<String> {
+        let needs_home = matches!(
+            parse_conversation_id(event.conversation_id()),
+            Some((_, None))
+        );
+        let home = if needs_home { self.home().await } else { None };
+        event_number(event, home.as_deref()).map(str::to_owned)
     }
 
     /// Waits (at most `wait`) until this replica follows the event log.
@@ -102,42 +197,225 @@ impl Realtime {
     }
 }
 
-/// A socket's stream: which conversations, and whether it is live yet.
+/// A socket's stream: everything its token may see, or only some
+/// conversations and business numbers (within what its token may see).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Subscription {
     All,
-    Only(BTreeSet<String>),
+    Only {
+        conversations: BTreeSet<String>,
+        numbers: BTreeSet<String>,
+    },
 }
 
 impl Subscription {
-    fn wants(&self, conversation_id: &str) -> bool {
+    fn only() -> Self {
+        Subscription::Only {
+            conversations: BTreeSet::new(),
+            numbers: BTreeSet::new(),
+        }
+    }
+
+    /// Whether the socket wants an event of `conversation_id`, of business
+    /// number `number`; its scope is checked by the caller.
+    fn wants(&self, conversation_id: &str, number: Option<&str>) -> bool {
         match self {
             Subscription::All => true,
-            Subscription::Only(ids) => ids.contains(conversation_id),
+            Subscription::Only {
+                conversations,
+                numbers,
+            } => {
+                conversations.contains(conversation_id)
+                    || number.is_some_and(|number| numbers.contains(number))
+            }
         }
     }
 
-    fn rooms(&self) -> Vec<String> {
+    fn len(&self) -> usize {
         match self {
-            Subscription::All => vec![ALL.to_owned()],
-            Subscription::Only(ids) => ids.iter().map(|id| room(id)).collect(),
+            Subscription::All => 0,
+            Subscription::Only {
+                conversations,
+                numbers,
+            } => conversations.len() + numbers.len(),
         }
     }
 
-    /// What a client is told it receives: `["*"]` or its conversation ids.
+    /// The rooms a live socket is in: a scoped socket's "everything" is
+    /// its numbers' rooms, never [`ALL`].
+    fn rooms(&self, scope: &Scope) -> Vec<String> {
+        match (self, scope) {
+            (Subscription::All, Scope::All) => vec![ALL.to_owned()],
+            (Subscription::All, Scope::Numbers(numbers)) => {
+                numbers.iter().map(|n| number_room(n)).collect()
+            }
+            (
+                Subscription::Only {
+                    conversations,
+                    numbers,
+                },
+                _,
+            ) => conversations
+                .iter()
+                .map(|id| room(id))
+                .chain(numbers.iter().map(|n| number_room(n)))
+                .collect(),
+        }
+    }
+
+    /// What a client is told it receives: `["*"]`, or its conversation
+    /// ids then its numbers as `number:<phone_number_id>`.
     fn listed(&self) -> Vec<String> {
         match self {
             Subscription::All => vec![ALL.to_owned()],
-            Subscription::Only(ids) => ids.iter().cloned().collect(),
+            Subscription::Only {
+                conversations,
+                numbers,
+            } => conversations
+                .iter()
+                .cloned()
+                .chain(numbers.iter().map(|n| format!("{NUMBER_PREFIX}{n}")))
+                .collect(),
         }
+    }
+
+    /// Adds what is asked (`*`: everything again), up to `cap` entries;
+    /// a request with nothing valid changes nothing.
+    fn add(&mut self, asked: Asked, cap: usize) {
+        if asked.all {
+            *self = Subscription::All;
+            return;
+        }
+        if asked.conversations.is_empty() && asked.numbers.is_empty() {
+            return;
+        }
+        if *self == Subscription::All {
+            *self = Subscription::only();
+        }
+        let mut room = cap.saturating_sub(self.len());
+        if let Subscription::Only {
+            conversations,
+            numbers,
+        } = self
+        {
+            // Past the cap, further entries are ignored (the ack lists
+            // what holds).
+            for id in asked.conversations {
+                if room > 0 && conversations.insert(id) {
+                    room -= 1;
+                }
+            }
+            for number in asked.numbers {
+                if room > 0 && numbers.insert(number) {
+                    room -= 1;
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, asked: &Asked) {
+        if let Subscription::Only {
+            conversations,
+            numbers,
+        } = self
+        {
+            conversations.retain(|id| !asked.conversations.contains(id));
+            numbers.retain(|n| !asked.numbers.contains(n));
+        }
+    }
+}
+
+/// What a `subscribe`/`unsubscribe` (or `auth.subscribe`) names: a
+/// conversation id, `"*"`, `"number:<phone_number_id>"`, a list of those,
+/// or `{conversationId, phoneNumberId}` (each an id or a list of ids).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Asked {
+    all: bool,
+    conversations: BTreeSet<String>,
+    numbers: BTreeSet<String>,
+}
+
+impl Asked {
+    /// What `value` names, without what is malformed or outside `scope`
+    /// (`home`: the home number, to tell the number of `conv_<wa_id>`).
+    fn parse(value: &Value, scope: &Scope, home: Option<&str>) -> Self {
+        let mut asked = Asked::default();
+        match value {
+            Value::Object(fields) => {
+                for id in strings(fields.get("conversationId")) {
+                    asked.conversation(id, scope, home);
+                }
+                for number in strings(fields.get("phoneNumberId")) {
+                    asked.number(number, scope);
+                }
+            }
+            other => {
+                for entry in strings(Some(other)) {
+                    if entry == ALL {
+                        asked.all = true;
+                    } else if let Some(number) = entry.strip_prefix(NUMBER_PREFIX) {
+                        asked.number(number, scope);
+                    } else {
+                        asked.conversation(entry, scope, home);
+                    }
+                }
+            }
+        }
+        asked
+    }
+
+    fn conversation(&mut self, id: &str, scope: &Scope, home: Option<&str>) {
+        if is_conversation_id(id) && scope.allows_conversation(id, home) {
+            self.conversations.insert(id.to_owned());
+        }
+    }
+
+    fn number(&mut self, number: &str, scope: &Scope) {
+        if is_number_id(number) && scope.allows_number(Some(number)) {
+            self.numbers.insert(number.to_owned());
+        }
+    }
+
+    /// Whether it names a conversation `conv_<wa_id>`, whose number is the
+    /// home number (only then is the home number needed).
+    fn needs_home(value: &Value) -> bool {
+        let field = |name| match value {
+            Value::Object(fields) => strings(fields.get(name)),
+            _ => Vec::new(),
+        };
+        strings(Some(value))
+            .into_iter()
+            .chain(field("conversationId"))
+            .any(|id| matches!(parse_conversation_id(id), Some((_, None))))
+    }
+}
+
+/// A string, or the strings of a list.
+fn strings(value: Option<&Value>) -> Vec<&str> {
+    match value {
+        Some(Value::String(id)) => vec![id.as_str()],
+        Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
     }
 }
 
 #[derive(Debug)]
 struct SocketState {
     subscription: Subscription,
+    /// What the socket's token may see.
+    scope: Scope,
     /// In its rooms: gets events as they are emitted.
     live: bool,
+}
+
+impl SocketState {
+    fn wants(&self, event: &Event, number: Option<&str>) -> bool {
+        self.scope.allows_number(number) && self.subscription.wants(event.conversation_id(), number)
+    }
+
+    fn rooms(&self) -> Vec<String> {
+        self.subscription.rooms(&self.scope)
+    }
 }
 
 /// Kept in the socket's extensions.
@@ -160,11 +438,12 @@ pub struct SocketRules {
     /// Packets a socket may have waiting to be sent (socketioxide's default
     /// is 128); a socket with a full buffer falls behind.
     pub buffer: usize,
-    /// `auth: {token}` must be one of these (when any are configured).
+    /// `auth: {token}` must be one of these (when any are configured); a
+    /// token scoped to numbers gets their events only.
     pub tokens: Tokens,
     /// Browser origins allowed to connect; `None`: any.
     pub origins: Option<Vec<String>>,
-    /// Conversations one socket may subscribe to.
+    /// Conversations and numbers one socket may subscribe to.
     pub max_subscriptions: usize,
 }
 
@@ -192,7 +471,8 @@ enum Refused {
 }
 
 /// Refuses a connection without an admitted `auth: {token}` (when tokens
-/// are configured) or from a browser origin outside `CORS_ORIGINS`.
+/// are configured) or from a browser origin outside `CORS_ORIGINS`; keeps
+/// the token's [`Scope`] in the socket's extensions.
 async fn admit(
     socket: SocketRef,
     TryData(auth): TryData<Value>,
@@ -204,16 +484,15 @@ async fn admit(
     {
         return Err(Refused::Origin);
     }
-    if rules.tokens.is_open() {
-        return Ok(());
-    }
-    let token = auth
-        .ok()
-        .and_then(|auth| auth.get("token")?.as_str().map(str::to_owned));
-    match token {
-        Some(token) if rules.tokens.admits(&token) => Ok(()),
-        _ => Err(Refused::Token),
-    }
+    let scope = if rules.tokens.is_open() {
+        Some(Scope::All)
+    } else {
+        auth.ok()
+            .and_then(|auth| rules.tokens.scope_of(auth.get("token")?.as_str()?))
+    };
+    let scope = scope.ok_or(Refused::Token)?;
+    socket.extensions.insert(scope);
+    Ok(())
 }
 
 /// hyper parses a request's URI and header values as slices of the
@@ -246,24 +525,39 @@ pub fn detach_from_read_buffer<B>(mut request: Request<B>) -> Request<B> {
 }
 
 /// `auth: {lastSeq?, subscribe?}`: resume after `lastSeq`; start narrowed
-/// to `subscribe` (ids, or `"*"`).
+/// to `subscribe` (what `subscribe` takes; `"*"`: everything).
 async fn on_connect(
     socket: SocketRef,
     Data(auth): Data<Value>,
     State(realtime): State<Realtime>,
     State(rules): State<Arc<SocketRules>>,
 ) {
-    let subscription = match auth.get("subscribe").map(conversation_ids) {
-        Some(ids) if !ids.contains(&ALL.to_owned()) && !ids.is_empty() => Subscription::Only(
-            ids.into_iter()
-                .filter(|id| is_conversation_id(id))
-                .take(rules.max_subscriptions)
-                .collect(),
-        ),
+    // Set by `admit`; nothing is visible to a socket without one.
+    let scope = socket
+        .extensions
+        .get::<Scope>()
+        .unwrap_or_else(|| Scope::Numbers(BTreeSet::new()));
+    let subscription = match auth.get("subscribe") {
+        Some(value) if names_anything(value) => {
+            let home = if Asked::needs_home(value) {
+                realtime.home().await
+            } else {
+                None
+            };
+            let mut subscription = Subscription::All;
+            let asked = Asked::parse(value, &scope, home.as_deref());
+            if !asked.all {
+                // Starts narrowed, even to nothing valid.
+                subscription = Subscription::only();
+                subscription.add(asked, rules.max_subscriptions);
+            }
+            subscription
+        }
         _ => Subscription::All,
     };
     let shared = Shared(Arc::new(Mutex::new(SocketState {
         subscription,
+        scope,
         live: false,
     })));
     socket.extensions.insert(shared.clone());
@@ -289,7 +583,7 @@ fn go_live(socket: &SocketRef, shared: &Shared) {
     // `subscribe` or falling behind cannot leave stale rooms behind.
     shared.with(|state| {
         state.live = true;
-        socket.join(state.subscription.rooms());
+        socket.join(state.rooms());
     });
 }
 
@@ -340,6 +634,7 @@ enum Sent {
 async fn send_page(
     socket: &SocketRef,
     shared: &Shared,
+    realtime: &Realtime,
     events: &[Sequenced],
     until: u64,
     cursor: &mut u64,
@@ -347,8 +642,9 @@ async fn send_page(
 ) -> Sent {
     let from = *cursor;
     for event in events.iter().filter(|e| e.seq > from && e.seq <= until) {
+        let number = realtime.number_of(&event.event).await;
         let wanted = shared
-            .with(|state| state.subscription.wants(event.event.conversation_id()))
+            .with(|state| state.wants(&event.event, number.as_deref()))
             .unwrap_or(false);
         if wanted && let Ok(payload) = serde_json::value::to_raw_value(&event.payload()) {
             let sent = if wait {
@@ -411,8 +707,16 @@ async fn catch_up(socket: SocketRef, shared: Shared, realtime: Realtime, after: 
             if events.is_empty() {
                 cursor = target; // nothing kept in between
             }
-            if let Sent::Stopped =
-                send_page(&socket, &shared, &events, target, &mut cursor, true).await
+            if let Sent::Stopped = send_page(
+                &socket,
+                &shared,
+                &realtime,
+                &events,
+                target,
+                &mut cursor,
+                true,
+            )
+            .await
             {
                 return;
             }
@@ -434,8 +738,16 @@ async fn catch_up(socket: SocketRef, shared: Shared, realtime: Realtime, after: 
                 cursor = *head;
                 break;
             }
-            if let Sent::Stopped =
-                send_page(&socket, &shared, &events, *head, &mut cursor, false).await
+            if let Sent::Stopped = send_page(
+                &socket,
+                &shared,
+                &realtime,
+                &events,
+                *head,
+                &mut cursor,
+                false,
+            )
+            .await
             {
                 break; // a full buffer is waited for without the lock
             }
@@ -451,61 +763,54 @@ async fn catch_up(socket: SocketRef, shared: Shared, realtime: Realtime, after: 
 
 /// `subscribe(["conv_1", ...])` or `subscribe("conv_1")`: only these
 /// conversations from now on (adding to earlier subscriptions);
-/// `subscribe("*")`: every conversation again. Ids that are not
-/// conversation ids are ignored (only such ids: nothing changes). Acks the
-/// current list.
+/// `subscribe("number:<phone_number_id>")` or `subscribe({phoneNumberId})`:
+/// every conversation of these business numbers, likewise;
+/// `subscribe("*")`: everything again. Ids that are malformed, or that the
+/// socket's token may not see, are ignored (only such ids: nothing
+/// changes). Acks the current list.
 async fn subscribe(
     socket: SocketRef,
-    Data(ids): Data<Value>,
+    Data(value): Data<Value>,
     ack: AckSender,
     State(realtime): State<Realtime>,
     State(rules): State<Arc<SocketRules>>,
 ) {
-    let ids = conversation_ids(&ids);
+    let asked = asked(&socket, &realtime, &value).await;
     let cap = rules.max_subscriptions;
     change(&socket, &realtime, |subscription| {
-        if ids.iter().any(|id| id == ALL) {
-            *subscription = Subscription::All;
-            return;
-        }
-        let valid: BTreeSet<String> = ids
-            .iter()
-            .filter(|id| is_conversation_id(id))
-            .cloned()
-            .collect();
-        if valid.is_empty() {
-            return;
-        }
-        // Past the cap, further ids are ignored (the ack lists what holds).
-        match subscription {
-            Subscription::Only(current) => {
-                let room = cap.saturating_sub(current.len());
-                current.extend(valid.into_iter().take(room));
-            }
-            Subscription::All => {
-                *subscription = Subscription::Only(valid.into_iter().take(cap).collect());
-            }
-        }
+        subscription.add(asked, cap)
     })
     .await;
     ack.send(&listed(&socket)).ok();
 }
 
-/// `unsubscribe([...])`: stop getting these conversations. Acks the list.
+/// `unsubscribe(...)` (what `subscribe` takes): stop getting these
+/// conversations and numbers. Acks the list.
 async fn unsubscribe(
     socket: SocketRef,
-    Data(ids): Data<Value>,
+    Data(value): Data<Value>,
     ack: AckSender,
     State(realtime): State<Realtime>,
 ) {
-    let ids = conversation_ids(&ids);
+    let asked = asked(&socket, &realtime, &value).await;
     change(&socket, &realtime, |subscription| {
-        if let Subscription::Only(current) = subscription {
-            current.retain(|id| !ids.contains(id));
-        }
+        subscription.remove(&asked)
     })
     .await;
     ack.send(&listed(&socket)).ok();
+}
+
+/// What a `subscribe`/`unsubscribe` of this socket names, within its scope.
+async fn asked(socket: &SocketRef, realtime: &Realtime, value: &Value) -> Asked {
+    let Some(scope) = Shared::of(socket).and_then(|shared| shared.with(|s| s.scope.clone())) else {
+        return Asked::default();
+    };
+    let home = if Asked::needs_home(value) {
+        realtime.home().await
+    } else {
+        None
+    };
+    Asked::parse(value, &scope, home.as_deref())
 }
 
 /// Changes a socket's subscription, and its rooms if it is live: under
@@ -520,7 +825,7 @@ async fn change(socket: &SocketRef, realtime: &Realtime, f: impl FnOnce(&mut Sub
         f(&mut state.subscription);
         if state.live && state.subscription != before {
             socket.leave_all();
-            socket.join(state.subscription.rooms());
+            socket.join(state.rooms());
         }
     });
 }
@@ -531,14 +836,14 @@ fn listed(socket: &SocketRef) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn conversation_ids(value: &Value) -> Vec<String> {
+/// Whether `auth.subscribe` names anything (an empty list, or something
+/// that is not a list, leaves the socket getting everything).
+fn names_anything(value: &Value) -> bool {
     match value {
-        Value::String(id) => vec![id.clone()],
-        Value::Array(ids) => ids
+        Value::Object(fields) => ["conversationId", "phoneNumberId"]
             .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
+            .any(|name| !strings(fields.get(*name)).is_empty()),
+        other => !strings(Some(other)).is_empty(),
     }
 }
 
@@ -650,10 +955,13 @@ fn resync_early_sockets(io: &SocketIo) {
     }
 }
 
-/// Emits one event to the live sockets entitled to it.
+/// Emits one event to the live sockets entitled to it: those in the
+/// rooms of everything, of its conversation, and of its number.
 async fn emit(realtime: &Realtime, io: &SocketIo, event: &Sequenced) {
+    let number = realtime.number_of(&event.event).await;
     let mut head = realtime.head.lock().await;
-    let rooms = vec![ALL.to_owned(), room(event.event.conversation_id())];
+    let mut rooms = vec![ALL.to_owned(), room(event.event.conversation_id())];
+    rooms.extend(number.as_deref().map(number_room));
     // Serialized once; sent socket by socket, so that a socket whose
     // buffer is full is known, and catches up rather than miss the event.
     if let Ok(payload) = serde_json::value::to_raw_value(&event.payload()) {
@@ -669,4 +977,126 @@ async fn emit(realtime: &Realtime, io: &SocketIo, event: &Sequenced) {
         metrics::counter!("socketio_events_emitted_total").increment(1);
     }
     *head = (*head).max(event.seq);
+}
+
+#[cfg(test)]
+mod tests {
+    use wa_core::domain::StatusUpdate;
+
+    use super::*;
+
+    const HOME: &str = "9";
+
+    fn scoped(numbers: &[&str]) -> Scope {
+        Scope::Numbers(numbers.iter().map(|n| (*n).to_owned()).collect())
+    }
+
+    fn status(conversation_id: &str, phone_number_id: Option<&str>) -> Event {
+        Event::StatusUpdate(StatusUpdate {
+            message_id: "wamid.1".to_owned(),
+            status: "read".into(),
+            conversation_id: conversation_id.to_owned(),
+            phone_number_id: phone_number_id.map(str::to_owned),
+            business_number: None,
+            timestamp: chrono::Utc::now(),
+            client_message_id: None,
+            previous_message_id: None,
+            errors: None,
+        })
+    }
+
+    #[test]
+    fn an_events_number_is_read_off_its_conversation() {
+        assert_eq!(
+            event_number(&status("conv_1_8", Some("7")), None),
+            Some("8")
+        );
+        assert_eq!(
+            event_number(&status("conv_1", Some("7")), Some(HOME)),
+            Some(HOME)
+        );
+        // No home number yet: the event's own number.
+        assert_eq!(event_number(&status("conv_1", Some("7")), None), Some("7"));
+        // Stored before numbers existed, no home number: nobody's.
+        assert_eq!(event_number(&status("conv_1", None), None), None);
+        assert!(visible(&Scope::All, &status("conv_1", None), None));
+        assert!(!visible(&scoped(&["8"]), &status("conv_1", None), None));
+        assert!(!visible(
+            &scoped(&["8"]),
+            &status("nonsense", Some("8")),
+            None
+        ));
+    }
+
+    #[test]
+    fn a_scoped_socket_asks_only_for_what_it_may_see() {
+        let scope = scoped(&["8"]);
+        let asked = Asked::parse(
+            &json!([
+                "conv_1_8", "conv_2_7", "conv_3", "number:8", "number:7", "number:x", "bad"
+            ]),
+            &scope,
+            Some(HOME),
+        );
+        assert_eq!(asked.conversations, BTreeSet::from(["conv_1_8".to_owned()]));
+        assert_eq!(asked.numbers, BTreeSet::from(["8".to_owned()]));
+        assert!(!asked.all);
+        // The home number's conversations, once the home number is known.
+        let home_scope = scoped(&[HOME]);
+        let asked = Asked::parse(
+            &json!({"conversationId": "conv_3"}),
+            &home_scope,
+            Some(HOME),
+        );
+        assert_eq!(asked.conversations.len(), 1);
+        let asked = Asked::parse(&json!({"conversationId": "conv_3"}), &home_scope, None);
+        assert!(asked.conversations.is_empty());
+        assert!(Asked::needs_home(&json!({"conversationId": ["conv_3"]})));
+        assert!(!Asked::needs_home(&json!(["conv_3_8", "number:8"])));
+
+        let asked = Asked::parse(&json!({"phoneNumberId": ["8", "7"]}), &Scope::All, None);
+        assert_eq!(asked.numbers.len(), 2);
+        assert!(Asked::parse(&json!("*"), &scope, None).all);
+    }
+
+    #[test]
+    fn a_scoped_socket_never_joins_the_room_of_everything() {
+        let scope = scoped(&["7", "8"]);
+        assert_eq!(Subscription::All.rooms(&scope), ["num:7", "num:8"]);
+        assert_eq!(Subscription::All.rooms(&Scope::All), [ALL]);
+        let mut subscription = Subscription::All;
+        subscription.add(
+            Asked::parse(&json!(["conv_1_8", "number:7"]), &scope, None),
+            10,
+        );
+        assert_eq!(subscription.rooms(&scope), ["conv:conv_1_8", "num:7"]);
+        assert_eq!(subscription.listed(), ["conv_1_8", "number:7"]);
+        let state = SocketState {
+            subscription,
+            scope,
+            live: true,
+        };
+        assert!(state.wants(&status("conv_1_8", None), Some("8")));
+        assert!(state.wants(&status("conv_2_7", None), Some("7")));
+        assert!(!state.wants(&status("conv_2_8", None), Some("8")));
+    }
+
+    #[test]
+    fn subscriptions_stop_at_the_cap_and_can_be_removed() {
+        let mut subscription = Subscription::All;
+        let asked = Asked::parse(&json!(["conv_1", "conv_2", "number:7"]), &Scope::All, None);
+        subscription.add(asked, 2);
+        assert_eq!(subscription.len(), 2);
+        subscription.add(Asked::parse(&json!("number:8"), &Scope::All, None), 2);
+        assert_eq!(subscription.len(), 2, "past the cap: ignored");
+        subscription.remove(&Asked::parse(
+            &json!(["conv_1", "conv_2"]),
+            &Scope::All,
+            None,
+        ));
+        assert_eq!(subscription, Subscription::only());
+        // Nothing valid: nothing changes.
+        subscription.add(Asked::parse(&json!(["bad"]), &Scope::All, None), 2);
+        assert_eq!(subscription, Subscription::only());
+    }
 }

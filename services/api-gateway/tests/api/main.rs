@@ -5,9 +5,11 @@
 
 mod cluster;
 mod helpers;
+mod numbers;
 mod openapi;
 mod properties;
 mod realtime;
+mod realtime_numbers;
 mod rest;
 mod resume;
 mod send;
