@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 use crate::processing::Processor;
@@ -58,7 +58,10 @@ pub struct Sender {
     processor: Processor,
     relay: Relay,
     graph: Graph,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    /// `SEND_RATE` per business number: a number's state is made on its
+    /// first send (and dropped again when it is back to full), so there are
+    /// at most as many as numbers sent through.
+    limiter: Arc<DefaultKeyedRateLimiter<String>>,
     /// How long a claimed send is left to its sender.
     lease: chrono::TimeDelta,
     /// Requests to WhatsApp not answered yet (reported when stopping).
@@ -76,7 +79,7 @@ impl Sender {
             processor,
             relay,
             graph,
-            limiter: Arc::new(RateLimiter::direct(Quota::per_second(rate))),
+            limiter: Arc::new(RateLimiter::keyed(Quota::per_second(rate))),
             lease,
             in_flight: Arc::default(),
         }
@@ -87,8 +90,8 @@ impl Sender {
     /// timeout) and their answers stored, so a deploy sends nothing twice.
     pub async fn run(self, cancel: CancellationToken) {
         tracing::info!(
-            phone_number_id = self.graph.phone_number_id(),
-            rate = self.graph.send_rate(),
+            default_number = self.graph.default_number().unwrap_or("<none>"),
+            rate_per_number = self.graph.send_rate(),
             "sending queued messages through the WhatsApp Cloud API"
         );
         let announce = {
@@ -125,6 +128,8 @@ impl Sender {
     /// order; returns how many were claimed.
     async fn round(&self, cancel: &CancellationToken) -> StoreResult<usize> {
         let store = self.processor.store();
+        // Numbers whose limiter is full again need no state.
+        self.limiter.retain_recent();
         let due = store
             .due_sends(now(), self.graph.send_rate().max(1) as usize)
             .await?;
@@ -276,8 +281,35 @@ impl Sender {
                 return self.finish(&send, &outcome).await;
             }
         }
+        // The conversation's own number; sends queued before numbers
+        // existed (or with none) go through the default one.
+        let number = send
+            .phone_number_id
+            .clone()
+            .filter(|number| !number.is_empty())
+            .or_else(|| self.graph.default_number().map(str::to_owned));
+        let number = match number {
+            Some(number) if self.graph.has_token_for(&number) => number,
+            // A configuration matter: retrying would not help.
+            unserved => {
+                let why = match unserved {
+                    Some(number) => format!(
+                        "no access token serves business number {number} (set WHATSAPP_ACCESS_TOKEN, or a token for it in WHATSAPP_NUMBER_TOKENS)"
+                    ),
+                    None => "it names no business number and WHATSAPP_PHONE_NUMBER_ID is not set"
+                        .to_owned(),
+                };
+                metrics::counter!("send_failures_total").increment(1);
+                tracing::warn!(id = %send.id, "not sent: {why}");
+                let outcome = SendOutcome::Refused {
+                    errors: not_sent(&why),
+                    at: now(),
+                };
+                return self.finish(&send, &outcome).await;
+            }
+        };
         tokio::select! {
-            () = self.limiter.until_ready() => {}
+            () = self.limiter.until_key_ready(&number) => {}
             () = cancel.cancelled() => return self.release(send).await,
         }
         if cancel.is_cancelled() {
@@ -295,7 +327,7 @@ impl Sender {
         let claimed = send.due;
         let answer = {
             let _in_flight = InFlight::new(&self.in_flight);
-            self.graph.send(&send.request).await
+            self.graph.send_from(&number, &send.request).await
         };
         match answer {
             Ok(wamid) => {

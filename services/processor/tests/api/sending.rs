@@ -9,7 +9,9 @@ use std::time::Duration;
 use chrono::Utc;
 use mongodb::bson::doc;
 use test_support::Mongo;
-use test_support::graph::{FakeGraph, Reply};
+use test_support::graph::{
+    FakeGraph, PHONE_NUMBER_ID, Reply, SECOND_NUMBER_TOKEN, SECOND_PHONE_NUMBER_ID, TOKEN,
+};
 use wa_core::domain::{BUSINESS_USER_NAME, Direction, Message, PENDING, QueuedSend};
 use wa_engine::processing::Processor;
 use wa_store::Store;
@@ -343,4 +345,114 @@ async fn sigterm_while_sends_wait_on_a_slow_graph_api_sends_none_twice() {
     let distinct: std::collections::BTreeSet<&String> = sent.iter().collect();
     assert_eq!(sent.len(), ids.len(), "sent twice: {sent:?}");
     assert_eq!(distinct.len(), ids.len());
+}
+
+/// A number no token serves (the fake would serve it with [`TOKEN`] only
+/// if the processor had `WHATSAPP_ACCESS_TOKEN`, which it has not here).
+const UNSERVED_NUMBER: &str = "106540352242924";
+
+/// Message `id` to `customer` through business number `number` (`None`:
+/// queued before numbers existed), as `POST /api/messages` queues it.
+fn queued_through(customer: &str, id: &str, number: Option<&str>) -> (QueuedSend, Message) {
+    let (mut send, mut message) = queued_to(customer, id, 0);
+    // The home number keeps `conv_<wa_id>`; the others get their suffix.
+    if let Some(number) = number.filter(|&n| n != PHONE_NUMBER_ID) {
+        message.conversation_id = format!("conv_{customer}_{number}");
+        send.conversation_id = message.conversation_id.clone();
+    }
+    message.phone_number_id = number.map(str::to_owned);
+    send.phone_number_id = number.map(str::to_owned);
+    (send, message)
+}
+
+/// Each queued send goes out through its conversation's own number, with
+/// the token that serves it (`WHATSAPP_NUMBER_TOKENS`, no global token
+/// here); one queued before numbers existed goes through the default
+/// number; one for a number no token serves fails at once, saying why,
+/// and nothing is asked of WhatsApp for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_send_goes_out_through_its_own_number_with_that_number_s_token() {
+    let p = spawn_stack(StackConfig::new().processors(0)).await;
+    let graph = FakeGraph::start()
+        .await
+        .with_number_token(SECOND_PHONE_NUMBER_ID, SECOND_NUMBER_TOKEN);
+    let (store, processor) = open_store(&p).await;
+    let sends = [
+        ("local.home", Some(PHONE_NUMBER_ID)),
+        ("local.legacy", None),
+        ("local.second", Some(SECOND_PHONE_NUMBER_ID)),
+        ("local.unserved", Some(UNSERVED_NUMBER)),
+    ];
+    for (id, number) in sends {
+        let (send, message) = queued_through(CUSTOMER, id, number);
+        processor.send(Some(&send), &message).await.unwrap();
+    }
+
+    let graph_env = graph.env();
+    let mut env: Vec<(&str, String)> = graph_env
+        .iter()
+        .filter(|(name, _)| name != "WHATSAPP_ACCESS_TOKEN")
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect();
+    env.extend([
+        (
+            "WHATSAPP_NUMBER_TOKENS",
+            format!("{PHONE_NUMBER_ID}={TOKEN}, {SECOND_PHONE_NUMBER_ID}={SECOND_NUMBER_TOKEN}"),
+        ),
+        ("GRAPH_TIMEOUT_SECS", "5".to_owned()),
+        ("NATS_URL", test_support::nats_url()),
+        ("NATS_NAMESPACE", p.namespace.clone()),
+        ("MONGODB_URI", p.mongo.uri(&p.database)),
+    ]);
+    let (_processor, _) = test_support::start_binary(env!("CARGO_BIN_EXE_processor"), &env).await;
+    test_support::wait_until(
+        "every send to be finished",
+        Duration::from_secs(60),
+        || async { test_support::count(&p.db, "sends", doc! {}).await == 0 },
+    )
+    .await;
+
+    let bearer = |token: &str| Some(format!("Bearer {token}"));
+    let mut arrived: Vec<(String, Option<String>, Option<String>)> = graph
+        .sends()
+        .iter()
+        .map(|r| {
+            (
+                r.body["biz_opaque_callback_data"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                r.phone_number_id().map(str::to_owned),
+                r.authorization.clone(),
+            )
+        })
+        .collect();
+    arrived.sort();
+    assert_eq!(
+        arrived,
+        [
+            ("local.home", PHONE_NUMBER_ID, TOKEN),
+            ("local.legacy", PHONE_NUMBER_ID, TOKEN),
+            ("local.second", SECOND_PHONE_NUMBER_ID, SECOND_NUMBER_TOKEN),
+        ]
+        .map(|(id, number, token)| (id.to_owned(), Some(number.to_owned()), bearer(token))),
+        "each through its number with its token, once; nothing for the unserved number"
+    );
+    assert!(graph.sends().iter().all(|r| r.wamid.is_some()));
+    assert!(graph.invalid().is_empty(), "{:#?}", graph.invalid());
+    for (id, _) in &sends[..3] {
+        let stored = store.message(id).await.unwrap().unwrap();
+        assert_eq!(stored.status, "sent", "{id}");
+    }
+    let failed = store.message("local.unserved").await.unwrap().unwrap();
+    assert_eq!(failed.status, "failed");
+    let errors = failed.errors.unwrap().to_string();
+    assert!(
+        errors.contains(UNSERVED_NUMBER) && errors.contains("WHATSAPP_NUMBER_TOKENS"),
+        "{errors}"
+    );
+    assert!(
+        !errors.contains(TOKEN) && !errors.contains(SECOND_NUMBER_TOKEN),
+        "{errors}"
+    );
 }
