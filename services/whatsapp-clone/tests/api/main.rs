@@ -7,6 +7,7 @@ mod binary;
 mod exhaustion;
 mod helpers;
 mod in_process;
+mod numbers;
 mod resume;
 mod search;
 mod sending;
