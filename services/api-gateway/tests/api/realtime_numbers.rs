@@ -363,3 +363,130 @@ async fn a_socket_subscribes_to_a_number_as_to_a_conversation() {
         assert_eq!(data["body"], "wamid.home.marker");
     }
 }
+
+/// An event of `conversation_id` naming no number, as events stored
+/// before numbers existed do.
+fn numberless_status(conversation_id: &str, message_id: &str) -> wa_core::domain::Event {
+    wa_core::domain::Event::StatusUpdate(wa_core::domain::StatusUpdate {
+        message_id: message_id.to_owned(),
+        status: "delivered".into(),
+        conversation_id: conversation_id.to_owned(),
+        phone_number_id: None,
+        business_number: None,
+        timestamp: chrono::Utc::now(),
+        client_message_id: None,
+        previous_message_id: None,
+        errors: None,
+    })
+}
+
+/// Events that name no number (stored before numbers existed) belong to
+/// the home number by their conversation id: the api-gateway reads the
+/// home number to tell (in process, on SQLite and the embedded log, to
+/// write such events to the log directly).
+#[tokio::test]
+async fn numberless_events_of_the_home_numbers_conversations_reach_its_tokens() {
+    use std::sync::Arc;
+    use wa_broker::EventBus;
+    use wa_store::Store;
+
+    let dir = std::env::temp_dir().join(test_support::unique_name("numberless"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("{ADMIN}\n{SALES} numbers={SECOND}\n{FRONT_DESK} numbers={PHONE_NUMBER_ID}\n"),
+    )
+    .unwrap();
+    let store = wa_store_sqlite::SqliteStore::open(&dir.join("store.sqlite3")).unwrap();
+    store.prepare().await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let events = Arc::new(
+        wa_broker_embedded::EmbeddedEvents::open(&dir.join("events.sqlite3"))
+            .await
+            .unwrap(),
+    );
+    events
+        .append(&[numberless_status(&home_conversation(), "wamid.old")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.home_number(Some(PHONE_NUMBER_ID)).await.unwrap(),
+        Some(PHONE_NUMBER_ID.to_owned())
+    );
+
+    let config = <api_gateway::Config as clap::Parser>::parse_from([
+        "api-gateway".to_owned(),
+        "--host=127.0.0.1".to_owned(),
+        format!("--api-tokens-file={}", tokens.display()),
+    ]);
+    let mut state = api_gateway::ApiState::new(store, events.clone(), None);
+    state.realtime = state
+        .realtime
+        .clone()
+        .with_numbers(state.processor.numbers().clone());
+    let access = api_gateway::Access::new(&config.api, &config.limits, &config.host).unwrap();
+    // Ready once it follows the event log (the one check here).
+    let following = state
+        .realtime
+        .readiness(Arc::new(|| Box::pin(async { Ok(()) })));
+    let ops = wa_service::http::ops_routes(following);
+    let api = api_gateway::api_router(state, ops, &config.api, &access).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(api.serve(listener, shutdown));
+    test_support::wait_until("the api-gateway to follow the log", WAIT, || async {
+        let ready = reqwest::get(format!("{url}/readyz")).await;
+        ready.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    let mut front_desk = SocketClient::connect_with(
+        &url,
+        "websocket",
+        json!({"auth": {"token": FRONT_DESK, "lastSeq": 0}}),
+    )
+    .await;
+    let mut sales = SocketClient::connect_with(
+        &url,
+        "websocket",
+        json!({"auth": {"token": SALES, "lastSeq": 0}}),
+    )
+    .await;
+    let (_, old) = front_desk.next_event(WAIT).await;
+    assert_eq!(old["messageId"], "wamid.old", "replayed: the home number's");
+    events
+        .append(&[
+            numberless_status(&sales_conversation(), "wamid.sales"),
+            numberless_status(&home_conversation(), "wamid.new"),
+        ])
+        .await
+        .unwrap();
+    let (_, new) = front_desk.next_event(WAIT).await;
+    assert_eq!(
+        new["messageId"], "wamid.new",
+        "live: the home number's only"
+    );
+    let (_, first) = sales.next_event(WAIT).await;
+    assert_eq!(
+        first["messageId"], "wamid.sales",
+        "none of the home number's"
+    );
+
+    let response = reqwest::Client::new()
+        .get(format!("{url}/api/events"))
+        .bearer_auth(FRONT_DESK)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let listed: Vec<Value> = response.json().await.unwrap();
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|e| e["data"]["messageId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["wamid.old", "wamid.new"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
