@@ -289,15 +289,18 @@ async fn route(state: &ApiState, scope: &Scope, request: &Validated) -> Result<R
                     "conversationId must look like conv_<digits>",
                 ));
             };
-            // `conv_<wa_id>` is the home number's; before any is recorded,
-            // the default number becomes home (what the deployment sends
-            // from), so the id keeps meaning the same number.
+            // `conv_<wa_id>` is the home number's; before any webhook
+            // recorded one, it goes out through the default number. Home
+            // stays unrecorded here: it is the number webhooks come for
+            // first, so a deployment whose customers write to one number
+            // keeps `conv_<wa_id>` for theirs.
             let number = match in_id {
                 Some(number) => Some(number.to_owned()),
                 None => numbers
-                    .home_or(default.as_deref())
+                    .home()
                     .await
-                    .map_err(store_failure)?,
+                    .map_err(store_failure)?
+                    .or_else(|| default.clone()),
             };
             (id.clone(), wa_id.to_owned(), number)
         }

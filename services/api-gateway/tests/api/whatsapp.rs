@@ -619,6 +619,8 @@ async fn outside_the_window_only_templates_go_and_first_messages_need_one() {
     let stack = stack_with(&graph, 1).await;
     // The samples' customers last wrote long ago.
     stack.load_samples().await;
+    // To their business number, which replies go out through.
+    graph.set_number_token("629305560276479", test_support::graph::TOKEN);
     let (_, list) = stack.get(0, "/api/conversations").await;
     let ravi = list
         .as_array()
