@@ -314,6 +314,10 @@ async fn route(state: &ApiState, scope: &Scope, request: &Validated) -> Result<R
                 Some(number) => Some(number.clone()),
                 None => default_number_of(state, scope, default.as_deref()).await?,
             };
+            if !scope.allows_number(number.as_deref()) {
+                // Checked before home is recorded from it.
+                return Err(unknown_number());
+            }
             let home = numbers
                 .home_or(number.as_deref())
                 .await
