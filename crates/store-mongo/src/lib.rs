@@ -376,6 +376,11 @@ impl Store for MongoStore {
         found.map(message_from_document).transpose()
     }
 
+    async fn media_conversation(&self, media_id: &str) -> StoreResult<Option<String>> {
+        let _ = media_id;
+        Err(StoreError::transient("TODO(media)"))
+    }
+
     async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>> {
         let found = self
             .collection(CONVERSATIONS)

@@ -235,6 +235,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn media_conversation(&self, media_id: &str) -> StoreResult<Option<String>> {
+        let _ = media_id;
+        Err(StoreError::transient("TODO(media)"))
+    }
+
     async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>> {
         let id = conversation_id.to_owned();
         self.run(move |t| {

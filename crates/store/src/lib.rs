@@ -59,6 +59,11 @@ pub trait Store: Send + Sync + 'static {
     /// sent through the API keeps its local id as key).
     async fn message(&self, message_id: &str) -> StoreResult<Option<Message>>;
 
+    /// The conversation of the message whose media object has this id
+    /// (`content.id` of an image, document, ...), by an index: what a
+    /// token scoped to numbers may fetch of WhatsApp's media.
+    async fn media_conversation(&self, media_id: &str) -> StoreResult<Option<String>>;
+
     /// One conversation's summary.
     async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>>;
 

@@ -378,6 +378,22 @@ impl Store for MemoryStore {
             .map(|m| m.clone().with_media_url()))
     }
 
+    async fn media_conversation(&self, media_id: &str) -> StoreResult<Option<String>> {
+        let state = self.state();
+        Ok(state
+            .messages
+            .values()
+            .find(|m| {
+                wa_core::domain::MEDIA_KINDS.contains(&m.kind.as_str())
+                    && m.content
+                        .as_ref()
+                        .and_then(|c| c.get("id"))
+                        .and_then(|id| id.as_str())
+                        == Some(media_id)
+            })
+            .map(|m| m.conversation_id.clone()))
+    }
+
     async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>> {
         Ok(self
             .state()
