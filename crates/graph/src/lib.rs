@@ -597,10 +597,9 @@ impl Graph {
         self.inner.default_number.as_deref()
     }
 
-    /// "Default number" wrapper: the default number's id, `""` when none is
-    /// set (only `WHATSAPP_NUMBER_TOKENS`). Prefer [`Graph::default_number`].
-    pub fn phone_number_id(&self) -> &str {
-        self.default_number().unwrap_or_default()
+    /// The numbers with a token of their own (`WHATSAPP_NUMBER_TOKENS`).
+    pub fn numbers_with_own_token(&self) -> impl Iterator<Item = &str> {
+        self.inner.number_auth.keys().map(String::as_str)
     }
 
     /// Whether a token serves `number`: its own, or `WHATSAPP_ACCESS_TOKEN`.
@@ -622,16 +621,6 @@ impl Graph {
             .ok_or_else(|| GraphError::no_token(number))
     }
 
-    /// The default number, for the "default number" wrappers.
-    fn default_or_error(&self) -> Result<&str, GraphError> {
-        self.default_number().ok_or_else(|| {
-            GraphError::local(
-                "No default number",
-                "WHATSAPP_PHONE_NUMBER_ID is not set: name the business number to send through",
-            )
-        })
-    }
-
     /// The bearer for a number whose id goes into a path: refused before
     /// asking if the id could change the path.
     fn number_auth(&self, number: &str) -> Result<HeaderValue, GraphError> {
@@ -642,11 +631,6 @@ impl Graph {
             ));
         }
         self.token_for(number).cloned()
-    }
-
-    /// "Default number" wrapper of [`Graph::send_from`].
-    pub async fn send(&self, body: &Value) -> Result<String, GraphError> {
-        self.send_from(self.default_or_error()?, body).await
     }
 
     /// POST `{url}/{version}/{number}/messages` with `Authorization: Bearer`
@@ -663,12 +647,6 @@ impl Graph {
         }
     }
 
-    /// "Default number" wrapper of [`Graph::mark_read_from`].
-    pub async fn mark_read(&self, message_id: &str) -> Result<(), GraphError> {
-        self.mark_read_from(self.default_or_error()?, message_id)
-            .await
-    }
-
     /// POST `.../{number}/messages` `{"messaging_product":"whatsapp","status":"read","message_id":id}`:
     /// `number` is the one the message was received on.
     pub async fn mark_read_from(&self, number: &str, message_id: &str) -> Result<(), GraphError> {
@@ -678,12 +656,6 @@ impl Graph {
             "message_id": message_id,
         });
         self.post_messages(number, &body).await.map(drop)
-    }
-
-    /// "Default number" wrapper of [`Graph::media_info_as`]: the default
-    /// number's token (`WHATSAPP_ACCESS_TOKEN` when none is set).
-    pub async fn media_info(&self, media_id: &str) -> Result<MediaInfo, GraphError> {
-        self.media_info_as(None, media_id).await
     }
 
     /// GET `{url}/{version}/{media_id}` → `{url, mime_type, sha256,
@@ -801,18 +773,6 @@ impl Graph {
             response,
             content_type,
         })
-    }
-
-    /// "Default number" wrapper of [`Graph::upload_from`].
-    pub async fn upload(
-        &self,
-        file: tokio::fs::File,
-        length: u64,
-        mime_type: &str,
-        file_name: &str,
-    ) -> Result<String, GraphError> {
-        self.upload_from(self.default_or_error()?, file, length, mime_type, file_name)
-            .await
     }
 
     /// POST `{url}/{version}/{number}/media` with the number's token,
@@ -1372,7 +1332,7 @@ mod tests {
             .client()
             .unwrap()
             .unwrap();
-        assert_eq!(graph.phone_number_id(), "123");
+        assert_eq!(graph.default_number(), Some("123"));
         assert_eq!(graph.send_rate(), 20);
         assert_eq!(
             graph.url(&["123", "messages"]).as_str(),
@@ -1556,7 +1516,7 @@ mod tests {
         let (graph, fake) = start().await;
         let body = json!({"messaging_product":"whatsapp","recipient_type":"individual","to":"15551234567",
             "type":"text","text":{"body":"Hello"},"context":{"message_id":"wamid.IN"}});
-        assert_eq!(graph.send(&body).await.unwrap(), "wamid.SENT1");
+        assert_eq!(graph.send_from(PHONE, &body).await.unwrap(), "wamid.SENT1");
         let seen = take(&fake);
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].method, Method::POST);
@@ -1571,7 +1531,7 @@ mod tests {
             body
         );
 
-        graph.mark_read("wamid.IN").await.unwrap();
+        graph.mark_read_from(PHONE, "wamid.IN").await.unwrap();
         let seen = take(&fake);
         assert_eq!(seen[0].path, format!("/v23.0/{PHONE}/messages"));
         assert_eq!(
@@ -1585,20 +1545,20 @@ mod tests {
         let (graph, fake) = start().await;
         let to = |n: &str| json!({"messaging_product":"whatsapp","to":n,"type":"text","text":{"body":"x"}});
 
-        let e = graph.send(&to("15550000001")).await.unwrap_err();
+        let e = graph.send_from(PHONE, &to("15550000001")).await.unwrap_err();
         assert!(!e.retry);
         assert_eq!((e.http_status, e.code), (Some(400), Some(131047)));
         assert_eq!(e.details.as_deref(), Some("24 hours"));
 
-        let e = graph.send(&to("15550000002")).await.unwrap_err();
+        let e = graph.send_from(PHONE, &to("15550000002")).await.unwrap_err();
         assert!(!e.retry, "a 200 without an id is not retried");
         assert_eq!(e.http_status, Some(200));
 
-        let e = graph.send(&to("15550000003")).await.unwrap_err();
+        let e = graph.send_from(PHONE, &to("15550000003")).await.unwrap_err();
         assert!(e.retry);
         assert_eq!((e.http_status, e.title.as_str()), (Some(502), "HTTP 502"));
 
-        let e = graph.send(&to("15550000004")).await.unwrap_err();
+        let e = graph.send_from(PHONE, &to("15550000004")).await.unwrap_err();
         assert!(e.retry, "a timeout is retried");
         assert_eq!((e.http_status, e.title.as_str()), (None, "Timeout"));
 
@@ -1608,7 +1568,7 @@ mod tests {
             .client()
             .unwrap()
             .unwrap()
-            .send(&to("1"))
+            .send_from(PHONE, &to("1"))
             .await
             .unwrap_err();
         assert!(!e.retry);
@@ -1626,7 +1586,7 @@ mod tests {
             .client()
             .unwrap()
             .unwrap();
-        let e = graph.send(&json!({})).await.unwrap_err();
+        let e = graph.send_from(PHONE, &json!({})).await.unwrap_err();
         assert!(e.retry);
         assert_eq!(e.http_status, None);
         assert!(!format!("{e} {e:?}").contains(TOKEN));
@@ -1644,7 +1604,7 @@ mod tests {
         media_id: &str,
         max_bytes: u64,
     ) -> Result<(Vec<u8>, Option<String>), MediaError> {
-        let info = graph.media_info(media_id).await?;
+        let info = graph.media_info_as(None, media_id).await?;
         if let Some(size) = info.file_size.filter(|&size| size > max_bytes) {
             return Err(MediaError::TooLarge {
                 size: Some(size),
@@ -1694,7 +1654,7 @@ mod tests {
         assert_eq!((e.http_status, e.code), (Some(404), Some(100)));
         // Ids that could change the path are refused before asking.
         take(&fake);
-        assert!(graph.media_info("../v23.0/m1").await.is_err());
+        assert!(graph.media_info_as(None, "../v23.0/m1").await.is_err());
         assert!(take(&fake).is_empty());
     }
 
@@ -1824,7 +1784,7 @@ mod tests {
         tokio::fs::write(&path, JPEG).await.unwrap();
         let file = || async { tokio::fs::File::open(&path).await.unwrap() };
         let id = graph
-            .upload(file().await, JPEG.len() as u64, "image/jpeg", "photo.jpg")
+            .upload_from(PHONE, file().await, JPEG.len() as u64, "image/jpeg", "photo.jpg")
             .await
             .unwrap();
         assert_eq!(id, "uploaded-1");
@@ -1841,7 +1801,7 @@ mod tests {
                 .starts_with("multipart/form-data; boundary=")
         );
         let e = graph
-            .upload(file().await, 0, "not a mime", "x")
+            .upload_from(PHONE, file().await, 0, "not a mime", "x")
             .await
             .unwrap_err();
         assert!(!e.retry);
@@ -1900,7 +1860,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(graph.default_number(), None);
-        assert_eq!(graph.phone_number_id(), "");
+        assert_eq!(graph.default_number(), None);
         assert!(graph.has_token_for("111"));
         assert!(!graph.has_token_for("222"));
         // With the global token, the default number is still required.
@@ -1966,7 +1926,7 @@ mod tests {
             }
         }
         // The default number's wrappers.
-        graph.send(&body).await.unwrap();
+        graph.send_from(PHONE, &body).await.unwrap();
         let seen = take(&fake);
         assert_eq!(seen[0].path, format!("/v23.0/{PHONE}/messages"));
         assert_eq!(seen[0].auth, bearer(TOKEN));
@@ -2031,10 +1991,8 @@ mod tests {
                 .unwrap_err()
                 .is_no_token()
         );
-        // The default-number wrappers say there is none.
-        let e = graph.send(&body).await.unwrap_err();
-        assert_eq!(e.kind, GraphErrorKind::Local);
-        assert!(e.to_string().contains("WHATSAPP_PHONE_NUMBER_ID"), "{e}");
+        // Nor does a number without a token of its own.
+        assert!(graph.send_from(PHONE, &body).await.unwrap_err().is_no_token());
         assert!(take(&fake).is_empty(), "nothing was asked");
         // Its own number works.
         graph.send_from(OWN, &body).await.unwrap();

@@ -56,10 +56,12 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(store: Arc<dyn Store>, events: Arc<dyn EventBus>, graph: Option<Graph>) -> Self {
+        let processor = Processor::new(store.clone());
         Self {
-            processor: Processor::new(store.clone()),
             relay: Relay::new(store.clone(), events.clone()),
-            realtime: Realtime::new(events),
+            // Sockets tell an event's number by the home number.
+            realtime: Realtime::new(events).with_numbers(processor.numbers().clone()),
+            processor,
             store,
             graph,
             media: MediaConfig::default(),
@@ -256,7 +258,10 @@ fn cors(setting: &str) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods(tower_http::cors::Any)
         // Named, not `*`: a wildcard never covers `Authorization`.
-        .allow_headers(tower_http::cors::AllowHeaders::mirror_request());
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
+        // Where the next page of GET /api/events starts (a scoped token's
+        // pages may skip other numbers' events).
+        .expose_headers([axum::http::HeaderName::from_static("next-after")]);
     match origins(setting) {
         None => layer.allow_origin(tower_http::cors::Any),
         Some(origins) => {

@@ -33,7 +33,7 @@ use wa_service::http::ApiError;
 
 use crate::ApiState;
 use crate::media_cache::{CachedMedia, EntryWriter, MediaCache, TempFile};
-use crate::routes::{NumberQuery, scope_of};
+use crate::routes::{NumberQuery, scope_of, store_failure};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MediaSettings {
@@ -429,43 +429,40 @@ pub async fn download(
 /// The business number whose token fetches a media (`None`: the default
 /// number's), within the caller's scope.
 ///
-/// Nothing stored tells which message (so which number) a media id is
-/// of. A token scoped to numbers gets the media only if one of its
-/// numbers' tokens reaches it at WhatsApp, asked before anything is
-/// served (from the cache too): a real fence where numbers have tokens of
-/// their own, none where they share `WHATSAPP_ACCESS_TOKEN`.
+/// The message a media id is of (found by an index) tells its number: a
+/// token scoped to other numbers gets `404`, as for a media that does not
+/// exist, and the number's own token fetches it. A media id no stored
+/// message names is served to unscoped tokens only, with the token of the
+/// number asked for (`?phoneNumberId=`), else the default number's.
 async fn media_number(
     state: &ApiState,
     scope: &Scope,
     requested: Option<String>,
     media_id: &str,
 ) -> Result<Option<String>, ApiError> {
-    let own = match scope {
-        Scope::All => return Ok(requested),
-        Scope::Numbers(own) => own,
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no media {media_id}"));
+    let conversation = state
+        .store
+        .media_conversation(media_id)
+        .await
+        .map_err(store_failure)?;
+    let Some(conversation) = conversation else {
+        return match scope {
+            Scope::All => Ok(requested),
+            Scope::Numbers(_) => Err(not_found()),
+        };
     };
-    let graph = whatsapp(state)?;
-    let candidates: Vec<&String> = match &requested {
-        Some(number) if own.contains(number) => vec![number],
-        Some(_) => Vec::new(),
-        None => own.iter().collect(),
-    };
-    for number in candidates {
-        if !graph.has_token_for(number) {
-            continue;
-        }
-        match graph.media_info_as(Some(number), media_id).await {
-            Ok(_) => return Ok(Some(number.clone())),
-            // Try again later: WhatsApp did not answer.
-            Err(e) if e.retry => return Err(graph_failure(&e)),
-            // Not this number's (unknown, or not for its token).
-            Err(_) => {}
-        }
+    let home = state
+        .processor
+        .numbers()
+        .home()
+        .await
+        .map_err(store_failure)?;
+    if !scope.allows_conversation(&conversation, home.as_deref()) {
+        return Err(not_found());
     }
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no media {media_id}"),
-    ))
+    let number = wa_core::numbers::number_of(&conversation, home.as_deref()).map(str::to_owned);
+    Ok(number.or(requested))
 }
 
 /// Which bytes a `Range` header asks for.

@@ -20,7 +20,13 @@ pub async fn list(
 ) -> Result<Json<Vec<BusinessNumber>>, ApiError> {
     let mut numbers = state.store.numbers().await.map_err(store_failure)?;
     if let Some(graph) = &state.graph {
-        let configured = graph.default_number().into_iter();
+        let mut configured: Vec<&str> = graph
+            .default_number()
+            .into_iter()
+            .chain(graph.numbers_with_own_token())
+            .collect();
+        configured.sort_unstable();
+        configured.dedup();
         for number in configured {
             if !numbers.iter().any(|n| n.phone_number_id == number) {
                 numbers.push(BusinessNumber {
