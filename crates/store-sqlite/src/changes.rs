@@ -19,6 +19,9 @@ pub(crate) fn apply_summary(t: &Transaction<'_>, change: &ConversationChange) ->
     let mut row = match (stored, change.create) {
         (None, true) => {
             add_counter(t, CONVERSATIONS_COUNTER, 1)?;
+            if let Some(number) = &change.phone_number_id {
+                add_conversations(t, number, 1)?;
+            }
             let mut row = SummaryRow::empty(&change.conversation_id);
             // A summary's number never changes: set once, here.
             row.phone_number_id.clone_from(&change.phone_number_id);
@@ -69,7 +72,9 @@ pub(crate) fn apply_summary(t: &Transaction<'_>, change: &ConversationChange) ->
     Ok(())
 }
 
-/// Counter of summaries, next to the stats counters.
+/// Counter of summaries: in `counters`, of all of them (those of no
+/// number yet too); in `number_counters`, of one number's (the home
+/// number's under its own id).
 pub(crate) const CONVERSATIONS_COUNTER: &str = "conversations";
 /// Counter of rejected webhook items.
 pub(crate) const REJECTED_COUNTER: &str = "rejected";
@@ -100,6 +105,16 @@ pub(crate) fn add_stats_counter(
          ON CONFLICT (number, name) DO UPDATE SET n = n + ?3",
     )?
     .execute(params![number, name, n])
+    .map(drop)
+}
+
+/// Adds to the count of a number's summaries.
+pub(crate) fn add_conversations(t: &Transaction<'_>, number: &str, n: i64) -> rusqlite::Result<()> {
+    t.prepare_cached(
+        "INSERT INTO number_counters (number, name, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT (number, name) DO UPDATE SET n = n + ?3",
+    )?
+    .execute(params![number, CONVERSATIONS_COUNTER, n])
     .map(drop)
 }
 
@@ -141,8 +156,8 @@ pub(crate) fn apply_in(
     let mut insert = t.prepare_cached(
         "INSERT OR IGNORE INTO messages
             (id, conversation_id, ts, direction, status, status_rank, doc, message_id,
-             phone_number_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             phone_number_id, media_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for m in &changes.inserts {
         let inserted = insert.execute(params![
@@ -154,7 +169,8 @@ pub(crate) fn apply_in(
             m.status.stored_rank(),
             to_json(m)?,
             m.message_id,
-            m.phone_number_id
+            m.phone_number_id,
+            media_id_of(m)
         ])?;
         if inserted == 0 {
             return Err(Error::conflict(format!(

@@ -42,7 +42,7 @@ use wa_store::{
 };
 
 /// `PRAGMA user_version` of the current schema.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -83,8 +83,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// The schema, then the media ids of messages stored before version 5,
+    /// in steps of [`MEDIA_IDS_BATCH`] messages, each its own transaction.
     async fn prepare(&self) -> StoreResult<()> {
-        self.run(prepare_in).await
+        self.run(prepare_in).await?;
+        while self.run(fill_media_ids_step).await? {}
+        Ok(())
     }
 
     async fn load(&self, lookup: &Lookup) -> StoreResult<Known> {
@@ -235,9 +239,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// By `messages_by_media` (`media_id = ?` implies its `IS NOT NULL`).
     async fn media_conversation(&self, media_id: &str) -> StoreResult<Option<String>> {
-        let _ = media_id;
-        Err(StoreError::transient("TODO(media)"))
+        let media_id = media_id.to_owned();
+        self.run(move |t| {
+            Ok(t.prepare_cached(
+                "SELECT conversation_id FROM messages WHERE media_id = ?1
+                     ORDER BY rowid LIMIT 1",
+            )?
+            .query_row([media_id], |r| r.get(0))
+            .optional()?)
+        })
+        .await
     }
 
     async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>> {

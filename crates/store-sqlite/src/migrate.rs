@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use rusqlite::Transaction;
+use rusqlite::{OptionalExtension, Transaction, params};
 
-use wa_core::domain::{Conversation, Direction, status_rank};
+use wa_core::domain::{Conversation, Direction, Message, status_rank};
 use wa_core::plan::PARKED_STATUS_TTL;
 use wa_core::plan::counts::Counts;
 use wa_store::error::Error;
@@ -30,7 +30,10 @@ pub(crate) fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             message_id TEXT,
             -- The business number (also in `doc`): NULL for messages
             -- stored before numbers existed, until adopted.
-            phone_number_id TEXT
+            phone_number_id TEXT,
+            -- The id of a media message's media object (`content.id`):
+            -- finds the conversation a media id belongs to.
+            media_id TEXT
          );
          DROP INDEX IF EXISTS messages_by_conversation;
          -- Mark-read of one conversation.
@@ -66,7 +69,9 @@ pub(crate) fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
             name TEXT PRIMARY KEY,
             n INTEGER NOT NULL
          );
-         -- The stats counters of every other business number.
+         -- The stats counters of every other business number, and each
+         -- number's count of summaries (`conversations`, under its own id,
+         -- the home number's too: no stats field).
          CREATE TABLE IF NOT EXISTS number_counters (
             number TEXT NOT NULL,
             name TEXT NOT NULL,
@@ -129,6 +134,7 @@ pub(crate) fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
     add_send_order(t)?;
     // Before the migrations: they save summary rows with these columns.
     add_number_columns(t)?;
+    add_media_column(t)?;
     let version: i64 = t.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < 3 {
         migrate_from_v1(t)?;
@@ -136,6 +142,9 @@ pub(crate) fn prepare_in(t: &Transaction<'_>) -> Result<(), Error> {
     }
     if version < 4 {
         migrate_to_v4(t)?;
+    }
+    if version < 5 {
+        migrate_to_v5(t)?;
     }
     if version < SCHEMA_VERSION {
         t.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
@@ -210,6 +219,87 @@ pub(crate) fn add_number_columns(t: &Transaction<'_>) -> Result<(), Error> {
             WHERE phone_number_id IS NULL;",
     )?;
     Ok(())
+}
+
+/// Messages carry their media object's id (column added to stores
+/// created before; filled by [`fill_media_ids_step`]), found by a partial
+/// index that costs messages without media nothing.
+pub(crate) fn add_media_column(t: &Transaction<'_>) -> Result<(), Error> {
+    if !has_column(t, "messages", "media_id")? {
+        t.execute_batch("ALTER TABLE messages ADD COLUMN media_id TEXT")?;
+    }
+    t.execute_batch(
+        "CREATE INDEX IF NOT EXISTS messages_by_media ON messages (media_id)
+            WHERE media_id IS NOT NULL;",
+    )?;
+    Ok(())
+}
+
+/// The `settings` row of the media id fill: the last message row id done
+/// (absent: nothing to fill).
+const MEDIA_IDS_AFTER: &str = "media_ids_after";
+
+/// Messages [`fill_media_ids_step`] reads per transaction.
+pub(crate) const MEDIA_IDS_BATCH: i64 = 1000;
+
+/// Version 5 counts each number's conversations (`number_counters`,
+/// `conversations`) instead of reading its summaries, and finds media by
+/// id: the counters of the summaries tagged so far are computed here,
+/// once (those adopted later are counted as adopted), and the media ids
+/// of stored messages are filled in steps after this transaction, from
+/// the cursor recorded here (so an interrupted fill goes on at the next
+/// start).
+pub(crate) fn migrate_to_v5(t: &Transaction<'_>) -> Result<(), Error> {
+    t.prepare_cached(
+        "INSERT INTO number_counters (number, name, n)
+         SELECT phone_number_id, ?1, COUNT(*) FROM summaries
+         WHERE phone_number_id IS NOT NULL GROUP BY phone_number_id
+         ON CONFLICT (number, name) DO UPDATE SET n = excluded.n",
+    )?
+    .execute([CONVERSATIONS_COUNTER])?;
+    t.prepare_cached("INSERT OR REPLACE INTO settings (name, value) VALUES (?1, ?2)")?
+        .execute(params![MEDIA_IDS_AFTER, i64::MIN.to_string()])?;
+    Ok(())
+}
+
+/// One step of filling the media ids of messages stored before version
+/// 5: up to [`MEDIA_IDS_BATCH`] messages after the recorded cursor.
+/// Returns whether more remain.
+pub(crate) fn fill_media_ids_step(t: &Transaction<'_>) -> Result<bool, Error> {
+    let after: Option<String> = t
+        .prepare_cached("SELECT value FROM settings WHERE name = ?1")?
+        .query_row([MEDIA_IDS_AFTER], |r| r.get(0))
+        .optional()?;
+    let Some(after) = after else {
+        return Ok(false);
+    };
+    let after: i64 = after.parse().unwrap_or(i64::MIN);
+    let rows: Vec<(i64, String)> = t
+        .prepare_cached("SELECT rowid, doc FROM messages WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")?
+        .query_map(params![after, MEDIA_IDS_BATCH], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut set = t.prepare_cached("UPDATE messages SET media_id = ?2 WHERE rowid = ?1")?;
+    for (row, doc) in &rows {
+        let message: Message = from_json(doc)?;
+        if let Some(media_id) = media_id_of(&message) {
+            set.execute(params![row, media_id])?;
+        }
+    }
+    let last = rows.last().map(|(row, _)| *row);
+    match last {
+        Some(last) if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= MEDIA_IDS_BATCH => {
+            t.prepare_cached("UPDATE settings SET value = ?2 WHERE name = ?1")?
+                .execute(params![MEDIA_IDS_AFTER, last.to_string()])?;
+            Ok(true)
+        }
+        _ => {
+            t.prepare_cached("DELETE FROM settings WHERE name = ?1")?
+                .execute([MEDIA_IDS_AFTER])?;
+            Ok(false)
+        }
+    }
 }
 
 /// Version 4 has business numbers: a message's number, kept in its

@@ -99,10 +99,15 @@ pub(crate) fn conversations_of(
     rows.iter().map(SummaryRow::conversation).collect()
 }
 
-/// Summaries of one number (counted in its index range).
+/// Summaries of one number: its counter (kept as they are created with
+/// the number or adopted by it), not a count of its index range.
 fn conversations_count(t: &Transaction<'_>, number: &str) -> rusqlite::Result<i64> {
-    t.prepare_cached("SELECT COUNT(*) FROM summaries WHERE phone_number_id = ?1")?
-        .query_row([number], |r| r.get(0))
+    Ok(
+        t.prepare_cached("SELECT n FROM number_counters WHERE number = ?1 AND name = ?2")?
+            .query_row([number, CONVERSATIONS_COUNTER], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0),
+    )
 }
 
 fn counter(t: &Transaction<'_>, name: &str) -> rusqlite::Result<i64> {
@@ -412,6 +417,8 @@ fn adopt_summaries(
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut displays: HashMap<String, Option<String>> = HashMap::new();
+    // Counted for their number in the same transaction as tagged.
+    let mut adopted: HashMap<&str, i64> = HashMap::new();
     let mut tag = t.prepare_cached(
         "UPDATE summaries SET phone_number_id = ?2, business_number = ?3 WHERE rowid = ?1",
     )?;
@@ -427,7 +434,11 @@ fn adopt_summaries(
                 display
             }
         };
-        tag.execute(params![row, number, display])?;
+        let tagged = tag.execute(params![row, number, display])?;
+        *adopted.entry(number).or_default() += i64::try_from(tagged).unwrap_or(0);
+    }
+    for (number, n) in adopted {
+        add_conversations(t, number, n)?;
     }
     Ok(next_cursor(&rows, |(row, _, key)| {
         Cursor::Place(key.clone(), *row)

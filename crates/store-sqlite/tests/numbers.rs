@@ -134,7 +134,8 @@ async fn opened(path: &Path) -> SqliteStore {
 /// newest first and at most a page.
 #[tokio::test]
 async fn two_numbers_are_listed_counted_and_searched_apart() {
-    let store = opened(&temp_store_path("numbers-two")).await;
+    let path = temp_store_path("numbers-two");
+    let store = opened(&path).await;
     let home = Some((HOME, HOME_DISPLAY));
     let sales = Some((SALES, SALES_DISPLAY));
     store_messages(
@@ -276,6 +277,7 @@ async fn two_numbers_are_listed_counted_and_searched_apart() {
     );
     assert!(searched(&store, "lamp", Some(Vec::new())).await.is_empty());
     assert_eq!(searched(&store, "lamp", None).await.len(), 3);
+    assert_counters_agree(&path);
 }
 
 /// Of concurrent claims with different candidates, one is recorded and
@@ -424,12 +426,14 @@ async fn an_old_store_migrates_in_place_and_is_adopted_by_the_home_number() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     assert_eq!(
         summary_rows(&path),
         rows_before,
         "summaries kept as they were"
     );
+    // Nothing tagged yet: no number counts any.
+    assert_counters_agree(&path);
     let before = store.stats(None).await.unwrap();
     assert_eq!(
         (before.total_messages, before.total_conversations),
@@ -468,6 +472,7 @@ async fn an_old_store_migrates_in_place_and_is_adopted_by_the_home_number() {
     );
 
     assert_eq!(summary_rows(&path), rows_before, "ids and counts unchanged");
+    assert_counters_agree(&path);
     assert_eq!(listed(&store, 2_000, None).await, listed_before);
     assert_eq!(
         listed(&store, 2_000, Some(&only(HOME))).await,
@@ -570,6 +575,15 @@ async fn an_old_store_migrates_in_place_and_is_adopted_by_the_home_number() {
         (all.total_messages, all.total_conversations),
         (OLD_MESSAGES + 2, CUSTOMERS + 1)
     );
+    assert_counters_agree(&path);
+    let numbers = store.numbers().await.unwrap();
+    assert_eq!(
+        numbers
+            .iter()
+            .map(|n| (n.phone_number_id.as_str(), n.conversations))
+            .collect::<Vec<_>>(),
+        [(HOME, CUSTOMERS), (SALES, 1)]
+    );
 }
 
 /// With no default, the home number is the one found on a stored message.
@@ -597,4 +611,263 @@ async fn without_a_default_the_number_of_a_stored_message_is_home() {
     );
     let adopted = store.conversation("conv_4470").await.unwrap().unwrap();
     assert_eq!(adopted.phone_number_id.as_deref(), Some(SALES));
+}
+
+/// The counters of summaries equal a count of the summaries: the total
+/// of all of them, and each number's of those tagged with it.
+fn assert_counters_agree(path: &Path) {
+    let db = rusqlite::Connection::open(path).unwrap();
+    let pairs = |sql: &str| -> BTreeMap<String, i64> {
+        db.prepare(sql)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let counted =
+        pairs("SELECT number, n FROM number_counters WHERE name = 'conversations' AND n <> 0");
+    let summaries = pairs(
+        "SELECT phone_number_id, COUNT(*) FROM summaries
+         WHERE phone_number_id IS NOT NULL GROUP BY phone_number_id",
+    );
+    assert_eq!(counted, summaries, "conversations counted per number");
+    let total: i64 = db
+        .query_row(
+            "SELECT COALESCE((SELECT n FROM counters WHERE name = 'conversations'), 0)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let all: i64 = db
+        .query_row("SELECT COUNT(*) FROM summaries", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(total, all, "conversations counted in all");
+}
+
+/// A media message of a customer to a number: `kind` with a media object.
+fn media(id: &str, wa_id: &str, number: (&str, &str), kind: &str, media_id: &str) -> Message {
+    let mut m = inbound(id, wa_id, Some(number), "", 10);
+    m.kind = kind.to_owned();
+    m.content = Some(serde_json::json!({"id": media_id, "mime_type": "image/jpeg"}));
+    m
+}
+
+/// The media of a message is found by its id, with the index; other ids
+/// and what is not a media object's are not.
+#[tokio::test]
+async fn a_media_id_names_its_conversation() {
+    let path = temp_store_path("numbers-media");
+    let store = opened(&path).await;
+    let mut text = inbound("wamid.t", "4473", Some((HOME, HOME_DISPLAY)), "hello", 1);
+    // A text whose content happens to have an id: no media object.
+    text.content = Some(serde_json::json!({"body": "hello", "id": "media.text"}));
+    store_messages(
+        &store,
+        vec![
+            media(
+                "wamid.i",
+                "4471",
+                (HOME, HOME_DISPLAY),
+                "image",
+                "media.image",
+            ),
+            media(
+                "wamid.d",
+                "4472",
+                (SALES, SALES_DISPLAY),
+                "document",
+                "media.doc",
+            ),
+            text,
+        ],
+    )
+    .await;
+    assert_eq!(
+        store
+            .media_conversation("media.image")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("conv_4471")
+    );
+    assert_eq!(
+        store
+            .media_conversation("media.doc")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("conv_4472_106540352242923")
+    );
+    assert_eq!(store.media_conversation("media.text").await.unwrap(), None);
+    assert_eq!(store.media_conversation("media.none").await.unwrap(), None);
+    assert_eq!(store.media_conversation("").await.unwrap(), None);
+
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let plan: Vec<String> = db
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT conversation_id FROM messages WHERE media_id = ?1
+             ORDER BY rowid LIMIT 1",
+        )
+        .unwrap()
+        .query_map(["media.image"], |r| r.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(
+        plan.iter().any(|step| step.contains("messages_by_media")),
+        "{plan:?}"
+    );
+    assert!(
+        !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+        "{plan:?}"
+    );
+}
+
+/// Media messages written straight into the store, beyond one fill step.
+const OLD_IMAGES: i64 = 1_500;
+
+/// Turns a store of this version back into one of version 4: no media
+/// ids, no per-number counts of conversations.
+fn downgrade_to_v4(path: &Path) {
+    let mut db = rusqlite::Connection::open(path).unwrap();
+    let t = db.transaction().unwrap();
+    t.execute_batch(
+        "DROP INDEX messages_by_media;
+         ALTER TABLE messages DROP COLUMN media_id;
+         DELETE FROM number_counters WHERE name = 'conversations';
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
+    // Images of the home number's first customer, as version 4 stored them.
+    for n in 0..OLD_IMAGES {
+        let m = media(
+            &format!("wamid.img{n:05}"),
+            "4471",
+            (HOME, HOME_DISPLAY),
+            if n % 2 == 0 { "image" } else { "sticker" },
+            &format!("media.old{n:05}"),
+        );
+        t.execute(
+            "INSERT INTO messages (id, conversation_id, ts, direction, status, status_rank, doc,
+                message_id, phone_number_id)
+             VALUES (?1, ?2, ?3, 'inbound', 'received', 0, ?4, ?1, ?5)",
+            rusqlite::params![
+                m.id,
+                m.conversation_id,
+                m.timestamp.timestamp_millis(),
+                serde_json::to_string(&m).unwrap(),
+                HOME
+            ],
+        )
+        .unwrap();
+    }
+    t.commit().unwrap();
+}
+
+/// A version-4 store: opened, its messages get their media ids (in more
+/// than one step) and its numbers their counts of conversations, once.
+#[tokio::test]
+async fn a_v4_store_gets_media_ids_and_counters() {
+    let path = temp_store_path("numbers-v4");
+    let store = opened(&path).await;
+    store_messages(
+        &store,
+        vec![
+            media(
+                "wamid.i",
+                "4471",
+                (HOME, HOME_DISPLAY),
+                "image",
+                "media.image",
+            ),
+            inbound("wamid.2", "4472", Some((HOME, HOME_DISPLAY)), "hi", 2),
+            media(
+                "wamid.d",
+                "4471",
+                (SALES, SALES_DISPLAY),
+                "document",
+                "media.doc",
+            ),
+            inbound("wamid.4", "4473", Some((SALES, SALES_DISPLAY)), "hi", 4),
+            inbound("wamid.5", "4474", Some((SALES, SALES_DISPLAY)), "hi", 5),
+        ],
+    )
+    .await;
+    drop(store);
+    downgrade_to_v4(&path);
+
+    let store = opened(&path).await;
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 5);
+    assert_counters_agree(&path);
+    let numbers: Vec<(String, i64)> = store
+        .numbers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.phone_number_id, n.conversations))
+        .collect();
+    assert_eq!(numbers, [(HOME.to_owned(), 2), (SALES.to_owned(), 3)]);
+    let of_sales = store.stats(Some(&only(SALES))).await.unwrap();
+    assert_eq!(of_sales.total_conversations, 3);
+    let of_both = store
+        .stats(Some(&[HOME.to_owned(), SALES.to_owned()]))
+        .await
+        .unwrap();
+    assert_eq!(of_both.total_conversations, 5);
+
+    assert_eq!(
+        store
+            .media_conversation("media.image")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("conv_4471")
+    );
+    assert_eq!(
+        store
+            .media_conversation("media.doc")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("conv_4471_106540352242923")
+    );
+    for n in [0, 999, 1_000, OLD_IMAGES - 1] {
+        assert_eq!(
+            store
+                .media_conversation(&format!("media.old{n:05}"))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("conv_4471"),
+            "media.old{n:05}"
+        );
+    }
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let filled: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM messages WHERE media_id IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(filled, OLD_IMAGES + 2);
+    let pending: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM settings WHERE name LIKE 'media%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pending, 0, "the fill is done");
+
+    // Opening again counts nothing twice.
+    drop(store);
+    let store = opened(&path).await;
+    assert_counters_agree(&path);
+    assert_eq!(store.numbers().await.unwrap()[1].conversations, 3);
 }
