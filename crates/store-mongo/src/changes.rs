@@ -28,8 +28,8 @@ use super::documents::{
     to_bson_date,
 };
 use super::{
-    CONVERSATIONS, MESSAGES, MongoStore, OUTBOX, PAYLOADS, PENDING_STATUSES, REJECTED, SENDS,
-    STATS, stats_id,
+    CONVERSATIONS, MESSAGES, MongoStore, NUMBERS, OUTBOX, PAYLOADS, PENDING_STATUSES, REJECTED,
+    SENDS, STATS, stats_id,
 };
 use wa_core::domain::{Event, RECEIVED, StatusChange, is_local_id};
 use wa_core::plan::counts::Counts;
@@ -147,7 +147,7 @@ impl MongoStore {
         if !self.transactions().await? {
             for step in &steps {
                 let results =
-                    futures::future::join_all(step.iter().map(|w| self.write(w, None))).await;
+                    futures::future::join_all(step.iter().map(|w| self.write_chain(w, None))).await;
                 first_failure(results)?;
             }
             if stopped {
@@ -169,7 +169,7 @@ impl MongoStore {
         let mut outcome = Ok(());
         'steps: for step in &steps {
             for write in step {
-                outcome = self.write(write, Some(&mut session)).await;
+                outcome = self.write_chain(write, Some(&mut session)).await;
                 if outcome.is_err() {
                     break 'steps;
                 }
@@ -181,6 +181,20 @@ impl MongoStore {
             return if stopped { crash() } else { outcome };
         }
         commit(&mut session).await
+    }
+
+    /// Runs a write, then what must follow it.
+    async fn write_chain(
+        &self,
+        write: &Write,
+        mut session: Option<&mut ClientSession>,
+    ) -> StoreResult<()> {
+        self.write(write, session.as_mut().map(|s| &mut **s))
+            .await?;
+        for next in &write.then {
+            self.write(next, session.as_mut().map(|s| &mut **s)).await?;
+        }
+        Ok(())
     }
 
     /// Runs one write command and checks its answer.
@@ -229,6 +243,7 @@ impl MongoStore {
         Write {
             command: Document::new(),
             expect: Expect::All(1),
+            then: Vec::new(),
         }
         .check(&answer)
     }
@@ -298,6 +313,9 @@ fn parked_from_document(d: &Document) -> Option<StatusChange> {
 struct Write {
     command: Document,
     expect: Expect,
+    /// Written in order once this one is, only if it succeeded (what
+    /// must follow it and nothing else).
+    then: Vec<Write>,
 }
 
 enum Expect {
@@ -448,7 +466,32 @@ fn record_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
             Expect::DuplicatesAllowed,
         ));
     }
+    // The documents of the numbers whose conversation counters the next
+    // step increments (an upsert there could lose an increment to a
+    // concurrent insert; the duplicate here is harmless).
+    let counted = created_per_number(changes);
+    if !counted.is_empty() {
+        let statements = counted
+            .keys()
+            .map(|number| {
+                doc! {"q": {"_id": number}, "u": {"$setOnInsert": {"conversations": 0_i64}}, "upsert": true}
+            })
+            .collect();
+        first.push(update(NUMBERS, statements, Expect::DuplicatesAllowed));
+    }
     Ok(first)
+}
+
+/// The summaries a change set creates, per business number (those of no
+/// number yet are counted when adopted).
+fn created_per_number(changes: &ChangeSet) -> BTreeMap<&str, i64> {
+    let mut created = BTreeMap::new();
+    for change in changes.conversations.iter().filter(|c| c.create) {
+        if let Some(number) = &change.phone_number_id {
+            *created.entry(number.as_str()).or_default() += 1;
+        }
+    }
+    created
 }
 
 /// What follows from the records: summaries and counters (with their
@@ -461,10 +504,31 @@ fn summary_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
     }
     if !must.is_empty() {
         let n = must.len() as i64;
+        // Each number's count of conversations, once its new summaries
+        // are created: in the transaction on a replica set. Without one,
+        // right after the creations and only if they all succeeded, so a
+        // retry (which finds the summaries created and creates nothing)
+        // never counts them again; a crash between the two round trips
+        // leaves the number's count short of this change set's creations
+        // (`migrate::count_conversations` recounts).
+        let counted = created_per_number(changes);
+        let then = if counted.is_empty() {
+            Vec::new()
+        } else {
+            let statements: Vec<Document> = counted
+                .iter()
+                .map(|(number, n)| {
+                    doc! {"q": {"_id": *number}, "u": {"$inc": {"conversations": *n}}}
+                })
+                .collect();
+            let expected = statements.len() as i64;
+            vec![update(NUMBERS, statements, Expect::All(expected))]
+        };
         // In order: a summary's creation before its further counters.
         second.push(Write {
             command: doc! {"update": CONVERSATIONS, "updates": must, "ordered": true},
             expect: Expect::All(n),
+            then,
         });
     }
     if !forward.is_empty() {
@@ -492,6 +556,7 @@ fn summary_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
         second.push(Write {
             command: doc! {"update": STATS, "updates": statements, "ordered": !created.is_empty()},
             expect: Expect::All(n),
+            then: Vec::new(),
         });
     }
     // The events, committed with what they announce (before settling: a
@@ -508,6 +573,7 @@ fn summary_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
                 "deletes": [{"q": {"_id": {"$in": &changes.unpark}}, "limit": 0}],
             },
             expect: Expect::Anything,
+            then: Vec::new(),
         });
     }
     Ok(second)
@@ -536,6 +602,7 @@ fn settle_step(changes: &ChangeSet) -> Vec<Write> {
                 "deletes": [{"q": {"_id": {"$in": &changes.dequeue}}, "limit": 0}],
             },
             expect: Expect::Anything,
+            then: Vec::new(),
         });
     }
     third
@@ -579,6 +646,7 @@ fn update(collection: &str, statements: Vec<Document>, expect: Expect) -> Write 
     Write {
         command: doc! {"update": collection, "updates": statements, "ordered": false},
         expect,
+        then: Vec::new(),
     }
 }
 
@@ -634,6 +702,7 @@ fn inserts(collection: &str, documents: Vec<Document>, expect: Expect) -> Vec<Wr
             commands.push(Write {
                 command: doc! {"insert": collection, "documents": chunk, "ordered": false},
                 expect,
+                then: Vec::new(),
             });
         }
     };

@@ -11,7 +11,9 @@
 //! `webhook_payloads` (raw bodies), `rejected_items` (malformed webhook
 //! items, with the reason), `outbox` (events committed with their
 //! changes, until relayed to the event log), `numbers` (the business
-//! numbers webhooks came for, with their display numbers) and `meta` (the
+//! numbers webhooks came for, with their display numbers, and each
+//! number's count of conversations, kept as summaries are created or
+//! adopted) and `meta` (the
 //! schema version, the home number). Conversations, messages, queued sends
 //! and parked statuses carry their business number (`phoneNumberId`). Only
 //! plain CRUD operators are used; a batch costs a handful of round trips
@@ -64,6 +66,8 @@ const HOME_NUMBER: &str = "homeNumber";
 /// `_id` of the `meta` document noting that data stored before numbers
 /// existed has been given its number.
 const NUMBERS_ADOPTED: &str = "numbersAdopted";
+/// Field of a message holding its media object's id (`content.id`).
+const MEDIA_ID: &str = "content.id";
 /// Documents named per `$in` update when adopting numbers.
 const ADOPT_CHUNK: usize = 1000;
 
@@ -225,6 +229,12 @@ impl MongoStore {
                 IndexModel::builder()
                     .keys(doc! {search::SEARCH: 1, "timestamp": -1, "messageId": -1})
                     .build(),
+                // A media object's message (sparse: most messages have no
+                // media, and an equality on a string never needs those).
+                IndexModel::builder()
+                    .keys(doc! {MEDIA_ID: 1})
+                    .options(IndexOptions::builder().sparse(true).build())
+                    .build(),
             ])
             .await
             .map_err(store_error)?;
@@ -377,8 +387,16 @@ impl Store for MongoStore {
     }
 
     async fn media_conversation(&self, media_id: &str) -> StoreResult<Option<String>> {
-        let _ = media_id;
-        Err(StoreError::transient("TODO(media)"))
+        let found = self
+            .collection(MESSAGES)
+            .find_one(doc! {
+                MEDIA_ID: media_id,
+                "type": {"$in": wa_core::domain::MEDIA_KINDS.as_slice()},
+            })
+            .projection(doc! {"_id": 0, "conversationId": 1})
+            .await
+            .map_err(store_error)?;
+        Ok(found.and_then(|m| m.get_str("conversationId").ok().map(str::to_owned)))
     }
 
     async fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Conversation>> {
@@ -554,9 +572,14 @@ impl Store for MongoStore {
         let statements: Vec<Document> = news
             .iter()
             .map(|(number, display)| {
+                // `phoneNumberId` set even on an existing document: one
+                // made by counting a conversation is listed only once the
+                // number is noted.
                 let update = match display {
-                    Some(display) => doc! {"$set": {"businessNumber": display}},
-                    None => doc! {"$setOnInsert": {"phoneNumberId": number}},
+                    Some(display) => {
+                        doc! {"$set": {"phoneNumberId": number, "businessNumber": display}}
+                    }
+                    None => doc! {"$set": {"phoneNumberId": number}},
                 };
                 doc! {"q": {"_id": number}, "u": update, "upsert": true}
             })
@@ -591,12 +614,19 @@ impl Store for MongoStore {
             self.stats_documents(doc! {}),
             self.home_number(None),
         )?;
+        // Noted numbers (a document made only to count conversations of a
+        // number no webhook named yet is not one).
         let mut numbers: BTreeMap<String, Option<String>> = recorded
             .iter()
+            .filter(|d| d.contains_key("phoneNumberId") || d.contains_key("businessNumber"))
             .filter_map(|d| {
                 let number = d.get_str("_id").ok()?.to_owned();
                 Some((number, d.get_str("businessNumber").ok().map(str::to_owned)))
             })
+            .collect();
+        let conversations: HashMap<&str, i64> = recorded
+            .iter()
+            .filter_map(|d| Some((d.get_str("_id").ok()?, conversation_count(d))))
             .collect();
         if let Some(home) = &home {
             numbers.entry(home.clone()).or_default();
@@ -620,21 +650,15 @@ impl Store for MongoStore {
             add_counter_fields(&mut counts, shard, "");
             *unread.entry(number).or_default() += counts.unread;
         }
-        let conversations = self.collection(CONVERSATIONS);
-        let mut listed = Vec::with_capacity(numbers.len());
-        for (number, display) in numbers {
-            let count = conversations
-                .count_documents(doc! {"phoneNumberId": &number})
-                .await
-                .map_err(store_error)?;
-            listed.push(BusinessNumber {
+        Ok(numbers
+            .into_iter()
+            .map(|(number, display)| BusinessNumber {
                 unread_count: unread.get(&number).copied().unwrap_or(0),
-                conversations: i64::try_from(count).unwrap_or(i64::MAX),
+                conversations: conversations.get(number.as_str()).copied().unwrap_or(0),
                 phone_number_id: number,
                 business_number: display,
-            });
-        }
-        Ok(listed)
+            })
+            .collect())
     }
 
     async fn adopt_numbers(&self, default: Option<&str>) -> StoreResult<Option<String>> {
@@ -643,7 +667,7 @@ impl Store for MongoStore {
 
     /// The stats documents summed, and the numbers of summaries and
     /// rejected items from their collections' metadata (for some business
-    /// numbers: their summaries counted in the index): no scan.
+    /// numbers: their counts of conversations): no scan.
     async fn stats(&self, numbers: Option<&[String]>) -> StoreResult<Stats> {
         let (shards, conversations) = match numbers {
             None => futures::try_join!(self.stats_documents(doc! {}), async {
@@ -671,12 +695,19 @@ impl Store for MongoStore {
                         })
                     })
                     .collect();
-                futures::try_join!(self.stats_documents(doc! {"_id": {"$in": ids}}), async {
-                    self.collection(CONVERSATIONS)
-                        .count_documents(doc! {"phoneNumberId": {"$in": numbers}})
-                        .await
-                        .map_err(store_error)
-                },)?
+                let (shards, counted) =
+                    futures::try_join!(self.stats_documents(doc! {"_id": {"$in": ids}}), async {
+                        self.collection(NUMBERS)
+                            .find(doc! {"_id": {"$in": numbers}})
+                            .projection(doc! {"conversations": 1})
+                            .await
+                            .map_err(store_error)?
+                            .try_collect::<Vec<Document>>()
+                            .await
+                            .map_err(store_error)
+                    },)?;
+                let conversations: i64 = counted.iter().map(conversation_count).sum();
+                (shards, u64::try_from(conversations).unwrap_or(0))
             }
         };
         let rejected = self
@@ -824,13 +855,19 @@ impl MongoStore {
                     set.insert("businessNumber", display);
                 }
                 for chunk in ids.chunks(ADOPT_CHUNK) {
-                    collection
+                    let adopted = collection
                         .update_many(
                             doc! {"_id": {"$in": chunk}, "phoneNumberId": {"$exists": false}},
                             doc! {"$set": set.clone()},
                         )
                         .await
                         .map_err(store_error)?;
+                    // Counted for their number: what this pass tagged, so
+                    // a concurrent or later pass counts none twice (a
+                    // crash between the two leaves the count short).
+                    if name == CONVERSATIONS && adopted.modified_count > 0 {
+                        self.count_adopted(number, adopted.modified_count).await?;
+                    }
                 }
             }
         }
@@ -850,6 +887,33 @@ impl MongoStore {
         }
         note_adopted(&meta).await?;
         Ok(Some(home))
+    }
+
+    /// Adds `adopted` summaries to `number`'s count of conversations.
+    async fn count_adopted(&self, number: &str, adopted: u64) -> StoreResult<()> {
+        let numbers = self.collection(NUMBERS);
+        // The document first (an upsert's insert racing another's could
+        // lose the increment; a duplicate here is as good).
+        match numbers
+            .update_one(
+                doc! {"_id": number},
+                doc! {"$setOnInsert": {"conversations": 0_i64}},
+            )
+            .upsert(true)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if documents::is_duplicate_key(&e) => {}
+            Err(e) => return Err(store_error(e)),
+        }
+        numbers
+            .update_one(
+                doc! {"_id": number},
+                doc! {"$inc": {"conversations": i64::try_from(adopted).unwrap_or(i64::MAX)}},
+            )
+            .await
+            .map(drop)
+            .map_err(store_error)
     }
 
     /// Whole outbox documents, oldest first, until `limit` events.
@@ -879,6 +943,11 @@ impl MongoStore {
         }
         Ok(events)
     }
+}
+
+/// A number document's count of conversations (none counted yet: 0).
+fn conversation_count(document: &Document) -> i64 {
+    document.get("conversations").and_then(integer).unwrap_or(0)
 }
 
 /// Notes that a pass of [`MongoStore::adopt`] found or left no untagged

@@ -6,21 +6,22 @@
 //! Version 2 keeps counters: summaries get theirs recomputed once, the
 //! stats documents get the totals, and every message is marked settled.
 //! Version 3 keeps, in each summary, the time of the customer's newest
-//! message (WhatsApp's 24-hour window). Each step sets absolute values, so
-//! a migration that stopped half-way simply runs again.
+//! message (WhatsApp's 24-hour window). Version 4 keeps, in each business
+//! number's document, its count of conversations. Each step sets absolute
+//! values, so a migration that stopped half-way simply runs again.
 
 use futures::TryStreamExt;
 use mongodb::Database;
 use mongodb::bson::{Document, doc};
 
 use super::documents::{SETTLED, integer, store_error};
-use super::{CONVERSATIONS, MESSAGES, META, STATS, stats_id};
+use super::{CONVERSATIONS, MESSAGES, META, NUMBERS, STATS, stats_id};
 use wa_core::domain::{Direction, KNOWN_STATUSES, RECEIVED, Status};
 use wa_core::plan::counts::Counts;
 use wa_store::StoreResult;
 
 const SCHEMA: &str = "schema";
-const CURRENT: i64 = 3;
+const CURRENT: i64 = 4;
 
 /// True when the data is in the current schema (or there is none yet).
 pub async fn is_current(db: &Database) -> StoreResult<bool> {
@@ -64,8 +65,12 @@ pub async fn to_current(db: &Database) -> StoreResult<()> {
             recount_conversations(db).await?;
             recount_stats(db).await?;
         }
-        tracing::info!("migrating MongoDB data to schema 3: customer service windows");
-        note_last_inbound(db).await?;
+        if from < 3 {
+            tracing::info!("migrating MongoDB data to schema 3: customer service windows");
+            note_last_inbound(db).await?;
+        }
+        tracing::info!("migrating MongoDB data to schema 4: conversations counted per number");
+        count_conversations(db).await?;
     }
     // Version 1 found unread messages by status; now by what was counted.
     let _ = messages.drop_index("conversationId_1_status_1").await;
@@ -171,6 +176,35 @@ async fn note_last_inbound(db: &Database) -> StoreResult<()> {
                 .await
                 .map_err(store_error)?;
         }
+    }
+    Ok(())
+}
+
+/// Each business number's count of conversations, from its summaries
+/// (once; change sets and adoption keep it since). Summaries of no number
+/// yet are counted when adopted.
+pub(super) async fn count_conversations(db: &Database) -> StoreResult<()> {
+    let groups: Vec<Document> = db
+        .collection::<Document>(CONVERSATIONS)
+        .aggregate([
+            doc! {"$match": {"phoneNumberId": {"$exists": true}}},
+            doc! {"$group": {"_id": "$phoneNumberId", "n": {"$sum": 1}}},
+        ])
+        .await
+        .map_err(store_error)?
+        .try_collect()
+        .await
+        .map_err(store_error)?;
+    let numbers = db.collection::<Document>(NUMBERS);
+    for group in &groups {
+        let (Ok(number), Some(n)) = (group.get_str("_id"), group.get("n").and_then(integer)) else {
+            continue;
+        };
+        numbers
+            .update_one(doc! {"_id": number}, doc! {"$set": {"conversations": n}})
+            .upsert(true)
+            .await
+            .map_err(store_error)?;
     }
     Ok(())
 }
