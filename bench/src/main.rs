@@ -6,7 +6,8 @@
 //! with a large embedded store, and idle memory of each binary; the rate at
 //! which the stack stores under webhook load (against a baseline revision's
 //! build, too) and crash recovery; the gateway at one and three stream
-//! replicas, and the pause a leader change causes. Numbers, never pass/fail: speed targets
+//! replicas, and the pause a leader change causes; the reads of several
+//! business numbers at two data sizes. Numbers, never pass/fail: speed targets
 //! live here, not in tests.
 
 mod commands;
@@ -15,6 +16,7 @@ mod fanout;
 mod footprint;
 mod ingest;
 mod load;
+mod numbers;
 mod processor;
 mod reads;
 mod replicas;
@@ -35,7 +37,7 @@ pub struct Options {
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
     /// Only these scenarios (ingest, processor, reads, e2e, fanout, stored,
-    /// crash, replicas, search, footprint). `stored` includes `crash` (crash recovery).
+    /// crash, replicas, search, numbers, footprint). `stored` includes `crash` (crash recovery).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The MongoDB-wire server of the MongoDB scenarios: the replica set
@@ -104,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         "crash",
         "replicas",
         "search",
+        "numbers",
         "footprint",
     ] {
         if !options.wants(scenario) {
@@ -121,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
             "crash" => stored::crash(&options).await,
             "replicas" => replicas::run(&options).await,
             "search" => search::run(&options).await,
+            "numbers" => numbers::run(&options).await,
             _ => footprint::run(&options).await,
         };
         // A scenario that cannot run is reported; the others still run.
