@@ -463,6 +463,39 @@ async fn data_from_before_numbers_is_adopted_by_the_default_number(store: Arc<dy
     assert_eq!((support.conversations, support.unread_count), (1, 3));
 }
 
+/// A media object is found by its id, with the conversation of its
+/// message (what the API checks a scoped token against).
+async fn a_media_is_found_with_its_conversation(store: Arc<dyn Store>) {
+    let processor = Processor::new(store.clone());
+    let image = |number: (&str, &str), id: &str, media: &str, seconds: i64| {
+        envelope(
+            Some(number),
+            serde_json::json!({
+                "contacts": [{"wa_id": CUSTOMER, "profile": {"name": "Ravi"}}],
+                "messages": [{"from": CUSTOMER, "id": id, "timestamp": (1_754_400_000 + seconds).to_string(),
+                    "type": "image", "image": {"id": media, "mime_type": "image/jpeg"}}]}),
+        )
+    };
+    feed(
+        &processor,
+        &[
+            image((SUPPORT, SUPPORT_DISPLAY), "wamid.i1", "1111", 1),
+            image((SALES, SALES_DISPLAY), "wamid.i2", "2222", 2),
+            said(Some((SALES, SALES_DISPLAY)), "wamid.t1", "no media here", 3),
+        ],
+    )
+    .await;
+    assert_eq!(
+        store.media_conversation("1111").await.unwrap().as_deref(),
+        Some(HOME_CONVERSATION)
+    );
+    assert_eq!(
+        store.media_conversation("2222").await.unwrap().as_deref(),
+        Some(SALES_CONVERSATION)
+    );
+    assert_eq!(store.media_conversation("3333").await.unwrap(), None);
+}
+
 macro_rules! on_every_store {
     ($($scenario:ident),* $(,)?) => {
         mod in_memory {
@@ -485,4 +518,5 @@ on_every_store!(
     statuses_land_on_their_numbers_message,
     the_home_number_is_recorded_once,
     data_from_before_numbers_is_adopted_by_the_default_number,
+    a_media_is_found_with_its_conversation,
 );
