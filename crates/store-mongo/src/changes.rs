@@ -189,10 +189,9 @@ impl MongoStore {
         write: &Write,
         mut session: Option<&mut ClientSession>,
     ) -> StoreResult<()> {
-        self.write(write, session.as_mut().map(|s| &mut **s))
-            .await?;
+        self.write(write, session.as_deref_mut()).await?;
         for next in &write.then {
-            self.write(next, session.as_mut().map(|s| &mut **s)).await?;
+            self.write(next, session.as_deref_mut()).await?;
         }
         Ok(())
     }

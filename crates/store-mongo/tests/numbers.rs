@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{Document, doc};
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc};
 use wa_core::domain::{Direction, Message, Page, QueuedSend, Status};
 use wa_core::numbers::{BusinessNumber, route};
 use wa_core::plan::{self, Batch};
 use wa_core::search::Query;
 use wa_store::{ErrorKind, SearchScope, Store};
-use wa_store_mongo::{CONVERSATIONS, MESSAGES, MongoStore, SENDS, STATS};
+use wa_store_mongo::{CONVERSATIONS, MESSAGES, MongoStore, NUMBERS, SENDS, STATS};
 
 const HOME: &str = "111";
 const HOME_DISPLAY: &str = "15550001111";
@@ -164,6 +165,7 @@ async fn an_old_database_adopts_the_home_number_in_place() {
     for collection in [CONVERSATIONS, MESSAGES, SENDS] {
         assert_eq!(untagged(&store, collection).await, 0, "{collection}");
     }
+    assert_counters_agree(&store).await;
     let adopted = store
         .conversations(page(10), Some(&only(HOME)))
         .await
@@ -475,4 +477,336 @@ async fn a_change_set_stopped_half_way_counts_another_numbers_message_once() {
         (1, 1)
     );
     assert_eq!(store.stats(None).await.unwrap().total_messages, 1);
+    assert_counters_agree(&store).await;
+}
+
+/// A customer's message of type `kind` whose content names `media_id`.
+fn with_content(mut message: Message, kind: &str, media_id: &str) -> Message {
+    message.kind = kind.to_owned();
+    message.content = Some(serde_json::json!({"id": media_id, "mime_type": "image/jpeg"}));
+    message
+}
+
+async fn a_media_objects_conversation_is_found_by_its_id(uri: String) {
+    let store = store(&uri).await;
+    store.home_number(Some(HOME)).await.unwrap();
+    let other_number = Some((OTHER, OTHER_DISPLAY));
+    store_messages(
+        &store,
+        Some(HOME),
+        vec![
+            with_content(inbound("wamid.i1", "4477", other_number, 1), "image", "m1"),
+            with_content(
+                inbound("wamid.d1", "4488", Some((HOME, HOME_DISPLAY)), 2),
+                "document",
+                "m2",
+            ),
+            // An id in the content of a message that is no media object.
+            with_content(inbound("wamid.b1", "4499", other_number, 3), "button", "m3"),
+            inbound("wamid.t1", "4499", other_number, 4),
+        ],
+    )
+    .await;
+    assert_eq!(
+        store.media_conversation("m1").await.unwrap().as_deref(),
+        Some("conv_4477_222")
+    );
+    assert_eq!(
+        store.media_conversation("m2").await.unwrap().as_deref(),
+        Some("conv_4488")
+    );
+    assert_eq!(store.media_conversation("m3").await.unwrap(), None);
+    assert_eq!(store.media_conversation("unknown").await.unwrap(), None);
+    // Served by an index of the media ids.
+    let indexes: Vec<Document> = store
+        .database()
+        .collection::<Document>(MESSAGES)
+        .list_indexes()
+        .await
+        .unwrap()
+        .map_ok(|index| index.keys)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        indexes.iter().any(|keys| keys == &doc! {"content.id": 1}),
+        "{indexes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_media_objects_conversation_is_found_by_its_id_standalone() {
+    a_media_objects_conversation_is_found_by_its_id(standalone()).await;
+}
+
+#[tokio::test]
+async fn a_media_objects_conversation_is_found_by_its_id_in_a_replica_set() {
+    a_media_objects_conversation_is_found_by_its_id(replica_set()).await;
+}
+
+/// Each number's kept count of conversations against its summaries
+/// counted (what the counter stands for).
+async fn assert_counters_agree(store: &MongoStore) {
+    let database = store.database();
+    let numbers: Vec<Document> = database
+        .collection::<Document>(NUMBERS)
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut counted = BTreeMap::new();
+    for number in &numbers {
+        let id = number.get_str("_id").unwrap().to_owned();
+        let kept = number.get("conversations").map_or(0, |n| match n {
+            Bson::Int32(n) => i64::from(*n),
+            Bson::Int64(n) => *n,
+            other => panic!("not a count: {other}"),
+        });
+        counted.insert(id, kept);
+    }
+    let summaries: Vec<Document> = database
+        .collection::<Document>(CONVERSATIONS)
+        .find(doc! {"phoneNumberId": {"$exists": true}})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut expected: BTreeMap<String, i64> = numbers
+        .iter()
+        .map(|n| (n.get_str("_id").unwrap().to_owned(), 0))
+        .collect();
+    for summary in &summaries {
+        *expected
+            .entry(summary.get_str("phoneNumberId").unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(counted, expected);
+}
+
+fn conversations_of(numbers: &[BusinessNumber]) -> Vec<(&str, i64)> {
+    numbers
+        .iter()
+        .map(|n| (n.phone_number_id.as_str(), n.conversations))
+        .collect()
+}
+
+async fn counters_follow_created_summaries(uri: String) {
+    let store = store(&uri).await;
+    store.home_number(Some(HOME)).await.unwrap();
+    store
+        .note_numbers(&[(HOME.to_owned(), None), (OTHER.to_owned(), None)])
+        .await
+        .unwrap();
+    let home_number = Some((HOME, HOME_DISPLAY));
+    let other_number = Some((OTHER, OTHER_DISPLAY));
+    store_messages(
+        &store,
+        Some(HOME),
+        vec![
+            inbound("wamid.h1", "4477", home_number, 1),
+            inbound("wamid.o1", "4477", other_number, 2),
+            inbound("wamid.o2", "4488", other_number, 3),
+        ],
+    )
+    .await;
+    // More messages of known conversations count no conversation.
+    store_messages(
+        &store,
+        Some(HOME),
+        vec![
+            inbound("wamid.h2", "4477", home_number, 4),
+            inbound("wamid.o3", "4488", other_number, 5),
+            inbound("wamid.o4", "4499", other_number, 6),
+        ],
+    )
+    .await;
+    assert_counters_agree(&store).await;
+    assert_eq!(
+        conversations_of(&store.numbers().await.unwrap()),
+        [(HOME, 1), (OTHER, 3)]
+    );
+    assert_eq!(
+        store
+            .stats(Some(&only(OTHER)))
+            .await
+            .unwrap()
+            .total_conversations,
+        3
+    );
+
+    // Two writers planning the same new conversation: one creates it, the
+    // other's creation is refused and replanned; counted once.
+    let mut messages = vec![inbound("wamid.n1", "4455", other_number, 7)];
+    route(&mut messages, &mut [], Some(HOME));
+    let first = Batch {
+        messages,
+        ..Batch::default()
+    };
+    let mut messages = vec![inbound("wamid.n2", "4455", other_number, 8)];
+    route(&mut messages, &mut [], Some(HOME));
+    let second = Batch {
+        messages,
+        ..Batch::default()
+    };
+    let known_first = store.load(&first.lookup()).await.unwrap();
+    let known_second = store.load(&second.lookup()).await.unwrap();
+    store
+        .apply(&plan::plan_batch(&first, &known_first))
+        .await
+        .unwrap();
+    let refused = store.apply(&plan::plan_batch(&second, &known_second)).await;
+    assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Conflict));
+    let known_second = store.load(&second.lookup()).await.unwrap();
+    store
+        .apply(&plan::plan_batch(&second, &known_second))
+        .await
+        .unwrap();
+    assert_counters_agree(&store).await;
+    assert_eq!(
+        conversations_of(&store.numbers().await.unwrap()),
+        [(HOME, 1), (OTHER, 4)]
+    );
+}
+
+#[tokio::test]
+async fn counters_follow_created_summaries_standalone() {
+    counters_follow_created_summaries(standalone()).await;
+}
+
+#[tokio::test]
+async fn counters_follow_created_summaries_in_a_replica_set() {
+    counters_follow_created_summaries(replica_set()).await;
+}
+
+/// Without transactions: wherever a change set creating conversations
+/// stops, its retry counts each conversation once.
+#[tokio::test]
+async fn a_change_set_stopped_anywhere_counts_its_conversations_once() {
+    let store = store(&standalone()).await;
+    store.home_number(Some(HOME)).await.unwrap();
+    store
+        .note_numbers(&[(OTHER.to_owned(), Some(OTHER_DISPLAY.to_owned()))])
+        .await
+        .unwrap();
+    // Steps: record, summaries (and their count), settle, cleanup.
+    for steps in 0..4 {
+        let second = i64::try_from(steps).unwrap();
+        let mut messages = vec![
+            inbound(
+                &format!("wamid.o{steps}"),
+                &format!("44{steps}"),
+                Some((OTHER, OTHER_DISPLAY)),
+                second,
+            ),
+            inbound(
+                &format!("wamid.h{steps}"),
+                &format!("44{steps}"),
+                Some((HOME, HOME_DISPLAY)),
+                second,
+            ),
+        ];
+        route(&mut messages, &mut [], Some(HOME));
+        let batch = Batch {
+            messages,
+            ..Batch::default()
+        };
+        let known = store.load(&batch.lookup()).await.unwrap();
+        store.stop_next_change_set_after(steps);
+        let stopped = store.apply(&plan::plan_batch(&batch, &known)).await;
+        assert_eq!(stopped.map_err(|e| e.kind), Err(ErrorKind::Transient));
+        let known = store.load(&batch.lookup()).await.unwrap();
+        store
+            .apply(&plan::plan_batch(&batch, &known))
+            .await
+            .unwrap();
+        assert_counters_agree(&store).await;
+        let expected = i64::try_from(steps + 1).unwrap();
+        assert_eq!(
+            conversations_of(&store.numbers().await.unwrap()),
+            [(HOME, expected), (OTHER, expected)],
+            "stopped after {steps} steps"
+        );
+    }
+}
+
+/// Summaries adopted by the home number are counted for it, once, and a
+/// database of schema 3 gets its counters by migration (once).
+#[tokio::test]
+async fn adoption_and_migration_count_the_conversations_stored_before() {
+    let uri = standalone();
+    let store = store(&uri).await;
+    store_messages(
+        &store,
+        None,
+        vec![
+            inbound("wamid.a1", "4477", None, 1),
+            inbound("wamid.b1", "4488", None, 2),
+        ],
+    )
+    .await;
+    store.adopt_numbers(Some(HOME)).await.unwrap();
+    store.adopt_numbers(Some(HOME)).await.unwrap();
+    assert_counters_agree(&store).await;
+    assert_eq!(
+        conversations_of(&store.numbers().await.unwrap()),
+        [(HOME, 2)]
+    );
+    store
+        .note_numbers(&[(OTHER.to_owned(), None)])
+        .await
+        .unwrap();
+    store_messages(
+        &store,
+        Some(HOME),
+        vec![
+            inbound("wamid.a2", "4477", Some((HOME, HOME_DISPLAY)), 3),
+            inbound("wamid.o1", "4477", Some((OTHER, OTHER_DISPLAY)), 4),
+        ],
+    )
+    .await;
+    let counted = store.numbers().await.unwrap();
+    assert_eq!(conversations_of(&counted), [(HOME, 2), (OTHER, 1)]);
+    let stats = store.stats(None).await.unwrap();
+
+    // As a version without counters left it.
+    let database = store.database();
+    database
+        .collection::<Document>(NUMBERS)
+        .update_many(doc! {}, doc! {"$unset": {"conversations": ""}})
+        .await
+        .unwrap();
+    database
+        .collection::<Document>("meta")
+        .update_one(doc! {"_id": "schema"}, doc! {"$set": {"version": 3}})
+        .await
+        .unwrap();
+    let old = MongoStore::from_client(database.client(), database.name());
+    assert_eq!(
+        conversations_of(&old.numbers().await.unwrap()),
+        [(HOME, 0), (OTHER, 0)]
+    );
+    // Refused until migrated.
+    let refused = old.apply(&wa_core::plan::ChangeSet::default()).await;
+    assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Transient));
+    old.prepare().await.unwrap();
+    assert_counters_agree(&old).await;
+    assert_eq!(old.numbers().await.unwrap(), counted);
+    assert_eq!(old.stats(None).await.unwrap(), stats);
+    // Again (another processor starting): nothing changes.
+    old.prepare().await.unwrap();
+    let again = MongoStore::from_client(database.client(), database.name());
+    again.prepare().await.unwrap();
+    assert_eq!(again.numbers().await.unwrap(), counted);
+    for number in [HOME, OTHER] {
+        let one = again.stats(Some(&only(number))).await.unwrap();
+        let expected = counted
+            .iter()
+            .find(|n| n.phone_number_id == number)
+            .unwrap()
+            .conversations;
+        assert_eq!(one.total_conversations, expected);
+    }
 }
