@@ -442,11 +442,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Row>> {
         });
         return Ok(rows);
     }
-    // The stand-in server stores slowly: smaller data sets, still 10× apart.
+    // The stand-in server stores more slowly: in full mode, smaller data
+    // sets than SQLite's, still 10× apart.
     let sizes = if options.quick {
-        [100, 1_000]
+        [1_000, 10_000]
     } else {
-        [500, 5_000]
+        [5_000, 50_000]
     };
     match mongo(sizes, options).await {
         Ok(more) => rows.extend(more),
