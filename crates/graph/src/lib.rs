@@ -1545,20 +1545,32 @@ mod tests {
         let (graph, fake) = start().await;
         let to = |n: &str| json!({"messaging_product":"whatsapp","to":n,"type":"text","text":{"body":"x"}});
 
-        let e = graph.send_from(PHONE, &to("15550000001")).await.unwrap_err();
+        let e = graph
+            .send_from(PHONE, &to("15550000001"))
+            .await
+            .unwrap_err();
         assert!(!e.retry);
         assert_eq!((e.http_status, e.code), (Some(400), Some(131047)));
         assert_eq!(e.details.as_deref(), Some("24 hours"));
 
-        let e = graph.send_from(PHONE, &to("15550000002")).await.unwrap_err();
+        let e = graph
+            .send_from(PHONE, &to("15550000002"))
+            .await
+            .unwrap_err();
         assert!(!e.retry, "a 200 without an id is not retried");
         assert_eq!(e.http_status, Some(200));
 
-        let e = graph.send_from(PHONE, &to("15550000003")).await.unwrap_err();
+        let e = graph
+            .send_from(PHONE, &to("15550000003"))
+            .await
+            .unwrap_err();
         assert!(e.retry);
         assert_eq!((e.http_status, e.title.as_str()), (Some(502), "HTTP 502"));
 
-        let e = graph.send_from(PHONE, &to("15550000004")).await.unwrap_err();
+        let e = graph
+            .send_from(PHONE, &to("15550000004"))
+            .await
+            .unwrap_err();
         assert!(e.retry, "a timeout is retried");
         assert_eq!((e.http_status, e.title.as_str()), (None, "Timeout"));
 
@@ -1784,7 +1796,13 @@ mod tests {
         tokio::fs::write(&path, JPEG).await.unwrap();
         let file = || async { tokio::fs::File::open(&path).await.unwrap() };
         let id = graph
-            .upload_from(PHONE, file().await, JPEG.len() as u64, "image/jpeg", "photo.jpg")
+            .upload_from(
+                PHONE,
+                file().await,
+                JPEG.len() as u64,
+                "image/jpeg",
+                "photo.jpg",
+            )
             .await
             .unwrap();
         assert_eq!(id, "uploaded-1");
@@ -1992,7 +2010,13 @@ mod tests {
                 .is_no_token()
         );
         // Nor does a number without a token of its own.
-        assert!(graph.send_from(PHONE, &body).await.unwrap_err().is_no_token());
+        assert!(
+            graph
+                .send_from(PHONE, &body)
+                .await
+                .unwrap_err()
+                .is_no_token()
+        );
         assert!(take(&fake).is_empty(), "nothing was asked");
         // Its own number works.
         graph.send_from(OWN, &body).await.unwrap();
