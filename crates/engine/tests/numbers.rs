@@ -12,8 +12,6 @@ use wa_core::domain::{Event, Page};
 use wa_engine::processing::Processor;
 use wa_store::memory::MemoryStore;
 use wa_store::{SearchScope, Store};
-use wa_store_mongo::MongoStore;
-use wa_store_sqlite::SqliteStore;
 
 mod common;
 use common::items;
@@ -30,30 +28,15 @@ async fn memory() -> Arc<dyn Store> {
 }
 
 async fn mongo() -> Arc<dyn Store> {
-    let database = test_support::unique_name("numbers");
-    let store = MongoStore::connect(&test_support::mongodb_uri(&database), "tests")
-        .await
-        .unwrap();
-    store.prepare().await.unwrap();
-    Arc::new(store)
+    common::mongo(test_support::Mongo::Default, "numbers").await
 }
 
 async fn mongo_replica_set() -> Arc<dyn Store> {
-    let database = test_support::unique_name("numbers");
-    let store = MongoStore::connect(&test_support::Mongo::ReplicaSet.uri(&database), "tests")
-        .await
-        .unwrap();
-    store.prepare().await.unwrap();
-    Arc::new(store)
+    common::mongo(test_support::Mongo::ReplicaSet, "numbers").await
 }
 
 async fn sqlite() -> Arc<dyn Store> {
-    let path = std::env::temp_dir()
-        .join(test_support::unique_name("numbers"))
-        .join("store.sqlite3");
-    let store = SqliteStore::open(&path).unwrap();
-    store.prepare().await.unwrap();
-    Arc::new(store)
+    common::sqlite("numbers").await
 }
 
 /// A webhook `value` for a number (`None`: no metadata, as data stored

@@ -26,30 +26,15 @@ const NEHA_REPLY: &str =
     "wamid.HBgMOTI5OTY3NjczODIwFQIAEhggM0RFNDkxRjEwNDhDQzgwMzk3NzA1ODc1RkU3QzI0MzU=";
 
 async fn mongo() -> Arc<dyn Store> {
-    let database = test_support::unique_name("behaviour");
-    let store = MongoStore::connect(&test_support::mongodb_uri(&database), "tests")
-        .await
-        .unwrap();
-    store.prepare().await.unwrap();
-    Arc::new(store)
+    common::mongo(test_support::Mongo::Default, "behaviour").await
 }
 
 async fn mongo_replica_set() -> Arc<dyn Store> {
-    let database = test_support::unique_name("behaviour");
-    let store = MongoStore::connect(&test_support::Mongo::ReplicaSet.uri(&database), "tests")
-        .await
-        .unwrap();
-    store.prepare().await.unwrap();
-    Arc::new(store)
+    common::mongo(test_support::Mongo::ReplicaSet, "behaviour").await
 }
 
 async fn sqlite() -> Arc<dyn Store> {
-    let path = std::env::temp_dir()
-        .join(test_support::unique_name("behaviour"))
-        .join("store.sqlite3");
-    let store = SqliteStore::open(&path).unwrap();
-    store.prepare().await.unwrap();
-    Arc::new(store)
+    common::sqlite("behaviour").await
 }
 
 /// Processes webhook bodies, one batch each; returns every event.

@@ -330,16 +330,7 @@ enum Expect {
 
 impl Write {
     fn check(&self, answer: &Document) -> StoreResult<()> {
-        if let Ok(error) = answer.get_document("writeConcernError") {
-            return Err(Error::transient(format!(
-                "MongoDB write concern not met: {}",
-                error.get_str("errmsg").unwrap_or_default()
-            )));
-        }
-        let errors = answer
-            .get_array("writeErrors")
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let errors = super::documents::write_errors(answer)?;
         let mut duplicates = 0;
         for error in errors.iter().filter_map(Bson::as_document) {
             let code = error.get("code").and_then(super::documents::integer);

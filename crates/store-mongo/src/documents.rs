@@ -58,19 +58,25 @@ pub fn send_document(send: &wa_core::domain::QueuedSend) -> StoreResult<Document
     Ok(document)
 }
 
-/// Checks the answer of an `update` command of upserts: a duplicate key
-/// means a concurrent upsert inserted the document first, which is as good.
-pub fn check_upserts(answer: &Document) -> StoreResult<()> {
+/// The `writeErrors` of a write command's answer; a write concern not met
+/// is a transient failure of the whole command.
+pub fn write_errors(answer: &Document) -> StoreResult<&[Bson]> {
     if let Ok(error) = answer.get_document("writeConcernError") {
         return Err(Error::transient(format!(
             "MongoDB write concern not met: {}",
             error.get_str("errmsg").unwrap_or_default()
         )));
     }
-    let errors = answer
+    Ok(answer
         .get_array("writeErrors")
         .map(Vec::as_slice)
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// Checks the answer of an `update` command of upserts: a duplicate key
+/// means a concurrent upsert inserted the document first, which is as good.
+pub fn check_upserts(answer: &Document) -> StoreResult<()> {
+    let errors = write_errors(answer)?;
     for error in errors.iter().filter_map(Bson::as_document) {
         if error.get("code").and_then(integer) != Some(11000) {
             return Err(Error::rejected(format!(

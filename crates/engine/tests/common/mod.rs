@@ -1,11 +1,34 @@
 //! What the shared crate's integration tests have in common.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chrono::Utc;
 use wa_broker::payload_id;
 use wa_core::domain::RawPayload;
 use wa_core::webhook;
+use wa_store::Store;
+
+/// A prepared SQLite store in a directory of its own.
+pub async fn sqlite(name: &str) -> Arc<dyn Store> {
+    let path = std::env::temp_dir()
+        .join(test_support::unique_name(name))
+        .join("store.sqlite3");
+    let store = wa_store_sqlite::SqliteStore::open(&path).unwrap();
+    store.prepare().await.unwrap();
+    Arc::new(store)
+}
+
+/// A prepared MongoDB store in a database of its own on a test server.
+pub async fn mongo(server: test_support::Mongo, name: &str) -> Arc<dyn Store> {
+    let database = test_support::unique_name(name);
+    let store = wa_store_mongo::MongoStore::connect(&server.uri(&database), "tests")
+        .await
+        .unwrap();
+    store.prepare().await.unwrap();
+    Arc::new(store)
+}
 
 /// Webhook bodies as one batch for `Processor::process`.
 pub fn items(bodies: &[Vec<u8>]) -> Vec<(RawPayload, webhook::Parsed)> {
