@@ -110,3 +110,19 @@ pub async fn total_messages(url: &str) -> i64 {
         .as_i64()
         .unwrap_or(-1)
 }
+
+/// A webhook envelope around one `messages` change value.
+pub fn webhook(value: serde_json::Value) -> String {
+    serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
+        "value": value}]}]})
+    .to_string()
+}
+
+/// Now, as WhatsApp writes times (Unix seconds, a string).
+pub fn now_secs() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string()
+}

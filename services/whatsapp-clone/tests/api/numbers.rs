@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use test_support::SocketClient;
 use test_support::graph::{FakeGraph, PHONE_NUMBER_ID, SECOND_PHONE_NUMBER_ID, TOKEN, VERSION};
 
-use crate::helpers::{embedded_config, spawn, temp_dir};
+use crate::helpers::{embedded_config, now_secs, spawn, temp_dir, webhook};
 
 const WAIT: Duration = Duration::from_secs(30);
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -23,20 +23,6 @@ const CUSTOMER: &str = "447700900555";
 
 fn display(number: &str) -> String {
     format!("1555{}", &number[number.len() - 7..])
-}
-
-fn webhook(value: Value) -> String {
-    json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
-        "value": value}]}]})
-    .to_string()
-}
-
-fn now_secs() -> String {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string()
 }
 
 /// The customer's text `id` to `number` (`None`: a webhook without

@@ -9,23 +9,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_support::graph::{FakeGraph, PHONE_NUMBER_ID, Reply, TOKEN};
 
-use crate::helpers::{Server, embedded_config, get_json, spawn, temp_dir};
+use crate::helpers::{Server, embedded_config, get_json, now_secs, spawn, temp_dir, webhook};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn webhook(value: Value) -> String {
-    json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
-        "value": value}]}]})
-    .to_string()
-}
-
-fn now_secs() -> String {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string()
-}
 
 async fn post(http: &reqwest::Client, url: &str, body: String) {
     let response = http
