@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use test_support::SocketClient;
 use test_support::graph::{FakeGraph, PHONE_NUMBER_ID, SECOND_PHONE_NUMBER_ID, TOKEN, VERSION};
 
-use crate::helpers::{embedded_config, now_secs, spawn, temp_dir, webhook};
+use crate::helpers::{Server, embedded_config, now_secs, spawn, temp_dir, webhook};
 
 const WAIT: Duration = Duration::from_secs(30);
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -368,29 +368,43 @@ async fn two_numbers_are_answered_from_their_own_and_a_scoped_token_sees_only_it
     client.wait_for_messages(&third, 1).await;
 }
 
-/// Data stored before numbers existed keeps its ids and joins the default
-/// number once the deployment knows it; other numbers get their own.
+/// The real binary: data stored before numbers existed keeps its ids and
+/// joins the default number once the deployment knows it (a restart with
+/// `WHATSAPP_PHONE_NUMBER_ID`); other numbers get their own conversations,
+/// and a token scoped to the default number sees only its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_number_data_is_adopted_in_place_by_the_default_number() {
     let dir = temp_dir();
     let http = reqwest::Client::new();
-    {
-        let app = spawn(embedded_config(&dir)).await;
-        let client = Client {
-            http: http.clone(),
-            url: app.url.clone(),
-        };
-        client.post_webhook(said(None, "wamid.old.1")).await;
-        client.wait_for_messages(&home_conversation(), 1).await;
-        let (_, list) = client.get(ADMIN, "/api/conversations").await;
-        assert!(list[0].get("phoneNumberId").is_none(), "{list}");
-    }
-    let mut config = embedded_config(&dir);
-    config.graph.whatsapp_phone_number_id = Some(PHONE_NUMBER_ID.to_owned());
-    let app = spawn(config).await;
+    let home_only = "home-only-token-0123456789abcdef";
+    std::fs::write(
+        dir.join("tokens"),
+        format!("{ADMIN}\n{home_only} numbers={PHONE_NUMBER_ID}\n"),
+    )
+    .unwrap();
+    let tokens = dir.join("tokens").display().to_string();
+    let env = [("RUST_LOG", "warn"), ("API_TOKENS_FILE", tokens.as_str())];
+    let port = test_support::free_port();
+    let before = Server::start_with(&dir, port, &env, None).await;
+    let client = Client {
+        http: http.clone(),
+        url: before.url.clone(),
+    };
+    client.post_webhook(said(None, "wamid.old.1")).await;
+    client.wait_for_messages(&home_conversation(), 1).await;
+    let (_, list) = client.get(ADMIN, "/api/conversations").await;
+    assert!(list[0].get("phoneNumberId").is_none(), "{list}");
+    assert!(before.terminate().await.is_some());
+
+    let env = [
+        ("RUST_LOG", "warn"),
+        ("API_TOKENS_FILE", tokens.as_str()),
+        ("WHATSAPP_PHONE_NUMBER_ID", PHONE_NUMBER_ID),
+    ];
+    let after = Server::start_with(&dir, port, &env, None).await;
     let client = Client {
         http,
-        url: app.url.clone(),
+        url: after.url.clone(),
     };
     test_support::wait_until("the default number to adopt the data", WAIT, || async {
         let (_, list) = client.get(ADMIN, "/api/conversations").await;
@@ -418,4 +432,24 @@ async fn single_number_data_is_adopted_in_place_by_the_default_number() {
         (Some(1), Some(2)),
         "{numbers}"
     );
+    // The old conversation is the default number's for a scoped token too.
+    assert_eq!(
+        client.conversation_ids(home_only, "").await,
+        [home_conversation()]
+    );
+    let (status, old) = client
+        .get(
+            home_only,
+            &format!("/api/conversations/{}/messages", home_conversation()),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(old.as_array().map(Vec::len), Some(2), "{old}");
+    let (status, _) = client
+        .get(
+            home_only,
+            &format!("/api/conversations/{}/messages", sales_conversation()),
+        )
+        .await;
+    assert_eq!(status, 404);
 }
