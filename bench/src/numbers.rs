@@ -366,14 +366,13 @@ async fn sqlite(sizes: [usize; 2], options: &Options) -> anyhow::Result<Vec<Row>
     let mut sets = Vec::new();
     for conversations in sizes {
         let dir = root.join(conversations.to_string());
-        let env = tokens_file(&dir)?;
+        let mut env = tokens_file(&dir)?;
         let loaded_in = {
             // Closed before the all-in-one opens the same files.
             let store = Arc::new(SqliteStore::open(&dir.join("store.sqlite3"))?);
             let events = Arc::new(EmbeddedEvents::open(&dir.join("events.sqlite3")).await?);
             load(store, events, conversations).await?
         };
-        let mut env = env;
         env.push(("DATA_DIR", dir.display().to_string()));
         let service = Service::start("whatsapp-clone", &env).await?;
         sets.push(Loaded {
