@@ -73,12 +73,17 @@ impl Tokens {
                 short.len()
             );
         }
-        Ok(Self(Arc::new(
-            tokens
-                .into_iter()
-                .map(|(t, scope)| (digest(&t), scope))
-                .collect(),
-        )))
+        let digests: Vec<([u8; 32], Scope)> = tokens
+            .into_iter()
+            .map(|(t, scope)| (digest(&t), scope))
+            .collect();
+        // A token listed twice would keep its first scope, silently.
+        let distinct: std::collections::HashSet<&[u8; 32]> =
+            digests.iter().map(|(d, _)| d).collect();
+        if distinct.len() != digests.len() {
+            anyhow::bail!("an API token is listed twice (in API_TOKENS or API_TOKENS_FILE)");
+        }
+        Ok(Self(Arc::new(digests)))
     }
 
     pub fn is_open(&self) -> bool {
@@ -212,6 +217,15 @@ pub async fn require_token(
     let tokens = &guard.tokens;
     let scope = tokens.scope_of_request(request.headers());
     if let Some(scope) = scope {
+        // The metrics count every number's messages: not for a token
+        // scoped to some.
+        if matches!(scope, Scope::Numbers(_)) && request.uri().path() == "/metrics" {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a token scoped to numbers cannot read /metrics (all numbers' counters)",
+            )
+            .into_response();
+        }
         // What the handlers narrow their answers to.
         let mut request = request;
         request.extensions_mut().insert(scope);
@@ -602,6 +616,28 @@ mod tests {
         assert!(
             Tokens::load(None, Some(&file)).is_ok_and(|t| t.admits("file-token-0123456789abcdef"))
         );
+        // Scoped lines; a token listed twice is refused.
+        std::fs::write(
+            &file,
+            "all-numbers-0123456789\nscoped-token-0123456789 numbers=12,34\n",
+        )
+        .unwrap_or_default();
+        let scoped = Tokens::load(None, Some(&file)).unwrap_or_default();
+        assert_eq!(scoped.scope_of("all-numbers-0123456789"), Some(Scope::All));
+        assert_eq!(
+            scoped.scope_of("scoped-token-0123456789"),
+            Some(Scope::Numbers(["12".to_owned(), "34".to_owned()].into()))
+        );
+        assert_eq!(scoped.scope_of("unknown-token-0123456789"), None);
+        assert!(Tokens::load(Some("scoped-token-0123456789"), Some(&file)).is_err());
+        for bad in [
+            "t-0123456789abcdef numbers=",
+            "t-0123456789abcdef numbers=1a",
+            "t-0123456789abcdef extra",
+        ] {
+            std::fs::write(&file, bad).unwrap_or_default();
+            assert!(Tokens::load(None, Some(&file)).is_err(), "{bad}");
+        }
         let mut upper = HeaderMap::new();
         upper.insert(
             header::AUTHORIZATION,

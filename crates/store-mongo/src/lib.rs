@@ -394,6 +394,9 @@ impl Store for MongoStore {
                 "type": {"$in": wa_core::domain::MEDIA_KINDS.as_slice()},
             })
             .projection(doc! {"_id": 0, "conversationId": 1})
+            // The first message naming it owns it: a later one naming the
+            // same id (a business resending it elsewhere) does not.
+            .sort(doc! {"timestamp": 1, "_id": 1})
             .await
             .map_err(store_error)?;
         Ok(found.and_then(|m| m.get_str("conversationId").ok().map(str::to_owned)))

@@ -92,12 +92,14 @@ pub async fn send(
         return Err(ApiError::bad_request("body must be a JSON object"));
     };
     let request = validate(&fields, &headers)?;
-    let route = route(&state, &scope_of(scope), &request).await?;
+    let scope = scope_of(scope);
+    let route = route(&state, &scope, &request).await?;
     let Route {
         conversation_id,
         wa_id,
         number,
         conversation,
+        ..
     } = &route;
     let conversation = conversation.as_ref();
     // Through the conversation's own number: refused before anything is
@@ -116,7 +118,15 @@ pub async fn send(
         }
     };
     let local_id = match request.key.as_deref() {
-        Some(key) => outbound::keyed_local_id(key),
+        // A scoped token's keys are its own: another tenant's key neither
+        // finds nor blocks its messages.
+        Some(key) => match &scope {
+            Scope::All => outbound::keyed_local_id(key),
+            Scope::Numbers(own) => outbound::keyed_local_id(&format!(
+                "{}|{key}",
+                own.iter().map(String::as_str).collect::<Vec<_>>().join(",")
+            )),
+        },
         None => outbound::fresh_local_id(&uuid::Uuid::now_v7().simple().to_string()),
     };
 
@@ -192,6 +202,13 @@ pub async fn send(
         if id.starts_with("local.")
             && let Some(message) = state.store.message(id).await.map_err(store_failure)?
         {
+            // Only a message of this conversation: another's (another
+            // number's, maybe) is no message here.
+            if message.conversation_id != *conversation_id {
+                return Err(ApiError::bad_request(format!(
+                    "{id} is not a message of {conversation_id}"
+                )));
+            }
             *id = message.message_id;
         }
     }
@@ -215,6 +232,21 @@ pub async fn send(
         phone_number_id,
     };
     let Outgoing { message, send } = outbound::outgoing(&draft, &to, chrono::Utc::now());
+    if let Some(home) = &route.home_to_record {
+        let recorded = state
+            .processor
+            .numbers()
+            .home_or(Some(home))
+            .await
+            .map_err(store_failure)?;
+        if recorded.as_deref() != Some(home.as_str()) {
+            // A webhook for another number came first: the id is stale.
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "the deployment's home number was recorded meanwhile; send again",
+            ));
+        }
+    }
     let events = match state.processor.send(send.as_ref(), &message).await {
         Ok(events) => events,
         Err(e) => {
@@ -270,11 +302,20 @@ struct Route {
     number: Option<String>,
     /// What is stored of the conversation, if anything.
     conversation: Option<Conversation>,
+    /// The home number the id was made with, when none is recorded yet:
+    /// recorded right before the message is stored (never by a request
+    /// that is refused).
+    home_to_record: Option<String>,
 }
 
 /// The conversation and number of a request, within the caller's scope:
 /// a conversation or number outside it is answered as one that does not
 /// exist.
+///
+/// Ids are made with the home number. Before one is recorded, the request
+/// takes the one it would record: the default number, else (a new
+/// customer's) its own number; the processor's adoption of data from
+/// before numbers prefers the default number too, so both agree.
 async fn route(state: &ApiState, scope: &Scope, request: &Validated) -> Result<Route, ApiError> {
     let numbers = state.processor.numbers();
     let default = state
@@ -282,27 +323,22 @@ async fn route(state: &ApiState, scope: &Scope, request: &Validated) -> Result<R
         .as_ref()
         .and_then(|g| g.default_number())
         .map(str::to_owned);
-    let (conversation_id, wa_id, number) = match &request.conversation_id {
+    let recorded = numbers.home().await.map_err(store_failure)?;
+    let (conversation_id, wa_id, number, home) = match &request.conversation_id {
         Some(id) => {
             let Some((wa_id, in_id)) = parse_conversation_id(id) else {
                 return Err(ApiError::bad_request(
-                    "conversationId must look like conv_<digits>",
+                    "conversationId must look like conv_<digits> or conv_<digits>_<phone number id>",
                 ));
             };
-            // `conv_<wa_id>` is the home number's; before any webhook
-            // recorded one, it goes out through the default number. Home
-            // stays unrecorded here: it is the number webhooks come for
-            // first, so a deployment whose customers write to one number
-            // keeps `conv_<wa_id>` for theirs.
-            let number = match in_id {
-                Some(number) => Some(number.to_owned()),
-                None => numbers
-                    .home()
-                    .await
-                    .map_err(store_failure)?
-                    .or_else(|| default.clone()),
-            };
-            (id.clone(), wa_id.to_owned(), number)
+            let home = recorded.clone().or_else(|| default.clone());
+            let number = in_id.map(str::to_owned).or_else(|| home.clone());
+            // One id per customer and number: `conv_<wa_id>_<home>` is no
+            // conversation (the home number's is `conv_<wa_id>`).
+            if numbers::conversation_id(wa_id, number.as_deref(), home.as_deref()) != *id {
+                return Err(no_conversation(id));
+            }
+            (id.clone(), wa_id.to_owned(), number, home)
         }
         None => {
             let Some(wa_id) = request.to.clone() else {
@@ -312,18 +348,11 @@ async fn route(state: &ApiState, scope: &Scope, request: &Validated) -> Result<R
             };
             let number = match &request.phone_number_id {
                 Some(number) => Some(number.clone()),
-                None => default_number_of(state, scope, default.as_deref()).await?,
+                None => default_number_of(scope, default.as_deref().or(recorded.as_deref())),
             };
-            if !scope.allows_number(number.as_deref()) {
-                // Checked before home is recorded from it.
-                return Err(unknown_number());
-            }
-            let home = numbers
-                .home_or(number.as_deref())
-                .await
-                .map_err(store_failure)?;
+            let home = recorded.clone().or_else(|| default.clone()).or(number.clone());
             let id = numbers::conversation_id(&wa_id, number.as_deref(), home.as_deref());
-            (id, wa_id, number)
+            (id, wa_id, number, home)
         }
     };
     if !scope.allows_number(number.as_deref()) {
@@ -344,40 +373,36 @@ async fn route(state: &ApiState, scope: &Scope, request: &Validated) -> Result<R
         .conversation(&conversation_id)
         .await
         .map_err(store_failure)?;
-    // The number it was stored with, if it says (the same, by its id).
-    let number = conversation
-        .as_ref()
-        .and_then(|c| c.phone_number_id.clone())
-        .or(number);
+    // Stored with another number than its id says: never send through
+    // either (a summary is created with its id's number).
+    if let Some(stored) = conversation.as_ref().and_then(|c| c.phone_number_id.as_deref())
+        && Some(stored) != number.as_deref()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{conversation_id} is stored as business number {stored}'s, not {}",
+                number.as_deref().unwrap_or("(none)")
+            ),
+        ));
+    }
     Ok(Route {
         conversation_id,
         wa_id,
         number,
         conversation,
+        home_to_record: if recorded.is_none() { home } else { None },
     })
 }
 
 /// The number a new customer's first message goes from when none is
 /// named: the default number, else the home number; for a token scoped to
 /// other numbers, the first of its own.
-async fn default_number_of(
-    state: &ApiState,
-    scope: &Scope,
-    default: Option<&str>,
-) -> Result<Option<String>, ApiError> {
-    let number = match default {
-        Some(default) => Some(default.to_owned()),
-        None => state
-            .processor
-            .numbers()
-            .home()
-            .await
-            .map_err(store_failure)?,
-    };
-    Ok(match scope {
-        Scope::Numbers(own) if !scope.allows_number(number.as_deref()) => own.first().cloned(),
-        _ => number,
-    })
+fn default_number_of(scope: &Scope, default: Option<&str>) -> Option<String> {
+    match scope {
+        Scope::Numbers(own) if !scope.allows_number(default) => own.first().cloned(),
+        _ => default.map(str::to_owned),
+    }
 }
 
 /// A number's display number, as webhooks gave it (`None`: unknown).

@@ -278,6 +278,18 @@ async fn two_numbers_are_answered_from_their_own_and_a_scoped_token_sees_only_it
         let (status, answer) = client.post(SALES, &path, body).await;
         assert_eq!(status, 404, "{path}: {answer}");
     }
+    // The metrics count every number: not for a scoped token.
+    let (status, _) = client.get(SALES, "/metrics").await;
+    assert_eq!(status, 403);
+    // The home number's conversation under a suffixed id is no conversation.
+    let (status, body) = client
+        .post(
+            ADMIN,
+            "/api/messages",
+            json!({"conversationId": format!("conv_{CUSTOMER}_{PHONE_NUMBER_ID}"), "message": "twin"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
     let (_, stats) = client.get(SALES, "/api/stats").await;
     assert_eq!(stats["totalConversations"], 1, "{stats}");
     assert_eq!(stats["totalMessages"], 2, "{stats}");
@@ -452,4 +464,57 @@ async fn single_number_data_is_adopted_in_place_by_the_default_number() {
         )
         .await;
     assert_eq!(status, 404);
+}
+
+/// Before any webhook, a refused send records nothing (no home number, no
+/// number listed), and a template to `conv_<wa_id>` records the default
+/// number as home: a later webhook of another number gets its own
+/// conversation, not that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_number_is_recorded_only_by_what_is_stored() {
+    let graph = FakeGraph::start().await;
+    let mut config = embedded_config(&temp_dir());
+    config.graph.whatsapp_number_tokens = Some(format!("{PHONE_NUMBER_ID}={TOKEN}"));
+    config.graph.whatsapp_phone_number_id = Some(PHONE_NUMBER_ID.to_owned());
+    config.graph.graph_api_url = graph.url();
+    let app = spawn(config).await;
+    let client = Client {
+        http: reqwest::Client::new(),
+        url: app.url.clone(),
+    };
+    let template = json!({"name": "hello_world", "language": {"code": "en_US"}});
+    let (status, refused) = client
+        .post(
+            ADMIN,
+            "/api/messages",
+            json!({"to": CUSTOMER, "phoneNumberId": THIRD, "template": template}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    let (status, sent) = client
+        .post(
+            ADMIN,
+            "/api/messages",
+            json!({"conversationId": home_conversation(), "template": template}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    assert_eq!(sent["phoneNumberId"], PHONE_NUMBER_ID);
+    client
+        .post_webhook(said(Some(SECOND_PHONE_NUMBER_ID), "wamid.second.1"))
+        .await;
+    client.wait_for_messages(&sales_conversation(), 1).await;
+    client.wait_for_messages(&home_conversation(), 1).await;
+    let (_, numbers) = client.get(ADMIN, "/api/numbers").await;
+    let listed: Vec<&str> = numbers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["phoneNumberId"].as_str().unwrap())
+        .collect();
+    assert!(!listed.contains(&THIRD), "{numbers}");
+    assert!(
+        listed.contains(&PHONE_NUMBER_ID) && listed.contains(&SECOND_PHONE_NUMBER_ID),
+        "{numbers}"
+    );
 }
