@@ -187,6 +187,21 @@ pub fn sample_files() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// The business number the sample files were sent to.
+pub const SAMPLES_PHONE_NUMBER_ID: &str = "629305560276479";
+
+/// [`sample_files`] as if sent to business number `number` instead (a
+/// deployment whose default number is the one its webhooks name).
+pub fn sample_files_from(number: &str) -> Vec<(String, Vec<u8>)> {
+    sample_files()
+        .into_iter()
+        .map(|(name, body)| {
+            let text = String::from_utf8_lossy(&body).replace(SAMPLES_PHONE_NUMBER_ID, number);
+            (name, text.into_bytes())
+        })
+        .collect()
+}
+
 /// `webhook_files/EXPECTED.json`: what loading every file must produce.
 pub fn expected_messages() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(webhook_files_dir().join("EXPECTED.json")).unwrap();

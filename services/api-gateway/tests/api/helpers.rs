@@ -137,7 +137,16 @@ impl Stack {
     }
 
     pub async fn load_samples(&self) {
-        for (_, body) in test_support::sample_files() {
+        self.load(test_support::sample_files()).await;
+    }
+
+    /// The samples as if sent to business number `number`.
+    pub async fn load_samples_from(&self, number: &str) {
+        self.load(test_support::sample_files_from(number)).await;
+    }
+
+    async fn load(&self, files: Vec<(String, Vec<u8>)>) {
+        for (_, body) in files {
             self.post_webhook(&body).await;
         }
         self.drained().await;

@@ -617,10 +617,11 @@ async fn one_message_per_key_under_concurrency(mongo: Mongo) {
 async fn outside_the_window_only_templates_go_and_first_messages_need_one() {
     let graph = FakeGraph::start().await;
     let stack = stack_with(&graph, 1).await;
-    // The samples' customers last wrote long ago.
-    stack.load_samples().await;
-    // To their business number, which replies go out through.
-    graph.set_number_token("629305560276479", test_support::graph::TOKEN);
+    // The samples' customers last wrote long ago, to the default number
+    // (the stack's marker conversation made it the home number).
+    stack
+        .load_samples_from(test_support::graph::PHONE_NUMBER_ID)
+        .await;
     let (_, list) = stack.get(0, "/api/conversations").await;
     let ravi = list
         .as_array()
