@@ -139,6 +139,9 @@ impl MongoStore {
     }
 
     pub(super) async fn apply_changes(&self, changes: &ChangeSet) -> StoreResult<()> {
+        for write in prelude(changes) {
+            self.write(&write, None).await?;
+        }
         let mut steps = steps(changes)?;
         let stop = self.take_stop();
         let stopped = stop < steps.len();
@@ -388,6 +391,40 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
     .collect())
 }
 
+/// The documents a change set's guarded writes need to exist: the
+/// numbers' whose conversation counters it increments and another
+/// number's stats documents (only the home number's exist from the
+/// start). Empty until first needed; written before the change set and
+/// outside its transaction: a duplicate key aborts a transaction, and
+/// concurrent change sets may create the same one.
+fn prelude(changes: &ChangeSet) -> Vec<Write> {
+    let mut prelude = Vec::new();
+    let counted = created_per_number(changes);
+    if !counted.is_empty() {
+        let statements = counted
+            .keys()
+            .map(|number| {
+                doc! {"q": {"_id": number}, "u": {"$setOnInsert": {"conversations": 0_i64}}, "upsert": true}
+            })
+            .collect();
+        prelude.push(update(NUMBERS, statements, Expect::DuplicatesAllowed));
+    }
+    let stats: BTreeSet<String> = changes
+        .stats
+        .iter()
+        .filter(|change| !change.shard.number.is_empty())
+        .map(|change| stats_id(&change.shard))
+        .collect();
+    if !stats.is_empty() {
+        let statements = stats
+            .iter()
+            .map(|id| doc! {"q": {"_id": id}, "u": {"$setOnInsert": {"messages": 0_i64}}, "upsert": true})
+            .collect();
+        prelude.push(update(STATS, statements, Expect::DuplicatesAllowed));
+    }
+    prelude
+}
+
 /// The sends the change set queues, in a step before everything else.
 fn queue_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
     let mut queue = Vec::new();
@@ -456,19 +493,6 @@ fn record_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
             Expect::DuplicatesAllowed,
         ));
     }
-    // The documents of the numbers whose conversation counters the next
-    // step increments (an upsert there could lose an increment to a
-    // concurrent insert; the duplicate here is harmless).
-    let counted = created_per_number(changes);
-    if !counted.is_empty() {
-        let statements = counted
-            .keys()
-            .map(|number| {
-                doc! {"q": {"_id": number}, "u": {"$setOnInsert": {"conversations": 0_i64}}, "upsert": true}
-            })
-            .collect();
-        first.push(update(NUMBERS, statements, Expect::DuplicatesAllowed));
-    }
     Ok(first)
 }
 
@@ -525,29 +549,12 @@ fn summary_step(changes: &ChangeSet) -> StoreResult<Vec<Write>> {
         second.push(update(CONVERSATIONS, forward, Expect::Anything));
     }
     if !changes.stats.is_empty() {
-        // Only the home number's documents exist from the start: another
-        // number's are created as its counters first need them, in order
-        // before the guarded counter statements (which never upsert, so a
-        // guard that no longer holds still matches nothing).
-        let created: BTreeSet<String> = changes
-            .stats
-            .iter()
-            .filter(|change| !change.shard.number.is_empty())
-            .map(|change| stats_id(&change.shard))
-            .collect();
-        let mut statements: Vec<Document> = created
-            .iter()
-            .map(|id| {
-                doc! {"q": {"_id": id}, "u": {"$setOnInsert": {"messages": 0_i64}}, "upsert": true}
-            })
-            .collect();
-        statements.extend(changes.stats.iter().flat_map(stats_statements));
+        // The counter statements never upsert (a guard that no longer
+        // holds matches nothing): another number's documents are created
+        // before, by the prelude.
+        let statements: Vec<Document> = changes.stats.iter().flat_map(stats_statements).collect();
         let n = statements.len() as i64;
-        second.push(Write {
-            command: doc! {"update": STATS, "updates": statements, "ordered": !created.is_empty()},
-            expect: Expect::All(n),
-            then: Vec::new(),
-        });
+        second.push(update(STATS, statements, Expect::All(n)));
     }
     // The events, committed with what they announce (before settling: a
     // retry announces again what was not settled, once per event id).
