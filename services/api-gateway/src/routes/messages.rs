@@ -350,7 +350,10 @@ async fn route(state: &ApiState, scope: &Scope, request: &Validated) -> Result<R
                 Some(number) => Some(number.clone()),
                 None => default_number_of(scope, default.as_deref().or(recorded.as_deref())),
             };
-            let home = recorded.clone().or_else(|| default.clone()).or(number.clone());
+            let home = recorded
+                .clone()
+                .or_else(|| default.clone())
+                .or(number.clone());
             let id = numbers::conversation_id(&wa_id, number.as_deref(), home.as_deref());
             (id, wa_id, number, home)
         }
@@ -375,7 +378,9 @@ async fn route(state: &ApiState, scope: &Scope, request: &Validated) -> Result<R
         .map_err(store_failure)?;
     // Stored with another number than its id says: never send through
     // either (a summary is created with its id's number).
-    if let Some(stored) = conversation.as_ref().and_then(|c| c.phone_number_id.as_deref())
+    if let Some(stored) = conversation
+        .as_ref()
+        .and_then(|c| c.phone_number_id.as_deref())
         && Some(stored) != number.as_deref()
     {
         return Err(ApiError::new(

@@ -211,7 +211,11 @@ impl Stack {
             if status != 503 {
                 // A repeat's 200 after a 503: the first attempt created it
                 // (its key is this request's alone), as the caller asked.
-                let status = if attempt > 0 && status == 200 { 201 } else { status };
+                let status = if attempt > 0 && status == 200 {
+                    201
+                } else {
+                    status
+                };
                 return (status, response.json().await.unwrap());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
