@@ -691,17 +691,29 @@ fn inserts(collection: &str, documents: Vec<Document>, expect: Expect) -> Vec<Wr
     let mut chunk: Vec<Document> = Vec::new();
     let mut size = 0;
     let flush = |chunk: Vec<Document>, commands: &mut Vec<Write>| {
-        if !chunk.is_empty() {
-            let expect = match expect {
-                Expect::NoDuplicates => Expect::NoDuplicates,
-                _ => Expect::DuplicatesAllowed,
-            };
-            commands.push(Write {
-                command: doc! {"insert": collection, "documents": chunk, "ordered": false},
-                expect,
-                then: Vec::new(),
-            });
+        if chunk.is_empty() {
+            return;
         }
+        commands.push(match expect {
+            Expect::NoDuplicates => Write {
+                command: doc! {"insert": collection, "documents": chunk, "ordered": false},
+                expect: Expect::NoDuplicates,
+                then: Vec::new(),
+            },
+            // Where one may be there already (a redelivery), an upsert that
+            // inserts only if absent: a duplicate-key error, even one
+            // ignored, aborts a MongoDB transaction.
+            _ => {
+                let statements = chunk
+                    .into_iter()
+                    .map(|mut document| {
+                        let id = document.remove("_id").unwrap_or(Bson::Null);
+                        doc! {"q": {"_id": id}, "u": {"$setOnInsert": document}, "upsert": true}
+                    })
+                    .collect();
+                update(collection, statements, Expect::DuplicatesAllowed)
+            }
+        });
     };
     for document in documents {
         let len = bson::to_vec(&document).map_or(0, |b| b.len());
