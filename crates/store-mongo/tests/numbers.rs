@@ -101,6 +101,26 @@ async fn untagged(store: &MongoStore, collection: &str) -> u64 {
         .unwrap()
 }
 
+/// Runs each scenario (taking the server's URI) on the standalone server
+/// and on the replica set.
+macro_rules! on_both_servers {
+    ($($scenario:ident),* $(,)?) => {
+        mod standalone {
+            $( #[tokio::test] async fn $scenario() { super::$scenario(super::standalone()).await } )*
+        }
+        mod in_a_replica_set {
+            $( #[tokio::test] async fn $scenario() { super::$scenario(super::replica_set()).await } )*
+        }
+    };
+}
+
+on_both_servers!(
+    two_numbers_are_listed_and_counted_apart,
+    the_home_number_is_claimed_once,
+    a_media_objects_conversation_is_found_by_its_id,
+    counters_follow_created_summaries,
+);
+
 #[tokio::test]
 async fn an_old_database_adopts_the_home_number_in_place() {
     let store = store(&standalone()).await;
@@ -393,16 +413,6 @@ async fn two_numbers_are_listed_and_counted_apart(uri: String) {
     assert_eq!(other_stats.total_messages, 3);
 }
 
-#[tokio::test]
-async fn two_numbers_are_listed_and_counted_apart_standalone() {
-    two_numbers_are_listed_and_counted_apart(standalone()).await;
-}
-
-#[tokio::test]
-async fn two_numbers_are_listed_and_counted_apart_in_a_replica_set() {
-    two_numbers_are_listed_and_counted_apart(replica_set()).await;
-}
-
 async fn the_home_number_is_claimed_once(uri: String) {
     store(&uri).await;
     // Separate stores (as separate processes): none knows it yet.
@@ -429,16 +439,6 @@ async fn the_home_number_is_claimed_once(uri: String) {
         later.adopt_numbers(Some("999")).await.unwrap(),
         Some(winner)
     );
-}
-
-#[tokio::test]
-async fn the_home_number_is_claimed_once_standalone() {
-    the_home_number_is_claimed_once(standalone()).await;
-}
-
-#[tokio::test]
-async fn the_home_number_is_claimed_once_in_a_replica_set() {
-    the_home_number_is_claimed_once(replica_set()).await;
 }
 
 /// Without transactions a change set can stop between steps: the retry
@@ -532,16 +532,6 @@ async fn a_media_objects_conversation_is_found_by_its_id(uri: String) {
         indexes.iter().any(|keys| keys == &doc! {"content.id": 1}),
         "{indexes:?}"
     );
-}
-
-#[tokio::test]
-async fn a_media_objects_conversation_is_found_by_its_id_standalone() {
-    a_media_objects_conversation_is_found_by_its_id(standalone()).await;
-}
-
-#[tokio::test]
-async fn a_media_objects_conversation_is_found_by_its_id_in_a_replica_set() {
-    a_media_objects_conversation_is_found_by_its_id(replica_set()).await;
 }
 
 /// Each number's kept count of conversations against its summaries
@@ -669,16 +659,6 @@ async fn counters_follow_created_summaries(uri: String) {
         conversations_of(&store.numbers().await.unwrap()),
         [(HOME, 1), (OTHER, 4)]
     );
-}
-
-#[tokio::test]
-async fn counters_follow_created_summaries_standalone() {
-    counters_follow_created_summaries(standalone()).await;
-}
-
-#[tokio::test]
-async fn counters_follow_created_summaries_in_a_replica_set() {
-    counters_follow_created_summaries(replica_set()).await;
 }
 
 /// Without transactions: wherever a change set creating conversations
