@@ -42,7 +42,33 @@ struct Client {
     url: String,
 }
 
+/// The status and JSON body (`null` when none) of a request's response.
+async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// The `phoneNumberId`s of a `/api/numbers` answer.
+fn number_ids(numbers: &Value) -> Vec<&str> {
+    numbers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["phoneNumberId"].as_str().unwrap())
+        .collect()
+}
+
 impl Client {
+    fn new(url: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: url.to_owned(),
+        }
+    }
+
     async fn post_webhook(&self, body: String) {
         let response = self
             .http
@@ -55,32 +81,22 @@ impl Client {
     }
 
     async fn get(&self, token: &str, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        (
-            response.status().as_u16(),
-            response.json().await.unwrap_or(Value::Null),
+        answer(
+            self.http
+                .get(format!("{}{path}", self.url))
+                .bearer_auth(token),
         )
+        .await
     }
 
     async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (
-            response.status().as_u16(),
-            response.json().await.unwrap_or(Value::Null),
+        answer(
+            self.http
+                .post(format!("{}{path}", self.url))
+                .bearer_auth(token)
+                .json(&body),
         )
+        .await
     }
 
     /// Waits until `conversation` holds `n` messages (admin's view).
@@ -137,10 +153,7 @@ async fn two_numbers_are_answered_from_their_own_and_a_scoped_token_sees_only_it
     config.graph.whatsapp_phone_number_id = Some(PHONE_NUMBER_ID.to_owned());
     config.graph.graph_api_url = graph.url();
     let app = spawn(config).await;
-    let client = Client {
-        http: reqwest::Client::new(),
-        url: app.url.clone(),
-    };
+    let client = Client::new(&app.url);
     let mut sales_socket =
         SocketClient::connect_with(&client.url, "websocket", json!({"auth": {"token": SALES}}))
             .await;
@@ -166,12 +179,7 @@ async fn two_numbers_are_answered_from_their_own_and_a_scoped_token_sees_only_it
         [sales_conversation()]
     );
     let (_, numbers) = client.get(ADMIN, "/api/numbers").await;
-    let listed: Vec<&str> = numbers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["phoneNumberId"].as_str().unwrap())
-        .collect();
+    let listed = number_ids(&numbers);
     assert!(
         listed.contains(&PHONE_NUMBER_ID) && listed.contains(&SECOND_PHONE_NUMBER_ID),
         "{numbers}"
@@ -294,12 +302,7 @@ async fn two_numbers_are_answered_from_their_own_and_a_scoped_token_sees_only_it
     assert_eq!(stats["totalConversations"], 1, "{stats}");
     assert_eq!(stats["totalMessages"], 2, "{stats}");
     let (_, numbers) = client.get(SALES, "/api/numbers").await;
-    let listed: Vec<&str> = numbers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["phoneNumberId"].as_str().unwrap())
-        .collect();
+    let listed = number_ids(&numbers);
     assert_eq!(listed, [SECOND_PHONE_NUMBER_ID]);
     let (_, found) = client.get(SALES, "/api/search?q=wamid").await;
     let found: Vec<&str> = found["results"]
@@ -387,7 +390,6 @@ async fn two_numbers_are_answered_from_their_own_and_a_scoped_token_sees_only_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_number_data_is_adopted_in_place_by_the_default_number() {
     let dir = temp_dir();
-    let http = reqwest::Client::new();
     let home_only = "home-only-token-0123456789abcdef";
     std::fs::write(
         dir.join("tokens"),
@@ -398,10 +400,7 @@ async fn single_number_data_is_adopted_in_place_by_the_default_number() {
     let env = [("RUST_LOG", "warn"), ("API_TOKENS_FILE", tokens.as_str())];
     let port = test_support::free_port();
     let before = Server::start_with(&dir, port, &env, None).await;
-    let client = Client {
-        http: http.clone(),
-        url: before.url.clone(),
-    };
+    let client = Client::new(&before.url);
     client.post_webhook(said(None, "wamid.old.1")).await;
     client.wait_for_messages(&home_conversation(), 1).await;
     let (_, list) = client.get(ADMIN, "/api/conversations").await;
@@ -414,10 +413,7 @@ async fn single_number_data_is_adopted_in_place_by_the_default_number() {
         ("WHATSAPP_PHONE_NUMBER_ID", PHONE_NUMBER_ID),
     ];
     let after = Server::start_with(&dir, port, &env, None).await;
-    let client = Client {
-        http,
-        url: after.url.clone(),
-    };
+    let client = Client::new(&after.url);
     test_support::wait_until("the default number to adopt the data", WAIT, || async {
         let (_, list) = client.get(ADMIN, "/api/conversations").await;
         list[0]["phoneNumberId"] == PHONE_NUMBER_ID
@@ -478,10 +474,7 @@ async fn the_home_number_is_recorded_only_by_what_is_stored() {
     config.graph.whatsapp_phone_number_id = Some(PHONE_NUMBER_ID.to_owned());
     config.graph.graph_api_url = graph.url();
     let app = spawn(config).await;
-    let client = Client {
-        http: reqwest::Client::new(),
-        url: app.url.clone(),
-    };
+    let client = Client::new(&app.url);
     let template = json!({"name": "hello_world", "language": {"code": "en_US"}});
     let (status, refused) = client
         .post(
@@ -506,12 +499,7 @@ async fn the_home_number_is_recorded_only_by_what_is_stored() {
     client.wait_for_messages(&sales_conversation(), 1).await;
     client.wait_for_messages(&home_conversation(), 1).await;
     let (_, numbers) = client.get(ADMIN, "/api/numbers").await;
-    let listed: Vec<&str> = numbers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["phoneNumberId"].as_str().unwrap())
-        .collect();
+    let listed = number_ids(&numbers);
     assert!(!listed.contains(&THIRD), "{numbers}");
     assert!(
         listed.contains(&PHONE_NUMBER_ID) && listed.contains(&SECOND_PHONE_NUMBER_ID),
