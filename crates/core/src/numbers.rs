@@ -68,6 +68,25 @@ pub fn stats_number(conversation_id: &str) -> &str {
         .unwrap_or("")
 }
 
+/// The business number whose counters the stats documents of stats
+/// number `key` hold (see [`stats_number`]): the home number for `""`.
+pub fn stats_owner<'a>(key: &'a str, home: Option<&'a str>) -> Option<&'a str> {
+    if key.is_empty() { home } else { Some(key) }
+}
+
+/// The stats numbers whose counters count for these business numbers:
+/// each one's own, and `""` too for the home number (the inverse of
+/// [`stats_owner`]).
+pub fn stats_numbers<'a>(numbers: &'a [String], home: Option<&str>) -> BTreeSet<&'a str> {
+    numbers
+        .iter()
+        .map(String::as_str)
+        .filter(|number| !number.is_empty())
+        .flat_map(|number| [Some(number), (home == Some(number)).then_some("")])
+        .flatten()
+        .collect()
+}
+
 /// The number a batch's first item came for: what a deployment with no
 /// home number yet records as home.
 pub fn first_number<'a>(messages: &'a [Message], statuses: &'a [StatusChange]) -> Option<&'a str> {
@@ -181,6 +200,32 @@ mod tests {
         }
         assert_eq!(stats_number("conv_4477"), "");
         assert_eq!(stats_number("conv_4477_8"), "8");
+    }
+
+    #[test]
+    fn the_home_numbers_counters_are_those_of_stats_number_empty() {
+        let numbers = ["9".to_owned(), "8".to_owned()];
+        assert_eq!(
+            stats_numbers(&numbers, Some("9")),
+            BTreeSet::from(["", "8", "9"])
+        );
+        assert_eq!(
+            stats_numbers(&numbers, Some("7")),
+            BTreeSet::from(["8", "9"])
+        );
+        assert_eq!(stats_numbers(&numbers, None), BTreeSet::from(["8", "9"]));
+        assert_eq!(stats_owner("", Some("9")), Some("9"));
+        assert_eq!(stats_owner("", None), None);
+        assert_eq!(stats_owner("8", Some("9")), Some("8"));
+        // Each stats number counts for a number exactly when it owns it.
+        for key in ["", "7", "8", "9"] {
+            let owner = stats_owner(key, Some("9"));
+            assert_eq!(
+                stats_numbers(&numbers, Some("9")).contains(key),
+                owner.is_some_and(|o| numbers.iter().any(|n| n == o)),
+                "{key}"
+            );
+        }
     }
 
     #[test]

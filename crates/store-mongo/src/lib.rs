@@ -40,7 +40,7 @@ use documents::{
     conversation_from_document, integer, message_from_document, store_error, to_bson_date,
 };
 use wa_core::domain::{Conversation, Event, Message, Page, QueuedSend, Stats};
-use wa_core::numbers::{BusinessNumber, number_of};
+use wa_core::numbers::{BusinessNumber, number_of, stats_numbers, stats_owner};
 use wa_core::plan::counts::Counts;
 use wa_core::plan::{ChangeSet, Known, Lookup, PARKED_STATUS_TTL, STATS_SHARDS, StatsKey};
 use wa_store::{KeyClaim, Store, StoreError, StoreResult, conversations_before};
@@ -641,17 +641,12 @@ impl Store for MongoStore {
             let Some(key) = shard.get_str("_id").ok().and_then(stats_key) else {
                 continue;
             };
-            let number = if key.number.is_empty() {
-                match &home {
-                    Some(home) => home.clone(),
-                    None => continue,
-                }
-            } else {
-                key.number
+            let Some(number) = stats_owner(&key.number, home.as_deref()) else {
+                continue;
             };
             let mut counts = Counts::default();
             add_counter_fields(&mut counts, shard, "");
-            *unread.entry(number).or_default() += counts.unread;
+            *unread.entry(number.to_owned()).or_default() += counts.unread;
         }
         Ok(numbers
             .into_iter()
@@ -681,14 +676,8 @@ impl Store for MongoStore {
             },)?,
             Some(numbers) => {
                 let home = self.home_number(None).await?;
-                let ids: Vec<String> = numbers
-                    .iter()
-                    .flat_map(|number| {
-                        // The home number's counters are those of "" too.
-                        let own = [number.as_str()];
-                        let home_too = (home.as_deref() == Some(number)).then_some("");
-                        own.into_iter().chain(home_too)
-                    })
+                let ids: Vec<String> = stats_numbers(numbers, home.as_deref())
+                    .into_iter()
                     .flat_map(|number| {
                         (0..STATS_SHARDS).map(move |shard| {
                             stats_id(&StatsKey {

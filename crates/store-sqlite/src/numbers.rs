@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use wa_core::domain::{Conversation, Stats};
-use wa_core::numbers::{BusinessNumber, number_of};
+use wa_core::numbers::{BusinessNumber, number_of, stats_numbers};
 use wa_core::plan::counts::Counts;
 use wa_store::error::Error;
 
@@ -148,20 +148,19 @@ fn add_number_counts(
     Ok(())
 }
 
-/// The stats counters that count for these numbers: the home number's are
-/// `""`'s and any under its own id.
+/// The stats counters that count for these numbers (see
+/// `wa_core::numbers::stats_numbers`).
 fn counts_of(
     t: &Transaction<'_>,
-    numbers: &BTreeSet<&str>,
+    numbers: &[String],
     home: Option<&str>,
 ) -> rusqlite::Result<Counts> {
     let mut counts = Counts::default();
-    if home.is_some_and(|home| numbers.contains(home)) {
-        add_home_counts(t, &mut counts)?;
-    }
-    for number in numbers {
-        if !number.is_empty() {
-            add_number_counts(t, number, &mut counts)?;
+    for key in stats_numbers(numbers, home) {
+        if key.is_empty() {
+            add_home_counts(t, &mut counts)?;
+        } else {
+            add_number_counts(t, key, &mut counts)?;
         }
     }
     Ok(counts)
@@ -183,11 +182,10 @@ pub(crate) fn stats_in(t: &Transaction<'_>, numbers: Option<&[String]>) -> rusql
             (counts, counter(t, CONVERSATIONS_COUNTER)?)
         }
         Some(numbers) => {
-            let numbers = distinct(numbers);
             let home = home_in(t)?;
-            let counts = counts_of(t, &numbers, home.as_deref())?;
+            let counts = counts_of(t, numbers, home.as_deref())?;
             let mut conversations = 0;
-            for number in &numbers {
+            for number in distinct(numbers) {
                 conversations += conversations_count(t, number)?;
             }
             (counts, conversations)
@@ -210,8 +208,7 @@ pub(crate) fn numbers_in(t: &Transaction<'_>) -> rusqlite::Result<Vec<BusinessNu
     }
     let mut listed = Vec::with_capacity(numbers.len());
     for (number, display) in numbers {
-        let only = BTreeSet::from([number.as_str()]);
-        let unread = counts_of(t, &only, home.as_deref())?.unread;
+        let unread = counts_of(t, std::slice::from_ref(&number), home.as_deref())?.unread;
         listed.push(BusinessNumber {
             conversations: conversations_count(t, &number)?,
             phone_number_id: number,

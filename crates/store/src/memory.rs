@@ -20,7 +20,7 @@ use wa_core::domain::{
     Conversation, Direction, Event, Message, Page, QueuedSend, SERVICE_WINDOW, Stats, Status,
     StatusChange, is_local_id,
 };
-use wa_core::numbers::{BusinessNumber, number_of};
+use wa_core::numbers::{BusinessNumber, number_of, stats_owner};
 use wa_core::plan::counts::Counts;
 use wa_core::plan::forward::Forward;
 use wa_core::plan::status::parked_key;
@@ -242,12 +242,7 @@ impl State {
     /// Whether the stats documents of stats number `key` count for these
     /// business numbers (the home number's are `""`).
     fn counted_in(&self, numbers: Option<&[String]>, key: &str) -> bool {
-        let number = if key.is_empty() {
-            self.home.as_deref()
-        } else {
-            Some(key)
-        };
-        numbers.is_none() || in_numbers(numbers, number)
+        numbers.is_none() || in_numbers(numbers, stats_owner(key, self.home.as_deref()))
     }
 }
 
