@@ -1,8 +1,9 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::{Extension, Json};
-use wa_core::domain::{KNOWN_STATUSES, Stats};
+use wa_core::domain::Stats;
 use wa_core::numbers::Scope;
+use wa_core::plan::counts::Counts;
 use wa_service::http::ApiError;
 
 use super::{NumberQuery, scope_of, store_failure};
@@ -25,16 +26,8 @@ pub async fn stats(
     if numbers.as_ref().is_some_and(Vec::is_empty) {
         // A number outside the token's scope: as if it had nothing.
         return Ok(Json(Stats {
-            total_messages: 0,
-            total_conversations: 0,
-            inbound: 0,
-            outbound: 0,
-            status_breakdown: KNOWN_STATUSES
-                .iter()
-                .map(|s| ((*s).to_owned(), 0))
-                .collect(),
-            rejected_items: 0,
             phone_number_id: requested,
+            ..Counts::default().to_stats(0)
         }));
     }
     let mut stats = state
