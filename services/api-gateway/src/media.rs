@@ -33,7 +33,7 @@ use wa_service::http::ApiError;
 
 use crate::ApiState;
 use crate::media_cache::{CachedMedia, EntryWriter, MediaCache, TempFile};
-use crate::routes::{NumberQuery, scope_of, store_failure};
+use crate::routes::{NumberQuery, home_number, scope_of, store_failure};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MediaSettings {
@@ -452,12 +452,7 @@ async fn media_number(
             Scope::Numbers(_) => Err(not_found()),
         };
     };
-    let home = state
-        .processor
-        .numbers()
-        .home()
-        .await
-        .map_err(store_failure)?;
+    let home = home_number(state).await?;
     if !scope.allows_conversation(&conversation, home.as_deref()) {
         return Err(not_found());
     }

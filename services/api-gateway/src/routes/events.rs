@@ -12,6 +12,7 @@ use wa_core::domain::Sequenced;
 use wa_core::numbers::{Scope, parse_conversation_id};
 use wa_service::http::ApiError;
 
+use super::{home_number, scope_of};
 use crate::ApiState;
 use crate::realtime::visible;
 
@@ -70,8 +71,7 @@ pub async fn list(
         }
     };
     let next_after = events.last().map_or(after, |event| event.seq);
-    // `require_token` sets it; a router without that guard serves all.
-    let scope = scope.map(|Extension(scope)| scope).unwrap_or_default();
+    let scope = scope_of(scope);
     if !matches!(scope, Scope::All) {
         // Only `conv_<wa_id>` events need the home number (cached once
         // recorded).
@@ -82,12 +82,7 @@ pub async fn list(
             )
         });
         let home = if needs_home {
-            state
-                .processor
-                .numbers()
-                .home()
-                .await
-                .map_err(|e| ApiError::from_store(&e))?
+            home_number(&state).await?
         } else {
             None
         };

@@ -16,7 +16,7 @@ use wa_core::outbound::{self, Addressed, Draft, Outgoing, Refusal};
 use wa_service::http::ApiError;
 use wa_store::KeyClaim;
 
-use super::{no_conversation, parse_number, scope_of, store_failure};
+use super::{home_number, no_conversation, parse_number, scope_of, store_failure};
 use crate::ApiState;
 
 /// Request body: `{conversationId, message}` (or the frontend's
@@ -317,13 +317,12 @@ struct Route {
 /// customer's) its own number; the processor's adoption of data from
 /// before numbers prefers the default number too, so both agree.
 async fn route(state: &ApiState, scope: &Scope, request: &Validated) -> Result<Route, ApiError> {
-    let numbers = state.processor.numbers();
     let default = state
         .graph
         .as_ref()
         .and_then(|g| g.default_number())
         .map(str::to_owned);
-    let recorded = numbers.home().await.map_err(store_failure)?;
+    let recorded = home_number(state).await?;
     let (conversation_id, wa_id, number, home) = match &request.conversation_id {
         Some(id) => {
             let Some((wa_id, in_id)) = parse_conversation_id(id) else {
