@@ -41,25 +41,47 @@ impl Replica {
     }
 }
 
-fn payload(n: usize) -> Vec<u8> {
-    let customer = format!("7000000{:05}", n % CUSTOMERS);
-    let messages: Vec<serde_json::Value> = (0..MESSAGES_PER_PAYLOAD)
-        .map(|i| {
-            serde_json::json!({
-                "from": customer, "id": format!("wamid.crash.{n}.{i}"),
-                "timestamp": (1_754_500_000 + n * 10 + i).to_string(),
-                "type": "text", "text": {"body": format!("message {i} of payload {n}")}
-            })
-        })
-        .collect();
-    serde_json::json!({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {
-        "metadata": {"display_phone_number": "15550000000"},
-        "contacts": [{"wa_id": customer, "profile": {"name": format!("Customer {}", n % CUSTOMERS)}}],
-        "messages": messages
-    }}]}]})
-    .to_string()
-    .into_bytes()
+/// The webhooks a test feeds: payload `n` carries `messages_per_payload`
+/// texts from customer `<customer_prefix><n % customers, 5 digits>`, ids
+/// `wamid.<id_tag>.<n>.<i>`. Each test has its own prefix and tag, so its
+/// conversations and ids are its own.
+struct Load {
+    customers: usize,
+    messages_per_payload: usize,
+    customer_prefix: &'static str,
+    id_tag: &'static str,
+    first_timestamp: usize,
 }
+
+impl Load {
+    fn payload(&self, n: usize) -> Vec<u8> {
+        let customer = format!("{}{:05}", self.customer_prefix, n % self.customers);
+        let messages: Vec<serde_json::Value> = (0..self.messages_per_payload)
+            .map(|i| {
+                serde_json::json!({
+                    "from": customer, "id": format!("wamid.{}.{n}.{i}", self.id_tag),
+                    "timestamp": (self.first_timestamp + n * 10 + i).to_string(),
+                    "type": "text", "text": {"body": format!("message {i} of payload {n}")}
+                })
+            })
+            .collect();
+        serde_json::json!({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {
+            "metadata": {"display_phone_number": "15550000000"},
+            "contacts": [{"wa_id": customer, "profile": {"name": format!("Customer {}", n % self.customers)}}],
+            "messages": messages
+        }}]}]})
+        .to_string()
+        .into_bytes()
+    }
+}
+
+const MID_INGEST: Load = Load {
+    customers: CUSTOMERS,
+    messages_per_payload: MESSAGES_PER_PAYLOAD,
+    customer_prefix: "7000000",
+    id_tag: "crash",
+    first_timestamp: 1_754_500_000,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilling_processors_mid_ingest_loses_duplicates_and_miscounts_nothing() {
@@ -79,7 +101,7 @@ async fn sigkilling_processors_mid_ingest_loses_duplicates_and_miscounts_nothing
                         loop {
                             let response = http
                                 .post(format!("{gateway}/webhook"))
-                                .body(payload(n))
+                                .body(MID_INGEST.payload(n))
                                 .send()
                                 .await
                                 .unwrap();
@@ -188,27 +210,15 @@ async fn sigkilling_the_processor_mid_transaction_on_the_replica_set_loses_and_d
     .await
     .unwrap();
     // Fed through NATS, as the gateway does: de-duplicated by the body's hash.
-    let payload = |n: usize| -> Vec<u8> {
-        let customer = format!("7100000{:05}", n % CUSTOMERS);
-        let messages: Vec<serde_json::Value> = (0..MESSAGES_PER_PAYLOAD)
-            .map(|i| {
-                serde_json::json!({
-                    "from": customer, "id": format!("wamid.rscrash.{n}.{i}"),
-                    "timestamp": (1_754_600_000 + n * 10 + i).to_string(),
-                    "type": "text", "text": {"body": format!("message {i} of payload {n}")}
-                })
-            })
-            .collect();
-        serde_json::json!({"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {
-            "metadata": {"display_phone_number": "15550000000"},
-            "contacts": [{"wa_id": customer, "profile": {"name": format!("Customer {}", n % CUSTOMERS)}}],
-            "messages": messages
-        }}]}]})
-        .to_string()
-        .into_bytes()
+    let load = Load {
+        customers: CUSTOMERS,
+        messages_per_payload: MESSAGES_PER_PAYLOAD,
+        customer_prefix: "7100000",
+        id_tag: "rscrash",
+        first_timestamp: 1_754_600_000,
     };
     for n in 0..PAYLOADS {
-        let body = payload(n);
+        let body = load.payload(n);
         let enqueued = broker
             .enqueue(Ingest::Webhook, &wa_broker::payload_id(&body), body.into())
             .await
