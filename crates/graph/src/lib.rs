@@ -11,7 +11,7 @@
 //! /{version}/{phone_number_id}/messages`), with that number's own token
 //! (`WHATSAPP_NUMBER_TOKENS`) or else `WHATSAPP_ACCESS_TOKEN`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -172,7 +172,7 @@ impl GraphConfig {
                 })
             })
             .transpose()?;
-        let mut number_auth = HashMap::with_capacity(number_tokens.len());
+        let mut number_auth = BTreeMap::new();
         for (number, token) in number_tokens {
             let auth = bearer(&token).ok_or_else(|| {
                 anyhow::anyhow!(
@@ -251,8 +251,9 @@ struct Inner {
     http: reqwest::Client,
     /// `Bearer <WHATSAPP_ACCESS_TOKEN>`: serves every number without its own.
     global_auth: Option<HeaderValue>,
-    /// `Bearer <token>` of the numbers with their own (`WHATSAPP_NUMBER_TOKENS`).
-    number_auth: HashMap<String, HeaderValue>,
+    /// `Bearer <token>` of the numbers with their own (`WHATSAPP_NUMBER_TOKENS`),
+    /// in order of their ids (as logs list them).
+    number_auth: BTreeMap<String, HeaderValue>,
     /// `{GRAPH_API_URL}/{GRAPH_API_VERSION}`.
     base: Url,
     /// `WHATSAPP_PHONE_NUMBER_ID`.
@@ -263,8 +264,7 @@ struct Inner {
 
 impl fmt::Debug for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut own_tokens: Vec<&str> = self.inner.number_auth.keys().map(String::as_str).collect();
-        own_tokens.sort_unstable();
+        let own_tokens: Vec<&str> = self.numbers_with_own_token().collect();
         f.debug_struct("Graph")
             .field("base", &self.inner.base.as_str())
             .field("default_number", &self.inner.default_number)
@@ -597,7 +597,8 @@ impl Graph {
         self.inner.default_number.as_deref()
     }
 
-    /// The numbers with a token of their own (`WHATSAPP_NUMBER_TOKENS`).
+    /// The numbers with a token of their own (`WHATSAPP_NUMBER_TOKENS`),
+    /// in order.
     pub fn numbers_with_own_token(&self) -> impl Iterator<Item = &str> {
         self.inner.number_auth.keys().map(String::as_str)
     }
@@ -1141,9 +1142,7 @@ fn strip_code_prefix(message: &str) -> &str {
 pub fn announce(graph: Option<&Graph>) {
     match graph {
         Some(graph) => {
-            let mut own_tokens: Vec<&str> =
-                graph.inner.number_auth.keys().map(String::as_str).collect();
-            own_tokens.sort_unstable();
+            let own_tokens: Vec<&str> = graph.numbers_with_own_token().collect();
             tracing::info!(
                 default_number = graph.default_number().unwrap_or("<none>"),
                 numbers_with_own_token = %own_tokens.join(","),
