@@ -248,14 +248,20 @@ impl Message {
         is_unread(self.direction, &self.status)
     }
 
+    /// The id of a media message's media object (`content.id`): what
+    /// stores find a media object's conversation by.
+    pub fn media_id(&self) -> Option<&str> {
+        if !MEDIA_KINDS.contains(&self.kind.as_str()) {
+            return None;
+        }
+        self.content.as_ref()?.get("id")?.as_str()
+    }
+
     /// Sets `media_url` for a media message whose content has an id.
     pub fn with_media_url(mut self) -> Self {
-        if self.media_url.is_none() && MEDIA_KINDS.contains(&self.kind.as_str()) {
+        if self.media_url.is_none() {
             let id = self
-                .content
-                .as_ref()
-                .and_then(|c| c.get("id"))
-                .and_then(Value::as_str)
+                .media_id()
                 .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()));
             self.media_url = id.map(|id| format!("/api/media/{id}"));
         }

@@ -170,7 +170,7 @@ pub(crate) fn apply_in(
             to_json(m)?,
             m.message_id,
             m.phone_number_id,
-            media_id_of(m)
+            m.media_id()
         ])?;
         if inserted == 0 {
             return Err(Error::conflict(format!(

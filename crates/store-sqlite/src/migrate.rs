@@ -283,7 +283,7 @@ pub(crate) fn fill_media_ids_step(t: &Transaction<'_>) -> Result<bool, Error> {
     let mut set = t.prepare_cached("UPDATE messages SET media_id = ?2 WHERE rowid = ?1")?;
     for (row, doc) in &rows {
         let message: Message = from_json(doc)?;
-        if let Some(media_id) = media_id_of(&message) {
+        if let Some(media_id) = message.media_id() {
             set.execute(params![row, media_id])?;
         }
     }

@@ -3,7 +3,7 @@
 use chrono::DateTime;
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 
-use wa_core::domain::{Conversation, Direction, MEDIA_KINDS, Message, QueuedSend, SERVICE_WINDOW};
+use wa_core::domain::{Conversation, Direction, Message, QueuedSend, SERVICE_WINDOW};
 use wa_core::plan::Summary;
 use wa_core::plan::summary::Last;
 
@@ -22,15 +22,6 @@ pub(crate) fn direction_name(direction: Direction) -> &'static str {
         Direction::Inbound => "inbound",
         Direction::Outbound => "outbound",
     }
-}
-
-/// The id of a media message's media object (`content.id`), as
-/// `media_conversation` finds it.
-pub(crate) fn media_id_of(m: &Message) -> Option<&str> {
-    if !MEDIA_KINDS.contains(&m.kind.as_str()) {
-        return None;
-    }
-    m.content.as_ref()?.get("id")?.as_str()
 }
 
 /// Placeholders `?,?,...` for an `IN` list.

@@ -378,14 +378,7 @@ impl Store for MemoryStore {
         Ok(state
             .messages
             .values()
-            .find(|m| {
-                wa_core::domain::MEDIA_KINDS.contains(&m.kind.as_str())
-                    && m.content
-                        .as_ref()
-                        .and_then(|c| c.get("id"))
-                        .and_then(|id| id.as_str())
-                        == Some(media_id)
-            })
+            .find(|m| m.media_id() == Some(media_id))
             .map(|m| m.conversation_id.clone()))
     }
 
