@@ -93,6 +93,12 @@ pub(crate) fn event_number<'a>(event: &'a Event, home: Option<&'a str>) -> Optio
     }
 }
 
+/// Whether `conversation_id` is a home number's `conv_<wa_id>`: only
+/// then does telling its number need the home number.
+pub(crate) fn of_home_number(conversation_id: &str) -> bool {
+    matches!(parse_conversation_id(conversation_id), Some((_, None)))
+}
+
 /// Whether a client of `scope` may see `event`.
 pub(crate) fn visible(scope: &Scope, event: &Event, home: Option<&str>) -> bool {
     match scope {
@@ -163,11 +169,11 @@ impl Realtime {
 
     /// [`event_number`], reading the home number only if it is needed.
     async fn number_of(&self, event: &Event) -> Option<String> {
-        let needs_home = matches!(
-            parse_conversation_id(event.conversation_id()),
-            Some((_, None))
-        );
-        let home = if needs_home { self.home().await } else { None };
+        let home = if of_home_number(event.conversation_id()) {
+            self.home().await
+        } else {
+            None
+        };
         event_number(event, home.as_deref()).map(str::to_owned)
     }
 
@@ -386,7 +392,7 @@ impl Asked {
         strings(Some(value))
             .into_iter()
             .chain(field("conversationId"))
-            .any(|id| matches!(parse_conversation_id(id), Some((_, None))))
+            .any(of_home_number)
     }
 }
 

@@ -9,12 +9,12 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use wa_broker::ReadError;
 use wa_core::domain::Sequenced;
-use wa_core::numbers::{Scope, parse_conversation_id};
+use wa_core::numbers::Scope;
 use wa_service::http::ApiError;
 
 use super::{home_number, scope_of};
 use crate::ApiState;
-use crate::realtime::visible;
+use crate::realtime::{of_home_number, visible};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -75,12 +75,9 @@ pub async fn list(
     if !matches!(scope, Scope::All) {
         // Only `conv_<wa_id>` events need the home number (cached once
         // recorded).
-        let needs_home = events.iter().any(|event| {
-            matches!(
-                parse_conversation_id(event.event.conversation_id()),
-                Some((_, None))
-            )
-        });
+        let needs_home = events
+            .iter()
+            .any(|event| of_home_number(event.event.conversation_id()));
         let home = if needs_home {
             home_number(&state).await?
         } else {
