@@ -25,37 +25,54 @@ export function templateBody(t) {
   return template;
 }
 
-/** @param {{onSend: (t: Template) => void, onClose: () => void}} props */
-function TemplateForm({ onSend, onClose }) {
+/**
+ * A template's fields (name, language, parameters one per line), for the
+ * forms that send one: `fields` to render, `template()` what they hold
+ * (null without a name).
+ */
+export function useTemplateFields() {
   const [name, setName] = useState("hello_world");
   const [language, setLanguage] = useState("en_US");
   const [parameters, setParameters] = useState("");
+  return {
+    /** @returns {Template | null} */
+    template: () =>
+      name.trim()
+        ? {
+            name: name.trim(),
+            language: language.trim() || "en_US",
+            parameters: parameters.split("\n").map((p) => p.trim()).filter(Boolean),
+          }
+        : null,
+    fields: html`<label>Template name
+        <input name="template" required value=${name} onInput=${(/** @type {any} */ e) => setName(e.currentTarget.value)} />
+      </label>
+      <label>Language
+        <input name="language" value=${language} onInput=${(/** @type {any} */ e) => setLanguage(e.currentTarget.value)} />
+      </label>
+      <label>Parameters (one per line)
+        <textarea name="parameters" rows="2" value=${parameters} onInput=${(/** @type {any} */ e) => setParameters(e.currentTarget.value)}></textarea>
+      </label>`,
+  };
+}
+
+/** @param {{onSend: (t: Template) => void, onClose: () => void}} props */
+function TemplateForm({ onSend, onClose }) {
+  const { template, fields } = useTemplateFields();
   return html`<form
     class="template-form"
     aria-label="Template"
     onSubmit=${(/** @type {Event} */ e) => {
       e.preventDefault();
-      if (!name.trim()) return;
-      onSend({
-        name: name.trim(),
-        language: language.trim() || "en_US",
-        parameters: parameters.split("\n").map((p) => p.trim()).filter(Boolean),
-      });
+      const t = template();
+      if (t) onSend(t);
     }}
   >
     <div class="template-head">
       <strong>Send a template</strong>
       <button type="button" class="icon-button" aria-label="Close template" onClick=${onClose}><${CloseIcon} /></button>
     </div>
-    <label>Template name
-      <input name="template" required value=${name} onInput=${(/** @type {any} */ e) => setName(e.currentTarget.value)} />
-    </label>
-    <label>Language
-      <input name="language" value=${language} onInput=${(/** @type {any} */ e) => setLanguage(e.currentTarget.value)} />
-    </label>
-    <label>Parameters (one per line)
-      <textarea name="parameters" rows="2" value=${parameters} onInput=${(/** @type {any} */ e) => setParameters(e.currentTarget.value)}></textarea>
-    </label>
+    ${fields}
     <button type="submit" class="primary">Send template</button>
   </form>`;
 }

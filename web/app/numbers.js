@@ -5,6 +5,7 @@
 import { html, useEffect, useRef, useState } from "./vendor/preact-htm-3.1.1.js";
 import { numberLabel } from "./format.js";
 import { BackIcon } from "./icons.js";
+import { useTemplateFields } from "./composer.js";
 
 /** @typedef {import("./types.js").BusinessNumber} BusinessNumber */
 /** @typedef {import("./composer.js").Template} Template */
@@ -64,9 +65,7 @@ export function NewChat({ numbers, selected, onStart, onClose }) {
   const several = numbers.length >= 2;
   const [from, setFrom] = useState(selected || numbers[0]?.phoneNumberId || "");
   const [to, setTo] = useState("");
-  const [name, setName] = useState("hello_world");
-  const [language, setLanguage] = useState("en_US");
-  const [parameters, setParameters] = useState("");
+  const { template, fields } = useTemplateFields();
   const [error, setError] = useState("");
   const [busy, setBusy] = useState(false);
   /** @type {{current: HTMLInputElement | null}} */
@@ -81,18 +80,15 @@ export function NewChat({ numbers, selected, onStart, onClose }) {
       setError("Enter the customer's phone number with its country code.");
       return;
     }
-    if (!name.trim() || busy) return;
+    const chosen = template();
+    if (!chosen || busy) return;
     setError("");
     setBusy(true);
     try {
       await onStart({
         to: digits,
         ...(several && from ? { phoneNumberId: from } : {}),
-        template: {
-          name: name.trim(),
-          language: language.trim() || "en_US",
-          parameters: parameters.split("\n").map((p) => p.trim()).filter(Boolean),
-        },
+        template: chosen,
       });
     } catch (failure) {
       setError(failure instanceof Error ? failure.message : String(failure));
@@ -119,15 +115,7 @@ export function NewChat({ numbers, selected, onStart, onClose }) {
             </select>
           </label>`
         : null}
-      <label>Template name
-        <input name="template" required value=${name} onInput=${(/** @type {any} */ e) => setName(e.currentTarget.value)} />
-      </label>
-      <label>Language
-        <input name="language" value=${language} onInput=${(/** @type {any} */ e) => setLanguage(e.currentTarget.value)} />
-      </label>
-      <label>Parameters (one per line)
-        <textarea name="parameters" rows="2" value=${parameters} onInput=${(/** @type {any} */ e) => setParameters(e.currentTarget.value)}></textarea>
-      </label>
+      ${fields}
       ${error ? html`<p class="form-error" role="alert">${error}</p>` : null}
       <button type="submit" class="primary" disabled=${busy}>Start chat</button>
     </form>
