@@ -100,21 +100,25 @@ pub(crate) fn add_stats_counter(
     if number.is_empty() {
         return add_counter(t, name, n);
     }
+    add_number_counter(t, number, name, n)
+}
+
+/// Adds to the count of a number's summaries.
+pub(crate) fn add_conversations(t: &Transaction<'_>, number: &str, n: i64) -> rusqlite::Result<()> {
+    add_number_counter(t, number, CONVERSATIONS_COUNTER, n)
+}
+
+fn add_number_counter(
+    t: &Transaction<'_>,
+    number: &str,
+    name: &str,
+    n: i64,
+) -> rusqlite::Result<()> {
     t.prepare_cached(
         "INSERT INTO number_counters (number, name, n) VALUES (?1, ?2, ?3)
          ON CONFLICT (number, name) DO UPDATE SET n = n + ?3",
     )?
     .execute(params![number, name, n])
-    .map(drop)
-}
-
-/// Adds to the count of a number's summaries.
-pub(crate) fn add_conversations(t: &Transaction<'_>, number: &str, n: i64) -> rusqlite::Result<()> {
-    t.prepare_cached(
-        "INSERT INTO number_counters (number, name, n) VALUES (?1, ?2, ?3)
-         ON CONFLICT (number, name) DO UPDATE SET n = n + ?3",
-    )?
-    .execute(params![number, CONVERSATIONS_COUNTER, n])
     .map(drop)
 }
 
