@@ -217,14 +217,8 @@ pub async fn require_token(
     let tokens = &guard.tokens;
     let scope = tokens.scope_of_request(request.headers());
     if let Some(scope) = scope {
-        // The metrics count every number's messages: not for a token
-        // scoped to some.
         if matches!(scope, Scope::Numbers(_)) && request.uri().path() == "/metrics" {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "a token scoped to numbers cannot read /metrics (all numbers' counters)",
-            )
-            .into_response();
+            return scoped_metrics();
         }
         // What the handlers narrow their answers to.
         let mut request = request;
@@ -240,6 +234,16 @@ pub async fn require_token(
         return too_many("too many failed authentications; retry in 1 s");
     }
     unauthorized()
+}
+
+/// The metrics count every number's messages: not for a token scoped to
+/// some.
+fn scoped_metrics() -> Response {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "a token scoped to numbers cannot read /metrics (all numbers' counters)",
+    )
+    .into_response()
 }
 
 fn unauthorized() -> Response {
@@ -281,10 +285,10 @@ pub async fn guard_metrics(State(tokens): State<Tokens>, request: Request, next:
         return next.run(request).await;
     }
     if !tokens.is_open() {
-        return if tokens.admits_request(request.headers()) {
-            next.run(request).await
-        } else {
-            unauthorized()
+        return match tokens.scope_of_request(request.headers()) {
+            Some(Scope::All) => next.run(request).await,
+            Some(Scope::Numbers(_)) => scoped_metrics(),
+            None => unauthorized(),
         };
     }
     let local = request
@@ -693,6 +697,43 @@ mod tests {
         assert_eq!(
             status(from("/healthz", [10, 1, 2, 3])).await,
             StatusCode::OK
+        );
+    }
+
+    /// With tokens (shared with the api-gateway), /metrics of the processor
+    /// and webhook-gateway is for unscoped tokens only, as the
+    /// api-gateway's is.
+    #[tokio::test]
+    async fn metrics_with_tokens_are_for_unscoped_tokens_only() {
+        use tower::ServiceExt;
+        let file = std::env::temp_dir().join(format!("metrics-tokens-{}", std::process::id()));
+        std::fs::write(
+            &file,
+            "all-numbers-0123456789\nscoped-token-0123456789 numbers=12\n",
+        )
+        .unwrap();
+        let tokens = Tokens::load(None, Some(&file)).unwrap();
+        std::fs::remove_file(&file).ok();
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(|| async { "m" }))
+            .layer(axum::middleware::from_fn_with_state(tokens, guard_metrics));
+        let status = |token: &str| {
+            let request = Request::builder()
+                .uri("/metrics")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            let app = app.clone();
+            async move { app.oneshot(request).await.unwrap().status() }
+        };
+        assert_eq!(status("all-numbers-0123456789").await, StatusCode::OK);
+        assert_eq!(
+            status("scoped-token-0123456789").await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status("unknown-token-0123456789").await,
+            StatusCode::UNAUTHORIZED
         );
     }
 
