@@ -16,6 +16,7 @@
 //! match; one that doesn't is a conflict, and the batch is planned again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::PoisonError;
 
 use futures::TryStreamExt;
 use mongodb::action::Action;
@@ -139,9 +140,18 @@ impl MongoStore {
     }
 
     pub(super) async fn apply_changes(&self, changes: &ChangeSet) -> StoreResult<()> {
-        for write in prelude(changes) {
+        let mut needed = prelude(changes);
+        {
+            let ensured = self.ensured.lock().unwrap_or_else(PoisonError::into_inner);
+            needed.retain(|document| !ensured.contains(document));
+        }
+        for write in prelude_writes(&needed) {
             self.write(&write, None).await?;
         }
+        self.ensured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(needed);
         let mut steps = steps(changes)?;
         let stop = self.take_stop();
         let stopped = stop < steps.len();
@@ -391,38 +401,42 @@ fn steps(changes: &ChangeSet) -> StoreResult<Vec<Vec<Write>>> {
     .collect())
 }
 
-/// The documents a change set's guarded writes need to exist: the
-/// numbers' whose conversation counters it increments and another
-/// number's stats documents (only the home number's exist from the
-/// start). Empty until first needed; written before the change set and
-/// outside its transaction: a duplicate key aborts a transaction, and
-/// concurrent change sets may create the same one.
-fn prelude(changes: &ChangeSet) -> Vec<Write> {
-    let mut prelude = Vec::new();
-    let counted = created_per_number(changes);
-    if !counted.is_empty() {
-        let statements = counted
-            .keys()
-            .map(|number| {
-                doc! {"q": {"_id": number}, "u": {"$setOnInsert": {"conversations": 0_i64}}, "upsert": true}
-            })
-            .collect();
-        prelude.push(update(NUMBERS, statements, Expect::DuplicatesAllowed));
-    }
-    let stats: BTreeSet<String> = changes
+/// The documents a change set's guarded writes need to exist, by
+/// collection and `_id`: the numbers' whose conversation counters it
+/// increments and another number's stats documents (only the home
+/// number's exist from the start). Empty until first needed; written
+/// before the change set and outside its transaction: a duplicate key
+/// aborts a transaction, and concurrent change sets may create the same
+/// one.
+fn prelude(changes: &ChangeSet) -> BTreeSet<(&'static str, String)> {
+    let numbers = created_per_number(changes)
+        .into_keys()
+        .map(|number| (NUMBERS, number.to_owned()));
+    let stats = changes
         .stats
         .iter()
         .filter(|change| !change.shard.number.is_empty())
-        .map(|change| stats_id(&change.shard))
-        .collect();
-    if !stats.is_empty() {
-        let statements = stats
-            .iter()
-            .map(|id| doc! {"q": {"_id": id}, "u": {"$setOnInsert": {"messages": 0_i64}}, "upsert": true})
-            .collect();
-        prelude.push(update(STATS, statements, Expect::DuplicatesAllowed));
-    }
-    prelude
+        .map(|change| (STATS, stats_id(&change.shard)));
+    numbers.chain(stats).collect()
+}
+
+/// Upserts creating the [`prelude`]'s documents if absent, one command per
+/// collection.
+fn prelude_writes(documents: &BTreeSet<(&'static str, String)>) -> Vec<Write> {
+    [(NUMBERS, "conversations"), (STATS, "messages")]
+        .into_iter()
+        .filter_map(|(collection, counter)| {
+            let statements: Vec<Document> = documents
+                .iter()
+                .filter(|(of, _)| *of == collection)
+                .map(|(_, id)| {
+                    doc! {"q": {"_id": id}, "u": {"$setOnInsert": {counter: 0_i64}}, "upsert": true}
+                })
+                .collect();
+            (!statements.is_empty())
+                .then(|| update(collection, statements, Expect::DuplicatesAllowed))
+        })
+        .collect()
 }
 
 /// The sends the change set queues, in a step before everything else.

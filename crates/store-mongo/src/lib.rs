@@ -25,7 +25,7 @@ mod documents;
 mod migrate;
 mod search;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -106,6 +106,10 @@ pub struct MongoStore {
     /// Business numbers (and display numbers) this process has recorded,
     /// so that a batch of a known number writes nothing more.
     noted: std::sync::Arc<std::sync::Mutex<HashMap<String, Option<String>>>>,
+    /// Counter documents (collection, `_id`) known to exist: never
+    /// deleted, so change sets need not create them again (see
+    /// `changes::prelude`).
+    ensured: std::sync::Arc<std::sync::Mutex<HashSet<(&'static str, String)>>>,
 }
 
 impl MongoStore {
@@ -139,6 +143,7 @@ impl MongoStore {
             stop_after: std::sync::Arc::new(usize::MAX.into()),
             home: Default::default(),
             noted: Default::default(),
+            ensured: Default::default(),
         }
     }
 
