@@ -244,8 +244,10 @@ impl Store for SqliteStore {
         let media_id = media_id.to_owned();
         self.run(move |t| {
             Ok(t.prepare_cached(
+                // The first message naming it owns it (by time, then
+                // key, as every store answers).
                 "SELECT conversation_id FROM messages WHERE media_id = ?1
-                     ORDER BY rowid LIMIT 1",
+                     ORDER BY ts, id LIMIT 1",
             )?
             .query_row([media_id], |r| r.get(0))
             .optional()?)

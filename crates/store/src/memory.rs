@@ -378,7 +378,9 @@ impl Store for MemoryStore {
         Ok(state
             .messages
             .values()
-            .find(|m| m.media_id() == Some(media_id))
+            .filter(|m| m.media_id() == Some(media_id))
+            // The first message naming it owns it: by time, then key.
+            .min_by_key(|m| (m.timestamp, &m.id))
             .map(|m| m.conversation_id.clone()))
     }
 
