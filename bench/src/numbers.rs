@@ -381,13 +381,7 @@ async fn sqlite(sizes: [usize; 2], options: &Options) -> anyhow::Result<Vec<Row>
             service,
         });
     }
-    let sets: [Loaded; 2] = sets
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("two data sets expected"))?;
-    let rows = measure("SQLite (all-in-one)", &sets, options).await;
-    drop(sets);
-    std::fs::remove_dir_all(&root).ok();
-    Ok(rows)
+    measure_then_remove("SQLite (all-in-one)", sets, &root, options).await
 }
 
 async fn mongo(sizes: [usize; 2], options: &Options) -> anyhow::Result<Vec<Row>> {
@@ -416,13 +410,24 @@ async fn mongo(sizes: [usize; 2], options: &Options) -> anyhow::Result<Vec<Row>>
             service,
         });
     }
+    let label = format!("{} (api-gateway)", mongo_label());
+    measure_then_remove(&label, sets, &root, options).await
+}
+
+/// Measures the two data sets, then stops their services and removes
+/// their files under `root`.
+async fn measure_then_remove(
+    label: &str,
+    sets: Vec<Loaded>,
+    root: &Path,
+    options: &Options,
+) -> anyhow::Result<Vec<Row>> {
     let sets: [Loaded; 2] = sets
         .try_into()
         .map_err(|_| anyhow::anyhow!("two data sets expected"))?;
-    let label = format!("{} (api-gateway)", mongo_label());
-    let rows = measure(&label, &sets, options).await;
+    let rows = measure(label, &sets, options).await;
     drop(sets);
-    std::fs::remove_dir_all(&root).ok();
+    std::fs::remove_dir_all(root).ok();
     Ok(rows)
 }
 
