@@ -83,6 +83,22 @@ const MID_INGEST: Load = Load {
     first_timestamp: 1_754_500_000,
 };
 
+/// The stats of the database at `uri`: `total` messages, every one
+/// inbound and received, in `customers` conversations.
+async fn assert_stats(uri: &str, total: u64, customers: usize) {
+    let store = MongoStore::connect(uri, "tests").await.unwrap();
+    let stats = store.stats(None).await.unwrap();
+    assert_eq!(
+        (
+            stats.total_messages,
+            stats.inbound,
+            stats.status_breakdown["received"],
+            stats.total_conversations
+        ),
+        (total as i64, total as i64, total as i64, customers as i64)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilling_processors_mid_ingest_loses_duplicates_and_miscounts_nothing() {
     // The standalone server: the non-transactional fallback, where a
@@ -157,19 +173,7 @@ async fn sigkilling_processors_mid_ingest_loses_duplicates_and_miscounts_nothing
         );
         assert_eq!(c.get_str("userName").unwrap(), format!("Customer {k}"));
     }
-    let store = MongoStore::connect(&p.mongo.uri(&p.database), "tests")
-        .await
-        .unwrap();
-    let stats = store.stats(None).await.unwrap();
-    assert_eq!(
-        (
-            stats.total_messages,
-            stats.inbound,
-            stats.status_breakdown["received"],
-            stats.total_conversations
-        ),
-        (total as i64, total as i64, total as i64, CUSTOMERS as i64)
-    );
+    assert_stats(&p.mongo.uri(&p.database), total, CUSTOMERS).await;
     assert_eq!(
         test_support::count(&p.db, "processed_messages", doc! {"settled": "received"}).await,
         total,
@@ -311,19 +315,7 @@ async fn sigkilling_the_processor_mid_transaction_on_the_replica_set_loses_and_d
             "conversation {k}"
         );
     }
-    let store = MongoStore::connect(&mongo.uri(&namespace), "tests")
-        .await
-        .unwrap();
-    let stats = store.stats(None).await.unwrap();
-    assert_eq!(
-        (
-            stats.total_messages,
-            stats.inbound,
-            stats.status_breakdown["received"],
-            stats.total_conversations
-        ),
-        (total as i64, total as i64, total as i64, CUSTOMERS as i64)
-    );
+    assert_stats(&mongo.uri(&namespace), total, CUSTOMERS).await;
 
     // Every event once in the log, once the sweeper relayed what killed
     // writers left in the outbox.
