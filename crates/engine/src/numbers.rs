@@ -58,12 +58,10 @@ impl Numbers {
             let noted = self.noted.lock().unwrap_or_else(PoisonError::into_inner);
             let mut new: HashMap<String, Option<String>> = HashMap::new();
             for (number, display) in seen {
-                let known = noted.get(&number).or_else(|| new.get(&number));
-                let newer = match (known, &display) {
-                    (None, _) => true,
-                    (Some(None), Some(_)) => true,
-                    (Some(Some(old)), Some(d)) => old != d,
-                    (Some(_), None) => false,
+                // New, or with a display number not recorded yet.
+                let newer = match noted.get(&number).or_else(|| new.get(&number)) {
+                    None => true,
+                    Some(known) => display.is_some() && *known != display,
                 };
                 if newer {
                     new.insert(number, display);
