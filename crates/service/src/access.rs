@@ -106,11 +106,6 @@ impl Tokens {
         found
     }
 
-    /// Whether `presented` is one of the tokens.
-    pub fn admits(&self, presented: &str) -> bool {
-        !self.is_open() && self.scope_of(presented).is_some()
-    }
-
     /// The scope of a request's `Authorization: Bearer <token>`.
     pub fn scope_of_request(&self, headers: &HeaderMap) -> Option<Scope> {
         if self.is_open() {
@@ -123,11 +118,6 @@ impl Tokens {
             // The scheme is case-insensitive (RFC 9110).
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .and_then(|(_, token)| self.scope_of(token.trim()))
-    }
-
-    /// Whether a request's `Authorization: Bearer <token>` is admitted.
-    pub fn admits_request(&self, headers: &HeaderMap) -> bool {
-        !self.is_open() && self.scope_of_request(headers).is_some()
     }
 }
 
@@ -594,21 +584,21 @@ mod tests {
         )
         .unwrap_or_default();
         assert!(!tokens.is_open());
-        assert!(tokens.admits("first-token-0123456789"));
-        assert!(tokens.admits("second-token-0123456789"));
-        assert!(!tokens.admits("first-token-012345678"));
-        assert!(!tokens.admits(""));
+        assert!(tokens.scope_of("first-token-0123456789").is_some());
+        assert!(tokens.scope_of("second-token-0123456789").is_some());
+        assert!(tokens.scope_of("first-token-012345678").is_none());
+        assert!(tokens.scope_of("").is_none());
         let mut headers = HeaderMap::new();
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer second-token-0123456789"),
         );
-        assert!(tokens.admits_request(&headers));
+        assert!(tokens.scope_of_request(&headers).is_some());
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic second-token-0123456789"),
         );
-        assert!(!tokens.admits_request(&headers));
+        assert!(tokens.scope_of_request(&headers).is_none());
         assert!(Tokens::load(Some(" , "), None).is_ok_and(|t| t.is_open()));
         assert!(Tokens::load(Some("short"), None).is_err());
         // A token may start with '#' in the list; a file needs one token.
@@ -618,7 +608,8 @@ mod tests {
         assert!(Tokens::load(None, Some(&file)).is_err());
         std::fs::write(&file, "# the frontend\nfile-token-0123456789abcdef\n").unwrap_or_default();
         assert!(
-            Tokens::load(None, Some(&file)).is_ok_and(|t| t.admits("file-token-0123456789abcdef"))
+            Tokens::load(None, Some(&file))
+                .is_ok_and(|t| t.scope_of("file-token-0123456789abcdef").is_some())
         );
         // Scoped lines; a token listed twice is refused.
         std::fs::write(
@@ -647,7 +638,7 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("BEARER first-token-0123456789"),
         );
-        assert!(tokens.admits_request(&upper));
+        assert!(tokens.scope_of_request(&upper).is_some());
     }
 
     #[test]
