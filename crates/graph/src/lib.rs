@@ -1920,16 +1920,21 @@ mod tests {
         assert!(shown.contains("111") && shown.contains("999"), "{shown}");
     }
 
-    #[tokio::test]
-    async fn each_number_is_sent_through_with_its_own_token_or_the_global_one() {
-        let fake = start_fake().await;
-        let graph = with_number_tokens(
+    /// The global token and `OWN`'s own, against the fake.
+    fn two_token_client(fake: &Fake) -> Graph {
+        with_number_tokens(
             config(&fake.base, Some(TOKEN), Some(PHONE)),
             &format!("{OWN}={OWN_TOKEN}"),
         )
         .client()
         .unwrap()
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_number_is_sent_through_with_its_own_token_or_the_global_one() {
+        let fake = start_fake().await;
+        let graph = two_token_client(&fake);
         let body = json!({"messaging_product":"whatsapp","to":"15551234567","type":"text","text":{"body":"x"}});
         let bearer = |token: &str| Some(format!("Bearer {token}"));
         for (number, token) in [(PHONE, TOKEN), (OWN, OWN_TOKEN), (THIRD, TOKEN)] {
@@ -2028,13 +2033,7 @@ mod tests {
     #[tokio::test]
     async fn upload_from_goes_to_the_number_with_its_token() {
         let fake = start_fake().await;
-        let graph = with_number_tokens(
-            config(&fake.base, Some(TOKEN), Some(PHONE)),
-            &format!("{OWN}={OWN_TOKEN}"),
-        )
-        .client()
-        .unwrap()
-        .unwrap();
+        let graph = two_token_client(&fake);
         let path =
             std::env::temp_dir().join(format!("graph-upload-from-{}.jpg", std::process::id()));
         tokio::fs::write(&path, JPEG).await.unwrap();
